@@ -1,0 +1,380 @@
+//! Building blocks the branch ops are made of: a conv with per-axis padding (1×k, k×1), DBB's
+//! BN-then-pad (reference §1.1), and differentiable average pooling with zero padding and any
+//! stride (candle's pool has no padding and no backward unless kernel == stride:
+//! candle-notes.md §1).
+
+use candle_core::{Tensor, Var};
+
+use crate::bn::BatchNorm;
+use crate::error::{Error, Result};
+use crate::init::InitCtx;
+use crate::kernel::Kernel;
+use crate::op::{TensorRole, TensorVisitor};
+
+/// A (kh × kw) conv with its own stride, per-axis zero padding, groups and optional bias.
+#[derive(Debug)]
+pub struct Conv2dLayer {
+    weight: Var,
+    bias: Option<Var>,
+    stride: usize,
+    padding: (usize, usize),
+    groups: usize,
+}
+
+impl Conv2dLayer {
+    /// A conv with weight `[out, in/groups, kh, kw]` initialised as the reference (fan-out normal).
+    pub fn new(
+        ctx: &mut InitCtx<'_>,
+        shape: [usize; 4],
+        stride: usize,
+        padding: (usize, usize),
+        groups: usize,
+        bias: bool,
+    ) -> Result<Self> {
+        let weight = Var::from_tensor(&ctx.conv_weight(shape)?)?;
+        let bias = if bias {
+            Some(Var::from_tensor(&ctx.zeros(&[shape[0]])?)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            weight,
+            bias,
+            stride,
+            padding,
+            groups,
+        })
+    }
+
+    /// A conv holding the given tensors (copied into fresh variables).
+    pub fn from_tensors(
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        stride: usize,
+        padding: (usize, usize),
+        groups: usize,
+    ) -> Result<Self> {
+        let weight = Var::from_tensor(&weight.detach().copy()?)?;
+        let bias = bias
+            .map(|b| Var::from_tensor(&b.detach().copy()?))
+            .transpose()?;
+        Ok(Self {
+            weight,
+            bias,
+            stride,
+            padding,
+            groups,
+        })
+    }
+
+    pub fn weight(&self) -> &Var {
+        &self.weight
+    }
+
+    pub fn bias(&self) -> Option<&Var> {
+        self.bias.as_ref()
+    }
+
+    pub fn stride(&self) -> usize {
+        self.stride
+    }
+
+    pub fn padding(&self) -> (usize, usize) {
+        self.padding
+    }
+
+    pub fn groups(&self) -> usize {
+        self.groups
+    }
+
+    /// `(out, in/groups, kh, kw)`.
+    pub fn dims4(&self) -> Result<(usize, usize, usize, usize)> {
+        Ok(self.weight.dims4()?)
+    }
+
+    /// Re-draws the weight (reference init) and zeroes the bias.
+    pub fn reinit(&self, ctx: &mut InitCtx<'_>) -> Result<()> {
+        let (o, i, kh, kw) = self.dims4()?;
+        self.weight.set(&ctx.conv_weight([o, i, kh, kw])?)?;
+        if let Some(b) = &self.bias {
+            b.set(&b.zeros_like()?)?;
+        }
+        Ok(())
+    }
+
+    /// Conv forward with gradients to weight and bias.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (ph, pw) = self.padding;
+        let w = self.weight.as_tensor();
+        let y = if ph == pw {
+            x.conv2d(w, ph, self.stride, 1, self.groups)?
+        } else {
+            let mut xp = x.clone();
+            if ph > 0 {
+                xp = xp.pad_with_zeros(2, ph, ph)?;
+            }
+            if pw > 0 {
+                xp = xp.pad_with_zeros(3, pw, pw)?;
+            }
+            xp.conv2d(w, 0, self.stride, 1, self.groups)?
+        };
+        match &self.bias {
+            Some(b) => {
+                let out = b.dim(0)?;
+                Ok(y.broadcast_add(&b.as_tensor().reshape((1, out, 1, 1))?)?)
+            }
+            None => Ok(y),
+        }
+    }
+
+    /// The conv as a kernel (detached copy; zero bias if it has none).
+    pub fn kernel(&self) -> Result<Kernel> {
+        let w = self.weight.as_detached_tensor().copy()?;
+        match &self.bias {
+            Some(b) => Kernel::new(w, b.as_detached_tensor().copy()?),
+            None => Kernel::from_weight(w),
+        }
+    }
+
+    /// Output spatial size for an `h × w` input.
+    pub fn output_hw(&self, h: usize, w: usize) -> Result<(usize, usize)> {
+        let (_, _, kh, kw) = self.dims4()?;
+        let (ph, pw) = self.padding;
+        let span = |n: usize, k: usize, p: usize| {
+            (n + 2 * p >= k).then(|| (n + 2 * p - k) / self.stride + 1)
+        };
+        match (span(h, kh, ph), span(w, kw, pw)) {
+            (Some(a), Some(b)) => Ok((a, b)),
+            _ => Err(Error::ShapeMismatch {
+                context: format!("conv input too small for a {kh}x{kw} kernel"),
+                expected: vec![kh, kw],
+                got: vec![h, w],
+            }),
+        }
+    }
+
+    /// Multiply-accumulates at batch 1 for an `h × w` input (reference §7.4).
+    pub fn macs(&self, h: usize, w: usize) -> Result<u64> {
+        let (o, i, kh, kw) = self.dims4()?;
+        let (ho, wo) = self.output_hw(h, w)?;
+        Ok((o * i * kh * kw * ho * wo) as u64)
+    }
+
+    /// Visits `{prefix}.weight` and, if present, `{prefix}.bias`.
+    pub fn visit(&self, prefix: &str, f: &mut TensorVisitor<'_>) {
+        f(&format!("{prefix}.weight"), &self.weight, TensorRole::ConvWeight);
+        if let Some(b) = &self.bias {
+            f(&format!("{prefix}.bias"), b, TensorRole::ConvBias);
+        }
+    }
+
+    /// Adds `delta` to weight and bias (creating a zero bias first if there is none).
+    pub fn add_kernel(&mut self, delta: &Kernel) -> Result<()> {
+        let w = self.weight.as_detached_tensor();
+        if w.dims() != delta.weight.dims() {
+            return Err(Error::ShapeMismatch {
+                context: "kernel added to a conv".into(),
+                expected: w.dims().to_vec(),
+                got: delta.weight.dims().to_vec(),
+            });
+        }
+        self.weight.set(&(&w + &delta.weight)?)?;
+        let bias = match self.bias.take() {
+            Some(b) => b,
+            None => Var::zeros(delta.bias.dims(), delta.bias.dtype(), delta.bias.device())?,
+        };
+        bias.set(&(bias.as_detached_tensor() + &delta.bias)?)?;
+        self.bias = Some(bias);
+        Ok(())
+    }
+}
+
+/// DBB's `BNAndPad`: batch norm, then pad by `pad` on every side with the per-channel value
+/// the BN outputs (in eval mode) for a zero input, `β − γ·μ/sqrt(σ²+ε)`. That makes the
+/// following unpadded k×k conv (or pool) equal one k×k conv on the zero-padded input of the
+/// preceding 1×1 conv, so the merge is exact at the borders. The pad value comes from the running
+/// statistics even in train mode and carries no gradient, as in the reference.
+#[derive(Debug)]
+pub struct BnAndPad {
+    bn: BatchNorm,
+    pad: usize,
+}
+
+impl BnAndPad {
+    pub fn new(bn: BatchNorm, pad: usize) -> Self {
+        Self { bn, pad }
+    }
+
+    pub fn bn(&self) -> &BatchNorm {
+        &self.bn
+    }
+
+    pub fn pad(&self) -> usize {
+        self.pad
+    }
+
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let y = self.bn.forward_t(x, train)?;
+        if self.pad == 0 {
+            return Ok(y);
+        }
+        let p = self.pad;
+        let (_, c, h, w) = y.dims4()?;
+        let value = self.bn.eval_params()?.zero_input_output()?.to_dtype(y.dtype())?;
+        let interior = Tensor::ones((1, 1, h, w), y.dtype(), y.device())?
+            .pad_with_zeros(2, p, p)?
+            .pad_with_zeros(3, p, p)?;
+        let border = interior.affine(-1.0, 1.0)?;
+        let fill = border.broadcast_mul(&value.reshape((1, c, 1, 1))?)?;
+        let padded = y.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)?;
+        Ok(padded.broadcast_add(&fill)?)
+    }
+}
+
+/// Average pooling with a k×k window, zero padding counted in the average (PyTorch's
+/// `count_include_pad=True`) and any stride. Differentiable: k² shifted adds of the padded input,
+/// then a strided subsample by reshape.
+pub fn avg_pool2d(x: &Tensor, k: usize, stride: usize, padding: usize) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let (hp, wp) = (h + 2 * padding, w + 2 * padding);
+    if k == 0 || hp < k || wp < k || stride == 0 {
+        return Err(Error::ShapeMismatch {
+            context: format!("avg pool {k}x{k} stride {stride} padding {padding}"),
+            expected: vec![k, k],
+            got: vec![h, w],
+        });
+    }
+    let xp = if padding > 0 {
+        x.pad_with_zeros(2, padding, padding)?
+            .pad_with_zeros(3, padding, padding)?
+    } else {
+        x.clone()
+    };
+    let (h1, w1) = (hp - k + 1, wp - k + 1);
+    let mut sum: Option<Tensor> = None;
+    for dy in 0..k {
+        for dx in 0..k {
+            let part = xp.narrow(2, dy, h1)?.narrow(3, dx, w1)?;
+            sum = Some(match sum {
+                None => part,
+                Some(s) => (s + part)?,
+            });
+        }
+    }
+    let mut y = match sum {
+        Some(s) => (s / (k * k) as f64)?,
+        None => xp, // k == 0 is refused above
+    };
+    if stride > 1 {
+        let (ho, wo) = ((h1 - 1) / stride + 1, (w1 - 1) / stride + 1);
+        y = y
+            .pad_with_zeros(2, 0, ho * stride - h1)?
+            .pad_with_zeros(3, 0, wo * stride - w1)?
+            .reshape((n, c, ho, stride, wo, stride))?
+            .narrow(3, 0, 1)?
+            .narrow(5, 0, 1)?
+            .reshape((n, c, ho, wo))?;
+    }
+    Ok(y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bn::BatchNorm;
+    use crate::init::normal_tensor;
+    use candle_core::{DType, Device};
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    fn v(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    /// Naive reference: average over the window of the zero-padded input.
+    fn naive_avg(x: &Tensor, k: usize, s: usize, p: usize) -> Vec<f32> {
+        let (n, c, h, w) = x.dims4().unwrap();
+        let xv = v(x);
+        let ho = (h + 2 * p - k) / s + 1;
+        let wo = (w + 2 * p - k) / s + 1;
+        let mut out = vec![];
+        for b in 0..n {
+            for ch in 0..c {
+                for i in 0..ho {
+                    for j in 0..wo {
+                        let mut acc = 0f32;
+                        for dy in 0..k {
+                            for dx in 0..k {
+                                let (y, xx) = ((i * s + dy) as isize - p as isize, (j * s + dx) as isize - p as isize);
+                                if y >= 0 && xx >= 0 && (y as usize) < h && (xx as usize) < w {
+                                    acc += xv[((b * c + ch) * h + y as usize) * w + xx as usize];
+                                }
+                            }
+                        }
+                        out.push(acc / (k * k) as f32);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn avg_pool_matches_naive_with_padding_and_stride() {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        for &(h, w, k, s, p) in &[(5, 6, 3, 1, 1), (7, 8, 3, 2, 1), (8, 7, 5, 2, 2), (6, 6, 3, 2, 0), (5, 5, 1, 2, 0)] {
+            let x = normal_tensor(&mut rng, &[2, 3, h, w], 0.0, 1.0, &Device::Cpu).unwrap();
+            let y = avg_pool2d(&x, k, s, p).unwrap();
+            let want = naive_avg(&x, k, s, p);
+            let got = v(&y);
+            assert_eq!(got.len(), want.len(), "{h}x{w} k{k} s{s} p{p}");
+            for (a, b) in got.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn avg_pool_has_a_gradient_with_stride_ne_kernel() {
+        let x = Var::from_tensor(&Tensor::ones((1, 1, 5, 5), DType::F32, &Device::Cpu).unwrap()).unwrap();
+        let y = avg_pool2d(x.as_tensor(), 3, 2, 1).unwrap();
+        let g = y.sum_all().unwrap().backward().unwrap();
+        let gx = v(g.get(x.as_tensor()).unwrap());
+        // The centre pixel (2,2) is in the windows of outputs (1,1) only -> 1/9; pixel (1,1) in 4 windows.
+        assert!((gx[2 * 5 + 2] - 1.0 / 9.0).abs() < 1e-6);
+        assert!((gx[5 + 1] - 4.0 / 9.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn bn_and_pad_fills_border_with_zero_input_output() {
+        let bn = BatchNorm::new(2, DType::F32, &Device::Cpu).unwrap();
+        let dev = Device::Cpu;
+        bn.set_running_stats(&Tensor::new(&[1.0f32, -2.0], &dev).unwrap(), &Tensor::new(&[4.0f32, 1.0], &dev).unwrap())
+            .unwrap();
+        bn.set_gamma(3.0).unwrap();
+        let layer = BnAndPad::new(bn, 1);
+        let x = Tensor::zeros((1, 2, 2, 3), DType::F32, &dev).unwrap();
+        let y = layer.forward_t(&x, false).unwrap();
+        assert_eq!(y.dims(), &[1, 2, 4, 5]);
+        // Zero input: every position, border or not, equals the BN output for zero.
+        let yv = v(&y);
+        let c0 = -3.0 * 1.0 / (4.0f32 + 1e-5).sqrt();
+        let c1 = 3.0 * 2.0 / (1.0f32 + 1e-5).sqrt();
+        assert!(yv[..20].iter().all(|a| (a - c0).abs() < 1e-5));
+        assert!(yv[20..].iter().all(|a| (a - c1).abs() < 1e-5));
+    }
+
+    #[test]
+    fn per_axis_padding_conv_matches_embedded_kernel() {
+        let mut rng = ChaCha8Rng::seed_from_u64(12);
+        let mut ctx = InitCtx::new(&mut rng, &Device::Cpu);
+        let conv = Conv2dLayer::new(&mut ctx, [4, 2, 1, 3], 2, (0, 1), 2, false).unwrap();
+        let x = normal_tensor(ctx.rng, &[2, 4, 7, 6], 0.0, 1.0, &Device::Cpu).unwrap();
+        let y = conv.forward(&x).unwrap();
+        let k = conv.kernel().unwrap().pad_to(3).unwrap();
+        let y2 = k.conv(&x, 2, 1, 2).unwrap();
+        assert_eq!(y.dims(), y2.dims());
+        let d: f32 = v(&(y - y2).unwrap()).iter().map(|a| a.abs()).fold(0., f32::max);
+        assert!(d < 1e-5);
+    }
+}

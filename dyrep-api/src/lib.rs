@@ -1,0 +1,35 @@
+//! dyrep-api: the traits and data types every other dyrep crate speaks (DESIGN.md "Core
+//! model"): conv geometry, kernels and their transforms (reference §1.3), the branch-op and
+//! scorer plugin interfaces with their inventory registries, our own batch norm, the recursive
+//! `Slot`/`RepBlock` with grow, cut and fusion (reference §2–4, §8), and fusion-equivalence
+//! checking (`equivalence`, plus `testing` for plugin authors behind the `testing` feature).
+
+pub mod bn;
+pub mod equivalence;
+pub mod error;
+pub mod geom;
+pub mod init;
+pub mod kernel;
+pub mod layers;
+pub mod op;
+pub mod registry;
+pub mod scorer;
+pub mod slot;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use bn::{BatchNorm, BnEval, BN_EPS, BN_MOMENTUM};
+pub use error::{Error, Result};
+pub use geom::ConvGeom;
+pub use init::{InitCtx, DEFAULT_GAMMA0};
+pub use kernel::Kernel;
+pub use op::{find_op, not_applicable, op_spec, ops, OpEntry, OpSpec, RepOp, TensorRole, TensorVisitor};
+pub use scorer::{
+    find_scorer, scorers, ConvObservation, MeanAccumulator, Scorer, ScorerConfig, ScorerEntry,
+};
+pub use slot::{join_path, BranchArch, PlainConv, RepBlock, Slot, SlotArch, SlotInfo};
+
+// Re-exported for the registration macros and for plugin crates.
+#[doc(hidden)]
+pub use inventory;
+pub use candle_core;

@@ -1,0 +1,213 @@
+//! The branch-type plugin interface (DESIGN.md "Core model"): `RepOp` (a branch instance),
+//! `OpSpec` (its data-only description, serialised by typetag under `"op"`), the tensor visitor
+//! every op exposes its parameters and buffers through, and the inventory registry of ops.
+
+use std::fmt;
+
+use candle_core::{Tensor, Var};
+
+use crate::error::{Error, Result};
+use crate::geom::ConvGeom;
+use crate::init::InitCtx;
+use crate::kernel::Kernel;
+use crate::registry::lookup;
+use crate::slot::Slot;
+use crate::bn::BatchNorm;
+
+/// What a tensor of an op is, so optimizers, weight decay and scorers can filter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TensorRole {
+    ConvWeight,
+    ConvBias,
+    BnWeight,
+    BnBias,
+    BnRunningMean,
+    BnRunningVar,
+}
+
+impl TensorRole {
+    /// Trained by the optimizer (running statistics are not).
+    pub fn is_trainable(self) -> bool {
+        !matches!(self, TensorRole::BnRunningMean | TensorRole::BnRunningVar)
+    }
+
+    /// One-dimensional parameters that weight decay commonly skips (BN γ/β and biases).
+    pub fn is_bn_or_bias(self) -> bool {
+        matches!(
+            self,
+            TensorRole::ConvBias | TensorRole::BnWeight | TensorRole::BnBias
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TensorRole::ConvWeight => "conv_weight",
+            TensorRole::ConvBias => "conv_bias",
+            TensorRole::BnWeight => "bn_weight",
+            TensorRole::BnBias => "bn_bias",
+            TensorRole::BnRunningMean => "bn_running_mean",
+            TensorRole::BnRunningVar => "bn_running_var",
+        }
+    }
+}
+
+/// Callback receiving `(dotted path, variable, role)` for every tensor of an op or slot tree.
+/// Variables have interior mutability (`Var::set`), so one visitor serves reading and loading.
+pub type TensorVisitor<'a> = dyn FnMut(&str, &Var, TensorRole) + 'a;
+
+/// A branch instance inside a `RepBlock`: object safe, `Send + Sync`.
+///
+/// Contract, checked for every registered op by the property tests in `dyrep-ops` and by
+/// [`crate::testing::assert_fusion_equivalent`]:
+/// - `forward_t(x, false)` equals `to_equivalent_kxk()` applied as a k×k conv in the block's
+///   geometry (stride, padding, groups) plus bias, up to f32 rounding, for any BN statistics;
+/// - `init` leaves the last BN with γ = `ctx.gamma0` (main branches: γ = 1);
+/// - tensors are visited under stable dotted paths relative to the op (`conv.weight`,
+///   `bn.running_var`, ...); child slots are visited by the framework, not by the op.
+pub trait RepOp: Send + Sync + fmt::Debug {
+    /// Registry name (lower_snake), the same string as the spec's typetag name.
+    fn name(&self) -> &'static str;
+
+    /// The block geometry this branch stands in.
+    fn geom(&self) -> &ConvGeom;
+
+    /// The data-only description this op was built from.
+    fn spec(&self) -> Box<dyn OpSpec>;
+
+    /// Forward pass; `train` selects batch statistics in every batch norm.
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor>;
+
+    /// The exact eval-mode equivalent `[out, in/g, k, k]` kernel and bias in the block's geometry.
+    fn to_equivalent_kxk(&self) -> Result<Kernel>;
+
+    /// Fresh weights: convs by the reference init, every BN reset, the last BN's γ = `ctx.gamma0`
+    /// (γ = 1 for a main branch). Grown child slots are reset to plain convs.
+    fn init(&mut self, ctx: &mut InitCtx<'_>) -> Result<()>;
+
+    /// γ of the branch's last batch norm (per output channel), for Dep's importance.
+    fn bn_gamma(&self) -> Result<Tensor>;
+
+    /// The op's own batch norms (not those of child slots), with paths relative to the op.
+    fn batch_norms(&self) -> Vec<(&'static str, &BatchNorm)>;
+
+    /// Visits the op's own tensors (not those of child slots) under `prefix`.
+    fn visit_own_tensors(&self, prefix: &str, f: &mut TensorVisitor<'_>);
+
+    /// Convs inside the branch that may grow into blocks themselves, by name (e.g. `conv2`).
+    fn child_slots(&self) -> Vec<(&'static str, &Slot)> {
+        Vec::new()
+    }
+
+    /// Mutable access to the same child slots, in the same order.
+    fn child_slots_mut(&mut self) -> Vec<(&'static str, &mut Slot)> {
+        Vec::new()
+    }
+
+    /// Conv multiply-accumulates at batch 1 for an `h × w` block input, child slots included
+    /// (reference §7.4: pooling, BN and additions are not counted).
+    fn macs(&self, h: usize, w: usize) -> Result<u64>;
+
+    /// For a main branch: the slot holding its k×k conv, where growth places the old conv.
+    fn main_slot_mut(&mut self) -> Option<&mut Slot> {
+        None
+    }
+
+    /// For a main branch: change its parameters so its equivalent kernel becomes
+    /// `current + delta`, exactly in eval mode. This is how grow (eq. 6) and cut keep a
+    /// block's output unchanged.
+    fn add_equivalent(&mut self, delta: &Kernel) -> Result<()> {
+        let _ = delta;
+        Err(Error::Unsupported {
+            op: self.name().to_string(),
+            what: "absorbing a kernel (only a main branch such as `convkxk` can)".into(),
+        })
+    }
+}
+
+/// Data-only description of a branch: what goes into the architecture JSON
+/// (`{"op": "conv1x1_kxk", ...}`). Tensors never go through serde.
+#[typetag::serde(tag = "op")]
+pub trait OpSpec: Send + Sync + fmt::Debug {
+    /// Registry name; must equal the typetag name.
+    fn name(&self) -> &'static str;
+
+    /// Whether the op can stand in for a conv of this geometry; the error names the rule.
+    fn check(&self, geom: &ConvGeom) -> Result<()>;
+
+    /// Builds and initialises the op (`check` first; an inapplicable geometry is an error).
+    fn build(&self, geom: &ConvGeom, ctx: &mut InitCtx<'_>) -> Result<Box<dyn RepOp>>;
+
+    /// A boxed copy.
+    fn clone_spec(&self) -> Box<dyn OpSpec>;
+}
+
+impl Clone for Box<dyn OpSpec> {
+    fn clone(&self) -> Self {
+        self.clone_spec()
+    }
+}
+
+/// Helper for `check` implementations: the `NotApplicable` error.
+pub fn not_applicable(op: &str, geom: &ConvGeom, rule: &str) -> Error {
+    Error::NotApplicable {
+        op: op.to_string(),
+        geom: *geom,
+        rule: rule.to_string(),
+    }
+}
+
+/// A registry entry, submitted with [`register_op!`](crate::register_op).
+pub struct OpEntry {
+    /// lower_snake name, the same string as the spec's typetag name.
+    pub name: &'static str,
+    /// One-line summary for `dyrep ops`.
+    pub summary: &'static str,
+    /// Listing order (built-ins use the reference order 0..7; plugins default to 1000).
+    pub order: u32,
+    /// The spec with default settings.
+    pub default_spec: fn() -> Box<dyn OpSpec>,
+}
+
+inventory::collect!(OpEntry);
+
+/// Every registered op, in listing order (then by name).
+pub fn ops() -> Vec<&'static OpEntry> {
+    let mut v: Vec<&'static OpEntry> = inventory::iter::<OpEntry>.into_iter().collect();
+    v.sort_by(|a, b| a.order.cmp(&b.order).then(a.name.cmp(b.name)));
+    v
+}
+
+/// The op registered under `name`, or an error listing the known names and the nearest one.
+pub fn find_op(name: &str) -> Result<&'static OpEntry> {
+    lookup("op", name, ops(), |e| e.name)
+}
+
+/// Default spec of the op named `name`.
+pub fn op_spec(name: &str) -> Result<Box<dyn OpSpec>> {
+    Ok((find_op(name)?.default_spec)())
+}
+
+/// Registers an op spec type (which must implement `Default` and `OpSpec` with
+/// `#[typetag::serde(name = "...")]` using the same name):
+///
+/// ```ignore
+/// dyrep_api::register_op!(Conv1x1Spec, name = "conv1x1", summary = "1x1 conv + BN", order = 0);
+/// ```
+#[macro_export]
+macro_rules! register_op {
+    ($spec:ty, name = $name:literal, summary = $summary:literal, order = $order:expr $(,)?) => {
+        $crate::inventory::submit! {
+            $crate::OpEntry {
+                name: $name,
+                summary: $summary,
+                order: $order,
+                default_spec: || -> ::std::boxed::Box<dyn $crate::OpSpec> {
+                    ::std::boxed::Box::new(<$spec as ::std::default::Default>::default())
+                },
+            }
+        }
+    };
+    ($spec:ty, name = $name:literal, summary = $summary:literal $(,)?) => {
+        $crate::register_op!($spec, name = $name, summary = $summary, order = 1000);
+    };
+}

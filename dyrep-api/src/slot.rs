@@ -1,0 +1,685 @@
+//! `Slot` and `RepBlock`: "a conv that may have grown" (DESIGN.md "Core model"; reference §2
+//! for nesting, §3.5 for growth with output preservation (eq. 6), §4 for cutting with absorption,
+//! §8 for deploy fusion).
+//!
+//! A slot is either a plain k×k conv or a block: a main branch (an op whose k×k conv is itself a
+//! slot, `convkxk` in dyrep-ops) plus any other branches, summed. Growth is recursive: a slot
+//! inside a branch (the main conv, `conv1x1_kxk`'s second conv) can grow again. Grow and cut
+//! keep the eval-mode output exactly: the difference is pushed into the main branch through
+//! its batch norm (`RepOp::add_equivalent`), so no 1/sqrt(1+ε) residue is left (unlike the
+//! reference) and nested blocks are never re-initialised by an outer cut.
+
+use std::collections::BTreeMap;
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::bn::BatchNorm;
+use crate::error::{Error, Result};
+use crate::geom::ConvGeom;
+use crate::init::InitCtx;
+use crate::kernel::Kernel;
+use crate::layers::Conv2dLayer;
+use crate::op::{OpSpec, RepOp, TensorVisitor};
+
+/// Joins dotted path components (`""` + `a` = `a`).
+pub fn join_path(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else if name.is_empty() {
+        prefix.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+/// A plain k×k conv in a slot, with an optional bias.
+#[derive(Debug)]
+pub struct PlainConv {
+    geom: ConvGeom,
+    conv: Conv2dLayer,
+}
+
+impl PlainConv {
+    /// A freshly initialised conv (reference init, zero bias if any).
+    pub fn new(geom: ConvGeom, bias: bool, ctx: &mut InitCtx<'_>) -> Result<Self> {
+        geom.validate()?;
+        let conv = Conv2dLayer::new(
+            ctx,
+            geom.weight_shape(),
+            geom.stride,
+            (geom.padding, geom.padding),
+            geom.groups,
+            bias,
+        )?;
+        Ok(Self { geom, conv })
+    }
+
+    /// A conv holding copies of `weight` (`[out, in/g, k, k]`) and `bias`.
+    pub fn from_tensors(geom: ConvGeom, weight: &Tensor, bias: Option<&Tensor>) -> Result<Self> {
+        geom.validate()?;
+        let want = geom.weight_shape().to_vec();
+        if weight.dims() != want.as_slice() {
+            return Err(Error::ShapeMismatch {
+                context: format!("conv weight for {geom}"),
+                expected: want,
+                got: weight.dims().to_vec(),
+            });
+        }
+        if let Some(b) = bias {
+            if b.dims() != [geom.out_ch] {
+                return Err(Error::ShapeMismatch {
+                    context: format!("conv bias for {geom}"),
+                    expected: vec![geom.out_ch],
+                    got: b.dims().to_vec(),
+                });
+            }
+        }
+        let conv = Conv2dLayer::from_tensors(
+            weight,
+            bias,
+            geom.stride,
+            (geom.padding, geom.padding),
+            geom.groups,
+        )?;
+        Ok(Self { geom, conv })
+    }
+
+    pub fn geom(&self) -> &ConvGeom {
+        &self.geom
+    }
+
+    /// The underlying conv layer (weight and bias variables).
+    pub fn layer(&self) -> &Conv2dLayer {
+        &self.conv
+    }
+}
+
+/// A grown conv: a main branch plus other branches, all in the same geometry, summed.
+#[derive(Debug)]
+pub struct RepBlock {
+    geom: ConvGeom,
+    main: Box<dyn RepOp>,
+    branches: Vec<Box<dyn RepOp>>,
+}
+
+impl RepBlock {
+    /// Assembles a block, checking that every branch has the block's geometry, that names are
+    /// unique and that `main` is a main branch (has a main slot).
+    pub fn new(
+        geom: ConvGeom,
+        mut main: Box<dyn RepOp>,
+        branches: Vec<Box<dyn RepOp>>,
+    ) -> Result<Self> {
+        Self::validate_parts(&geom, &mut main, &branches)?;
+        Ok(Self {
+            geom,
+            main,
+            branches,
+        })
+    }
+
+    fn validate_parts(
+        geom: &ConvGeom,
+        main: &mut Box<dyn RepOp>,
+        branches: &[Box<dyn RepOp>],
+    ) -> Result<()> {
+        let main_name = main.name();
+        if main.main_slot_mut().is_none() {
+            return Err(Error::Unsupported {
+                op: main_name.to_string(),
+                what: "being a block's main branch (it has no main conv slot)".into(),
+            });
+        }
+        let mut names = vec![main_name];
+        for b in std::iter::once(&**main).chain(branches.iter().map(|b| &**b)) {
+            if b.geom() != geom {
+                return Err(Error::InvalidArch {
+                    path: b.name().to_string(),
+                    reason: format!("branch geometry ({}) differs from the block's ({geom})", b.geom()),
+                });
+            }
+        }
+        for b in branches {
+            if names.contains(&b.name()) {
+                return Err(Error::DuplicateBranch {
+                    op: b.name().to_string(),
+                });
+            }
+            names.push(b.name());
+        }
+        Ok(())
+    }
+
+    pub fn geom(&self) -> &ConvGeom {
+        &self.geom
+    }
+
+    /// The main branch.
+    pub fn main(&self) -> &dyn RepOp {
+        &*self.main
+    }
+
+    /// The main branch, mutably.
+    pub fn main_mut(&mut self) -> &mut dyn RepOp {
+        &mut *self.main
+    }
+
+    /// The other branches, in insertion order.
+    pub fn branches(&self) -> &[Box<dyn RepOp>] {
+        &self.branches
+    }
+
+    /// Main first, then the other branches.
+    pub fn all_branches(&self) -> impl Iterator<Item = &dyn RepOp> {
+        std::iter::once(&*self.main).chain(self.branches.iter().map(|b| &**b))
+    }
+
+    /// Names of all branches, main first.
+    pub fn branch_names(&self) -> Vec<&'static str> {
+        self.all_branches().map(|b| b.name()).collect()
+    }
+
+    /// The branch (main included) called `name`.
+    pub fn branch(&self, name: &str) -> Option<&dyn RepOp> {
+        self.all_branches().find(|b| b.name() == name)
+    }
+
+    fn branch_mut(&mut self, name: &str) -> Option<&mut Box<dyn RepOp>> {
+        if self.main.name() == name {
+            return Some(&mut self.main);
+        }
+        self.branches.iter_mut().find(|b| b.name() == name)
+    }
+
+    /// Sum of all branch outputs.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut y = self.main.forward_t(x, train)?;
+        for b in &self.branches {
+            y = (y + b.forward_t(x, train)?)?;
+        }
+        Ok(y)
+    }
+
+    /// The block's exact eval-mode equivalent kernel (transII over all branches).
+    pub fn equivalent(&self) -> Result<Kernel> {
+        let mut k = self.main.to_equivalent_kxk()?;
+        for b in &self.branches {
+            k = k.add(&b.to_equivalent_kxk()?)?;
+        }
+        Ok(k)
+    }
+
+    /// Adjusts the main branch so that the block's equivalent kernel becomes `target`.
+    pub fn restore_equivalent(&mut self, target: &Kernel) -> Result<()> {
+        let delta = target.sub(&self.equivalent()?)?;
+        self.main.add_equivalent(&delta)
+    }
+
+    /// Adds a branch built from `spec`, keeping the block's eval output unchanged.
+    pub fn add_branch(&mut self, spec: &dyn OpSpec, ctx: &mut InitCtx<'_>) -> Result<()> {
+        spec.check(&self.geom)?;
+        if self.branch(spec.name()).is_some() {
+            return Err(Error::DuplicateBranch {
+                op: spec.name().to_string(),
+            });
+        }
+        let before = self.equivalent()?;
+        let op = spec.build(&self.geom, ctx)?;
+        if op.geom() != &self.geom {
+            return Err(Error::InvalidArch {
+                path: op.name().to_string(),
+                reason: "op built with another geometry than asked for".into(),
+            });
+        }
+        self.branches.push(op);
+        self.restore_equivalent(&before)
+    }
+
+    /// Dep: removes the branch `name` and absorbs its equivalent kernel into the main branch, so
+    /// the eval output is unchanged. Kept branches and nested blocks are untouched. Returns the
+    /// absorbed kernel.
+    pub fn cut(&mut self, name: &str) -> Result<Kernel> {
+        if self.main.name() == name {
+            return Err(Error::Unsupported {
+                op: name.to_string(),
+                what: "being cut: it is the block's main branch".into(),
+            });
+        }
+        let idx = self
+            .branches
+            .iter()
+            .position(|b| b.name() == name)
+            .ok_or_else(|| Error::NoSuchPath {
+                kind: "branch",
+                path: name.to_string(),
+            })?;
+        let k = self.branches[idx].to_equivalent_kxk()?;
+        self.main.add_equivalent(&k)?;
+        self.branches.remove(idx);
+        Ok(k)
+    }
+
+    /// Dep's importance of each non-main branch: mean|γ_last| / mean|γ_main| (reference §4).
+    pub fn branch_importance(&self) -> Result<Vec<(&'static str, f64)>> {
+        let mean_abs = |t: &Tensor| -> Result<f64> {
+            Ok(t.abs()?.mean_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?)
+        };
+        let main = mean_abs(&self.main.bn_gamma()?)?;
+        self.branches
+            .iter()
+            .map(|b| Ok((b.name(), mean_abs(&b.bn_gamma()?)? / main)))
+            .collect()
+    }
+
+    fn arch(&self) -> SlotArch {
+        SlotArch::Block {
+            main: branch_arch(&*self.main),
+            branches: self.branches.iter().map(|b| branch_arch(&**b)).collect(),
+        }
+    }
+}
+
+fn branch_arch(op: &dyn RepOp) -> BranchArch {
+    BranchArch {
+        spec: op.spec(),
+        children: op
+            .child_slots()
+            .into_iter()
+            .map(|(name, s)| (name.to_string(), s.arch()))
+            .collect(),
+    }
+}
+
+/// A conv that may have grown.
+#[derive(Debug)]
+pub enum Slot {
+    Conv(PlainConv),
+    Block(RepBlock),
+}
+
+/// Serialisable structure of a slot tree (no tensors): the architecture JSON.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SlotArch {
+    Conv { bias: bool },
+    Block {
+        main: BranchArch,
+        branches: Vec<BranchArch>,
+    },
+}
+
+/// One branch of a block in the architecture JSON: its spec and its child slots.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BranchArch {
+    pub spec: Box<dyn OpSpec>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub children: BTreeMap<String, SlotArch>,
+}
+
+/// Information about one slot of a tree, as `Slot::slots` lists them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotInfo {
+    /// Dotted path relative to the root slot ("" for the root itself).
+    pub path: String,
+    /// Number of blocks enclosing the slot.
+    pub depth: usize,
+    pub geom: ConvGeom,
+    pub grown: bool,
+}
+
+impl Slot {
+    /// A plain conv slot with fresh weights.
+    pub fn conv(geom: ConvGeom, bias: bool, ctx: &mut InitCtx<'_>) -> Result<Slot> {
+        Ok(Slot::Conv(PlainConv::new(geom, bias, ctx)?))
+    }
+
+    /// A plain conv slot holding the given kernel (weight and bias).
+    pub fn from_kernel(geom: ConvGeom, kernel: &Kernel) -> Result<Slot> {
+        Ok(Slot::Conv(PlainConv::from_tensors(
+            geom,
+            &kernel.weight,
+            Some(&kernel.bias),
+        )?))
+    }
+
+    pub fn geom(&self) -> &ConvGeom {
+        match self {
+            Slot::Conv(c) => &c.geom,
+            Slot::Block(b) => &b.geom,
+        }
+    }
+
+    pub fn is_block(&self) -> bool {
+        matches!(self, Slot::Block(_))
+    }
+
+    pub fn as_block(&self) -> Option<&RepBlock> {
+        match self {
+            Slot::Block(b) => Some(b),
+            Slot::Conv(_) => None,
+        }
+    }
+
+    pub fn as_block_mut(&mut self) -> Option<&mut RepBlock> {
+        match self {
+            Slot::Block(b) => Some(b),
+            Slot::Conv(_) => None,
+        }
+    }
+
+    /// Forward pass (`train` selects batch statistics in every batch norm of the tree).
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        match self {
+            Slot::Conv(c) => c.conv.forward(x),
+            Slot::Block(b) => b.forward_t(x, train),
+        }
+    }
+
+    /// The exact eval-mode equivalent kernel of the whole tree (a detached copy).
+    pub fn equivalent(&self) -> Result<Kernel> {
+        match self {
+            Slot::Conv(c) => c.conv.kernel(),
+            Slot::Block(b) => b.equivalent(),
+        }
+    }
+
+    /// Fuses the tree into one plain conv with bias. Returns whether anything changed (a plain
+    /// conv is left exactly as it is, so fusing twice is a no-op).
+    pub fn fuse(&mut self) -> Result<bool> {
+        match self {
+            Slot::Conv(_) => Ok(false),
+            Slot::Block(b) => {
+                let k = b.equivalent()?;
+                *self = Slot::from_kernel(b.geom, &k)?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Adds `delta` to the tree's equivalent kernel, exactly (eval mode): into the conv for a
+    /// plain slot, through the main branch for a block.
+    pub fn add_kernel(&mut self, delta: &Kernel) -> Result<()> {
+        match self {
+            Slot::Conv(c) => c.conv.add_kernel(delta),
+            Slot::Block(b) => b.main.add_equivalent(delta),
+        }
+    }
+
+    /// Rep (reference §3.5, eq. 6): turns this plain conv into a block whose main branch is built
+    /// from `main` and holds the old conv, plus one branch per spec in `branches` (initialised
+    /// with last-BN γ = `ctx.gamma0`). The main branch is then set so the block's eval output
+    /// equals the old conv's exactly. Nothing changes if any spec does not apply.
+    pub fn grow(
+        &mut self,
+        main: &dyn OpSpec,
+        branches: &[Box<dyn OpSpec>],
+        ctx: &mut InitCtx<'_>,
+    ) -> Result<()> {
+        let geom = match self {
+            Slot::Conv(c) => c.geom,
+            Slot::Block(_) => {
+                return Err(Error::CannotGrow {
+                    path: String::new(),
+                    reason: "it is already a block (grow one of its inner slots instead)".into(),
+                })
+            }
+        };
+        let target = self.equivalent()?;
+        main.check(&geom)?;
+        let mut main_op = main.build(&geom, ctx)?;
+        let mut ops = Vec::with_capacity(branches.len());
+        for spec in branches {
+            spec.check(&geom)?;
+            ops.push(spec.build(&geom, ctx)?);
+        }
+        RepBlock::validate_parts(&geom, &mut main_op, &ops)?;
+        let main_slot = main_op.main_slot_mut().ok_or_else(|| Error::Unsupported {
+            op: main.name().to_string(),
+            what: "being a block's main branch".into(),
+        })?;
+        if main_slot.geom() != &geom {
+            return Err(Error::InvalidArch {
+                path: main.name().to_string(),
+                reason: format!("main slot geometry ({}) differs from {geom}", main_slot.geom()),
+            });
+        }
+        // The old conv moves into the main branch; the main's fresh conv is dropped.
+        std::mem::swap(main_slot, self);
+        *self = Slot::Block(RepBlock {
+            geom,
+            main: main_op,
+            branches: ops,
+        });
+        match self {
+            Slot::Block(b) => b.restore_equivalent(&target),
+            Slot::Conv(_) => Ok(()),
+        }
+    }
+
+    /// The slot at dotted `path` relative to this one (`""` is this slot) and its depth (the
+    /// number of blocks above it). Paths go `<branch>.<child slot>`, e.g. `convkxk.conv` or
+    /// `conv1x1_kxk.conv2.convkxk.conv`.
+    pub fn slot_mut(&mut self, path: &str) -> Result<(&mut Slot, usize)> {
+        self.slot_mut_inner(path, path, 0)
+    }
+
+    fn slot_mut_inner(&mut self, full: &str, rest: &str, depth: usize) -> Result<(&mut Slot, usize)> {
+        if rest.is_empty() {
+            return Ok((self, depth));
+        }
+        let missing = || Error::NoSuchPath {
+            kind: "slot",
+            path: full.to_string(),
+        };
+        let mut parts = rest.splitn(3, '.');
+        let (Some(branch), Some(child)) = (parts.next(), parts.next()) else {
+            return Err(missing());
+        };
+        let tail = parts.next().unwrap_or("");
+        let Slot::Block(b) = self else {
+            return Err(missing());
+        };
+        let op = b.branch_mut(branch).ok_or_else(missing)?;
+        let slot = op
+            .child_slots_mut()
+            .into_iter()
+            .find(|(n, _)| *n == child)
+            .map(|(_, s)| s)
+            .ok_or_else(missing)?;
+        slot.slot_mut_inner(full, tail, depth + 1)
+    }
+
+    /// Every slot of the tree in pre-order (parents before children), paths relative to this one.
+    pub fn slots(&self) -> Vec<SlotInfo> {
+        let mut out = Vec::new();
+        self.collect_slots("", 0, &mut out);
+        out
+    }
+
+    fn collect_slots(&self, prefix: &str, depth: usize, out: &mut Vec<SlotInfo>) {
+        out.push(SlotInfo {
+            path: prefix.to_string(),
+            depth,
+            geom: *self.geom(),
+            grown: self.is_block(),
+        });
+        if let Slot::Block(b) = self {
+            for op in b.all_branches() {
+                for (name, child) in op.child_slots() {
+                    let p = join_path(&join_path(prefix, op.name()), name);
+                    child.collect_slots(&p, depth + 1, out);
+                }
+            }
+        }
+    }
+
+    /// Visits every tensor of the tree under `prefix` (plain conv: `weight`, `bias`; block:
+    /// `<branch>.<own tensor>` and child slots under `<branch>.<child>`).
+    pub fn visit_tensors(&self, prefix: &str, f: &mut TensorVisitor<'_>) {
+        match self {
+            Slot::Conv(c) => c.conv.visit(prefix, f),
+            Slot::Block(b) => {
+                for op in b.all_branches() {
+                    let p = join_path(prefix, op.name());
+                    op.visit_own_tensors(&p, f);
+                    for (name, child) in op.child_slots() {
+                        child.visit_tensors(&join_path(&p, name), f);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Visits every batch norm of the tree with its path.
+    pub fn visit_batch_norms(&self, prefix: &str, f: &mut dyn FnMut(&str, &BatchNorm)) {
+        if let Slot::Block(b) = self {
+            for op in b.all_branches() {
+                let p = join_path(prefix, op.name());
+                for (name, bn) in op.batch_norms() {
+                    f(&join_path(&p, name), bn);
+                }
+                for (name, child) in op.child_slots() {
+                    child.visit_batch_norms(&join_path(&p, name), f);
+                }
+            }
+        }
+    }
+
+    /// Conv MACs at batch 1 for an `h × w` input (every branch conv counts, reference §7.4).
+    pub fn macs(&self, h: usize, w: usize) -> Result<u64> {
+        match self {
+            Slot::Conv(c) => c.geom.macs(h, w),
+            Slot::Block(b) => b.all_branches().map(|op| op.macs(h, w)).sum(),
+        }
+    }
+
+    /// Number of trainable parameters (BN γ/β and biases included, running stats excluded).
+    pub fn param_count(&self) -> usize {
+        let mut n = 0;
+        self.visit_tensors("", &mut |_, v, role| {
+            if role.is_trainable() {
+                n += v.elem_count();
+            }
+        });
+        n
+    }
+
+    /// Number of blocks in the tree (this one and nested ones).
+    pub fn block_count(&self) -> usize {
+        self.slots().iter().filter(|s| s.grown).count()
+    }
+
+    /// The tree's structure, without tensors.
+    pub fn arch(&self) -> SlotArch {
+        match self {
+            Slot::Conv(c) => SlotArch::Conv {
+                bias: c.conv.bias().is_some(),
+            },
+            Slot::Block(b) => b.arch(),
+        }
+    }
+
+    /// Rebuilds a tree of this structure with fresh parameters (load tensors afterwards).
+    pub fn from_arch(geom: ConvGeom, arch: &SlotArch, ctx: &mut InitCtx<'_>) -> Result<Slot> {
+        Self::from_arch_at("", geom, arch, ctx)
+    }
+
+    fn from_arch_at(path: &str, geom: ConvGeom, arch: &SlotArch, ctx: &mut InitCtx<'_>) -> Result<Slot> {
+        match arch {
+            SlotArch::Conv { bias } => Slot::conv(geom, *bias, ctx),
+            SlotArch::Block { main, branches } => {
+                let main_op = build_branch(path, &geom, main, ctx)?;
+                let ops = branches
+                    .iter()
+                    .map(|b| build_branch(path, &geom, b, ctx))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Slot::Block(RepBlock::new(geom, main_op, ops)?))
+            }
+        }
+    }
+}
+
+fn build_branch(
+    path: &str,
+    geom: &ConvGeom,
+    arch: &BranchArch,
+    ctx: &mut InitCtx<'_>,
+) -> Result<Box<dyn RepOp>> {
+    let bpath = join_path(path, arch.spec.name());
+    arch.spec.check(geom).map_err(|e| Error::InvalidArch {
+        path: bpath.clone(),
+        reason: e.to_string(),
+    })?;
+    let mut op = arch.spec.build(geom, ctx)?;
+    let mut seen = 0;
+    for (name, slot) in op.child_slots_mut() {
+        if let Some(child) = arch.children.get(name) {
+            let cpath = join_path(&bpath, name);
+            *slot = Slot::from_arch_at(&cpath, *slot.geom(), child, ctx)?;
+            seen += 1;
+        }
+    }
+    if seen != arch.children.len() {
+        let known: Vec<&str> = op.child_slots().into_iter().map(|(n, _)| n).collect();
+        let unknown: Vec<&String> = arch
+            .children
+            .keys()
+            .filter(|k| !known.contains(&k.as_str()))
+            .collect();
+        return Err(Error::InvalidArch {
+            path: bpath,
+            reason: format!("unknown child slots {unknown:?}; this op has {known:?}"),
+        });
+    }
+    Ok(op)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn plain_slot_fuse_is_a_no_op_and_paths_are_simple() {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let mut ctx = InitCtx::new(&mut rng, &Device::Cpu);
+        let geom = ConvGeom::same(3, 4, 3, 1, 1).unwrap();
+        let mut s = Slot::conv(geom, false, &mut ctx).unwrap();
+        let before = s.equivalent().unwrap();
+        assert!(!s.fuse().unwrap());
+        let after = s.equivalent().unwrap();
+        let d = (before.weight - after.weight).unwrap().abs().unwrap().sum_all().unwrap();
+        assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
+        let mut names = vec![];
+        s.visit_tensors("features.0", &mut |p, _, _| names.push(p.to_string()));
+        assert_eq!(names, vec!["features.0.weight"]);
+        assert_eq!(s.param_count(), 4 * 3 * 9);
+        assert_eq!(s.slots().len(), 1);
+        assert!(s.slot_mut("convkxk.conv").is_err());
+    }
+
+    #[test]
+    fn add_kernel_creates_bias_and_adds_exactly() {
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let mut ctx = InitCtx::new(&mut rng, &Device::Cpu);
+        let geom = ConvGeom::same(2, 2, 3, 1, 1).unwrap();
+        let mut s = Slot::conv(geom, false, &mut ctx).unwrap();
+        let k0 = s.equivalent().unwrap();
+        let delta = Kernel::new(
+            crate::init::normal_tensor(ctx.rng, &[2, 2, 3, 3], 0.0, 1.0, &Device::Cpu).unwrap(),
+            Tensor::new(&[1.0f32, -2.0], &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+        s.add_kernel(&delta).unwrap();
+        let k1 = s.equivalent().unwrap();
+        let want = k0.add(&delta).unwrap();
+        let d = (k1.weight - want.weight).unwrap().abs().unwrap().max_keepdim(0).unwrap().flatten_all().unwrap().max(0).unwrap();
+        assert!(d.to_scalar::<f32>().unwrap() < 1e-6);
+        assert_eq!(k1.bias.to_vec1::<f32>().unwrap(), vec![1.0, -2.0]);
+        assert!(matches!(s.arch(), SlotArch::Conv { bias: true }));
+    }
+}

@@ -11,6 +11,7 @@ use candle_core::{DType, Device, Tensor, Var};
 
 use crate::error::{Error, Result};
 use crate::op::{TensorRole, TensorVisitor};
+use crate::slot::join_path;
 
 /// PyTorch's default ε.
 pub const BN_EPS: f64 = 1e-5;
@@ -216,15 +217,15 @@ impl BatchNorm {
 
     /// Visits γ, β, μ, σ² as `{prefix}.weight`, `.bias`, `.running_mean`, `.running_var`.
     pub fn visit(&self, prefix: &str, f: &mut TensorVisitor<'_>) {
-        f(&format!("{prefix}.weight"), &self.weight, TensorRole::BnWeight);
-        f(&format!("{prefix}.bias"), &self.bias, TensorRole::BnBias);
+        f(&join_path(prefix, "weight"), &self.weight, TensorRole::BnWeight);
+        f(&join_path(prefix, "bias"), &self.bias, TensorRole::BnBias);
         f(
-            &format!("{prefix}.running_mean"),
+            &join_path(prefix, "running_mean"),
             &self.running_mean,
             TensorRole::BnRunningMean,
         );
         f(
-            &format!("{prefix}.running_var"),
+            &join_path(prefix, "running_var"),
             &self.running_var,
             TensorRole::BnRunningVar,
         );

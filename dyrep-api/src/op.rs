@@ -168,6 +168,16 @@ pub struct OpEntry {
     pub default_spec: fn() -> Box<dyn OpSpec>,
 }
 
+impl fmt::Debug for OpEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpEntry")
+            .field("name", &self.name)
+            .field("summary", &self.summary)
+            .field("order", &self.order)
+            .finish()
+    }
+}
+
 inventory::collect!(OpEntry);
 
 /// Every registered op, in listing order (then by name).

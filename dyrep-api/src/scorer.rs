@@ -59,6 +59,16 @@ pub struct ScorerEntry {
     pub build: fn(&ScorerConfig) -> Box<dyn Scorer>,
 }
 
+impl fmt::Debug for ScorerEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScorerEntry")
+            .field("name", &self.name)
+            .field("summary", &self.summary)
+            .field("order", &self.order)
+            .finish()
+    }
+}
+
 inventory::collect!(ScorerEntry);
 
 /// Every registered scorer, in listing order (then by name).

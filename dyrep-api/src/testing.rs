@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use candle_core::Device;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError};
+use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError};
 
 use crate::equivalence::{
     check_block, check_op, BlockReport, FusionCase, NestPlan, RawCase, FUSION_TOLERANCE,
@@ -33,6 +33,11 @@ pub fn proptest_config() -> Config {
         .unwrap_or(64);
     Config {
         cases,
+        // Failing cases are kept beside the test source (`<test>.proptest-regressions`) and
+        // replayed first; commit them.
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
+            "proptest-regressions",
+        ))),
         ..Config::default()
     }
 }

@@ -13,6 +13,7 @@ pub mod kernel;
 pub mod layers;
 pub mod op;
 pub mod registry;
+pub mod rng;
 pub mod scorer;
 pub mod slot;
 #[cfg(feature = "testing")]
@@ -23,6 +24,7 @@ pub use error::{Error, Result};
 pub use geom::ConvGeom;
 pub use init::{InitCtx, DEFAULT_GAMMA0};
 pub use kernel::Kernel;
+pub use rng::SeededRng;
 pub use op::{find_op, not_applicable, op_spec, ops, OpEntry, OpSpec, RepOp, TensorRole, TensorVisitor};
 pub use scorer::{
     find_scorer, scorers, ConvObservation, MeanAccumulator, Scorer, ScorerConfig, ScorerEntry,

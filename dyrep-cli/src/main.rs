@@ -1,0 +1,6 @@
+//! The `dyrep` binary (DESIGN.md "CLI contract"); everything lives in the library so plugin
+//! crates can build their own `dyrep` with extra ops and scorers linked in.
+
+fn main() -> std::process::ExitCode {
+    dyrep_cli::main()
+}

@@ -1,0 +1,99 @@
+//! End-to-end tests of the `dyrep` binary (owned by the dyrep-cli package): listing ops and
+//! scorers (text and JSON), `verify` on all checks and on one op, exit codes for unknown names
+//! and bad flags (DESIGN.md "CLI contract").
+
+use std::process::{Command, Output};
+
+fn dyrep(args: &[&str]) -> Output {
+    let dir = std::env::temp_dir();
+    Command::new(env!("CARGO_BIN_EXE_dyrep"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run the dyrep binary")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn ops_json_lists_the_seven_built_in_ops_with_summaries() {
+    let o = dyrep(&["ops", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let names: Vec<&str> = v.as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["conv1x1", "conv1x1_kxk", "conv1x1_avg", "convkxk", "conv1xk", "convkx1", "identity"]
+    );
+    for e in v.as_array().unwrap() {
+        let s = e["summary"].as_str().unwrap();
+        assert!(!s.is_empty() && !s.contains('\n'));
+    }
+}
+
+#[test]
+fn ops_and_scorers_print_tables() {
+    let o = dyrep(&["ops"]);
+    assert!(o.status.success());
+    let s = stdout(&o);
+    assert!(s.starts_with("NAME"), "{s}");
+    assert!(s.contains("conv1x1_avg"));
+    let o = dyrep(&["scorers", "--json"]);
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let names: Vec<&str> = v.as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["synflow", "snip", "grad_norm", "random"]);
+}
+
+#[test]
+fn verify_all_passes_for_every_op_and_nested_blocks() {
+    let o = dyrep(&["verify", "--all", "--cases", "20", "--seed", "1", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["passed"], true);
+    let checks = v["checks"].as_array().unwrap();
+    let names: Vec<&str> = checks.iter().map(|c| c["check"].as_str().unwrap()).collect();
+    for want in ["conv1x1", "identity", "block", "nested:convkxk.conv", "nested:conv1x1_kxk.conv2"] {
+        assert!(names.contains(&want), "{names:?}");
+    }
+    for c in checks {
+        assert_eq!(c["cases"], 20);
+        assert!(c["worst_rel"].as_f64().unwrap() <= 1e-5, "{c}");
+    }
+}
+
+#[test]
+fn verify_one_op_prints_a_table() {
+    let o = dyrep(&["verify", "--op", "conv1x1_kxk", "--cases", "10"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let s = stdout(&o);
+    assert!(s.contains("conv1x1_kxk") && s.contains("all 1 checks passed (10 cases)"), "{s}");
+}
+
+#[test]
+fn unknown_op_exits_1_with_known_names_and_suggestion() {
+    let o = dyrep(&["verify", "--op", "conv1x1_kx"]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(e.contains("unknown op `conv1x1_kx`"), "{e}");
+    assert!(e.contains("did you mean `conv1x1_kxk`"), "{e}");
+    assert!(e.contains("identity"), "{e}");
+    assert!(!e.contains("panicked"), "{e}");
+}
+
+#[test]
+fn bad_flags_exit_1_and_help_exits_0() {
+    assert_eq!(dyrep(&["verify", "--cases", "0"]).status.code(), Some(1));
+    assert_eq!(dyrep(&["verify", "--op", "conv1x1", "--all"]).status.code(), Some(1));
+    assert_eq!(dyrep(&["frobnicate"]).status.code(), Some(1));
+    assert_eq!(dyrep(&[]).status.code(), Some(1));
+    let h = dyrep(&["verify", "--help"]);
+    assert_eq!(h.status.code(), Some(0));
+    assert!(stdout(&h).contains("dyrep verify --all --cases 200 --seed 1"));
+}

@@ -26,10 +26,23 @@ fn ops_json_lists_the_seven_built_in_ops_with_summaries() {
     let o = dyrep(&["ops", "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let names: Vec<&str> = v.as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
     assert_eq!(
         names,
-        ["conv1x1", "conv1x1_kxk", "conv1x1_avg", "convkxk", "conv1xk", "convkx1", "identity"]
+        [
+            "conv1x1",
+            "conv1x1_kxk",
+            "conv1x1_avg",
+            "convkxk",
+            "conv1xk",
+            "convkx1",
+            "identity"
+        ]
     );
     for e in v.as_array().unwrap() {
         let s = e["summary"].as_str().unwrap();
@@ -47,7 +60,12 @@ fn ops_and_scorers_print_tables() {
     let o = dyrep(&["scorers", "--json"]);
     assert!(o.status.success());
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let names: Vec<&str> = v.as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["synflow", "snip", "grad_norm", "random"]);
 }
 
@@ -58,8 +76,17 @@ fn verify_all_passes_for_every_op_and_nested_blocks() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["passed"], true);
     let checks = v["checks"].as_array().unwrap();
-    let names: Vec<&str> = checks.iter().map(|c| c["check"].as_str().unwrap()).collect();
-    for want in ["conv1x1", "identity", "block", "nested:convkxk.conv", "nested:conv1x1_kxk.conv2"] {
+    let names: Vec<&str> = checks
+        .iter()
+        .map(|c| c["check"].as_str().unwrap())
+        .collect();
+    for want in [
+        "conv1x1",
+        "identity",
+        "block",
+        "nested:convkxk.conv",
+        "nested:conv1x1_kxk.conv2",
+    ] {
         assert!(names.contains(&want), "{names:?}");
     }
     for c in checks {
@@ -73,7 +100,10 @@ fn verify_one_op_prints_a_table() {
     let o = dyrep(&["verify", "--op", "conv1x1_kxk", "--cases", "10"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let s = stdout(&o);
-    assert!(s.contains("conv1x1_kxk") && s.contains("all 1 checks passed (10 cases)"), "{s}");
+    assert!(
+        s.contains("conv1x1_kxk") && s.contains("all 1 checks passed (10 cases)"),
+        "{s}"
+    );
 }
 
 #[test]
@@ -90,7 +120,10 @@ fn unknown_op_exits_1_with_known_names_and_suggestion() {
 #[test]
 fn bad_flags_exit_1_and_help_exits_0() {
     assert_eq!(dyrep(&["verify", "--cases", "0"]).status.code(), Some(1));
-    assert_eq!(dyrep(&["verify", "--op", "conv1x1", "--all"]).status.code(), Some(1));
+    assert_eq!(
+        dyrep(&["verify", "--op", "conv1x1", "--all"]).status.code(),
+        Some(1)
+    );
     assert_eq!(dyrep(&["frobnicate"]).status.code(), Some(1));
     assert_eq!(dyrep(&[]).status.code(), Some(1));
     let h = dyrep(&["verify", "--help"]);

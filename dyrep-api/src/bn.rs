@@ -89,8 +89,8 @@ impl BatchNorm {
 
     /// Sets every γ to `value`.
     pub fn set_gamma(&self, value: f64) -> Result<()> {
-        let t = (Tensor::ones(self.num_features, self.weight.dtype(), self.weight.device())?
-            * value)?;
+        let t =
+            (Tensor::ones(self.num_features, self.weight.dtype(), self.weight.device())? * value)?;
         Ok(self.weight.set(&t)?)
     }
 
@@ -175,7 +175,11 @@ impl BatchNorm {
         let shape = (1, c, 1, 1);
         let mean = x.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?;
         let centred = x.broadcast_sub(&mean)?;
-        let var = centred.sqr()?.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?;
+        let var = centred
+            .sqr()?
+            .mean_keepdim(0)?
+            .mean_keepdim(2)?
+            .mean_keepdim(3)?;
         let inv_std = (var.clone() + self.eps)?.sqrt()?.recip()?;
         let y = centred
             .broadcast_mul(&inv_std)?
@@ -210,14 +214,17 @@ impl BatchNorm {
         let rv = self.running_var.as_detached_tensor();
         let scale = self.weight.as_tensor().div(&(rv + self.eps)?.sqrt()?)?;
         let shift = (self.bias.as_tensor() - (&scale * rm)?)?;
-        Ok(x
-            .broadcast_mul(&scale.reshape((1, c, 1, 1))?)?
+        Ok(x.broadcast_mul(&scale.reshape((1, c, 1, 1))?)?
             .broadcast_add(&shift.reshape((1, c, 1, 1))?)?)
     }
 
     /// Visits γ, β, μ, σ² as `{prefix}.weight`, `.bias`, `.running_mean`, `.running_var`.
     pub fn visit(&self, prefix: &str, f: &mut TensorVisitor<'_>) {
-        f(&join_path(prefix, "weight"), &self.weight, TensorRole::BnWeight);
+        f(
+            &join_path(prefix, "weight"),
+            &self.weight,
+            TensorRole::BnWeight,
+        );
         f(&join_path(prefix, "bias"), &self.bias, TensorRole::BnBias);
         f(
             &join_path(prefix, "running_mean"),
@@ -244,8 +251,14 @@ mod tests {
     }
 
     fn x(seed: u64) -> Tensor {
-        let t = normal_tensor(&mut ChaCha8Rng::seed_from_u64(seed), &[4, 3, 5, 6], 0.0, 2.0, &Device::Cpu)
-            .unwrap();
+        let t = normal_tensor(
+            &mut ChaCha8Rng::seed_from_u64(seed),
+            &[4, 3, 5, 6],
+            0.0,
+            2.0,
+            &Device::Cpu,
+        )
+        .unwrap();
         (t + 1.5).unwrap()
     }
 
@@ -255,7 +268,13 @@ mod tests {
         let x = x(1);
         let y = bn.forward_t(&x, true).unwrap();
         // Output per-channel mean ≈ 0 and biased variance ≈ 1.
-        let m = v(&y.mean_keepdim(0).unwrap().mean_keepdim(2).unwrap().mean_keepdim(3).unwrap());
+        let m = v(&y
+            .mean_keepdim(0)
+            .unwrap()
+            .mean_keepdim(2)
+            .unwrap()
+            .mean_keepdim(3)
+            .unwrap());
         assert!(m.iter().all(|m| m.abs() < 1e-5), "{m:?}");
         // Running mean = 0.1·batch mean, running var = 0.9 + 0.1·unbiased var.
         let xs = x.transpose(0, 1).unwrap().flatten_from(1).unwrap();
@@ -318,7 +337,14 @@ mod tests {
             bn.forward_t(t, false).unwrap();
         }
         assert_eq!(bn.end_calibration(), 3);
-        let mean_of = |t: &Tensor| v(&t.mean_keepdim(0).unwrap().mean_keepdim(2).unwrap().mean_keepdim(3).unwrap());
+        let mean_of = |t: &Tensor| {
+            v(&t.mean_keepdim(0)
+                .unwrap()
+                .mean_keepdim(2)
+                .unwrap()
+                .mean_keepdim(3)
+                .unwrap())
+        };
         let (ma, mb, mc) = (mean_of(&a), mean_of(&b), mean_of(&c));
         let got = v(&bn.eval_params().unwrap().mean);
         for ch in 0..3 {

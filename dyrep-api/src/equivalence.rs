@@ -279,10 +279,16 @@ pub fn check_op(spec: &dyn OpSpec, case: &FusionCase, device: &Device) -> Result
         reason: what,
     };
     if op.name() != spec.name() {
-        return Err(contract(format!("op name `{}` differs from its spec's", op.name())));
+        return Err(contract(format!(
+            "op name `{}` differs from its spec's",
+            op.name()
+        )));
     }
     if op.geom() != &g {
-        return Err(contract(format!("op geometry {} differs from {g}", op.geom())));
+        return Err(contract(format!(
+            "op geometry {} differs from {g}",
+            op.geom()
+        )));
     }
     randomize_op(&*op, &mut rng)?;
     let x = random_input(case, &mut rng, device)?;
@@ -296,7 +302,9 @@ pub fn check_op(spec: &dyn OpSpec, case: &FusionCase, device: &Device) -> Result
         )));
     }
     if op.bn_gamma()?.dims() != [g.out_ch] {
-        return Err(contract("bn_gamma must have one entry per output channel".into()));
+        return Err(contract(
+            "bn_gamma must have one entry per output channel".into(),
+        ));
     }
     let yk = k.conv(&x, g.stride, g.padding, g.groups)?;
     compare(&y, &yk)
@@ -359,7 +367,11 @@ pub fn check_block(
 
     let before = slot.forward_t(&x, false)?;
     let applicable = |specs: &[Box<dyn OpSpec>], geom: &ConvGeom| -> Vec<Box<dyn OpSpec>> {
-        specs.iter().filter(|s| s.check(geom).is_ok()).cloned().collect()
+        specs
+            .iter()
+            .filter(|s| s.check(geom).is_ok())
+            .cloned()
+            .collect()
     };
     {
         let mut ctx = InitCtx::new(&mut rng, device);
@@ -411,7 +423,8 @@ pub fn check_block(
     let k1 = slot.equivalent()?;
     let changed = slot.fuse()?;
     let k2 = slot.equivalent()?;
-    report.idempotent = !changed && bitwise_equal(&k1.weight, &k2.weight)? && bitwise_equal(&k1.bias, &k2.bias)?;
+    report.idempotent =
+        !changed && bitwise_equal(&k1.weight, &k2.weight)? && bitwise_equal(&k1.bias, &k2.bias)?;
     Ok(report)
 }
 
@@ -451,7 +464,9 @@ mod tests {
         let cases: Vec<FusionCase> = (0..400)
             .filter_map(|_| random_case(&mut rng, 10, &|_| true))
             .collect();
-        assert!(cases.iter().any(|c| c.geom.is_depthwise() && c.geom.in_ch > 1));
+        assert!(cases
+            .iter()
+            .any(|c| c.geom.is_depthwise() && c.geom.in_ch > 1));
         assert!(cases.iter().any(|c| c.geom.groups == 2));
         assert!(cases.iter().any(|c| c.geom.stride == 2));
         assert!(cases.iter().any(|c| !c.geom.is_same_padding()));

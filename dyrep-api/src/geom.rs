@@ -43,7 +43,13 @@ impl ConvGeom {
     }
 
     /// The usual "same" geometry: padding k/2.
-    pub fn same(in_ch: usize, out_ch: usize, k: usize, stride: usize, groups: usize) -> Result<Self> {
+    pub fn same(
+        in_ch: usize,
+        out_ch: usize,
+        k: usize,
+        stride: usize,
+        groups: usize,
+    ) -> Result<Self> {
         Self::new(in_ch, out_ch, k, stride, k / 2, groups)
     }
 
@@ -61,10 +67,10 @@ impl ConvGeom {
         if self.groups == 0 {
             return bad("groups must be positive");
         }
-        if self.in_ch % self.groups != 0 || self.out_ch % self.groups != 0 {
+        if !self.in_ch.is_multiple_of(self.groups) || !self.out_ch.is_multiple_of(self.groups) {
             return bad("groups must divide both in_ch and out_ch");
         }
-        if self.k == 0 || self.k % 2 == 0 {
+        if self.k == 0 || self.k.is_multiple_of(2) {
             return bad("kernels are square with an odd size k (1, 3, 5, ...)");
         }
         if self.stride == 0 {
@@ -115,7 +121,14 @@ impl ConvGeom {
 
     /// The same geometry with other channel counts (groups kept).
     pub fn with_channels(&self, in_ch: usize, out_ch: usize) -> Result<Self> {
-        Self::new(in_ch, out_ch, self.k, self.stride, self.padding, self.groups)
+        Self::new(
+            in_ch,
+            out_ch,
+            self.k,
+            self.stride,
+            self.padding,
+            self.groups,
+        )
     }
 
     /// Multiply-accumulates of this conv at batch 1 for an input of `h × w` (reference §7.4).

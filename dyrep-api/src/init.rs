@@ -85,18 +85,30 @@ mod tests {
 
     #[test]
     fn same_seed_same_tensor() {
-        let a = normal_tensor(&mut ChaCha8Rng::seed_from_u64(3), &[5, 4], 0.0, 1.0, &Device::Cpu)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let b = normal_tensor(&mut ChaCha8Rng::seed_from_u64(3), &[5, 4], 0.0, 1.0, &Device::Cpu)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let a = normal_tensor(
+            &mut ChaCha8Rng::seed_from_u64(3),
+            &[5, 4],
+            0.0,
+            1.0,
+            &Device::Cpu,
+        )
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+        let b = normal_tensor(
+            &mut ChaCha8Rng::seed_from_u64(3),
+            &[5, 4],
+            0.0,
+            1.0,
+            &Device::Cpu,
+        )
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
         assert_eq!(a, b);
         assert!(a.iter().any(|v| *v != a[0]));
     }

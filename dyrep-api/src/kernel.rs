@@ -92,9 +92,7 @@ impl Kernel {
     pub fn scale_out(&self, scale: &Tensor) -> Result<Kernel> {
         let out = self.weight.dim(0)?;
         Ok(Kernel {
-            weight: self
-                .weight
-                .broadcast_mul(&scale.reshape((out, 1, 1, 1))?)?,
+            weight: self.weight.broadcast_mul(&scale.reshape((out, 1, 1, 1))?)?,
             bias: (&self.bias * scale)?,
         })
     }
@@ -121,9 +119,11 @@ impl Kernel {
     /// (rows are the H axis, dim 2; columns the W axis, dim 3 — DBB's own copy swaps them).
     pub fn pad_to(&self, k: usize) -> Result<Kernel> {
         let (_, _, kh, kw) = self.dims4()?;
-        if kh > k || kw > k || (k - kh) % 2 != 0 || (k - kw) % 2 != 0 {
+        if kh > k || kw > k || !(k - kh).is_multiple_of(2) || !(k - kw).is_multiple_of(2) {
             return Err(Error::ShapeMismatch {
-                context: format!("zero-padding a {kh}x{kw} kernel to {k}x{k} (sizes must be odd and not larger)"),
+                context: format!(
+                    "zero-padding a {kh}x{kw} kernel to {k}x{k} (sizes must be odd and not larger)"
+                ),
                 expected: vec![k, k],
                 got: vec![kh, kw],
             });
@@ -236,7 +236,7 @@ impl Kernel {
         device: &Device,
         value: impl Fn(usize, usize) -> f64,
     ) -> Result<Kernel> {
-        if groups == 0 || channels % groups != 0 || k % 2 == 0 {
+        if groups == 0 || !channels.is_multiple_of(groups) || k.is_multiple_of(2) {
             return Err(Error::InvalidGeom {
                 geom: format!("channels={channels} k={k} groups={groups}"),
                 rule: "groups must divide the channels and k must be odd".into(),

@@ -7,9 +7,9 @@ use candle_core::{Tensor, Var};
 
 use crate::bn::BatchNorm;
 use crate::error::{Error, Result};
+use crate::geom::ConvGeom;
 use crate::init::InitCtx;
 use crate::kernel::Kernel;
-use crate::geom::ConvGeom;
 use crate::op::{OpSpec, RepOp, TensorRole, TensorVisitor};
 use crate::slot::join_path;
 
@@ -164,7 +164,11 @@ impl Conv2dLayer {
 
     /// Visits `{prefix}.weight` and, if present, `{prefix}.bias`.
     pub fn visit(&self, prefix: &str, f: &mut TensorVisitor<'_>) {
-        f(&join_path(prefix, "weight"), &self.weight, TensorRole::ConvWeight);
+        f(
+            &join_path(prefix, "weight"),
+            &self.weight,
+            TensorRole::ConvWeight,
+        );
         if let Some(b) = &self.bias {
             f(&join_path(prefix, "bias"), b, TensorRole::ConvBias);
         }
@@ -222,7 +226,11 @@ impl BnAndPad {
         }
         let p = self.pad;
         let (_, c, h, w) = y.dims4()?;
-        let value = self.bn.eval_params()?.zero_input_output()?.to_dtype(y.dtype())?;
+        let value = self
+            .bn
+            .eval_params()?
+            .zero_input_output()?
+            .to_dtype(y.dtype())?;
         let interior = Tensor::ones((1, 1, h, w), y.dtype(), y.device())?
             .pad_with_zeros(2, p, p)?
             .pad_with_zeros(3, p, p)?;
@@ -303,7 +311,12 @@ impl ConvBnBranch {
         kw: usize,
         ctx: &mut InitCtx<'_>,
     ) -> Result<Self> {
-        if !geom.is_same_padding() || kh > geom.k || kw > geom.k || kh % 2 == 0 || kw % 2 == 0 {
+        if !geom.is_same_padding()
+            || kh > geom.k
+            || kw > geom.k
+            || kh.is_multiple_of(2)
+            || kw.is_multiple_of(2)
+        {
             return Err(crate::op::not_applicable(
                 spec.name(),
                 geom,
@@ -405,7 +418,10 @@ mod tests {
                         let mut acc = 0f32;
                         for dy in 0..k {
                             for dx in 0..k {
-                                let (y, xx) = ((i * s + dy) as isize - p as isize, (j * s + dx) as isize - p as isize);
+                                let (y, xx) = (
+                                    (i * s + dy) as isize - p as isize,
+                                    (j * s + dx) as isize - p as isize,
+                                );
                                 if y >= 0 && xx >= 0 && (y as usize) < h && (xx as usize) < w {
                                     acc += xv[((b * c + ch) * h + y as usize) * w + xx as usize];
                                 }
@@ -422,7 +438,13 @@ mod tests {
     #[test]
     fn avg_pool_matches_naive_with_padding_and_stride() {
         let mut rng = ChaCha8Rng::seed_from_u64(11);
-        for &(h, w, k, s, p) in &[(5, 6, 3, 1, 1), (7, 8, 3, 2, 1), (8, 7, 5, 2, 2), (6, 6, 3, 2, 0), (5, 5, 1, 2, 0)] {
+        for &(h, w, k, s, p) in &[
+            (5, 6, 3, 1, 1),
+            (7, 8, 3, 2, 1),
+            (8, 7, 5, 2, 2),
+            (6, 6, 3, 2, 0),
+            (5, 5, 1, 2, 0),
+        ] {
             let x = normal_tensor(&mut rng, &[2, 3, h, w], 0.0, 1.0, &Device::Cpu).unwrap();
             let y = avg_pool2d(&x, k, s, p).unwrap();
             let want = naive_avg(&x, k, s, p);
@@ -436,7 +458,8 @@ mod tests {
 
     #[test]
     fn avg_pool_has_a_gradient_with_stride_ne_kernel() {
-        let x = Var::from_tensor(&Tensor::ones((1, 1, 5, 5), DType::F32, &Device::Cpu).unwrap()).unwrap();
+        let x = Var::from_tensor(&Tensor::ones((1, 1, 5, 5), DType::F32, &Device::Cpu).unwrap())
+            .unwrap();
         let y = avg_pool2d(x.as_tensor(), 3, 2, 1).unwrap();
         let g = y.sum_all().unwrap().backward().unwrap();
         let gx = v(g.get(x.as_tensor()).unwrap());
@@ -449,8 +472,11 @@ mod tests {
     fn bn_and_pad_fills_border_with_zero_input_output() {
         let bn = BatchNorm::new(2, DType::F32, &Device::Cpu).unwrap();
         let dev = Device::Cpu;
-        bn.set_running_stats(&Tensor::new(&[1.0f32, -2.0], &dev).unwrap(), &Tensor::new(&[4.0f32, 1.0], &dev).unwrap())
-            .unwrap();
+        bn.set_running_stats(
+            &Tensor::new(&[1.0f32, -2.0], &dev).unwrap(),
+            &Tensor::new(&[4.0f32, 1.0], &dev).unwrap(),
+        )
+        .unwrap();
         bn.set_gamma(3.0).unwrap();
         let layer = BnAndPad::new(bn, 1);
         let x = Tensor::zeros((1, 2, 2, 3), DType::F32, &dev).unwrap();
@@ -474,7 +500,10 @@ mod tests {
         let k = conv.kernel().unwrap().pad_to(3).unwrap();
         let y2 = k.conv(&x, 2, 1, 2).unwrap();
         assert_eq!(y.dims(), y2.dims());
-        let d: f32 = v(&(y - y2).unwrap()).iter().map(|a| a.abs()).fold(0., f32::max);
+        let d: f32 = v(&(y - y2).unwrap())
+            .iter()
+            .map(|a| a.abs())
+            .fold(0., f32::max);
         assert!(d < 1e-5);
     }
 }

@@ -24,14 +24,16 @@ pub use error::{Error, Result};
 pub use geom::ConvGeom;
 pub use init::{InitCtx, DEFAULT_GAMMA0};
 pub use kernel::Kernel;
+pub use op::{
+    find_op, not_applicable, op_spec, ops, OpEntry, OpSpec, RepOp, TensorRole, TensorVisitor,
+};
 pub use rng::SeededRng;
-pub use op::{find_op, not_applicable, op_spec, ops, OpEntry, OpSpec, RepOp, TensorRole, TensorVisitor};
 pub use scorer::{
     find_scorer, scorers, ConvObservation, MeanAccumulator, Scorer, ScorerConfig, ScorerEntry,
 };
 pub use slot::{join_path, BranchArch, PlainConv, RepBlock, Slot, SlotArch, SlotInfo};
 
 // Re-exported for the registration macros and for plugin crates.
+pub use candle_core;
 #[doc(hidden)]
 pub use inventory;
-pub use candle_core;

@@ -6,13 +6,13 @@ use std::fmt;
 
 use candle_core::{Tensor, Var};
 
+use crate::bn::BatchNorm;
 use crate::error::{Error, Result};
 use crate::geom::ConvGeom;
 use crate::init::InitCtx;
 use crate::kernel::Kernel;
 use crate::registry::lookup;
 use crate::slot::Slot;
-use crate::bn::BatchNorm;
 
 /// What a tensor of an op is, so optimizers, weight decay and scorers can filter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

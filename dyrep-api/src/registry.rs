@@ -58,7 +58,13 @@ mod tests {
 
     #[test]
     fn nearest_finds_typos() {
-        let known = ["conv1x1", "conv1x1_kxk", "conv1x1_avg", "identity", "synflow"];
+        let known = [
+            "conv1x1",
+            "conv1x1_kxk",
+            "conv1x1_avg",
+            "identity",
+            "synflow",
+        ];
         assert_eq!(nearest("conv1x1_kx", known).as_deref(), Some("conv1x1_kxk"));
         assert_eq!(nearest("identiy", known).as_deref(), Some("identity"));
         assert_eq!(nearest("Synflow", known).as_deref(), Some("synflow"));

@@ -52,7 +52,12 @@ struct RngState {
 
 impl Serialize for SeededRng {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let seed: String = self.0.get_seed().iter().map(|b| format!("{b:02x}")).collect();
+        let seed: String = self
+            .0
+            .get_seed()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         RngState {
             seed,
             stream: self.0.get_stream().to_string(),
@@ -107,6 +112,9 @@ mod tests {
             SeededRng::for_purpose(42, "data").next_u64(),
             SeededRng::for_purpose(42, "init").next_u64()
         );
-        assert!(serde_json::from_str::<SeededRng>(r#"{"seed":"00","stream":"0","word_pos":"0"}"#).is_err());
+        assert!(
+            serde_json::from_str::<SeededRng>(r#"{"seed":"00","stream":"0","word_pos":"0"}"#)
+                .is_err()
+        );
     }
 }

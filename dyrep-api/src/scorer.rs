@@ -103,7 +103,12 @@ macro_rules! register_scorer {
         }
     };
     (name = $name:literal, summary = $summary:literal, build = $build:path $(,)?) => {
-        $crate::register_scorer!(name = $name, summary = $summary, build = $build, order = 1000);
+        $crate::register_scorer!(
+            name = $name,
+            summary = $summary,
+            build = $build,
+            order = 1000
+        );
     };
 }
 
@@ -143,7 +148,10 @@ mod tests {
         m.add("b", 1.0);
         m.add("a", 2.0);
         m.add("b", 3.0);
-        assert_eq!(m.means(), vec![("a".to_string(), 2.0), ("b".to_string(), 2.0)]);
+        assert_eq!(
+            m.means(),
+            vec![("a".to_string(), 2.0), ("b".to_string(), 2.0)]
+        );
         m.clear();
         assert!(m.means().is_empty());
     }

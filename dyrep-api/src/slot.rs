@@ -136,7 +136,10 @@ impl RepBlock {
             if b.geom() != geom {
                 return Err(Error::InvalidArch {
                     path: b.name().to_string(),
-                    reason: format!("branch geometry ({}) differs from the block's ({geom})", b.geom()),
+                    reason: format!(
+                        "branch geometry ({}) differs from the block's ({geom})",
+                        b.geom()
+                    ),
                 });
             }
         }
@@ -263,7 +266,10 @@ impl RepBlock {
     /// Dep's importance of each non-main branch: mean|γ_last| / mean|γ_main| (reference §4).
     pub fn branch_importance(&self) -> Result<Vec<(&'static str, f64)>> {
         let mean_abs = |t: &Tensor| -> Result<f64> {
-            Ok(t.abs()?.mean_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?)
+            Ok(t.abs()?
+                .mean_all()?
+                .to_dtype(candle_core::DType::F64)?
+                .to_scalar::<f64>()?)
         };
         let main = mean_abs(&self.main.bn_gamma()?)?;
         self.branches
@@ -302,7 +308,9 @@ pub enum Slot {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SlotArch {
-    Conv { bias: bool },
+    Conv {
+        bias: bool,
+    },
     Block {
         main: BranchArch,
         branches: Vec<BranchArch>,
@@ -442,7 +450,10 @@ impl Slot {
         if main_slot.geom() != &geom {
             return Err(Error::InvalidArch {
                 path: main.name().to_string(),
-                reason: format!("main slot geometry ({}) differs from {geom}", main_slot.geom()),
+                reason: format!(
+                    "main slot geometry ({}) differs from {geom}",
+                    main_slot.geom()
+                ),
             });
         }
         // The old conv moves into the main branch; the main's fresh conv is dropped.
@@ -465,7 +476,12 @@ impl Slot {
         self.slot_mut_inner(path, path, 0)
     }
 
-    fn slot_mut_inner(&mut self, full: &str, rest: &str, depth: usize) -> Result<(&mut Slot, usize)> {
+    fn slot_mut_inner(
+        &mut self,
+        full: &str,
+        rest: &str,
+        depth: usize,
+    ) -> Result<(&mut Slot, usize)> {
         if rest.is_empty() {
             return Ok((self, depth));
         }
@@ -586,7 +602,12 @@ impl Slot {
         Self::from_arch_at("", geom, arch, ctx)
     }
 
-    fn from_arch_at(path: &str, geom: ConvGeom, arch: &SlotArch, ctx: &mut InitCtx<'_>) -> Result<Slot> {
+    fn from_arch_at(
+        path: &str,
+        geom: ConvGeom,
+        arch: &SlotArch,
+        ctx: &mut InitCtx<'_>,
+    ) -> Result<Slot> {
         match arch {
             SlotArch::Conv { bias } => Slot::conv(geom, *bias, ctx),
             SlotArch::Block { main, branches } => {
@@ -652,7 +673,12 @@ mod tests {
         let before = s.equivalent().unwrap();
         assert!(!s.fuse().unwrap());
         let after = s.equivalent().unwrap();
-        let d = (before.weight - after.weight).unwrap().abs().unwrap().sum_all().unwrap();
+        let d = (before.weight - after.weight)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap();
         assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
         let mut names = vec![];
         s.visit_tensors("features.0", &mut |p, _, _| names.push(p.to_string()));
@@ -677,7 +703,16 @@ mod tests {
         s.add_kernel(&delta).unwrap();
         let k1 = s.equivalent().unwrap();
         let want = k0.add(&delta).unwrap();
-        let d = (k1.weight - want.weight).unwrap().abs().unwrap().max_keepdim(0).unwrap().flatten_all().unwrap().max(0).unwrap();
+        let d = (k1.weight - want.weight)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_keepdim(0)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap();
         assert!(d.to_scalar::<f32>().unwrap() < 1e-6);
         assert_eq!(k1.bias.to_vec1::<f32>().unwrap(), vec![1.0, -2.0]);
         assert!(matches!(s.arch(), SlotArch::Conv { bias: true }));

@@ -46,10 +46,20 @@ pub fn proptest_config() -> Config {
 pub fn raw_case() -> impl Strategy<Value = RawCase> {
     (
         (0usize..3, 1usize..=2, 0usize..3, 1usize..=16, 1usize..=16),
-        (any::<bool>(), 0usize..5, 5usize..=12, 5usize..=12, 1usize..=3, any::<u64>()),
+        (
+            any::<bool>(),
+            0usize..5,
+            5usize..=12,
+            5usize..=12,
+            1usize..=3,
+            any::<u64>(),
+        ),
     )
         .prop_map(
-            |((k_index, stride, groups_kind, in_ch, out_ch), (same_padding, padding_raw, h, w, batch, seed))| RawCase {
+            |(
+                (k_index, stride, groups_kind, in_ch, out_ch),
+                (same_padding, padding_raw, h, w, batch, seed),
+            )| RawCase {
                 k_index,
                 stride,
                 groups_kind,

@@ -55,7 +55,9 @@ enum Command {
     },
     /// Check on random cases that every op (and blocks of ops, nested or not) fuses into one
     /// conv with the same eval-mode output; random BN statistics, f32.
-    #[command(after_help = "Examples:\n  dyrep verify --all --cases 200 --seed 1\n  dyrep verify --op conv1x1_kxk --cases 50\n\nExit status 2 if any case fails.")]
+    #[command(
+        after_help = "Examples:\n  dyrep verify --all --cases 200 --seed 1\n  dyrep verify --op conv1x1_kxk --cases 50\n\nExit status 2 if any case fails."
+    )]
     Verify {
         /// Check only this op (a registered name; see `dyrep ops`).
         #[arg(long, value_name = "NAME", conflicts_with = "all")]
@@ -185,7 +187,12 @@ fn print_listing(out: &mut impl Write, rows: &[Listed], json: bool) -> Result<()
     Ok(())
 }
 
-fn print_verify_table(out: &mut impl Write, reports: &[CheckReport], cases: u32, seed: u64) -> Result<()> {
+fn print_verify_table(
+    out: &mut impl Write,
+    reports: &[CheckReport],
+    cases: u32,
+    seed: u64,
+) -> Result<()> {
     writeln!(
         out,
         "fusion equivalence, eval mode, f32, random weights and BN statistics: {cases} cases per check, seed {seed}"
@@ -195,7 +202,12 @@ fn print_verify_table(out: &mut impl Write, reports: &[CheckReport], cases: u32,
         "limits: fused vs multi-branch max abs {:.0e} and rel {:.0e}; grow/cut rel {:.0e}\n",
         FUSION_TOLERANCE.max_abs, FUSION_TOLERANCE.rel, PRESERVE_TOLERANCE.rel
     )?;
-    let width = reports.iter().map(|r| r.check.len()).max().unwrap_or(5).max(5);
+    let width = reports
+        .iter()
+        .map(|r| r.check.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
     writeln!(
         out,
         "{:width$}  {:>6}  {:>9}  {:>9}  {:>12}  RESULT",

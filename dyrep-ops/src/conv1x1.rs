@@ -53,16 +53,26 @@ mod tests {
     fn refuses_off_centre_padding() {
         let g = ConvGeom::new(4, 4, 3, 1, 0, 1).unwrap();
         let e = Conv1x1Spec {}.check(&g).unwrap_err().to_string();
-        assert!(e.contains("conv1x1") && e.contains("padding == k/2") && e.contains("padding=0"), "{e}");
+        assert!(
+            e.contains("conv1x1") && e.contains("padding == k/2") && e.contains("padding=0"),
+            "{e}"
+        );
         let mut rng = ChaCha8Rng::seed_from_u64(0);
-        assert!(Conv1x1Spec {}.build(&g, &mut InitCtx::new(&mut rng, &Device::Cpu)).is_err());
+        assert!(Conv1x1Spec {}
+            .build(&g, &mut InitCtx::new(&mut rng, &Device::Cpu))
+            .is_err());
     }
 
     #[test]
     fn last_bn_gamma_is_gamma0() {
         let g = ConvGeom::same(4, 6, 3, 2, 2).unwrap();
         let mut rng = ChaCha8Rng::seed_from_u64(0);
-        let op = Conv1x1Spec {}.build(&g, &mut InitCtx::new(&mut rng, &Device::Cpu)).unwrap();
-        assert_eq!(op.bn_gamma().unwrap().to_vec1::<f32>().unwrap(), vec![0.01f32; 6]);
+        let op = Conv1x1Spec {}
+            .build(&g, &mut InitCtx::new(&mut rng, &Device::Cpu))
+            .unwrap();
+        assert_eq!(
+            op.bn_gamma().unwrap().to_vec1::<f32>().unwrap(),
+            vec![0.01f32; 6]
+        );
     }
 }

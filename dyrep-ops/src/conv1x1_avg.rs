@@ -41,7 +41,10 @@ impl OpSpec for Conv1x1AvgSpec {
                 geom.groups,
                 false,
             )?;
-            let bn = BnAndPad::new(BatchNorm::new(geom.out_ch, ctx.dtype, &ctx.device)?, geom.padding);
+            let bn = BnAndPad::new(
+                BatchNorm::new(geom.out_ch, ctx.dtype, &ctx.device)?,
+                geom.padding,
+            );
             Some((conv, bn))
         };
         let avgbn = BatchNorm::new(geom.out_ch, ctx.dtype, &ctx.device)?;
@@ -89,7 +92,9 @@ impl RepOp for Conv1x1Avg {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let g = &self.geom;
         let pooled = match &self.pre {
-            Some((conv, bn)) => avg_pool2d(&bn.forward_t(&conv.forward(x)?, train)?, g.k, g.stride, 0)?,
+            Some((conv, bn)) => {
+                avg_pool2d(&bn.forward_t(&conv.forward(x)?, train)?, g.k, g.stride, 0)?
+            }
             None => avg_pool2d(x, g.k, g.stride, g.padding)?,
         };
         self.avgbn.forward_t(&pooled, train)
@@ -157,14 +162,17 @@ mod tests {
     fn pool_only_form_needs_true_depthwise() {
         let mut rng = ChaCha8Rng::seed_from_u64(0);
         let mut ctx = InitCtx::new(&mut rng, &Device::Cpu);
-        let dw = Conv1x1AvgSpec {}.build(&ConvGeom::same(8, 8, 3, 1, 8).unwrap(), &mut ctx).unwrap();
+        let dw = Conv1x1AvgSpec {}
+            .build(&ConvGeom::same(8, 8, 3, 1, 8).unwrap(), &mut ctx)
+            .unwrap();
         assert_eq!(dw.batch_norms().len(), 1);
         // groups == out_ch but in_ch != out_ch: the reference's test would pick the pool-only
         // form and produce the wrong channel count; here the 1x1 form is used.
         let g = ConvGeom::same(16, 8, 3, 1, 8).unwrap();
         let op = Conv1x1AvgSpec {}.build(&g, &mut ctx).unwrap();
         assert_eq!(op.batch_norms().len(), 2);
-        let x = candle_core::Tensor::ones((1, 16, 5, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let x = candle_core::Tensor::ones((1, 16, 5, 5), candle_core::DType::F32, &Device::Cpu)
+            .unwrap();
         assert_eq!(op.forward_t(&x, false).unwrap().dims(), &[1, 8, 5, 5]);
     }
 }

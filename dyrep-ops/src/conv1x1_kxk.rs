@@ -28,7 +28,14 @@ impl Conv1x1KxkSpec {
     }
 
     fn second_geom(&self, geom: &ConvGeom) -> Result<ConvGeom> {
-        ConvGeom::new(self.internal(geom), geom.out_ch, geom.k, geom.stride, 0, geom.groups)
+        ConvGeom::new(
+            self.internal(geom),
+            geom.out_ch,
+            geom.k,
+            geom.stride,
+            0,
+            geom.groups,
+        )
     }
 }
 
@@ -41,7 +48,7 @@ impl OpSpec for Conv1x1KxkSpec {
     fn check(&self, geom: &ConvGeom) -> Result<()> {
         geom.validate()?;
         let d = self.internal(geom);
-        if d == 0 || d % geom.groups != 0 {
+        if d == 0 || !d.is_multiple_of(geom.groups) {
             return Err(not_applicable(
                 self.name(),
                 geom,
@@ -54,7 +61,14 @@ impl OpSpec for Conv1x1KxkSpec {
     fn build(&self, geom: &ConvGeom, ctx: &mut InitCtx<'_>) -> Result<Box<dyn RepOp>> {
         self.check(geom)?;
         let d = self.internal(geom);
-        let conv1 = Conv2dLayer::new(ctx, [d, geom.in_per_group(), 1, 1], 1, (0, 0), geom.groups, false)?;
+        let conv1 = Conv2dLayer::new(
+            ctx,
+            [d, geom.in_per_group(), 1, 1],
+            1,
+            (0, 0),
+            geom.groups,
+            false,
+        )?;
         let bn1 = BnAndPad::new(BatchNorm::new(d, ctx.dtype, &ctx.device)?, geom.padding);
         let conv2 = Slot::conv(self.second_geom(geom)?, false, ctx)?;
         let bn2 = BatchNorm::new(geom.out_ch, ctx.dtype, &ctx.device)?;
@@ -110,7 +124,10 @@ impl RepOp for Conv1x1Kxk {
     }
 
     fn to_equivalent_kxk(&self) -> Result<Kernel> {
-        let first = self.conv1.kernel()?.fold_bn(&self.bn1.bn().eval_params()?)?;
+        let first = self
+            .conv1
+            .kernel()?
+            .fold_bn(&self.bn1.bn().eval_params()?)?;
         first
             .then(&self.conv2.equivalent()?, self.geom.groups)?
             .fold_bn(&self.bn2.eval_params()?)
@@ -163,6 +180,8 @@ mod tests {
         };
         let e = spec.check(&g).unwrap_err().to_string();
         assert!(e.contains("internal_channels (3)"), "{e}");
-        assert!(Conv1x1KxkSpec::default().check(&ConvGeom::new(4, 4, 3, 2, 0, 2).unwrap()).is_ok());
+        assert!(Conv1x1KxkSpec::default()
+            .check(&ConvGeom::new(4, 4, 3, 2, 0, 2).unwrap())
+            .is_ok());
     }
 }

@@ -78,8 +78,14 @@ impl RepOp for Identity {
 
     fn to_equivalent_kxk(&self) -> Result<Kernel> {
         let g = self.bn.gamma();
-        Kernel::identity(self.geom.out_ch, self.geom.k, self.geom.groups, g.dtype(), g.device())?
-            .fold_bn(&self.bn.eval_params()?)
+        Kernel::identity(
+            self.geom.out_ch,
+            self.geom.k,
+            self.geom.groups,
+            g.dtype(),
+            g.device(),
+        )?
+        .fold_bn(&self.bn.eval_params()?)
     }
 
     fn init(&mut self, ctx: &mut InitCtx<'_>) -> Result<()> {
@@ -113,13 +119,20 @@ mod tests {
             .check(&ConvGeom::same(4, 4, 3, 2, 1).unwrap())
             .unwrap_err()
             .to_string();
-        assert!(e.contains("identity") && e.contains("stride 1") && e.contains("stride=2"), "{e}");
+        assert!(
+            e.contains("identity") && e.contains("stride 1") && e.contains("stride=2"),
+            "{e}"
+        );
         let e = IdentitySpec {}
             .check(&ConvGeom::same(4, 8, 3, 1, 1).unwrap())
             .unwrap_err()
             .to_string();
         assert!(e.contains("in_ch == out_ch"), "{e}");
-        assert!(IdentitySpec {}.check(&ConvGeom::new(4, 4, 3, 1, 0, 1).unwrap()).is_err());
-        assert!(IdentitySpec {}.check(&ConvGeom::same(4, 4, 5, 1, 4).unwrap()).is_ok());
+        assert!(IdentitySpec {}
+            .check(&ConvGeom::new(4, 4, 3, 1, 0, 1).unwrap())
+            .is_err());
+        assert!(IdentitySpec {}
+            .check(&ConvGeom::same(4, 4, 5, 1, 4).unwrap())
+            .is_ok());
     }
 }

@@ -25,7 +25,11 @@ fn ensure_linked_keeps_the_seven_built_in_ops_in_reference_order() {
     assert_eq!(names, BUILT_IN);
     check_unique("op", &ops(), |e| e.name).unwrap();
     for e in ops() {
-        assert!(!e.summary.is_empty() && !e.summary.contains('\n'), "{}", e.name);
+        assert!(
+            !e.summary.is_empty() && !e.summary.contains('\n'),
+            "{}",
+            e.name
+        );
     }
 }
 
@@ -36,7 +40,10 @@ fn every_spec_round_trips_through_json_under_its_name() {
         let spec = (e.default_spec)();
         assert_eq!(spec.name(), e.name, "spec name differs from registry name");
         let json = serde_json::to_value(&spec).unwrap();
-        assert_eq!(json["op"], e.name, "typetag name differs from registry name: {json}");
+        assert_eq!(
+            json["op"], e.name,
+            "typetag name differs from registry name: {json}"
+        );
         let back: Box<dyn OpSpec> = serde_json::from_value(json.clone()).unwrap();
         assert_eq!(back.name(), e.name);
         assert_eq!(serde_json::to_value(&back).unwrap(), json);
@@ -77,7 +84,11 @@ fn grown_tree(rng: &mut ChaCha8Rng) -> Slot {
         let (inner, depth) = slot.slot_mut(path).unwrap();
         assert_eq!(depth, 1);
         let geom = *inner.geom();
-        let specs: Vec<Box<dyn OpSpec>> = all.iter().filter(|s| s.check(&geom).is_ok()).cloned().collect();
+        let specs: Vec<Box<dyn OpSpec>> = all
+            .iter()
+            .filter(|s| s.check(&geom).is_ok())
+            .cloned()
+            .collect();
         inner.grow(&*main, &specs, &mut ctx).unwrap();
     }
     slot
@@ -95,15 +106,21 @@ fn architecture_json_rebuilds_the_same_tree() {
     assert_eq!(serde_json::to_string_pretty(&rebuilt.arch()).unwrap(), json);
     let paths = |s: &Slot| {
         let mut v = vec![];
-        s.visit_tensors("features.3", &mut |p, t, r| v.push((p.to_string(), t.dims().to_vec(), r)));
+        s.visit_tensors("features.3", &mut |p, t, r| {
+            v.push((p.to_string(), t.dims().to_vec(), r))
+        });
         v
     };
     assert_eq!(paths(&slot), paths(&rebuilt));
     assert_eq!(rebuilt.block_count(), 3);
     // Nested convs are reachable by path, and the depth limit is visible.
     let infos = rebuilt.slots();
-    assert!(infos.iter().any(|i| i.path == "convkxk.conv.convkxk.conv" && i.depth == 2));
-    assert!(infos.iter().any(|i| i.path == "conv1x1_kxk.conv2.conv1x1_kxk.conv2" && i.depth == 2));
+    assert!(infos
+        .iter()
+        .any(|i| i.path == "convkxk.conv.convkxk.conv" && i.depth == 2));
+    assert!(infos
+        .iter()
+        .any(|i| i.path == "conv1x1_kxk.conv2.conv1x1_kxk.conv2" && i.depth == 2));
     // The nested conv2 block (padding 0) only has the reduced branch set.
     let nested = rebuilt
         .slots()
@@ -123,15 +140,22 @@ fn architecture_with_unknown_child_or_bad_geometry_is_refused() {
         r#"{"kind":"block","main":{"spec":{"op":"convkxk"},"children":{"nope":{"kind":"conv","bias":true}}},"branches":[]}"#,
     )
     .unwrap();
-    let e = Slot::from_arch(geom, &bad_child, &mut ctx).unwrap_err().to_string();
+    let e = Slot::from_arch(geom, &bad_child, &mut ctx)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("nope"), "{e}");
     // identity cannot stand in a stride-2 conv with in != out.
     let bad_op: SlotArch = serde_json::from_str(
         r#"{"kind":"block","main":{"spec":{"op":"convkxk"}},"branches":[{"spec":{"op":"identity"}}]}"#,
     )
     .unwrap();
-    let e = Slot::from_arch(geom, &bad_op, &mut ctx).unwrap_err().to_string();
-    assert!(e.contains("identity") && e.contains("in_ch == out_ch"), "{e}");
+    let e = Slot::from_arch(geom, &bad_op, &mut ctx)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("identity") && e.contains("in_ch == out_ch"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -144,7 +168,10 @@ fn growth_refuses_a_block_and_duplicate_branches() {
     let e = slot.grow(&*main, &[], &mut ctx).unwrap_err().to_string();
     assert!(e.contains("already a block"), "{e}");
     let b = slot.as_block_mut().unwrap();
-    let e = b.add_branch(&dyrep_ops::Conv1x1Spec {}, &mut ctx).unwrap_err().to_string();
+    let e = b
+        .add_branch(&dyrep_ops::Conv1x1Spec {}, &mut ctx)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("already has a `conv1x1`"), "{e}");
     assert!(b.cut("convkxk").is_err());
     assert!(b.cut("nope").is_err());

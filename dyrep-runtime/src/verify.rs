@@ -51,7 +51,12 @@ pub enum Selection {
 }
 
 /// Runs the checks; an unknown op name is an error (listing the known names).
-pub fn verify(selection: &Selection, cases: usize, seed: u64, device: &Device) -> Result<Vec<CheckReport>> {
+pub fn verify(
+    selection: &Selection,
+    cases: usize,
+    seed: u64,
+    device: &Device,
+) -> Result<Vec<CheckReport>> {
     let mut out = Vec::new();
     match selection {
         Selection::Op(name) => {
@@ -79,7 +84,9 @@ pub fn verify(selection: &Selection, cases: usize, seed: u64, device: &Device) -
                 ("nested:convkxk.conv", nested("convkxk.conv")),
                 ("nested:conv1x1_kxk.conv2", nested("conv1x1_kxk.conv2")),
             ] {
-                out.push(verify_block(name, &*main, &branches, &nest, cases, seed, device));
+                out.push(verify_block(
+                    name, &*main, &branches, &nest, cases, seed, device,
+                ));
             }
         }
     }
@@ -125,7 +132,15 @@ fn verify_op(spec: &dyn OpSpec, cases: usize, seed: u64, device: &Device) -> Che
             Ok(c) => {
                 worst = worst.worst(c);
                 if !c.within(&FUSION_TOLERANCE) {
-                    fail(&mut report, format!("{}: max abs {:.2e}, rel {:.2e}", describe(&case), c.max_abs, c.rel));
+                    fail(
+                        &mut report,
+                        format!(
+                            "{}: max abs {:.2e}, rel {:.2e}",
+                            describe(&case),
+                            c.max_abs,
+                            c.rel
+                        ),
+                    );
                 }
             }
             Err(e) => fail(&mut report, format!("{}: {e}", describe(&case))),

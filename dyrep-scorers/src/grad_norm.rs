@@ -54,7 +54,12 @@ mod tests {
     fn l2_norm_of_the_gradient() {
         let mut s = GradNorm::new(&ScorerConfig::default());
         let (w, g) = (t(&[1.0, -2.0]), t(&[3.0, 4.0]));
-        s.observe(&ConvObservation { path: "a", weight: &w, grad: &g }).unwrap();
+        s.observe(&ConvObservation {
+            path: "a",
+            weight: &w,
+            grad: &g,
+        })
+        .unwrap();
         assert_eq!(s.scores(), vec![("a".into(), 5.0)]);
     }
 }

@@ -46,7 +46,10 @@ pub(crate) fn step_value(
     if !v.is_finite() {
         return Err(Error::Scorer {
             scorer: scorer.to_string(),
-            reason: format!("`{}`: non-finite value {v} (did the loss diverge?)", obs.path),
+            reason: format!(
+                "`{}`: non-finite value {v} (did the loss diverge?)",
+                obs.path
+            ),
         });
     }
     Ok(v)

@@ -59,7 +59,11 @@ mod tests {
     #[test]
     fn seeded_and_resumable() {
         let w = t(&[1.0]);
-        let obs = |p| ConvObservation { path: p, weight: &w, grad: &w };
+        let obs = |p| ConvObservation {
+            path: p,
+            weight: &w,
+            grad: &w,
+        };
         let mut a = RandomScore::new(&ScorerConfig { seed: 7 });
         let mut b = RandomScore::new(&ScorerConfig { seed: 7 });
         a.observe(&obs("x")).unwrap();

@@ -54,7 +54,12 @@ mod tests {
     fn absolute_sum() {
         let mut s = Snip::new(&ScorerConfig::default());
         let (w, g) = (t(&[1.0, -2.0]), t(&[3.0, 1.0]));
-        s.observe(&ConvObservation { path: "a", weight: &w, grad: &g }).unwrap();
+        s.observe(&ConvObservation {
+            path: "a",
+            weight: &w,
+            grad: &g,
+        })
+        .unwrap();
         assert_eq!(s.scores(), vec![("a".into(), 5.0)]);
     }
 }

@@ -54,9 +54,24 @@ mod tests {
     fn signed_sum_averaged_per_conv() {
         let mut s = SynFlow::new(&ScorerConfig::default());
         let (w, g1, g2) = (t(&[1.0, -2.0]), t(&[3.0, 1.0]), t(&[-1.0, 0.5]));
-        s.observe(&ConvObservation { path: "a", weight: &w, grad: &g1 }).unwrap();
-        s.observe(&ConvObservation { path: "a", weight: &w, grad: &g2 }).unwrap();
-        s.observe(&ConvObservation { path: "b", weight: &w, grad: &g2 }).unwrap();
+        s.observe(&ConvObservation {
+            path: "a",
+            weight: &w,
+            grad: &g1,
+        })
+        .unwrap();
+        s.observe(&ConvObservation {
+            path: "a",
+            weight: &w,
+            grad: &g2,
+        })
+        .unwrap();
+        s.observe(&ConvObservation {
+            path: "b",
+            weight: &w,
+            grad: &g2,
+        })
+        .unwrap();
         // a: (3 - 2 + (-1 - 1)) / 2 = -0.5 ; b: -2
         assert_eq!(s.scores(), vec![("a".into(), -0.5), ("b".into(), -2.0)]);
         s.reset();
@@ -67,17 +82,34 @@ mod tests {
     fn mismatched_shapes_and_nan_are_errors() {
         let mut s = SynFlow::new(&ScorerConfig::default());
         let (w, g) = (t(&[1.0, 2.0]), t(&[1.0]));
-        let e = s.observe(&ConvObservation { path: "x.conv", weight: &w, grad: &g }).unwrap_err();
+        let e = s
+            .observe(&ConvObservation {
+                path: "x.conv",
+                weight: &w,
+                grad: &g,
+            })
+            .unwrap_err();
         assert!(e.to_string().contains("x.conv"), "{e}");
         let nan = t(&[f32::NAN, 1.0]);
-        assert!(s.observe(&ConvObservation { path: "x", weight: &w, grad: &nan }).is_err());
+        assert!(s
+            .observe(&ConvObservation {
+                path: "x",
+                weight: &w,
+                grad: &nan
+            })
+            .is_err());
     }
 
     #[test]
     fn accumulators_survive_json() {
         let mut s: Box<dyn Scorer> = Box::new(SynFlow::default());
         let (w, g) = (t(&[1.0, 2.0]), t(&[0.5, 0.25]));
-        s.observe(&ConvObservation { path: "a", weight: &w, grad: &g }).unwrap();
+        s.observe(&ConvObservation {
+            path: "a",
+            weight: &w,
+            grad: &g,
+        })
+        .unwrap();
         let json = serde_json::to_string(&s).unwrap();
         assert!(json.contains("\"scorer\":\"synflow\""), "{json}");
         let back: Box<dyn Scorer> = serde_json::from_str(&json).unwrap();

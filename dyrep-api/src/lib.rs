@@ -31,7 +31,9 @@ pub use rng::SeededRng;
 pub use scorer::{
     find_scorer, scorers, ConvObservation, MeanAccumulator, Scorer, ScorerConfig, ScorerEntry,
 };
-pub use slot::{join_path, BranchArch, PlainConv, RepBlock, Slot, SlotArch, SlotInfo};
+pub use slot::{
+    join_path, BranchArch, PlainConv, RepBlock, Slot, SlotArch, SlotInfo, DEFAULT_MAX_DEPTH,
+};
 
 // Re-exported for the registration macros and for plugin crates.
 pub use candle_core;

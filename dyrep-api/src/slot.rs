@@ -22,6 +22,10 @@ use crate::kernel::Kernel;
 use crate::layers::Conv2dLayer;
 use crate::op::{OpSpec, RepOp, TensorVisitor};
 
+/// The reference's nesting limit: a conv grows only while fewer than two blocks enclose it, so
+/// there are at most two levels of blocks (reference §2).
+pub const DEFAULT_MAX_DEPTH: usize = 2;
+
 /// Joins dotted path components (`""` + `a` = `a`).
 pub fn join_path(prefix: &str, name: &str) -> String {
     if prefix.is_empty() {
@@ -467,6 +471,44 @@ impl Slot {
             Slot::Block(b) => b.restore_equivalent(&target),
             Slot::Conv(_) => Ok(()),
         }
+    }
+
+    /// Plain convs of the tree that may still grow (reference §3.2): k > 1 and fewer than
+    /// `max_depth` blocks above them. Pre-order.
+    pub fn growable(&self, max_depth: usize) -> Vec<SlotInfo> {
+        self.slots()
+            .into_iter()
+            .filter(|s| !s.grown && s.geom.k > 1 && s.depth < max_depth)
+            .collect()
+    }
+
+    /// Grows the plain conv at `path` (see [`Slot::grow`]) if the depth limit and the k > 1 rule
+    /// allow it; errors name the path and the rule.
+    pub fn grow_at(
+        &mut self,
+        path: &str,
+        max_depth: usize,
+        main: &dyn OpSpec,
+        branches: &[Box<dyn OpSpec>],
+        ctx: &mut InitCtx<'_>,
+    ) -> Result<()> {
+        let (slot, depth) = self.slot_mut(path)?;
+        let cannot = |reason: String| Error::CannotGrow {
+            path: path.to_string(),
+            reason,
+        };
+        if depth >= max_depth {
+            return Err(cannot(format!(
+                "it is nested {depth} block(s) deep and the depth limit is {max_depth}"
+            )));
+        }
+        if slot.geom().k <= 1 {
+            return Err(cannot("1x1 convs never grow (k must be > 1)".into()));
+        }
+        slot.grow(main, branches, ctx).map_err(|e| match e {
+            Error::CannotGrow { reason, .. } => cannot(reason),
+            other => other,
+        })
     }
 
     /// The slot at dotted `path` relative to this one (`""` is this slot) and its depth (the

@@ -1,0 +1,177 @@
+//! Recursive growth with the depth limit (reference §2, §3.2): a top-level conv grows, the
+//! inner slots of a block grow once more, and nothing grows three levels deep; 1×1 convs never
+//! grow; every grow keeps the eval output; Dep's importance ratios are the last-BN γ over the
+//! main BN γ (reference §4), 0.01 right after growth.
+
+use candle_core::Device;
+use dyrep_api::equivalence::{
+    compare, random_input, randomize_slot, FusionCase, PRESERVE_TOLERANCE,
+};
+use dyrep_api::{ops, ConvGeom, InitCtx, OpSpec, Slot, DEFAULT_MAX_DEPTH};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+fn branches() -> Vec<Box<dyn OpSpec>> {
+    dyrep_ops::ensure_linked();
+    ops()
+        .iter()
+        .filter(|e| e.name != dyrep_ops::MAIN_OP)
+        .map(|e| (e.default_spec)())
+        .collect()
+}
+
+fn applicable(specs: &[Box<dyn OpSpec>], g: &ConvGeom) -> Vec<Box<dyn OpSpec>> {
+    specs
+        .iter()
+        .filter(|s| s.check(g).is_ok())
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn growth_recurses_down_to_the_depth_limit_and_keeps_the_output() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let dev = Device::Cpu;
+    let geom = ConvGeom::same(6, 6, 3, 1, 1).unwrap();
+    let case = FusionCase {
+        geom,
+        batch: 2,
+        h: 7,
+        w: 6,
+        seed: 0,
+    };
+    let mut ctx = InitCtx::new(&mut rng, &dev);
+    let mut slot = Slot::conv(geom, false, &mut ctx).unwrap();
+    randomize_slot(&slot, ctx.rng).unwrap();
+    let x = random_input(&case, ctx.rng, &dev).unwrap();
+    let y0 = slot.forward_t(&x, false).unwrap();
+    let main = dyrep_ops::main_spec();
+    let all = branches();
+
+    assert_eq!(DEFAULT_MAX_DEPTH, 2);
+    assert_eq!(slot.growable(DEFAULT_MAX_DEPTH).len(), 1);
+    slot.grow_at(
+        "",
+        DEFAULT_MAX_DEPTH,
+        &*main,
+        &applicable(&all, &geom),
+        &mut ctx,
+    )
+    .unwrap();
+    // Depth 1: the main conv and conv1x1_kxk's second conv.
+    let growable: Vec<String> = slot
+        .growable(DEFAULT_MAX_DEPTH)
+        .into_iter()
+        .map(|s| s.path)
+        .collect();
+    assert_eq!(growable, ["convkxk.conv", "conv1x1_kxk.conv2"]);
+    for p in &growable {
+        let g = *slot.slot_mut(p).unwrap().0.geom();
+        slot.grow_at(
+            p,
+            DEFAULT_MAX_DEPTH,
+            &*main,
+            &applicable(&all, &g),
+            &mut ctx,
+        )
+        .unwrap();
+    }
+    // Depth 2 convs exist but may not grow.
+    assert!(slot.growable(DEFAULT_MAX_DEPTH).is_empty());
+    let deep = "convkxk.conv.convkxk.conv";
+    let g = *slot.slot_mut(deep).unwrap().0.geom();
+    let e = slot
+        .grow_at(
+            deep,
+            DEFAULT_MAX_DEPTH,
+            &*main,
+            &applicable(&all, &g),
+            &mut ctx,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(deep) && e.contains("depth limit is 2"), "{e}");
+    // A larger limit allows it.
+    slot.grow_at(deep, 3, &*main, &applicable(&all, &g), &mut ctx)
+        .unwrap();
+    assert_eq!(slot.block_count(), 4);
+    let y1 = slot.forward_t(&x, false).unwrap();
+    let c = compare(&y0, &y1).unwrap();
+    assert!(c.within(&PRESERVE_TOLERANCE), "{c:?}");
+}
+
+#[test]
+fn one_by_one_convs_never_grow() {
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let mut ctx = InitCtx::new(&mut rng, &Device::Cpu);
+    let geom = ConvGeom::same(4, 8, 1, 2, 1).unwrap();
+    let mut slot = Slot::conv(geom, false, &mut ctx).unwrap();
+    assert!(slot.growable(DEFAULT_MAX_DEPTH).is_empty());
+    let e = slot
+        .grow_at(
+            "",
+            DEFAULT_MAX_DEPTH,
+            &*dyrep_ops::main_spec(),
+            &[],
+            &mut ctx,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("1x1 convs never grow"), "{e}");
+}
+
+#[test]
+fn new_branches_start_at_gamma0_and_importance_is_the_gamma_ratio() {
+    let mut rng = ChaCha8Rng::seed_from_u64(13);
+    let mut ctx = InitCtx::new(&mut rng, &Device::Cpu);
+    ctx.gamma0 = 0.05;
+    let geom = ConvGeom::same(4, 4, 3, 1, 1).unwrap();
+    let mut slot = Slot::conv(geom, false, &mut ctx).unwrap();
+    slot.grow(&*dyrep_ops::main_spec(), &branches(), &mut ctx)
+        .unwrap();
+    let imp = slot.as_block().unwrap().branch_importance().unwrap();
+    assert_eq!(imp.len(), 6);
+    for (name, w) in imp {
+        assert!((w - 0.05).abs() < 1e-6, "{name}: {w}");
+    }
+}
+
+#[test]
+fn train_mode_forward_runs_through_grown_blocks_with_gradients() {
+    // Train mode is not output-preserving (batch statistics), but it must run and give every
+    // trainable tensor of the tree a gradient.
+    let mut rng = ChaCha8Rng::seed_from_u64(14);
+    let dev = Device::Cpu;
+    let geom = ConvGeom::same(4, 4, 3, 2, 2).unwrap();
+    let mut ctx = InitCtx::new(&mut rng, &dev);
+    let mut slot = Slot::conv(geom, false, &mut ctx).unwrap();
+    let all = branches();
+    slot.grow(&*dyrep_ops::main_spec(), &applicable(&all, &geom), &mut ctx)
+        .unwrap();
+    let g2 = *slot.slot_mut("conv1x1_kxk.conv2").unwrap().0.geom();
+    slot.grow_at(
+        "conv1x1_kxk.conv2",
+        2,
+        &*dyrep_ops::main_spec(),
+        &applicable(&all, &g2),
+        &mut ctx,
+    )
+    .unwrap();
+    let case = FusionCase {
+        geom,
+        batch: 3,
+        h: 8,
+        w: 8,
+        seed: 0,
+    };
+    let x = random_input(&case, ctx.rng, &dev).unwrap();
+    let y = slot.forward_t(&x, true).unwrap();
+    let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+    let mut missing = vec![];
+    slot.visit_tensors("", &mut |p, v, role| {
+        if role.is_trainable() && grads.get(v.as_tensor()).is_none() {
+            missing.push(p.to_string());
+        }
+    });
+    assert!(missing.is_empty(), "no gradient for {missing:?}");
+}

@@ -14,3 +14,4 @@ pub fn ensure_linked() {
     dyrep_ops::ensure_linked();
     dyrep_scorers::ensure_linked();
 }
+pub mod data;

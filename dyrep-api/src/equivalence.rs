@@ -199,13 +199,14 @@ pub fn randomize_tensor(
     let dims = var.dims().to_vec();
     let dev = var.device().clone();
     let t = match role {
-        TensorRole::ConvWeight => {
+        TensorRole::ConvWeight | TensorRole::LinearWeight => {
             let fan_in: usize = dims.iter().skip(1).product::<usize>().max(1);
             normal_tensor(rng, &dims, 0.0, (1.0 / fan_in as f64).sqrt(), &dev)?
         }
-        TensorRole::ConvBias | TensorRole::BnBias | TensorRole::BnRunningMean => {
-            uniform_tensor(rng, &dims, -0.5, 0.5, &dev)?
-        }
+        TensorRole::ConvBias
+        | TensorRole::LinearBias
+        | TensorRole::BnBias
+        | TensorRole::BnRunningMean => uniform_tensor(rng, &dims, -0.5, 0.5, &dev)?,
         TensorRole::BnWeight => {
             let n: usize = dims.iter().product();
             let data: Vec<f32> = (0..n)

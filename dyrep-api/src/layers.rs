@@ -288,6 +288,57 @@ pub fn avg_pool2d(x: &Tensor, k: usize, stride: usize, padding: usize) -> Result
     Ok(y)
 }
 
+/// Max pooling with a k×k window, padding (with −∞) and any stride. Differentiable for every
+/// stride (candle's own pool has a backward only when kernel == stride, which this uses then).
+pub fn max_pool2d(x: &Tensor, k: usize, stride: usize, padding: usize) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    if k == stride && padding == 0 && k > 0 && h >= k && w >= k {
+        return Ok(x.max_pool2d_with_stride(k, stride)?);
+    }
+    let (hp, wp) = (h + 2 * padding, w + 2 * padding);
+    if k == 0 || hp < k || wp < k || stride == 0 {
+        return Err(Error::ShapeMismatch {
+            context: format!("max pool {k}x{k} stride {stride} padding {padding}"),
+            expected: vec![k, k],
+            got: vec![h, w],
+        });
+    }
+    let xp = if padding > 0 {
+        let p = padding;
+        let rows =
+            Tensor::full(f32::NEG_INFINITY, (n, c, p, w), x.device())?.to_dtype(x.dtype())?;
+        let t = Tensor::cat(&[&rows, x, &rows], 2)?;
+        let cols =
+            Tensor::full(f32::NEG_INFINITY, (n, c, hp, p), x.device())?.to_dtype(x.dtype())?;
+        Tensor::cat(&[&cols, &t, &cols], 3)?
+    } else {
+        x.clone()
+    };
+    let (h1, w1) = (hp - k + 1, wp - k + 1);
+    let mut acc: Option<Tensor> = None;
+    for dy in 0..k {
+        for dx in 0..k {
+            let part = xp.narrow(2, dy, h1)?.narrow(3, dx, w1)?;
+            acc = Some(match acc {
+                None => part,
+                Some(a) => a.maximum(&part)?,
+            });
+        }
+    }
+    let mut y = acc.unwrap_or(xp);
+    if stride > 1 {
+        let (ho, wo) = ((h1 - 1) / stride + 1, (w1 - 1) / stride + 1);
+        y = y
+            .pad_with_zeros(2, 0, ho * stride - h1)?
+            .pad_with_zeros(3, 0, wo * stride - w1)?
+            .reshape((n, c, ho, stride, wo, stride))?
+            .narrow(3, 0, 1)?
+            .narrow(5, 0, 1)?
+            .reshape((n, c, ho, wo))?;
+    }
+    Ok(y)
+}
+
 /// A generic "conv (kh × kw, the block's stride and groups, no bias) → BN" branch: the shape of
 /// `conv1x1`, `conv1xk` and `convkx1` (reference §1.1 branches 0, 4, 5), available to plugin
 /// authors too. The conv is centred in the k×k window (padding ⌊kh/2⌋ rows and ⌊kw/2⌋
@@ -466,6 +517,38 @@ mod tests {
         // The centre pixel (2,2) is in the windows of outputs (1,1) only -> 1/9; pixel (1,1) in 4 windows.
         assert!((gx[2 * 5 + 2] - 1.0 / 9.0).abs() < 1e-6);
         assert!((gx[5 + 1] - 4.0 / 9.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn max_pool_with_padding_and_stride_matches_naive_and_has_gradients() {
+        let mut rng = ChaCha8Rng::seed_from_u64(13);
+        let x = normal_tensor(&mut rng, &[1, 2, 7, 6], 0.0, 1.0, &Device::Cpu).unwrap();
+        let y = max_pool2d(&x, 3, 2, 1).unwrap();
+        assert_eq!(y.dims(), &[1, 2, 4, 3]);
+        let xv = v(&x);
+        let yv = v(&y);
+        for ch in 0..2 {
+            for i in 0..4 {
+                for j in 0..3 {
+                    let mut m = f32::NEG_INFINITY;
+                    for dy in 0..3 {
+                        for dx in 0..3 {
+                            let (yy, xx) = ((i * 2 + dy) as isize - 1, (j * 2 + dx) as isize - 1);
+                            if yy >= 0 && xx >= 0 && yy < 7 && xx < 6 {
+                                m = m.max(xv[(ch * 7 + yy as usize) * 6 + xx as usize]);
+                            }
+                        }
+                    }
+                    assert_eq!(yv[(ch * 4 + i) * 3 + j], m);
+                }
+            }
+        }
+        let xv = Var::from_tensor(&x).unwrap();
+        let y = max_pool2d(xv.as_tensor(), 2, 1, 0).unwrap();
+        assert_eq!(y.dims(), &[1, 2, 6, 5]);
+        let g = y.sum_all().unwrap().backward().unwrap();
+        let total: f32 = v(g.get(xv.as_tensor()).unwrap()).iter().sum();
+        assert!((total - 60.0).abs() < 1e-4, "{total}");
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub enum TensorRole {
     BnBias,
     BnRunningMean,
     BnRunningVar,
+    LinearWeight,
+    LinearBias,
 }
 
 impl TensorRole {
@@ -35,7 +37,10 @@ impl TensorRole {
     pub fn is_bn_or_bias(self) -> bool {
         matches!(
             self,
-            TensorRole::ConvBias | TensorRole::BnWeight | TensorRole::BnBias
+            TensorRole::ConvBias
+                | TensorRole::BnWeight
+                | TensorRole::BnBias
+                | TensorRole::LinearBias
         )
     }
 
@@ -47,6 +52,8 @@ impl TensorRole {
             TensorRole::BnBias => "bn_bias",
             TensorRole::BnRunningMean => "bn_running_mean",
             TensorRole::BnRunningVar => "bn_running_var",
+            TensorRole::LinearWeight => "linear_weight",
+            TensorRole::LinearBias => "linear_bias",
         }
     }
 }

@@ -15,3 +15,7 @@ pub fn ensure_linked() {
     dyrep_scorers::ensure_linked();
 }
 pub mod data;
+pub mod error;
+pub mod model;
+
+pub use error::{Result, RuntimeError};

@@ -10,7 +10,16 @@ use super::{format_err, io_err, Dataset, Result, Split};
 const PIXELS: usize = 3 * 32 * 32;
 
 pub const CIFAR10_CLASSES: [&str; 10] = [
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
 ];
 
 fn locate(dir: &Path, sub: &str, first: &str) -> PathBuf {
@@ -32,13 +41,19 @@ fn read_records(paths: &[PathBuf], label_bytes: usize, classes: usize) -> Result
         if bytes.is_empty() || bytes.len() % rec != 0 {
             return Err(format_err(
                 p,
-                format!("size {} is not a positive multiple of the {rec}-byte record (truncated?)", bytes.len()),
+                format!(
+                    "size {} is not a positive multiple of the {rec}-byte record (truncated?)",
+                    bytes.len()
+                ),
             ));
         }
         for r in bytes.chunks(rec) {
             let label = r[label_bytes - 1] as usize;
             if label >= classes {
-                return Err(format_err(p, format!("label {label} out of range for {classes} classes")));
+                return Err(format_err(
+                    p,
+                    format!("label {label} out of range for {classes} classes"),
+                ));
             }
             split.labels.push(label as u32);
             split.images.extend_from_slice(&r[label_bytes..]);
@@ -50,7 +65,9 @@ fn read_records(paths: &[PathBuf], label_bytes: usize, classes: usize) -> Result
 /// CIFAR-10 binary batches.
 pub fn load_cifar10(dir: &Path) -> Result<Dataset> {
     let d = locate(dir, "cifar-10-batches-bin", "data_batch_1.bin");
-    let train: Vec<PathBuf> = (1..=5).map(|i| d.join(format!("data_batch_{i}.bin"))).collect();
+    let train: Vec<PathBuf> = (1..=5)
+        .map(|i| d.join(format!("data_batch_{i}.bin")))
+        .collect();
     let test = vec![d.join("test_batch.bin")];
     let train = read_records(&train, 1, 10)?;
     let test = read_records(&test, 1, 10)?;

@@ -30,9 +30,9 @@ fn read_split(root: &Path, classes: &[String], size: &mut Option<(u32, u32)>) ->
             .map_err(io_err(&cdir))?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
-                p.extension()
-                    .and_then(|e| e.to_str())
-                    .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))
+                p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                    matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png")
+                })
             })
             .collect();
         files.sort();
@@ -46,7 +46,10 @@ fn read_split(root: &Path, classes: &[String], size: &mut Option<(u32, u32)>) ->
                 Some(s) if *s != dims => {
                     return Err(format_err(
                         &f,
-                        format!("image is {}x{} but earlier ones are {}x{}", dims.0, dims.1, s.0, s.1),
+                        format!(
+                            "image is {}x{} but earlier ones are {}x{}",
+                            dims.0, dims.1, s.0, s.1
+                        ),
                     ))
                 }
                 _ => {}
@@ -69,22 +72,41 @@ pub fn load(dir: &Path) -> Result<Dataset> {
     let (train_dir, test_dir) = (dir.join("train"), dir.join("test"));
     for d in [&train_dir, &test_dir] {
         if !d.is_dir() {
-            return Err(format_err(d, "missing: an image folder needs train/<class>/* and test/<class>/*"));
+            return Err(format_err(
+                d,
+                "missing: an image folder needs train/<class>/* and test/<class>/*",
+            ));
         }
     }
-    let classes: Vec<String> = class_dirs(&train_dir)?.into_iter().map(|(n, _)| n).collect();
+    let classes: Vec<String> = class_dirs(&train_dir)?
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
     if classes.is_empty() {
-        return Err(format_err(&train_dir, "no class folders (expected train/<class>/*)"));
+        return Err(format_err(
+            &train_dir,
+            "no class folders (expected train/<class>/*)",
+        ));
     }
     let test_classes: Vec<String> = class_dirs(&test_dir)?.into_iter().map(|(n, _)| n).collect();
     if let Some(extra) = test_classes.iter().find(|c| !classes.contains(c)) {
-        return Err(format_err(&test_dir.join(extra), "class folder not present under train/"));
+        return Err(format_err(
+            &test_dir.join(extra),
+            "class folder not present under train/",
+        ));
     }
     let mut size = None;
     let train = read_split(&train_dir, &classes, &mut size)?;
     let test = read_split(&test_dir, &classes, &mut size)?;
     let (w, h) = size.unwrap_or((0, 0));
-    Dataset::new(String::new(), [3, h as usize, w as usize], classes, train, test, dir)
+    Dataset::new(
+        String::new(),
+        [3, h as usize, w as usize],
+        classes,
+        train,
+        test,
+        dir,
+    )
 }
 
 #[cfg(test)]

@@ -20,7 +20,10 @@ pub fn parse(bytes: &[u8], rank: usize, path: &Path) -> Result<(Vec<usize>, Vec<
         bytes.to_vec()
     };
     if data.len() < 4 {
-        return Err(format_err(path, "truncated: shorter than the 4-byte idx magic number"));
+        return Err(format_err(
+            path,
+            "truncated: shorter than the 4-byte idx magic number",
+        ));
     }
     if data[0] != 0 || data[1] != 0 || data[2] != 0x08 || data[3] as usize != rank {
         return Err(format_err(
@@ -53,7 +56,11 @@ pub fn parse(bytes: &[u8], rank: usize, path: &Path) -> Result<(Vec<usize>, Vec<
 }
 
 /// An image/label pair of idx payloads into a split; returns (split, height, width).
-pub fn split_from_bytes(images: &[u8], labels: &[u8], path: &Path) -> Result<(Split, usize, usize)> {
+pub fn split_from_bytes(
+    images: &[u8],
+    labels: &[u8],
+    path: &Path,
+) -> Result<(Split, usize, usize)> {
     let (idims, pixels) = parse(images, 3, path)?;
     let (ldims, lbytes) = parse(labels, 1, path)?;
     if idims[0] != ldims[0] {
@@ -81,7 +88,10 @@ fn find(dir: &Path, stem: &str) -> Result<PathBuf> {
     }
     Err(format_err(
         &dir.join(stem),
-        format!("missing (looked for {stem}.gz and {stem} in {})", dir.display()),
+        format!(
+            "missing (looked for {stem}.gz and {stem} in {})",
+            dir.display()
+        ),
     ))
 }
 
@@ -95,7 +105,12 @@ fn read_split(dir: &Path, prefix: &str) -> Result<(Split, usize, usize)> {
     if idims[0] != ldims[0] {
         return Err(format_err(
             &lp,
-            format!("{} labels but {} has {} images", ldims[0], ip.display(), idims[0]),
+            format!(
+                "{} labels but {} has {} images",
+                ldims[0],
+                ip.display(),
+                idims[0]
+            ),
         ));
     }
     Ok((
@@ -148,24 +163,36 @@ mod tests {
 
     #[test]
     fn wrong_magic_truncation_and_count_mismatch_are_errors() {
-        let e = parse(&[0, 0, 9, 3, 0, 0, 0, 0], 3, Path::new("f.idx")).unwrap_err().to_string();
+        let e = parse(&[0, 0, 9, 3, 0, 0, 0, 0], 3, Path::new("f.idx"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("f.idx") && e.contains("magic"), "{e}");
         let short = idx(3, &[2, 2, 2], &[1, 2, 3]);
         let e = parse(&short, 3, Path::new("f")).unwrap_err().to_string();
         assert!(e.contains("truncated"), "{e}");
-        let e = parse(&[0x1f, 0x8b, 1, 2, 3], 1, Path::new("g.gz")).unwrap_err().to_string();
+        let e = parse(&[0x1f, 0x8b, 1, 2, 3], 1, Path::new("g.gz"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("corrupt gzip"), "{e}");
         let images = idx(3, &[2, 1, 1], &[1, 2]);
         let labels = idx(1, &[3], &[0, 1, 2]);
-        let e = split_from_bytes(&images, &labels, Path::new("d")).unwrap_err().to_string();
+        let e = split_from_bytes(&images, &labels, Path::new("d"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("2 images but 3 labels"), "{e}");
     }
 
     #[test]
     fn directory_with_missing_file_names_it() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("train-images-idx3-ubyte"), idx(3, &[1, 1, 1], &[0])).unwrap();
-        let e = load_dir(dir.path(), vec!["a".into()]).unwrap_err().to_string();
+        std::fs::write(
+            dir.path().join("train-images-idx3-ubyte"),
+            idx(3, &[1, 1, 1], &[0]),
+        )
+        .unwrap();
+        let e = load_dir(dir.path(), vec!["a".into()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("train-labels-idx1-ubyte"), "{e}");
     }
 
@@ -177,7 +204,9 @@ mod tests {
         std::fs::write(d.join("train-labels-idx1-ubyte"), idx(1, &[1], &[12])).unwrap();
         std::fs::write(d.join("t10k-images-idx3-ubyte"), idx(3, &[1, 1, 1], &[0])).unwrap();
         std::fs::write(d.join("t10k-labels-idx1-ubyte"), idx(1, &[1], &[0])).unwrap();
-        let e = load_dir(d, (0..10).map(|i| i.to_string()).collect()).unwrap_err().to_string();
+        let e = load_dir(d, (0..10).map(|i| i.to_string()).collect())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("label 12 out of range"), "{e}");
     }
 }

@@ -164,7 +164,12 @@ impl Drop for BatchStream {
     }
 }
 
-fn spawn(ds: Arc<Dataset>, which: Which, chunks: Vec<Vec<usize>>, mut aug: Option<(Augment, SeededRng)>) -> BatchStream {
+fn spawn(
+    ds: Arc<Dataset>,
+    which: Which,
+    chunks: Vec<Vec<usize>>,
+    mut aug: Option<(Augment, SeededRng)>,
+) -> BatchStream {
     let (tx, rx) = sync_channel(2);
     let handle = std::thread::spawn(move || {
         for idx in chunks {
@@ -201,13 +206,22 @@ pub fn train_stream(
         .filter(|c| c.len() == batch_size)
         .map(|c| c.to_vec())
         .collect();
-    let aug = (*augment != Augment::default())
-        .then(|| (augment.clone(), SeededRng::for_purpose(seed, &format!("augment:{epoch}"))));
+    let aug = (*augment != Augment::default()).then(|| {
+        (
+            augment.clone(),
+            SeededRng::for_purpose(seed, &format!("augment:{epoch}")),
+        )
+    });
     spawn(ds, Which::Train, chunks, aug)
 }
 
 /// Evaluation batches in dataset order, no augmentation, from the first `limit` examples.
-pub fn eval_stream(ds: Arc<Dataset>, which: Which, batch_size: usize, limit: Option<usize>) -> BatchStream {
+pub fn eval_stream(
+    ds: Arc<Dataset>,
+    which: Which,
+    batch_size: usize,
+    limit: Option<usize>,
+) -> BatchStream {
     let n = limit.unwrap_or(usize::MAX).min(split_of(&ds, which).len());
     let chunks: Vec<Vec<usize>> = (0..n)
         .collect::<Vec<_>>()
@@ -244,7 +258,10 @@ mod tests {
         assert!((plain.images[0] - (src0 as f32 / 255.0 - ds.mean[0]) / ds.std[0]).abs() < 1e-5);
         // Flip only: each row reversed (row 14 is the middle of the garment).
         let row = 14 * 28..15 * 28;
-        let a = Augment { hflip: true, ..Default::default() };
+        let a = Augment {
+            hflip: true,
+            ..Default::default()
+        };
         let mut rng = SeededRng::new(0);
         let mut flipped_once = false;
         for _ in 0..8 {
@@ -257,11 +274,17 @@ mod tests {
         }
         assert!(flipped_once);
         // Cutout zeroes a hole after normalisation.
-        let a = Augment { cutout: 8, ..Default::default() };
+        let a = Augment {
+            cutout: 8,
+            ..Default::default()
+        };
         let b = make_batch(&ds, Which::Train, &[0], Some((&a, &mut rng)));
         assert!(b.images.iter().filter(|v| **v == 0.0).count() >= 16);
         // Crop padding brings in zero pixels (normalised), never garbage.
-        let a = Augment { crop_padding: 4, ..Default::default() };
+        let a = Augment {
+            crop_padding: 4,
+            ..Default::default()
+        };
         for _ in 0..4 {
             let b = make_batch(&ds, Which::Train, &[0], Some((&a, &mut rng)));
             assert!(b.images.iter().all(|v| v.is_finite() && *v >= z - 1e-5));
@@ -271,10 +294,15 @@ mod tests {
     #[test]
     fn streams_drop_last_and_keep_order() {
         let ds = Arc::new(bundled_default().unwrap());
-        let n: Vec<usize> = train_stream(ds.clone(), 64, 3, 0, &Augment::default(), Some(200)).map(|b| b.len()).collect();
+        let n: Vec<usize> = train_stream(ds.clone(), 64, 3, 0, &Augment::default(), Some(200))
+            .map(|b| b.len())
+            .collect();
         assert_eq!(n, vec![64, 64, 64]);
         let eval: Vec<Batch> = eval_stream(ds.clone(), Which::Test, 64, Some(150)).collect();
-        assert_eq!(eval.iter().map(|b| b.len()).collect::<Vec<_>>(), vec![64, 64, 22]);
+        assert_eq!(
+            eval.iter().map(|b| b.len()).collect::<Vec<_>>(),
+            vec![64, 64, 22]
+        );
         assert_eq!(eval[0].labels[..5], ds.test.labels[..5]);
         // Early drop of a stream does not hang.
         let mut s = train_stream(ds, 8, 3, 0, &Augment::default(), None);

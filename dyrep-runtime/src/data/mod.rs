@@ -121,7 +121,10 @@ impl Dataset {
             if let Some(bad) = s.labels.iter().find(|&&l| l as usize >= classes.len()) {
                 return Err(format_err(
                     source,
-                    format!("{name} split: label {bad} out of range for {} classes", classes.len()),
+                    format!(
+                        "{name} split: label {bad} out of range for {} classes",
+                        classes.len()
+                    ),
                 ));
             }
         }
@@ -153,7 +156,9 @@ fn channel_stats(images: &[u8], c: usize, plane: usize) -> (Vec<f32>, Vec<f32>) 
         }
         count[ch] += chunk.len() as f64;
     }
-    let mean: Vec<f32> = (0..c).map(|i| (sum[i] / count[i].max(1.0)) as f32).collect();
+    let mean: Vec<f32> = (0..c)
+        .map(|i| (sum[i] / count[i].max(1.0)) as f32)
+        .collect();
     let std: Vec<f32> = (0..c)
         .map(|i| {
             let m = sum[i] / count[i].max(1.0);
@@ -194,7 +199,10 @@ pub fn bundled_default() -> Result<Dataset> {
     Dataset::new(
         "default".into(),
         [1, train.1, train.2],
-        FASHION_MNIST_CLASSES.iter().map(|s| s.to_string()).collect(),
+        FASHION_MNIST_CLASSES
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
         train.0,
         test.0,
         origin,
@@ -222,19 +230,34 @@ pub fn load(spec: &str) -> Result<Dataset> {
         });
     }
     let mut ds = match kind {
-        "fashion-mnist" => idx::load_dir(dir, FASHION_MNIST_CLASSES.iter().map(|s| s.to_string()).collect())?,
+        "fashion-mnist" => idx::load_dir(
+            dir,
+            FASHION_MNIST_CLASSES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        )?,
         "mnist" => idx::load_dir(dir, (0..10).map(|d| d.to_string()).collect())?,
         "cifar10" => cifar::load_cifar10(dir)?,
         "cifar100" => cifar::load_cifar100(dir)?,
         "image-folder" => folder::load(dir)?,
         other => {
-            let known = ["fashion-mnist", "mnist", "cifar10", "cifar100", "image-folder"];
+            let known = [
+                "fashion-mnist",
+                "mnist",
+                "cifar10",
+                "cifar100",
+                "image-folder",
+            ];
             let hint = dyrep_api::registry::nearest(other, known)
                 .map(|s| format!(" (did you mean `{s}`?)"))
                 .unwrap_or_default();
             return Err(DataError::Spec {
                 spec: spec.into(),
-                reason: format!("unknown kind `{other}`{hint}; known: {}, or `default`", known.join(", ")),
+                reason: format!(
+                    "unknown kind `{other}`{hint}; known: {}, or `default`",
+                    known.join(", ")
+                ),
             });
         }
     };
@@ -264,7 +287,9 @@ mod tests {
     fn bad_specs_are_clear_errors() {
         let e = load("fashionmnist:/tmp").unwrap_err().to_string();
         assert!(e.contains("did you mean `fashion-mnist`"), "{e}");
-        let e = load("cifar10:/definitely/not/here").unwrap_err().to_string();
+        let e = load("cifar10:/definitely/not/here")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a directory"), "{e}");
         assert!(load("what").unwrap_err().to_string().contains("KIND:DIR"));
     }

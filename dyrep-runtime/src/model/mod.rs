@@ -1,0 +1,515 @@
+//! Models built from `Slot`s, so any k×k conv can grow (DESIGN.md; reference §7.3): VGG-16 (CIFAR
+//! form), ResNet-18/34/50 (CIFAR and ImageNet stems), MobileNetV1, RepVGG-A0/A1/A2/B0 (plain
+//! deploy form), CPU-sized `vgg-tiny` and `resnet-tiny`, with a width multiplier. A model is a
+//! list of layers; every conv sits in a `ConvUnit` (slot, optional BN, optional ReLU) whose
+//! slot path is the conv's parameter path (torchvision-style names for ResNet). Static modes
+//! (`repvgg`, `dbb`) and DyRep only ever act on those slots.
+
+mod layers;
+mod zoo;
+
+pub use layers::{BasicBlock, Bottleneck, ConvUnit, Layer, Linear};
+pub use zoo::{build_model, find_model, models, ModelConfig, ModelEntry};
+
+use std::collections::BTreeMap;
+
+use candle_core::{Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use dyrep_api::{ConvGeom, InitCtx, OpSpec, Slot, SlotArch, TensorRole};
+
+use crate::error::{Result, RuntimeError};
+
+/// Version of the `arch.json` layout.
+pub const ARCH_FORMAT_VERSION: u32 = 1;
+
+/// Whether a model still has its training-time branches or was fused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Form {
+    Train,
+    Fused,
+}
+
+/// The architecture of a model without tensors: what `arch.json` holds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelArch {
+    pub format_version: u32,
+    pub model: String,
+    pub input: [usize; 3],
+    pub num_classes: usize,
+    pub width: f64,
+    pub form: Form,
+    /// Every conv slot by path (plain convs included).
+    pub slots: BTreeMap<String, SlotArch>,
+}
+
+/// A CNN whose convs are slots.
+#[derive(Debug)]
+pub struct Model {
+    pub config: ModelConfig,
+    pub layers: Vec<Layer>,
+    pub form: Form,
+}
+
+impl Model {
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Logits `[N, classes]`.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut h = x.clone();
+        for l in &self.layers {
+            h = l.forward_t(&h, train)?;
+        }
+        Ok(h)
+    }
+
+    /// Every conv unit, in forward order.
+    pub fn units(&self) -> Vec<&ConvUnit> {
+        let mut v = Vec::new();
+        for l in &self.layers {
+            l.units(&mut v);
+        }
+        v
+    }
+
+    /// Every conv unit, mutably, in forward order.
+    pub fn units_mut(&mut self) -> Vec<&mut ConvUnit> {
+        let mut v = Vec::new();
+        for l in &mut self.layers {
+            l.units_mut(&mut v);
+        }
+        v
+    }
+
+    /// The unit whose conv path is `path`.
+    pub fn unit_mut(&mut self, path: &str) -> Option<&mut ConvUnit> {
+        self.units_mut().into_iter().find(|u| u.conv_path == path)
+    }
+
+    /// The slot at a full dotted path: a unit's conv path, or a slot nested inside it.
+    pub fn slot_mut(&mut self, path: &str) -> Result<(&mut Slot, usize)> {
+        let unit = self
+            .units_mut()
+            .into_iter()
+            .find(|u| path == u.conv_path || path.starts_with(&format!("{}.", u.conv_path)))
+            .ok_or_else(|| RuntimeError::Model(format!("no conv slot at `{path}`")))?;
+        let rest = path[unit.conv_path.len()..]
+            .trim_start_matches('.')
+            .to_string();
+        Ok(unit.slot.slot_mut(&rest)?)
+    }
+
+    /// Visits every tensor with its full path and role.
+    pub fn visit_tensors(&self, f: &mut dyn FnMut(&str, &Var, TensorRole)) {
+        for l in &self.layers {
+            l.visit_tensors(f);
+        }
+    }
+
+    /// `(path, var, role)` of every tensor, sorted by path.
+    pub fn tensors(&self) -> Vec<(String, Var, TensorRole)> {
+        let mut v = Vec::new();
+        self.visit_tensors(&mut |p, t, r| v.push((p.to_string(), t.clone(), r)));
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Trainable parameters (BN γ/β and biases included, running statistics excluded).
+    pub fn param_count(&self) -> usize {
+        let mut n = 0;
+        self.visit_tensors(&mut |_, v, r| {
+            if r.is_trainable() {
+                n += v.elem_count();
+            }
+        });
+        n
+    }
+
+    /// Conv + linear multiply-accumulates at batch 1 (reference §7.4).
+    pub fn macs(&self) -> Result<u64> {
+        let [c, h, w] = self.config.input;
+        let mut shape = (c, h, w);
+        let mut total = 0u64;
+        for l in &self.layers {
+            let (m, s) = l.macs_and_shape(shape)?;
+            total += m;
+            shape = s;
+        }
+        Ok(total)
+    }
+
+    /// Number of grown blocks (nested ones included).
+    pub fn block_count(&self) -> usize {
+        self.units().iter().map(|u| u.slot.block_count()).sum()
+    }
+
+    /// Number of branches over all blocks (main branches included).
+    pub fn branch_count(&self) -> usize {
+        self.units()
+            .iter()
+            .flat_map(|u| {
+                let mut n = 0;
+                let mut stack = vec![&u.slot];
+                while let Some(s) = stack.pop() {
+                    if let Some(b) = s.as_block() {
+                        n += b.all_branches().count();
+                        for op in b.all_branches() {
+                            for (_, c) in op.child_slots() {
+                                stack.push(c);
+                            }
+                        }
+                    }
+                }
+                Some(n)
+            })
+            .sum()
+    }
+
+    /// The model's architecture (`arch.json`).
+    pub fn arch(&self) -> ModelArch {
+        ModelArch {
+            format_version: ARCH_FORMAT_VERSION,
+            model: self.config.name.clone(),
+            input: self.config.input,
+            num_classes: self.config.num_classes,
+            width: self.config.width,
+            form: self.form,
+            slots: self
+                .units()
+                .iter()
+                .map(|u| (u.conv_path.clone(), u.slot.arch()))
+                .collect(),
+        }
+    }
+
+    /// Rebuilds a model of this architecture with fresh parameters (load tensors next).
+    pub fn from_arch(arch: &ModelArch, ctx: &mut InitCtx<'_>) -> Result<Model> {
+        if arch.format_version != ARCH_FORMAT_VERSION {
+            return Err(RuntimeError::Model(format!(
+                "arch format version {} is not supported (this dyrep reads version {ARCH_FORMAT_VERSION})",
+                arch.format_version
+            )));
+        }
+        let config = ModelConfig {
+            name: arch.model.clone(),
+            input: arch.input,
+            num_classes: arch.num_classes,
+            width: arch.width,
+        };
+        let mut model = build_model(&config, ctx)?;
+        model.form = arch.form;
+        let known: Vec<String> = model.units().iter().map(|u| u.conv_path.clone()).collect();
+        for path in arch.slots.keys() {
+            if !known.contains(path) {
+                return Err(RuntimeError::Model(format!(
+                    "arch.json names a conv `{path}` that model `{}` does not have",
+                    arch.model
+                )));
+            }
+        }
+        for u in model.units_mut() {
+            let Some(sa) = arch.slots.get(&u.conv_path) else {
+                return Err(RuntimeError::Model(format!(
+                    "arch.json lacks the conv `{}` of model `{}`",
+                    u.conv_path, arch.model
+                )));
+            };
+            let geom: ConvGeom = *u.slot.geom();
+            u.slot = Slot::from_arch(geom, sa, ctx).map_err(|e| {
+                RuntimeError::Model(format!("conv `{}` in arch.json: {e}", u.conv_path))
+            })?;
+        }
+        Ok(model)
+    }
+
+    /// Replaces every tensor's value from `tensors` (by path). Missing or extra names and shape
+    /// mismatches are errors listing the offending names.
+    pub fn load_tensors(&self, tensors: &std::collections::HashMap<String, Tensor>) -> Result<()> {
+        let mut missing = Vec::new();
+        let mut bad_shape = Vec::new();
+        let mut seen = 0usize;
+        let mut result = Ok(());
+        self.visit_tensors(&mut |p, v, _| match tensors.get(p) {
+            None => missing.push(p.to_string()),
+            Some(t) if t.dims() != v.dims() => {
+                bad_shape.push(format!("{p} (file {:?}, model {:?})", t.dims(), v.dims()))
+            }
+            Some(t) => {
+                seen += 1;
+                if result.is_ok() {
+                    result = t
+                        .to_dtype(v.dtype())
+                        .and_then(|t| t.to_device(v.device()))
+                        .and_then(|t| v.set(&t));
+                }
+            }
+        });
+        result?;
+        let unexpected: Vec<&String> = {
+            let mut known = std::collections::HashSet::new();
+            self.visit_tensors(&mut |p, _, _| {
+                known.insert(p.to_string());
+            });
+            let mut u: Vec<&String> = tensors.keys().filter(|k| !known.contains(*k)).collect();
+            u.sort();
+            u
+        };
+        if !missing.is_empty() || !bad_shape.is_empty() || !unexpected.is_empty() {
+            let show = |v: &[String]| {
+                let mut s = v.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+                if v.len() > 5 {
+                    s.push_str(&format!(", … ({} in all)", v.len()));
+                }
+                s
+            };
+            let unexpected: Vec<String> = unexpected.into_iter().cloned().collect();
+            let mut parts = Vec::new();
+            if !missing.is_empty() {
+                parts.push(format!("missing: {}", show(&missing)));
+            }
+            if !unexpected.is_empty() {
+                parts.push(format!("unexpected: {}", show(&unexpected)));
+            }
+            if !bad_shape.is_empty() {
+                parts.push(format!("wrong shape: {}", show(&bad_shape)));
+            }
+            return Err(RuntimeError::Model(format!(
+                "weights do not match the architecture ({})",
+                parts.join("; ")
+            )));
+        }
+        let _ = seen;
+        Ok(())
+    }
+
+    /// Detached copies of every tensor by path (for saving).
+    pub fn tensor_map(&self) -> Result<std::collections::HashMap<String, Tensor>> {
+        let mut out = std::collections::HashMap::new();
+        let mut res: candle_core::Result<()> = Ok(());
+        self.visit_tensors(&mut |p, v, _| {
+            if res.is_ok() {
+                match v.as_detached_tensor().copy() {
+                    Ok(t) => {
+                        out.insert(p.to_string(), t);
+                    }
+                    Err(e) => res = Err(e),
+                }
+            }
+        });
+        res?;
+        Ok(out)
+    }
+
+    /// Grows every eligible conv with the given branch specs (those that apply), as the static
+    /// `repvgg` and `dbb` modes do. `eligible(geom)` picks the convs.
+    pub fn grow_all(
+        &mut self,
+        main: &dyn OpSpec,
+        branches: &[Box<dyn OpSpec>],
+        eligible: &dyn Fn(&ConvGeom) -> bool,
+        ctx: &mut InitCtx<'_>,
+    ) -> Result<usize> {
+        let mut grown = 0;
+        for u in self.units_mut() {
+            let g = *u.slot.geom();
+            if u.slot.is_block() || !eligible(&g) {
+                continue;
+            }
+            let specs: Vec<Box<dyn OpSpec>> = branches
+                .iter()
+                .filter(|s| s.check(&g).is_ok())
+                .cloned()
+                .collect();
+            if specs.is_empty() {
+                continue;
+            }
+            u.slot.grow(main, &specs, ctx)?;
+            grown += 1;
+        }
+        Ok(grown)
+    }
+
+    /// Fuses every block into its plain conv and folds each conv's bias into the BN that
+    /// follows it (μ ← μ − b), giving back the plain architecture. Returns the number of
+    /// fused blocks. A fused model is left unchanged.
+    pub fn fuse(&mut self) -> Result<usize> {
+        let mut fused = 0;
+        for u in self.units_mut() {
+            if u.slot.fuse()? {
+                fused += 1;
+            }
+            u.fold_bias_into_bn()?;
+        }
+        self.form = Form::Fused;
+        Ok(fused)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use dyrep_api::SeededRng;
+
+    fn build(name: &str, input: [usize; 3]) -> Model {
+        crate::ensure_linked();
+        let mut rng = SeededRng::new(0);
+        let mut ctx = InitCtx::new(&mut rng, &Device::Cpu);
+        let cfg = ModelConfig {
+            name: name.into(),
+            input,
+            num_classes: 10,
+            width: 1.0,
+        };
+        build_model(&cfg, &mut ctx).unwrap()
+    }
+
+    #[test]
+    fn vgg16_cifar_matches_the_reference_counts() {
+        // Reference §7.3/§7.4: 313.5 M MACs, 14.99 M params; all 13 convs as DBB: 727.7 M MACs.
+        let mut m = build("vgg16", [3, 32, 32]);
+        let macs = m.macs().unwrap() as f64 / 1e6;
+        let params = m.param_count() as f64 / 1e6;
+        assert!((macs - 313.5).abs() < 0.5, "{macs}");
+        assert!((params - 14.99).abs() < 0.02, "{params}");
+        let mut rng = SeededRng::new(1);
+        let mut ctx = InitCtx::new(&mut rng, &Device::Cpu);
+        let dbb: Vec<Box<dyn OpSpec>> = ["conv1x1", "conv1x1_kxk", "conv1x1_avg"]
+            .iter()
+            .map(|n| dyrep_api::op_spec(n).unwrap())
+            .collect();
+        let n = m
+            .grow_all(&*dyrep_ops::main_spec(), &dbb, &|g| g.k > 1, &mut ctx)
+            .unwrap();
+        assert_eq!(n, 13);
+        let macs = m.macs().unwrap() as f64 / 1e6;
+        assert!((macs - 727.7).abs() < 0.5, "{macs}");
+    }
+
+    #[test]
+    fn resnet18_cifar_counts_and_torchvision_paths() {
+        let m = build("resnet18", [3, 32, 32]);
+        let params = m.param_count() as f64 / 1e6;
+        assert!((params - 11.17).abs() < 0.02, "{params}");
+        let macs = m.macs().unwrap() as f64 / 1e6;
+        assert!((macs - 556.0).abs() < 2.0, "{macs}");
+        let paths: Vec<String> = m.tensors().into_iter().map(|t| t.0).collect();
+        for p in [
+            "conv1.weight",
+            "bn1.running_var",
+            "layer2.0.downsample.0.weight",
+            "layer2.0.downsample.1.weight",
+            "layer4.1.conv2.weight",
+            "fc.bias",
+        ] {
+            assert!(paths.iter().any(|x| x == p), "{p} missing");
+        }
+    }
+
+    #[test]
+    fn every_zoo_model_builds_at_its_default_input() {
+        for e in models() {
+            if e.default_input[1] > 64 {
+                // ImageNet-sized models: build at a small input to keep the test quick.
+                let m = build(e.name, [3, 64, 64]);
+                assert!(m.macs().unwrap() > 0);
+            } else {
+                let m = build(e.name, e.default_input);
+                let x = Tensor::zeros(
+                    (
+                        2,
+                        e.default_input[0],
+                        e.default_input[1],
+                        e.default_input[2],
+                    ),
+                    candle_core::DType::F32,
+                    &Device::Cpu,
+                )
+                .unwrap();
+                assert_eq!(
+                    m.forward_t(&x, false).unwrap().dims(),
+                    &[2, 10],
+                    "{}",
+                    e.name
+                );
+            }
+        }
+        let e = find_model("vgg-tny").unwrap_err().to_string();
+        assert!(e.contains("did you mean `vgg-tiny`"), "{e}");
+    }
+
+    #[test]
+    fn too_small_input_is_a_clear_error() {
+        crate::ensure_linked();
+        let mut rng = SeededRng::new(0);
+        let mut ctx = InitCtx::new(&mut rng, &Device::Cpu);
+        let cfg = ModelConfig {
+            name: "vgg16".into(),
+            input: [1, 28, 28],
+            num_classes: 10,
+            width: 1.0,
+        };
+        let e = build_model(&cfg, &mut ctx).unwrap_err().to_string();
+        assert!(e.contains("vgg16") && e.contains("28"), "{e}");
+    }
+
+    #[test]
+    fn arch_round_trip_and_fuse_give_back_the_plain_model() {
+        let mut m = build("resnet-tiny", [1, 12, 12]);
+        let mut rng = SeededRng::new(2);
+        let mut ctx = InitCtx::new(&mut rng, &Device::Cpu);
+        let specs: Vec<Box<dyn OpSpec>> = dyrep_api::ops()
+            .iter()
+            .filter(|e| e.name != "convkxk")
+            .map(|e| (e.default_spec)())
+            .collect();
+        m.grow_all(&*dyrep_ops::main_spec(), &specs, &|g| g.k > 1, &mut ctx)
+            .unwrap();
+        // Random BN statistics everywhere, so fusion is not trivially exact.
+        for (_, v, r) in m.tensors() {
+            dyrep_api::equivalence::randomize_tensor(&mut rng, &v, r).unwrap();
+        }
+        let arch = m.arch();
+        let json = serde_json::to_string(&arch).unwrap();
+        let back: ModelArch = serde_json::from_str(&json).unwrap();
+        let mut ctx = InitCtx::new(&mut rng, &Device::Cpu);
+        let m2 = Model::from_arch(&back, &mut ctx).unwrap();
+        m2.load_tensors(&m.tensor_map().unwrap()).unwrap();
+        let x = dyrep_api::init::normal_tensor(&mut rng, &[3, 1, 12, 12], 0.0, 1.0, &Device::Cpu)
+            .unwrap();
+        let y = m.forward_t(&x, false).unwrap();
+        let y2 = m2.forward_t(&x, false).unwrap();
+        assert_eq!(
+            dyrep_api::equivalence::compare(&y, &y2).unwrap().max_abs,
+            0.0
+        );
+        // Fuse: plain architecture, same logits.
+        let plain = build("resnet-tiny", [1, 12, 12]).arch();
+        let n = m.fuse().unwrap();
+        assert!(n > 0);
+        let yf = m.forward_t(&x, false).unwrap();
+        let c = dyrep_api::equivalence::compare(&y, &yf).unwrap();
+        assert!(c.rel < 1e-5, "{c:?}");
+        assert_eq!(
+            serde_json::to_value(&m.arch().slots).unwrap(),
+            serde_json::to_value(&plain.slots).unwrap()
+        );
+        assert_eq!(m.fuse().unwrap(), 0);
+        // Weights that do not fit are refused with the offending names.
+        let mut t = m.tensor_map().unwrap();
+        t.remove("fc.bias");
+        let plain_model = build("resnet-tiny", [1, 12, 12]);
+        plain_model.load_tensors(&m.tensor_map().unwrap()).unwrap();
+        let e = plain_model.load_tensors(&t).unwrap_err().to_string();
+        assert!(e.contains("missing: fc.bias"), "{e}");
+        let e = m2
+            .load_tensors(&m.tensor_map().unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unexpected: conv1.weight"), "{e}");
+    }
+}

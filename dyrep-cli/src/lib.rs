@@ -8,6 +8,7 @@
 
 use std::ffi::OsString;
 use std::io::{self, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -16,6 +17,9 @@ use serde::Serialize;
 
 use dyrep_runtime::api::equivalence::{FUSION_TOLERANCE, PRESERVE_TOLERANCE};
 use dyrep_runtime::api::{ops, scorers};
+use dyrep_runtime::fuse::{eval_checkpoint, fuse_checkpoint, FUSE_LOGITS_REL};
+use dyrep_runtime::model::{build_model, models, ModelConfig};
+use dyrep_runtime::train::{train, Mode, RunOptions, TrainConfig};
 use dyrep_runtime::verify::{verify, CheckReport, Selection};
 
 /// Exit code for a failed verification.
@@ -53,6 +57,60 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the model zoo with parameters and MACs at each model's default input (10 classes).
+    #[command(after_help = "Examples:\n  dyrep models\n  dyrep models --json")]
+    Models {
+        /// Print a JSON array of {name, summary, input, params, macs}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Train a model (origin, repvgg or dbb mode) and write a run directory.
+    #[command(
+        after_help = "Examples:\n  dyrep train                                   # vgg-tiny, bundled Fashion-MNIST subset, 3 epochs\n  dyrep train --model vgg-tiny --mode dbb --epochs 3 --out runs/dbb\n  dyrep train -c run.toml --seed 2\n  dyrep train --resume runs/dbb                 # continue a stopped run exactly\n\nThe run directory holds config.resolved.toml, run.log, metrics.csv, summary.json and\ncheckpoints/{last,best}."
+    )]
+    Train(TrainArgs),
+    /// Evaluate a checkpoint (trained or fused) on the test split.
+    #[command(
+        after_help = "Examples:\n  dyrep eval --checkpoint runs/dbb/checkpoints/best\n  dyrep eval --checkpoint fused --limit 500 --logits-out logits.npy --inputs-out inputs.npy"
+    )]
+    Eval {
+        /// Checkpoint directory.
+        #[arg(long, value_name = "DIR")]
+        checkpoint: PathBuf,
+        /// Data spec (default: the checkpoint's dataset).
+        #[arg(long, value_name = "SPEC")]
+        data: Option<String>,
+        /// Evaluate only the first N test images.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// Write the logits [N, classes] as little-endian float32 .npy.
+        #[arg(long, value_name = "FILE")]
+        logits_out: Option<PathBuf>,
+        /// Write the normalised inputs [N, C, H, W] as little-endian float32 .npy.
+        #[arg(long, value_name = "FILE")]
+        inputs_out: Option<PathBuf>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fuse a trained checkpoint into the plain network and verify it on real test batches.
+    #[command(
+        after_help = "Examples:\n  dyrep fuse --checkpoint runs/dbb/checkpoints/best --out runs/dbb/fused\n\nExit status 2 if the fused model's top-1 or logits (relative 1e-4) differ."
+    )]
+    Fuse {
+        /// Checkpoint directory to fuse.
+        #[arg(long, value_name = "DIR")]
+        checkpoint: PathBuf,
+        /// Directory for the fused checkpoint (must not exist or be empty).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Verify on the first N test images (default 1000).
+        #[arg(long, value_name = "N", default_value_t = 1000)]
+        limit: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check on random cases that every op (and blocks of ops, nested or not) fuses into one
     /// conv with the same eval-mode output; random BN statistics, f32.
     #[command(
@@ -75,6 +133,116 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(clap::Args, Debug)]
+struct TrainArgs {
+    /// TOML config file (keys as in config.resolved.toml); flags override it.
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Model name (see `dyrep models`).
+    #[arg(long)]
+    model: Option<String>,
+    /// Data spec: default, fashion-mnist:DIR, mnist:DIR, cifar10:DIR, cifar100:DIR, image-folder:DIR.
+    #[arg(long, value_name = "SPEC")]
+    data: Option<String>,
+    /// origin, repvgg or dbb.
+    #[arg(long)]
+    mode: Option<String>,
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Width multiplier of every channel count.
+    #[arg(long)]
+    width: Option<f64>,
+    /// Use only the first N training images.
+    #[arg(long, value_name = "N")]
+    train_limit: Option<usize>,
+    /// Use only the first N test images.
+    #[arg(long, value_name = "N")]
+    test_limit: Option<usize>,
+    /// Run directory (default runs/<model>-<mode>-seed<seed>).
+    #[arg(long, value_name = "DIR", conflicts_with = "resume")]
+    out: Option<PathBuf>,
+    /// Continue the run in DIR from its last checkpoint, with its saved config.
+    #[arg(long, value_name = "DIR")]
+    resume: Option<PathBuf>,
+    /// Replace an existing, non-empty run directory.
+    #[arg(long, conflicts_with = "resume")]
+    force: bool,
+    /// Stop after this many epochs in this invocation (continue later with --resume).
+    #[arg(long, value_name = "N")]
+    stop_after: Option<usize>,
+}
+
+impl TrainArgs {
+    fn config_flags(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        let pairs: [(&'static str, bool); 12] = [
+            ("--config", self.config.is_some()),
+            ("--model", self.model.is_some()),
+            ("--data", self.data.is_some()),
+            ("--mode", self.mode.is_some()),
+            ("--epochs", self.epochs.is_some()),
+            ("--batch-size", self.batch_size.is_some()),
+            ("--lr", self.lr.is_some()),
+            ("--seed", self.seed.is_some()),
+            ("--width", self.width.is_some()),
+            ("--train-limit", self.train_limit.is_some()),
+            ("--test-limit", self.test_limit.is_some()),
+            ("--force", self.force),
+        ];
+        for (name, set) in pairs {
+            if set {
+                v.push(name);
+            }
+        }
+        v
+    }
+
+    fn resolve(&self) -> Result<TrainConfig> {
+        let mut cfg = match &self.config {
+            Some(p) => TrainConfig::from_toml_file(p)?,
+            None => TrainConfig::default(),
+        };
+        if let Some(v) = &self.model {
+            cfg.model = v.clone();
+        }
+        if let Some(v) = &self.data {
+            cfg.data = v.clone();
+        }
+        if let Some(v) = &self.mode {
+            cfg.mode = Mode::parse(v)?;
+        }
+        if let Some(v) = self.epochs {
+            cfg.epochs = v;
+        }
+        if let Some(v) = self.batch_size {
+            cfg.batch_size = v;
+        }
+        if let Some(v) = self.lr {
+            cfg.lr = v;
+        }
+        if let Some(v) = self.seed {
+            cfg.seed = v;
+        }
+        if let Some(v) = self.width {
+            cfg.width = v;
+        }
+        if self.train_limit.is_some() {
+            cfg.train_limit = self.train_limit;
+        }
+        if self.test_limit.is_some() {
+            cfg.test_limit = self.test_limit;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
 }
 
 /// Runs `dyrep` with the process arguments.
@@ -146,6 +314,175 @@ fn dispatch(cli: Cli) -> Result<u8> {
                 })
                 .collect();
             print_listing(&mut out, &rows, json)?;
+        }
+        Command::Models { json } => {
+            let mut rows = Vec::new();
+            for e in models() {
+                let mut rng = dyrep_runtime::api::SeededRng::new(0);
+                let mut ctx = dyrep_runtime::api::InitCtx::new(&mut rng, &candle_core::Device::Cpu);
+                let cfg = ModelConfig {
+                    name: e.name.to_string(),
+                    input: e.default_input,
+                    num_classes: 10,
+                    width: 1.0,
+                };
+                let m = build_model(&cfg, &mut ctx)?;
+                rows.push(serde_json::json!({
+                    "name": e.name,
+                    "summary": e.summary,
+                    "input": e.default_input,
+                    "params": m.param_count(),
+                    "macs": m.macs()?,
+                }));
+            }
+            if json {
+                serde_json::to_writer_pretty(&mut out, &rows)?;
+                writeln!(out)?;
+            } else {
+                writeln!(
+                    out,
+                    "{:18}  {:>11}  {:>9}  {:>10}  SUMMARY",
+                    "NAME", "INPUT", "PARAMS", "MACS"
+                )?;
+                for r in &rows {
+                    let i = &r["input"];
+                    writeln!(
+                        out,
+                        "{:18}  {:>11}  {:>8.2}M  {:>9.1}M  {}",
+                        r["name"].as_str().unwrap_or(""),
+                        format!("{}x{}x{}", i[0], i[1], i[2]),
+                        r["params"].as_f64().unwrap_or(0.0) / 1e6,
+                        r["macs"].as_f64().unwrap_or(0.0) / 1e6,
+                        r["summary"].as_str().unwrap_or("")
+                    )?;
+                }
+            }
+        }
+        Command::Train(args) => {
+            let (cfg, out_dir, resume) = match &args.resume {
+                Some(dir) => {
+                    let flags = args.config_flags();
+                    if !flags.is_empty() {
+                        anyhow::bail!(
+                            "--resume continues the run with its saved config.resolved.toml; drop {}",
+                            flags.join(", ")
+                        );
+                    }
+                    (TrainConfig::default(), dir.clone(), true)
+                }
+                None => {
+                    let cfg = args.resolve()?;
+                    let out_dir = args.out.clone().unwrap_or_else(|| {
+                        PathBuf::from(format!(
+                            "runs/{}-{}-seed{}",
+                            cfg.model,
+                            cfg.mode.as_str(),
+                            cfg.seed
+                        ))
+                    });
+                    (cfg, out_dir, false)
+                }
+            };
+            let opts = RunOptions {
+                out: out_dir,
+                resume,
+                force: args.force,
+                stop_after: args.stop_after,
+                device: candle_core::Device::Cpu,
+            };
+            let mut echo = |line: &str| {
+                let _ = writeln!(io::stdout().lock(), "{line}");
+            };
+            train(cfg, &opts, &mut echo)?;
+        }
+        Command::Eval {
+            checkpoint,
+            data,
+            limit,
+            logits_out,
+            inputs_out,
+            json,
+        } => {
+            let r = eval_checkpoint(
+                &checkpoint,
+                data.as_deref(),
+                limit,
+                logits_out.as_deref(),
+                inputs_out.as_deref(),
+                &candle_core::Device::Cpu,
+            )?;
+            if json {
+                serde_json::to_writer_pretty(&mut out, &r)?;
+                writeln!(out)?;
+            } else {
+                writeln!(
+                    out,
+                    "{} ({} form) on {}: top-1 {:.4} over {} test images, loss {:.4}",
+                    checkpoint.display(),
+                    r.form,
+                    r.dataset,
+                    r.top1,
+                    r.images,
+                    r.loss
+                )?;
+            }
+        }
+        Command::Fuse {
+            checkpoint,
+            out: out_dir,
+            limit,
+            json,
+        } => {
+            let r = fuse_checkpoint(
+                &checkpoint,
+                &out_dir,
+                Some(limit),
+                &candle_core::Device::Cpu,
+            )?;
+            if json {
+                serde_json::to_writer_pretty(&mut out, &r)?;
+                writeln!(out)?;
+            } else {
+                writeln!(
+                    out,
+                    "fused {} block(s) of {} into {}",
+                    r.blocks.len(),
+                    checkpoint.display(),
+                    out_dir.display()
+                )?;
+                for b in &r.blocks {
+                    writeln!(
+                        out,
+                        "  {:32} {} branches  max abs {:.2e}  rel {:.2e}",
+                        b.path, b.branches, b.max_abs, b.rel
+                    )?;
+                }
+                writeln!(
+                    out,
+                    "params {} -> {}   MACs {:.2}M -> {:.2}M",
+                    r.params_before,
+                    r.params_after,
+                    r.macs_before as f64 / 1e6,
+                    r.macs_after as f64 / 1e6
+                )?;
+                writeln!(
+                    out,
+                    "verified on {} test images: top-1 {:.4} -> {:.4}, {} prediction(s) changed, logits rel {:.2e} (limit {:.0e}), max abs {:.2e}",
+                    r.images, r.acc_before, r.acc_after, r.top1_mismatches, r.logits_rel, FUSE_LOGITS_REL, r.logits_max_abs
+                )?;
+                writeln!(
+                    out,
+                    "{}",
+                    if r.passed() {
+                        "verification passed"
+                    } else {
+                        "verification FAILED"
+                    }
+                )?;
+            }
+            if !r.passed() {
+                return Ok(EXIT_VERIFY_FAILED);
+            }
         }
         Command::Verify {
             op,

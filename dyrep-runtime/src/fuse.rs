@@ -1,0 +1,286 @@
+//! Deploy: `fuse` a trained checkpoint into the plain architecture (every block to one conv, the
+//! conv bias folded into the following BN; reference §8) and verify on real eval batches (same
+//! top-1, logits within 1e-4 relative), with per-block errors and params/MACs before and after.
+//! `eval` of either form, with the logits and inputs as `.npy` for cross-checking other runtimes.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor};
+use dyrep_api::equivalence::compare;
+use dyrep_api::SeededRng;
+use serde::Serialize;
+
+use crate::checkpoint::{self, CheckpointData};
+use crate::data::{self, loader::eval_stream, loader::Which, Dataset};
+use crate::error::{io, Result, RuntimeError};
+use crate::model::Model;
+use crate::train::{load_checkpoint_model, RunState};
+
+/// Relative logit difference allowed between a trained model and its fused form.
+pub const FUSE_LOGITS_REL: f64 = 1e-4;
+
+/// One block's fusion error on a random input.
+#[derive(Clone, Debug, Serialize)]
+pub struct BlockError {
+    pub path: String,
+    pub branches: usize,
+    pub max_abs: f64,
+    pub rel: f64,
+}
+
+/// What `fuse` measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct FuseReport {
+    pub blocks: Vec<BlockError>,
+    pub params_before: usize,
+    pub params_after: usize,
+    pub macs_before: u64,
+    pub macs_after: u64,
+    pub images: usize,
+    pub logits_rel: f64,
+    pub logits_max_abs: f64,
+    pub top1_mismatches: usize,
+    pub acc_before: f64,
+    pub acc_after: f64,
+}
+
+impl FuseReport {
+    pub fn passed(&self) -> bool {
+        self.top1_mismatches == 0 && self.logits_rel <= FUSE_LOGITS_REL
+    }
+}
+
+fn logits_on(
+    model: &Model,
+    ds: &Arc<Dataset>,
+    limit: Option<usize>,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let mut outs = Vec::new();
+    let mut labels = Vec::new();
+    for b in eval_stream(ds.clone(), Which::Test, 256, limit) {
+        let x = Tensor::from_vec(
+            b.images.clone(),
+            (b.len(), ds.channels, ds.height, ds.width),
+            device,
+        )?;
+        outs.push(model.forward_t(&x, false)?.detach());
+        labels.extend(b.labels.iter().copied());
+    }
+    let n = labels.len();
+    Ok((Tensor::cat(&outs, 0)?, Tensor::from_vec(labels, n, device)?))
+}
+
+fn accuracy(logits: &Tensor, labels: &Tensor) -> Result<f64> {
+    let n = labels.dim(0)?.max(1) as f64;
+    Ok(logits
+        .argmax(1)?
+        .eq(labels)?
+        .to_dtype(candle_core::DType::F32)?
+        .sum_all()?
+        .to_scalar::<f32>()? as f64
+        / n)
+}
+
+/// Fuses the checkpoint at `src` into `out` (which must not exist or be empty) and verifies it.
+/// The fused checkpoint is written even when verification fails, so it can be inspected; the
+/// report says whether it passed.
+pub fn fuse_checkpoint(
+    src: &Path,
+    out: &Path,
+    limit: Option<usize>,
+    device: &Device,
+) -> Result<FuseReport> {
+    if out.exists()
+        && std::fs::read_dir(out)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        return Err(RuntimeError::Config(format!(
+            "output directory {} already exists and is not empty; choose another --out",
+            out.display()
+        )));
+    }
+    let (mut model, state) = load_checkpoint_model(src, device)?;
+    let ds = Arc::new(data::load(&state.config.data)?);
+    let (params_before, macs_before) = (model.param_count(), model.macs()?);
+    // Per-block error on a random input through the block vs its fused kernel.
+    let mut rng = SeededRng::for_purpose(0, "fuse-check");
+    let mut blocks = Vec::new();
+    for u in model.units() {
+        for info in u.slot.slots() {
+            if !info.grown || info.depth > 0 {
+                continue;
+            }
+            let g = info.geom;
+            let side = (g.k + 4).max(8);
+            let x = dyrep_api::init::normal_tensor(
+                &mut rng,
+                &[2, g.in_ch, side, side],
+                0.0,
+                1.0,
+                device,
+            )?;
+            let y = u.slot.forward_t(&x, false)?;
+            let yk = u
+                .slot
+                .equivalent()?
+                .conv(&x, g.stride, g.padding, g.groups)?;
+            let c = compare(&y, &yk)?;
+            let branches = u.slot.as_block().map_or(1, |b| b.all_branches().count());
+            blocks.push(BlockError {
+                path: u.conv_path.clone(),
+                branches,
+                max_abs: c.max_abs,
+                rel: c.rel,
+            });
+        }
+    }
+    let (before, labels) = logits_on(&model, &ds, limit, device)?;
+    model.fuse()?;
+    let (after, _) = logits_on(&model, &ds, limit, device)?;
+    let c = compare(&before, &after)?;
+    let mismatches = before
+        .argmax(1)?
+        .ne(&after.argmax(1)?)?
+        .to_dtype(candle_core::DType::F32)?
+        .sum_all()?
+        .to_scalar::<f32>()? as usize;
+    let report = FuseReport {
+        blocks,
+        params_before,
+        params_after: model.param_count(),
+        macs_before,
+        macs_after: model.macs()?,
+        images: labels.dim(0)?,
+        logits_rel: c.rel,
+        logits_max_abs: c.max_abs,
+        top1_mismatches: mismatches,
+        acc_before: accuracy(&before, &labels)?,
+        acc_after: accuracy(&after, &labels)?,
+    };
+    let arch = model.arch();
+    checkpoint::save(
+        out,
+        &CheckpointData::<RunState> {
+            arch: &arch,
+            model: model.tensor_map()?,
+            optim: None,
+            state: &state,
+        },
+    )?;
+    Ok(report)
+}
+
+/// What `eval` measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalReport {
+    pub dataset: String,
+    pub images: usize,
+    pub top1: f64,
+    pub loss: f64,
+    pub form: String,
+}
+
+/// Evaluates a checkpoint (either form) on the test split of its dataset or of `data`.
+pub fn eval_checkpoint(
+    dir: &Path,
+    data_spec: Option<&str>,
+    limit: Option<usize>,
+    logits_out: Option<&Path>,
+    inputs_out: Option<&Path>,
+    device: &Device,
+) -> Result<EvalReport> {
+    let (model, state) = load_checkpoint_model(dir, device)?;
+    let spec = data_spec.unwrap_or(&state.config.data).to_string();
+    let ds = Arc::new(data::load(&spec)?);
+    let [c, h, w] = model.config.input;
+    if [ds.channels, ds.height, ds.width] != [c, h, w]
+        || ds.num_classes() != model.config.num_classes
+    {
+        return Err(RuntimeError::Config(format!(
+            "dataset `{spec}` has {}x{}x{} inputs and {} classes but the checkpoint's model takes {c}x{h}x{w} and {} classes",
+            ds.channels, ds.height, ds.width, ds.num_classes(), model.config.num_classes
+        )));
+    }
+    let mut logits = Vec::new();
+    let mut inputs = Vec::new();
+    let mut labels = Vec::new();
+    for b in eval_stream(ds.clone(), Which::Test, 256, limit) {
+        let x = Tensor::from_vec(b.images.clone(), (b.len(), c, h, w), device)?;
+        logits.push(model.forward_t(&x, false)?.detach());
+        if inputs_out.is_some() {
+            inputs.extend_from_slice(&b.images);
+        }
+        labels.extend(b.labels.iter().copied());
+    }
+    let n = labels.len();
+    let logits = Tensor::cat(&logits, 0)?;
+    let y = Tensor::from_vec(labels, n, device)?;
+    let loss = crate::optim::cross_entropy(&logits, &y, 0.0)?.to_scalar::<f32>()? as f64;
+    if let Some(p) = logits_out {
+        let v = logits.flatten_all()?.to_vec1::<f32>()?;
+        write_npy(p, &v, &[n, model.config.num_classes])?;
+    }
+    if let Some(p) = inputs_out {
+        write_npy(p, &inputs, &[n, c, h, w])?;
+    }
+    Ok(EvalReport {
+        dataset: spec,
+        images: n,
+        top1: accuracy(&logits, &y)?,
+        loss,
+        form: format!("{:?}", model.form).to_lowercase(),
+    })
+}
+
+/// Writes a little-endian float32 `.npy` (format 1.0), atomically.
+pub fn write_npy(path: &Path, data: &[f32], shape: &[usize]) -> Result<()> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape_txt = if dims.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_txt}, }}");
+    let total = 10 + header.len() + 1;
+    header.push_str(&" ".repeat((64 - total % 64) % 64));
+    header.push('\n');
+    let mut bytes = Vec::with_capacity(10 + header.len() + data.len() * 4);
+    bytes.extend_from_slice(b"\x93NUMPY\x01\x00");
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    for v in data {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    let tmp = path.with_extension("npy.tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(&bytes).map_err(io(&tmp))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn npy_header_is_aligned_and_parsable() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.npy");
+        write_npy(&p, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3]).unwrap();
+        let b = std::fs::read(&p).unwrap();
+        assert_eq!(&b[..8], b"\x93NUMPY\x01\x00");
+        let hl = u16::from_le_bytes([b[8], b[9]]) as usize;
+        assert_eq!((10 + hl) % 64, 0);
+        let h = std::str::from_utf8(&b[10..10 + hl]).unwrap();
+        assert!(h.contains("'shape': (2, 3)") && h.ends_with('\n'), "{h}");
+        assert_eq!(
+            f32::from_le_bytes([b[10 + hl], b[11 + hl], b[12 + hl], b[13 + hl]]),
+            1.0
+        );
+        assert_eq!(b.len(), 10 + hl + 24);
+    }
+}

@@ -1,0 +1,245 @@
+//! Own SGD (reference §6, §7.1; candle's SGD has no momentum and its optimizers keep state by
+//! position, candle-notes.md §3). PyTorch semantics: `d = g + wd·θ` (wd skipped for BN γ/β and
+//! biases unless `decay_bn_and_bias`), `b = μ·b + d` (first step: `b = d`), `d = nesterov ?
+//! d + μ·b : b`, `θ ← θ − lr·d`. Momentum buffers are keyed by parameter path, so they survive
+//! structure changes: new parameters start fresh, vanished ones are dropped, survivors keep theirs.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use candle_core::backprop::GradStore;
+use candle_core::{Tensor, Var};
+use dyrep_api::TensorRole;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+
+/// SGD hyper-parameters (besides the learning rate, which the schedule gives per step).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SgdConfig {
+    pub momentum: f64,
+    pub nesterov: bool,
+    pub weight_decay: f64,
+    /// Apply weight decay to BN γ/β and biases too (the reference's CIFAR recipe does).
+    pub decay_bn_and_bias: bool,
+}
+
+impl Default for SgdConfig {
+    fn default() -> Self {
+        Self {
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 1e-4,
+            decay_bn_and_bias: true,
+        }
+    }
+}
+
+/// SGD with momentum buffers keyed by parameter path.
+#[derive(Debug)]
+pub struct Sgd {
+    pub config: SgdConfig,
+    buffers: BTreeMap<String, Tensor>,
+}
+
+impl Sgd {
+    pub fn new(config: SgdConfig) -> Self {
+        Self {
+            config,
+            buffers: BTreeMap::new(),
+        }
+    }
+
+    /// One step over `params` (path, variable, role) with the gradients of one backward pass.
+    /// Parameters without a gradient are left alone; running statistics are never touched.
+    pub fn step(
+        &mut self,
+        lr: f64,
+        params: &[(String, Var, TensorRole)],
+        grads: &GradStore,
+    ) -> Result<()> {
+        let c = &self.config;
+        for (path, var, role) in params {
+            if !role.is_trainable() {
+                continue;
+            }
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
+            let theta = var.as_detached_tensor();
+            let mut d = g.detach();
+            if c.weight_decay != 0.0 && (c.decay_bn_and_bias || !role.is_bn_or_bias()) {
+                d = (d + (&theta * c.weight_decay)?)?;
+            }
+            if c.momentum != 0.0 {
+                let buf = match self.buffers.get(path) {
+                    Some(b) if b.dims() == d.dims() => ((b * c.momentum)? + &d)?,
+                    _ => d.copy()?,
+                };
+                d = if c.nesterov {
+                    (d + (&buf * c.momentum)?)?
+                } else {
+                    buf.clone()
+                };
+                self.buffers.insert(path.clone(), buf);
+            }
+            var.set(&(theta - (d * lr)?)?)?;
+        }
+        Ok(())
+    }
+
+    /// Drops the state of parameters that no longer exist.
+    pub fn retain(&mut self, live: &BTreeSet<String>) {
+        self.buffers.retain(|k, _| live.contains(k));
+    }
+
+    /// Forgets one parameter's state (its value was replaced).
+    pub fn forget(&mut self, path: &str) {
+        self.buffers.remove(path);
+    }
+
+    /// The momentum buffers by path (for checkpoints).
+    pub fn state(&self) -> HashMap<String, Tensor> {
+        self.buffers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Restores momentum buffers.
+    pub fn load_state(&mut self, state: HashMap<String, Tensor>) {
+        self.buffers = state.into_iter().collect();
+    }
+
+    pub fn buffer(&self, path: &str) -> Option<&Tensor> {
+        self.buffers.get(path)
+    }
+}
+
+/// Cosine learning rate over steps after a linear warmup of whole epochs (reference §7.1):
+/// warmup epoch e (0-based) uses `warmup_lr + (lr − warmup_lr)·e/warmup_epochs`; afterwards
+/// `min_lr + (lr − min_lr)·(1 + cos(π·t/T))/2` with t the step since warmup and T the rest.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CosineSchedule {
+    pub lr: f64,
+    pub min_lr: f64,
+    pub warmup_epochs: usize,
+    pub warmup_lr: f64,
+}
+
+impl CosineSchedule {
+    pub fn lr_at(&self, epoch: usize, step: usize, steps_per_epoch: usize, epochs: usize) -> f64 {
+        if epoch < self.warmup_epochs {
+            let f = epoch as f64 / self.warmup_epochs as f64;
+            return self.warmup_lr + (self.lr - self.warmup_lr) * f;
+        }
+        let warm = self.warmup_epochs * steps_per_epoch;
+        let total = (epochs * steps_per_epoch).saturating_sub(warm).max(1);
+        let t = step.saturating_sub(warm).min(total);
+        let cos = (std::f64::consts::PI * t as f64 / total as f64).cos();
+        self.min_lr + (self.lr - self.min_lr) * (1.0 + cos) / 2.0
+    }
+}
+
+/// Cross-entropy with label smoothing ε (mean over the batch): `−Σ_k q_k log p_k` with
+/// `q = (1−ε)·onehot + ε/K`.
+pub fn cross_entropy(logits: &Tensor, labels: &Tensor, smoothing: f64) -> Result<Tensor> {
+    let (_, k) = logits.dims2()?;
+    let max = logits.max_keepdim(1)?.detach();
+    let shifted = logits.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(1)?.log()?;
+    let logp = shifted.broadcast_sub(&lse)?;
+    let picked = logp.gather(&labels.unsqueeze(1)?, 1)?.squeeze(1)?;
+    let nll = picked.neg()?.mean_all()?;
+    if smoothing == 0.0 {
+        return Ok(nll);
+    }
+    let uniform = logp.mean(1)?.neg()?.mean_all()?;
+    let _ = k;
+    Ok(((nll * (1.0 - smoothing))? + (uniform * smoothing)?)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    #[test]
+    fn sgd_matches_pytorch_semantics() {
+        let dev = Device::Cpu;
+        let w = Var::new(&[1.0f32, -2.0], &dev).unwrap();
+        let params = vec![("w".to_string(), w.clone(), TensorRole::ConvWeight)];
+        let mut opt = Sgd::new(SgdConfig {
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 0.1,
+            decay_bn_and_bias: true,
+        });
+        // loss = sum(w) -> g = 1
+        for _ in 0..2 {
+            let grads = w.as_tensor().sum_all().unwrap().backward().unwrap();
+            opt.step(0.5, &params, &grads).unwrap();
+        }
+        // step 1: d = 1 + 0.1·1 = 1.1; b = 1.1; w = 1 − 0.55 = 0.45
+        // step 2: d = 1 + 0.045 = 1.045; b = 0.99 + 1.045 = 2.035; w = 0.45 − 1.0175 = −0.5675
+        let v = w.as_tensor().to_vec1::<f32>().unwrap();
+        assert!((v[0] - (-0.5675)).abs() < 1e-6, "{v:?}");
+    }
+
+    #[test]
+    fn nesterov_and_no_decay_on_bn() {
+        let dev = Device::Cpu;
+        let g = Var::new(&[1.0f32], &dev).unwrap();
+        let params = vec![("bn.weight".to_string(), g.clone(), TensorRole::BnWeight)];
+        let mut opt = Sgd::new(SgdConfig {
+            momentum: 0.5,
+            nesterov: true,
+            weight_decay: 1.0,
+            decay_bn_and_bias: false,
+        });
+        let grads = g.as_tensor().sum_all().unwrap().backward().unwrap();
+        opt.step(1.0, &params, &grads).unwrap();
+        // d = 1 (no decay); b = 1; nesterov d = 1 + 0.5 = 1.5; θ = 1 − 1.5 = −0.5
+        assert_eq!(g.as_tensor().to_vec1::<f32>().unwrap(), vec![-0.5]);
+        opt.retain(&BTreeSet::new());
+        assert!(opt.buffer("bn.weight").is_none());
+    }
+
+    #[test]
+    fn cosine_with_warmup() {
+        let s = CosineSchedule {
+            lr: 0.1,
+            min_lr: 0.0,
+            warmup_epochs: 2,
+            warmup_lr: 0.0,
+        };
+        assert_eq!(s.lr_at(0, 0, 10, 12), 0.0);
+        assert!((s.lr_at(1, 10, 10, 12) - 0.05).abs() < 1e-12);
+        assert!((s.lr_at(2, 20, 10, 12) - 0.1).abs() < 1e-12);
+        assert!((s.lr_at(7, 70, 10, 12) - 0.05).abs() < 1e-12);
+        assert!(s.lr_at(11, 119, 10, 12) < 1e-3);
+    }
+
+    #[test]
+    fn cross_entropy_with_and_without_smoothing() {
+        let dev = Device::Cpu;
+        let logits = Tensor::new(&[[2.0f32, 0.0, 0.0], [0.0, 0.0, 0.0]], &dev).unwrap();
+        let labels = Tensor::new(&[0u32, 2], &dev).unwrap();
+        let l = cross_entropy(&logits, &labels, 0.0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let p0 = (2f32.exp() / (2f32.exp() + 2.0)).ln();
+        let want = (-p0 + 3f32.ln()) / 2.0;
+        assert!((l - want).abs() < 1e-5, "{l} {want}");
+        let ls = cross_entropy(&logits, &labels, 0.1)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let lp1 = (1.0 / (2f32.exp() + 2.0)).ln();
+        let u = (-(p0 + 2.0 * lp1) / 3.0 + 3f32.ln()) / 2.0;
+        assert!((ls - (0.9 * want + 0.1 * u)).abs() < 1e-5);
+        let _ = DType::F32;
+    }
+}

@@ -1,0 +1,672 @@
+//! Training runs (DESIGN.md "Training modes", "Files a run writes"; reference §7.1): the static
+//! modes `origin` (plain), `repvgg` (every 3×3 as conv + 1×1 + identity, all γ = 1) and `dbb`
+//! (every k×k as DBB's k×k + 1×1 + 1×1→k×k + 1×1→avg, all γ = 1), SGD with path-keyed
+//! momentum, cosine LR with warmup, label smoothing, eval every epoch, a run directory with
+//! `config.resolved.toml`, `run.log`, `metrics.csv`, `summary.json` and atomic checkpoints
+//! `checkpoints/{last,best}`, and exact resume (bitwise on CPU).
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use dyrep_api::{op_spec, InitCtx, OpSpec, SeededRng};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{self, CheckpointData};
+use crate::data::loader::{
+    eval_stream, train_batches_per_epoch, train_stream, Augment, Batch, Which,
+};
+use crate::data::{self, Dataset};
+use crate::error::{io, Result, RuntimeError};
+use crate::model::{build_model, Model, ModelConfig};
+use crate::optim::{cross_entropy, CosineSchedule, Sgd, SgdConfig};
+
+/// Training mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// The plain network.
+    Origin,
+    /// Every 3×3 conv as RepVGG's conv + 1×1 + identity (γ = 1).
+    Repvgg,
+    /// Every k×k conv as DBB's four branches (γ = 1).
+    Dbb,
+}
+
+impl Mode {
+    pub const NAMES: [&'static str; 3] = ["origin", "repvgg", "dbb"];
+
+    pub fn parse(s: &str) -> Result<Mode> {
+        match s {
+            "origin" => Ok(Mode::Origin),
+            "repvgg" => Ok(Mode::Repvgg),
+            "dbb" => Ok(Mode::Dbb),
+            other => {
+                let hint = dyrep_api::registry::nearest(other, Self::NAMES)
+                    .map(|s| format!(" (did you mean `{s}`?)"))
+                    .unwrap_or_default();
+                Err(RuntimeError::Config(format!(
+                    "unknown mode `{other}`{hint}; known modes: {} (dyrep mode comes with the dynamics)",
+                    Self::NAMES.join(", ")
+                )))
+            }
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Origin => "origin",
+            Mode::Repvgg => "repvgg",
+            Mode::Dbb => "dbb",
+        }
+    }
+}
+
+fn d_model() -> String {
+    "vgg-tiny".into()
+}
+fn d_data() -> String {
+    "default".into()
+}
+fn d_mode() -> Mode {
+    Mode::Origin
+}
+fn d_epochs() -> usize {
+    3
+}
+fn d_batch() -> usize {
+    64
+}
+fn d_eval_batch() -> usize {
+    256
+}
+fn d_lr() -> f64 {
+    0.1
+}
+fn d_min_lr() -> f64 {
+    1e-5
+}
+fn d_width() -> f64 {
+    1.0
+}
+
+/// Every setting of a run (the TOML config file; `config.resolved.toml` in the run directory).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    #[serde(default = "d_model")]
+    pub model: String,
+    /// Data spec (`default`, `fashion-mnist:DIR`, `cifar10:DIR`, ...).
+    #[serde(default = "d_data")]
+    pub data: String,
+    #[serde(default = "d_mode")]
+    pub mode: Mode,
+    #[serde(default = "d_epochs")]
+    pub epochs: usize,
+    #[serde(default = "d_batch")]
+    pub batch_size: usize,
+    #[serde(default = "d_eval_batch")]
+    pub eval_batch_size: usize,
+    #[serde(default = "d_lr")]
+    pub lr: f64,
+    #[serde(default = "d_min_lr")]
+    pub min_lr: f64,
+    #[serde(default)]
+    pub warmup_epochs: usize,
+    #[serde(default)]
+    pub warmup_lr: f64,
+    #[serde(default)]
+    pub sgd: SgdConfig,
+    #[serde(default)]
+    pub label_smoothing: f64,
+    #[serde(default = "d_width")]
+    pub width: f64,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default)]
+    pub augment: Augment,
+    /// Use only the first N training / test examples.
+    #[serde(default)]
+    pub train_limit: Option<usize>,
+    #[serde(default)]
+    pub test_limit: Option<usize>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            model: d_model(),
+            data: d_data(),
+            mode: d_mode(),
+            epochs: d_epochs(),
+            batch_size: d_batch(),
+            eval_batch_size: d_eval_batch(),
+            lr: d_lr(),
+            min_lr: d_min_lr(),
+            warmup_epochs: 0,
+            warmup_lr: 0.0,
+            sgd: SgdConfig::default(),
+            label_smoothing: 0.0,
+            width: d_width(),
+            seed: 0,
+            augment: Augment::default(),
+            train_limit: None,
+            test_limit: None,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks every setting; the error names the setting and the fix.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |s: String| Err(RuntimeError::Config(s));
+        if self.epochs == 0 {
+            return bad("epochs must be at least 1".into());
+        }
+        if self.batch_size < 2 {
+            return bad(
+                "batch_size must be at least 2 (batch norm needs more than one value)".into(),
+            );
+        }
+        if self.eval_batch_size == 0 {
+            return bad("eval_batch_size must be at least 1".into());
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) || self.min_lr < 0.0 || self.min_lr > self.lr {
+            return bad(format!(
+                "need 0 <= min_lr <= lr and lr > 0 (lr {}, min_lr {})",
+                self.lr, self.min_lr
+            ));
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return bad(format!(
+                "label_smoothing {} must be in [0, 1)",
+                self.label_smoothing
+            ));
+        }
+        if self.warmup_epochs >= self.epochs && self.warmup_epochs > 0 {
+            return bad(format!(
+                "warmup_epochs ({}) must be smaller than epochs ({})",
+                self.warmup_epochs, self.epochs
+            ));
+        }
+        if !(0.0..1.0).contains(&self.sgd.momentum) || self.sgd.weight_decay < 0.0 {
+            return bad("sgd.momentum must be in [0, 1) and sgd.weight_decay >= 0".into());
+        }
+        crate::model::find_model(&self.model)?;
+        Ok(())
+    }
+
+    /// The config as TOML.
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string_pretty(self)
+            .map_err(|e| RuntimeError::Config(format!("cannot write config: {e}")))
+    }
+
+    /// Reads a TOML config file (unknown keys are errors naming the key).
+    pub fn from_toml_file(path: &Path) -> Result<TrainConfig> {
+        let text = std::fs::read_to_string(path).map_err(io(path))?;
+        toml::from_str(&text)
+            .map_err(|e| RuntimeError::Config(format!("{}: {}", path.display(), e.message())))
+    }
+}
+
+/// One epoch's numbers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub train_acc: f64,
+    pub test_loss: f64,
+    pub test_acc: f64,
+    pub lr: f64,
+    pub params: usize,
+    pub macs: u64,
+    pub branches: usize,
+    pub seconds: f64,
+}
+
+/// Progress of a run, saved in every checkpoint's `state.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunState {
+    pub config: TrainConfig,
+    /// Number of finished epochs.
+    pub epochs_done: usize,
+    pub global_step: usize,
+    pub best_test_acc: f64,
+    pub best_epoch: usize,
+    pub train_seconds: f64,
+    pub history: Vec<EpochRecord>,
+}
+
+/// `summary.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Summary {
+    pub model: String,
+    pub mode: String,
+    pub dataset: String,
+    pub epochs: usize,
+    pub seed: u64,
+    pub final_test_acc: f64,
+    pub best_test_acc: f64,
+    pub avg_params: f64,
+    pub avg_macs: f64,
+    pub final_params: usize,
+    pub final_macs: u64,
+    pub train_seconds: f64,
+    pub peak_rss_bytes: u64,
+    pub grows: usize,
+    pub cuts: usize,
+}
+
+/// How to run.
+pub struct RunOptions {
+    pub out: PathBuf,
+    /// Continue the run in `out` from its last checkpoint.
+    pub resume: bool,
+    /// Replace an existing run directory.
+    pub force: bool,
+    /// Stop (resumably) after this many epochs in this invocation.
+    pub stop_after: Option<usize>,
+    pub device: Device,
+}
+
+/// Peak resident memory of this process (VmHWM), 0 where unknown.
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<u64>().ok())
+            })
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Builds the model of a config for a dataset, with the mode's static branches.
+pub fn build_for(cfg: &TrainConfig, ds: &Dataset, device: &Device) -> Result<Model> {
+    let mut rng = SeededRng::for_purpose(cfg.seed, "init");
+    let mut ctx = InitCtx::new(&mut rng, device);
+    let mcfg = ModelConfig {
+        name: cfg.model.clone(),
+        input: [ds.channels, ds.height, ds.width],
+        num_classes: ds.num_classes(),
+        width: cfg.width,
+    };
+    let mut model = build_model(&mcfg, &mut ctx)?;
+    apply_mode(&mut model, cfg.mode, &mut ctx)?;
+    Ok(model)
+}
+
+/// Turns the convs a static mode targets into blocks (γ = 1 on every branch).
+pub fn apply_mode(model: &mut Model, mode: Mode, ctx: &mut InitCtx<'_>) -> Result<usize> {
+    let main = dyrep_ops::main_spec();
+    let names: &[&str] = match mode {
+        Mode::Origin => return Ok(0),
+        Mode::Repvgg => &["conv1x1", "identity"],
+        Mode::Dbb => &["conv1x1", "conv1x1_kxk", "conv1x1_avg"],
+    };
+    let specs: Vec<Box<dyn OpSpec>> = names
+        .iter()
+        .map(|n| op_spec(n))
+        .collect::<dyrep_api::Result<_>>()?;
+    let gamma0 = ctx.gamma0;
+    ctx.gamma0 = 1.0;
+    let eligible: &dyn Fn(&dyrep_api::ConvGeom) -> bool = match mode {
+        Mode::Repvgg => &|g| g.k == 3 && g.is_same_padding(),
+        _ => &|g| g.k > 1,
+    };
+    let n = model.grow_all(&*main, &specs, eligible, ctx);
+    ctx.gamma0 = gamma0;
+    n
+}
+
+fn to_tensors(b: &Batch, ds: &Dataset, device: &Device) -> Result<(Tensor, Tensor)> {
+    let n = b.len();
+    let x = Tensor::from_vec(
+        b.images.clone(),
+        (n, ds.channels, ds.height, ds.width),
+        device,
+    )?;
+    let y = Tensor::from_vec(b.labels.clone(), n, device)?;
+    Ok((x, y))
+}
+
+fn correct(logits: &Tensor, y: &Tensor) -> Result<usize> {
+    let pred = logits.argmax(1)?;
+    Ok(pred
+        .eq(y)?
+        .to_dtype(DType::F32)?
+        .sum_all()?
+        .to_scalar::<f32>()? as usize)
+}
+
+/// Eval-mode loss and accuracy on a split (first `limit` examples).
+pub fn evaluate(
+    model: &Model,
+    ds: &Arc<Dataset>,
+    which: Which,
+    batch: usize,
+    limit: Option<usize>,
+    device: &Device,
+) -> Result<(f64, f64)> {
+    let (mut loss, mut right, mut n) = (0f64, 0usize, 0usize);
+    for b in eval_stream(ds.clone(), which, batch, limit) {
+        let (x, y) = to_tensors(&b, ds, device)?;
+        let logits = model.forward_t(&x, false)?.detach();
+        loss += cross_entropy(&logits, &y, 0.0)?.to_scalar::<f32>()? as f64 * b.len() as f64;
+        right += correct(&logits, &y)?;
+        n += b.len();
+    }
+    let n = n.max(1) as f64;
+    Ok((loss / n, right as f64 / n))
+}
+
+struct RunDir {
+    dir: PathBuf,
+    log: std::fs::File,
+}
+
+impl RunDir {
+    fn log(&mut self, line: &str, echo: &mut dyn FnMut(&str)) {
+        echo(line);
+        let _ = writeln!(self.log, "{line}");
+    }
+
+    fn write_atomic(&self, name: &str, text: &str) -> Result<()> {
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, self.dir.join(name)).map_err(io(self.dir.join(name)))
+    }
+}
+
+fn metrics_csv(history: &[EpochRecord]) -> String {
+    let mut s = String::from("epoch,split,loss,acc,lr,params,macs,branches,seconds\n");
+    for r in history {
+        for (split, loss, acc) in [
+            ("train", r.train_loss, r.train_acc),
+            ("test", r.test_loss, r.test_acc),
+        ] {
+            s.push_str(&format!(
+                "{},{split},{loss:.6},{acc:.6},{:.6e},{},{},{},{:.3}\n",
+                r.epoch, r.lr, r.params, r.macs, r.branches, r.seconds
+            ));
+        }
+    }
+    s
+}
+
+/// Epoch-weighted mean of a per-epoch quantity (reference §7.4).
+fn epoch_mean(history: &[EpochRecord], f: impl Fn(&EpochRecord) -> f64) -> f64 {
+    if history.is_empty() {
+        return 0.0;
+    }
+    history.iter().map(&f).sum::<f64>() / history.len() as f64
+}
+
+/// Runs (or resumes) training; `echo` receives every log line.
+pub fn train(cfg: TrainConfig, opts: &RunOptions, echo: &mut dyn FnMut(&str)) -> Result<Summary> {
+    let device = &opts.device;
+    let ck_dir = opts.out.join("checkpoints");
+    // Resume or start.
+    let (cfg, mut state, model, mut opt) = if opts.resume {
+        let last = ck_dir.join("last");
+        let loaded = checkpoint::load::<RunState>(&last, device)?;
+        let cfg = loaded.state.config.clone();
+        cfg.validate()?;
+        let mut rng = SeededRng::for_purpose(cfg.seed, "init");
+        let mut ctx = InitCtx::new(&mut rng, device);
+        let model = Model::from_arch(&loaded.arch, &mut ctx)?;
+        model
+            .load_tensors(&loaded.model)
+            .map_err(|e| RuntimeError::Checkpoint {
+                path: loaded.dir.join("model.safetensors"),
+                reason: e.to_string(),
+            })?;
+        let mut opt = Sgd::new(cfg.sgd.clone());
+        if let Some(o) = loaded.optim {
+            opt.load_state(o);
+        }
+        (cfg, loaded.state, Some(model), opt)
+    } else {
+        cfg.validate()?;
+        if opts.out.exists()
+            && std::fs::read_dir(&opts.out)
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(true)
+        {
+            if !opts.force {
+                return Err(RuntimeError::Config(format!(
+                    "output directory {} already exists and is not empty; pass --force to replace it or --resume to continue it",
+                    opts.out.display()
+                )));
+            }
+            std::fs::remove_dir_all(&opts.out).map_err(io(&opts.out))?;
+        }
+        std::fs::create_dir_all(&opts.out).map_err(io(&opts.out))?;
+        let state = RunState {
+            config: cfg.clone(),
+            epochs_done: 0,
+            global_step: 0,
+            best_test_acc: -1.0,
+            best_epoch: 0,
+            train_seconds: 0.0,
+            history: Vec::new(),
+        };
+        // The model is built once the data is loaded (its shape decides the input).
+        (cfg.clone(), state, None, Sgd::new(cfg.sgd.clone()))
+    };
+    let ds = Arc::new(data::load(&cfg.data)?);
+    let model = match model {
+        Some(m) => m,
+        None => build_for(&cfg, &ds, device)?,
+    };
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(opts.out.join("run.log"))
+        .map_err(io(opts.out.join("run.log")))?;
+    let mut run = RunDir {
+        dir: opts.out.clone(),
+        log,
+    };
+    if !opts.resume {
+        run.write_atomic("config.resolved.toml", &cfg.to_toml()?)?;
+    }
+    let steps = train_batches_per_epoch(&ds, cfg.batch_size, cfg.train_limit);
+    if steps == 0 {
+        return Err(RuntimeError::Config(format!(
+            "batch_size {} is larger than the {} training examples",
+            cfg.batch_size,
+            cfg.train_limit.unwrap_or(usize::MAX).min(ds.train.len())
+        )));
+    }
+    let schedule = CosineSchedule {
+        lr: cfg.lr,
+        min_lr: cfg.min_lr,
+        warmup_epochs: cfg.warmup_epochs,
+        warmup_lr: cfg.warmup_lr,
+    };
+    run.log(
+        &format!(
+            "{} model {} mode {} on {} ({} train / {} test, {}x{}x{}, {} classes): {} params, {:.2} M MACs, {} blocks; epochs {}..{}",
+            if opts.resume { "resume" } else { "train" },
+            cfg.model,
+            cfg.mode.as_str(),
+            ds.spec,
+            cfg.train_limit.unwrap_or(usize::MAX).min(ds.train.len()),
+            cfg.test_limit.unwrap_or(usize::MAX).min(ds.test.len()),
+            ds.channels,
+            ds.height,
+            ds.width,
+            ds.num_classes(),
+            model.param_count(),
+            model.macs()? as f64 / 1e6,
+            model.block_count(),
+            state.epochs_done + 1,
+            cfg.epochs
+        ),
+        echo,
+    );
+    let mut ran = 0usize;
+    while state.epochs_done < cfg.epochs {
+        if opts.stop_after.is_some_and(|s| ran >= s) {
+            run.log(
+                &format!(
+                    "stopping after {ran} epoch(s) as asked; continue with --resume {}",
+                    opts.out.display()
+                ),
+                echo,
+            );
+            break;
+        }
+        let epoch = state.epochs_done;
+        let t0 = Instant::now();
+        let params = model.tensors();
+        let live: BTreeSet<String> = params.iter().map(|p| p.0.clone()).collect();
+        opt.retain(&live);
+        let (mut loss_sum, mut right, mut seen) = (0f64, 0usize, 0usize);
+        let mut lr = schedule.lr_at(epoch, state.global_step, steps, cfg.epochs);
+        for b in train_stream(
+            ds.clone(),
+            cfg.batch_size,
+            cfg.seed,
+            epoch,
+            &cfg.augment,
+            cfg.train_limit,
+        ) {
+            lr = schedule.lr_at(epoch, state.global_step, steps, cfg.epochs);
+            let (x, y) = to_tensors(&b, &ds, device)?;
+            let logits = model.forward_t(&x, true)?;
+            let loss = cross_entropy(&logits, &y, cfg.label_smoothing)?;
+            let lv = loss.to_scalar::<f32>()? as f64;
+            if !lv.is_finite() {
+                return Err(RuntimeError::Training(format!(
+                    "loss became {lv} at epoch {} step {}; lower --lr (now {lr:.3e})",
+                    epoch + 1,
+                    state.global_step
+                )));
+            }
+            let grads = loss.backward()?;
+            opt.step(lr, &params, &grads)?;
+            loss_sum += lv * b.len() as f64;
+            right += correct(&logits.detach(), &y)?;
+            seen += b.len();
+            state.global_step += 1;
+        }
+        let (test_loss, test_acc) = evaluate(
+            &model,
+            &ds,
+            Which::Test,
+            cfg.eval_batch_size,
+            cfg.test_limit,
+            device,
+        )?;
+        let secs = t0.elapsed().as_secs_f64();
+        let rec = EpochRecord {
+            epoch: epoch + 1,
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_acc: right as f64 / seen.max(1) as f64,
+            test_loss,
+            test_acc,
+            lr,
+            params: model.param_count(),
+            macs: model.macs()?,
+            branches: model.branch_count(),
+            seconds: secs,
+        };
+        run.log(
+            &format!(
+                "epoch {}/{}  train loss {:.4} acc {:.4}  test loss {:.4} acc {:.4}  lr {:.2e}  {:.1}s ({:.0} img/s)",
+                rec.epoch,
+                cfg.epochs,
+                rec.train_loss,
+                rec.train_acc,
+                rec.test_loss,
+                rec.test_acc,
+                rec.lr,
+                secs,
+                seen as f64 / secs.max(1e-9)
+            ),
+            echo,
+        );
+        state.epochs_done += 1;
+        state.train_seconds += secs;
+        let improved = test_acc > state.best_test_acc;
+        if improved {
+            state.best_test_acc = test_acc;
+            state.best_epoch = rec.epoch;
+        }
+        state.history.push(rec);
+        let arch = model.arch();
+        let data = CheckpointData {
+            arch: &arch,
+            model: model.tensor_map()?,
+            optim: Some(opt.state()),
+            state: &state,
+        };
+        checkpoint::save(&ck_dir.join("last"), &data)?;
+        if improved {
+            checkpoint::save(&ck_dir.join("best"), &data)?;
+        }
+        run.write_atomic("metrics.csv", &metrics_csv(&state.history))?;
+        ran += 1;
+    }
+    let last = state.history.last();
+    let summary = Summary {
+        model: cfg.model.clone(),
+        mode: cfg.mode.as_str().into(),
+        dataset: ds.spec.clone(),
+        epochs: state.epochs_done,
+        seed: cfg.seed,
+        final_test_acc: last.map_or(0.0, |r| r.test_acc),
+        best_test_acc: state.best_test_acc.max(0.0),
+        avg_params: epoch_mean(&state.history, |r| r.params as f64),
+        avg_macs: epoch_mean(&state.history, |r| r.macs as f64),
+        final_params: model.param_count(),
+        final_macs: model.macs()?,
+        train_seconds: state.train_seconds,
+        peak_rss_bytes: peak_rss_bytes(),
+        grows: 0,
+        cuts: 0,
+    };
+    if state.epochs_done >= cfg.epochs {
+        let text = serde_json::to_string_pretty(&summary)
+            .map_err(|e| RuntimeError::Config(e.to_string()))?;
+        run.write_atomic("summary.json", &text)?;
+        run.log(
+            &format!(
+                "done: final test acc {:.4}, best {:.4} (epoch {}), {:.1}s; run directory {}",
+                summary.final_test_acc,
+                summary.best_test_acc,
+                state.best_epoch,
+                summary.train_seconds,
+                opts.out.display()
+            ),
+            echo,
+        );
+    }
+    Ok(summary)
+}
+
+/// Loads a checkpoint's model (train or fused form) and its run config.
+pub fn load_checkpoint_model(dir: &Path, device: &Device) -> Result<(Model, RunState)> {
+    let loaded = checkpoint::load::<RunState>(dir, device)?;
+    let mut rng = SeededRng::new(0);
+    let mut ctx = InitCtx::new(&mut rng, device);
+    let model = Model::from_arch(&loaded.arch, &mut ctx).map_err(|e| RuntimeError::Checkpoint {
+        path: loaded.dir.join("arch.json"),
+        reason: e.to_string(),
+    })?;
+    model
+        .load_tensors(&loaded.model)
+        .map_err(|e| RuntimeError::Checkpoint {
+            path: loaded.dir.join("model.safetensors"),
+            reason: e.to_string(),
+        })?;
+    Ok((model, loaded.state))
+}

@@ -131,10 +131,10 @@ fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     serde_json::from_str(&text).map_err(|e| ck_err(path, format!("invalid: {e}")))
 }
 
-fn read_safetensors(
-    path: &Path,
-    device: &Device,
-) -> Result<(HashMap<String, Tensor>, Option<HashMap<String, String>>)> {
+/// Tensors by name and the file's `__metadata__`.
+type TensorsAndMeta = (HashMap<String, Tensor>, Option<HashMap<String, String>>);
+
+fn read_safetensors(path: &Path, device: &Device) -> Result<TensorsAndMeta> {
     let bytes = std::fs::read(path).map_err(|e| ck_err(path, format!("cannot read: {e}")))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| ck_err(path, format!("corrupt or truncated safetensors file: {e}")))?;

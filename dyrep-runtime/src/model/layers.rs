@@ -148,8 +148,8 @@ pub enum Layer {
     Flatten,
     Relu,
     Linear(Linear),
-    Basic(BasicBlock),
-    Bottleneck(Bottleneck),
+    Basic(Box<BasicBlock>),
+    Bottleneck(Box<Bottleneck>),
 }
 
 fn shortcut(x: &Tensor, ds: &Option<ConvUnit>, train: bool) -> Result<Tensor> {

@@ -362,11 +362,11 @@ fn resnet(
                         false,
                         ctx,
                     )?;
-                    l.push(Layer::Basic(BasicBlock {
+                    l.push(Layer::Basic(Box::new(BasicBlock {
                         conv1,
                         conv2,
                         downsample,
-                    }));
+                    })));
                 }
                 Block::Bottleneck => {
                     let conv1 = unit(
@@ -390,12 +390,12 @@ fn resnet(
                         false,
                         ctx,
                     )?;
-                    l.push(Layer::Bottleneck(Bottleneck {
+                    l.push(Layer::Bottleneck(Box::new(Bottleneck {
                         conv1,
                         conv2,
                         conv3,
                         downsample,
-                    }));
+                    })));
                 }
             }
             inp = out;

@@ -1,0 +1,375 @@
+//! End-to-end training tests of the `dyrep` binary on the bundled data (small limits so they
+//! run in seconds): the run directory's files, exact resume (a run stopped after epoch 1 and
+//! resumed ends bitwise equal to an uninterrupted one), fuse verification of repvgg and dbb
+//! checkpoints, eval of both forms with .npy outputs, and bad input (existing output
+//! directory, corrupt checkpoints, unknown names) with exit 1 and nothing lost.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn dyrep(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dyrep"))
+        .args(args)
+        .output()
+        .expect("run the dyrep binary")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+const SMALL: [&str; 10] = [
+    "--train-limit",
+    "256",
+    "--test-limit",
+    "128",
+    "--width",
+    "0.5",
+    "--batch-size",
+    "32",
+    "--lr",
+    "0.05",
+];
+
+fn train(out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["train", "--out", out.to_str().unwrap()];
+    args.extend_from_slice(&SMALL);
+    args.extend_from_slice(extra);
+    dyrep(&args)
+}
+
+fn metrics_without_seconds(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("metrics.csv"))
+        .unwrap()
+        .lines()
+        .map(|l| l.rsplit_once(',').unwrap().0.to_string())
+        .collect()
+}
+
+#[test]
+fn run_directory_has_every_file_and_summary_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let o = train(&out, &["--epochs", "1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    for f in [
+        "config.resolved.toml",
+        "run.log",
+        "metrics.csv",
+        "summary.json",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    for ck in ["last", "best"] {
+        for f in [
+            "arch.json",
+            "model.safetensors",
+            "optim.safetensors",
+            "state.json",
+        ] {
+            assert!(
+                out.join("checkpoints").join(ck).join(f).is_file(),
+                "{ck}/{f} missing"
+            );
+        }
+    }
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    for k in [
+        "model",
+        "mode",
+        "dataset",
+        "epochs",
+        "seed",
+        "final_test_acc",
+        "best_test_acc",
+        "avg_params",
+        "avg_macs",
+        "final_params",
+        "final_macs",
+        "train_seconds",
+        "peak_rss_bytes",
+        "grows",
+        "cuts",
+    ] {
+        assert!(s.get(k).is_some(), "summary.json lacks {k}");
+    }
+    let acc = s["final_test_acc"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc));
+    let header = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    assert!(header.starts_with("epoch,split,loss,acc,lr,params,macs,branches,seconds\n"));
+    // The resolved config is a valid config file for another run.
+    let again = tmp.path().join("again");
+    let cfg = out.join("config.resolved.toml");
+    let o = dyrep(&[
+        "train",
+        "-c",
+        cfg.to_str().unwrap(),
+        "--out",
+        again.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        metrics_without_seconds(&out),
+        metrics_without_seconds(&again),
+        "same config, same seed: same numbers"
+    );
+}
+
+#[test]
+fn resumed_run_ends_bitwise_equal_to_an_uninterrupted_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let extra = ["--epochs", "2", "--mode", "dbb"];
+    let o = train(&a, &extra);
+    assert!(o.status.success(), "{}", text(&o));
+    let mut stop = extra.to_vec();
+    stop.extend(["--stop-after", "1"]);
+    let o = train(&b, &stop);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        !b.join("summary.json").exists(),
+        "a stopped run has no summary yet"
+    );
+    let o = dyrep(&["train", "--resume", b.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(metrics_without_seconds(&a), metrics_without_seconds(&b));
+    let wa = std::fs::read(a.join("checkpoints/last/model.safetensors")).unwrap();
+    let wb = std::fs::read(b.join("checkpoints/last/model.safetensors")).unwrap();
+    assert!(wa == wb, "final weights differ after resume");
+    // Config flags with --resume are refused (the run keeps its saved config).
+    let o = dyrep(&[
+        "train",
+        "--resume",
+        b.to_str().unwrap(),
+        "--model",
+        "resnet-tiny",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("drop --model"), "{}", text(&o));
+}
+
+#[test]
+fn fuse_verifies_repvgg_and_dbb_and_gives_the_plain_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    for mode in ["repvgg", "dbb"] {
+        let run = tmp.path().join(mode);
+        let o = train(&run, &["--epochs", "1", "--mode", mode]);
+        assert!(o.status.success(), "{}", text(&o));
+        let fused = tmp.path().join(format!("{mode}-fused"));
+        let ck = run.join("checkpoints/last");
+        let o = dyrep(&[
+            "fuse",
+            "--checkpoint",
+            ck.to_str().unwrap(),
+            "--out",
+            fused.to_str().unwrap(),
+            "--limit",
+            "128",
+            "--json",
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(r["top1_mismatches"], 0);
+        assert!(r["logits_rel"].as_f64().unwrap() <= 1e-4, "{r}");
+        assert!(r["params_after"].as_u64().unwrap() < r["params_before"].as_u64().unwrap());
+        assert_eq!(
+            r["blocks"].as_array().unwrap().len(),
+            5,
+            "vgg-tiny has five 3x3 convs"
+        );
+        let arch: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(fused.join("arch.json")).unwrap())
+                .unwrap();
+        assert_eq!(arch["form"], "fused");
+        for (_, slot) in arch["slots"].as_object().unwrap() {
+            assert_eq!(
+                slot,
+                &serde_json::json!({"kind": "conv", "bias": false}),
+                "no branch or bias left"
+            );
+        }
+        // Both forms evaluate to the same top-1 and the logits can be exported.
+        let logits = tmp.path().join(format!("{mode}.npy"));
+        let inputs = tmp.path().join(format!("{mode}-in.npy"));
+        let a = dyrep(&[
+            "eval",
+            "--checkpoint",
+            ck.to_str().unwrap(),
+            "--limit",
+            "128",
+            "--json",
+        ]);
+        let b = dyrep(&[
+            "eval",
+            "--checkpoint",
+            fused.to_str().unwrap(),
+            "--limit",
+            "128",
+            "--json",
+            "--logits-out",
+            logits.to_str().unwrap(),
+            "--inputs-out",
+            inputs.to_str().unwrap(),
+        ]);
+        assert!(
+            a.status.success() && b.status.success(),
+            "{}{}",
+            text(&a),
+            text(&b)
+        );
+        let (ra, rb): (serde_json::Value, serde_json::Value) = (
+            serde_json::from_slice(&a.stdout).unwrap(),
+            serde_json::from_slice(&b.stdout).unwrap(),
+        );
+        assert_eq!(ra["top1"], rb["top1"]);
+        assert_eq!(rb["form"], "fused");
+        assert_eq!(
+            std::fs::metadata(&logits).unwrap().len() as usize,
+            128 + 128 * 10 * 4
+        );
+        assert_eq!(
+            std::fs::metadata(&inputs).unwrap().len() as usize,
+            128 + 128 * 28 * 28 * 4
+        );
+        // Fusing a fused checkpoint changes nothing.
+        let twice = tmp.path().join(format!("{mode}-twice"));
+        let o = dyrep(&[
+            "fuse",
+            "--checkpoint",
+            fused.to_str().unwrap(),
+            "--out",
+            twice.to_str().unwrap(),
+            "--limit",
+            "64",
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        assert_eq!(
+            std::fs::read(fused.join("model.safetensors")).unwrap(),
+            std::fs::read(twice.join("model.safetensors")).unwrap()
+        );
+    }
+}
+
+#[test]
+fn existing_output_directory_is_refused_and_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("precious.txt"), "keep me").unwrap();
+    let o = train(&out, &["--epochs", "1"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("--force"), "{}", text(&o));
+    assert_eq!(
+        std::fs::read_to_string(out.join("precious.txt")).unwrap(),
+        "keep me"
+    );
+}
+
+#[test]
+fn bad_names_and_files_exit_1_with_a_clear_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["train".into(), "--model".into(), "vgg-tny".into()],
+            "did you mean `vgg-tiny`",
+        ),
+        (
+            vec!["train".into(), "--mode".into(), "dbbb".into()],
+            "did you mean `dbb`",
+        ),
+        (
+            vec![
+                "train".into(),
+                "--data".into(),
+                "cifar10:/no/such/dir".into(),
+            ],
+            "not a directory",
+        ),
+        (
+            vec!["train".into(), "--epochs".into(), "0".into()],
+            "epochs must be at least 1",
+        ),
+        (
+            vec![
+                "eval".into(),
+                "--checkpoint".into(),
+                tmp.path().join("nope").display().to_string(),
+            ],
+            "does not exist",
+        ),
+    ];
+    for (args, want) in cases {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = dyrep(&a);
+        assert_eq!(o.status.code(), Some(1), "{a:?}: {}", text(&o));
+        assert!(text(&o).contains(want), "{a:?}: {}", text(&o));
+        assert!(!text(&o).contains("panicked"), "{}", text(&o));
+    }
+    // A TOML config with an unknown key names it.
+    let cfg = tmp.path().join("run.toml");
+    std::fs::write(&cfg, "modle = \"vgg-tiny\"\n").unwrap();
+    let o = dyrep(&["train", "-c", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("modle"), "{}", text(&o));
+}
+
+#[test]
+fn corrupt_or_mismatched_checkpoints_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let o = train(&run, &["--epochs", "1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let ck = run.join("checkpoints/last");
+    // Truncated weights.
+    let bad = tmp.path().join("truncated");
+    copy_dir(&ck, &bad);
+    let w = std::fs::read(bad.join("model.safetensors")).unwrap();
+    std::fs::write(bad.join("model.safetensors"), &w[..w.len() / 2]).unwrap();
+    let o = dyrep(&[
+        "eval",
+        "--checkpoint",
+        bad.to_str().unwrap(),
+        "--limit",
+        "8",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains("model.safetensors") && text(&o).contains("truncated"),
+        "{}",
+        text(&o)
+    );
+    // arch.json from another model: the pair is mismatched.
+    let other = tmp.path().join("other");
+    copy_dir(&ck, &other);
+    let arch = std::fs::read_to_string(other.join("arch.json"))
+        .unwrap()
+        .replace("\"width\": 0.5", "\"width\": 1.0");
+    std::fs::write(other.join("arch.json"), arch).unwrap();
+    let o = dyrep(&[
+        "eval",
+        "--checkpoint",
+        other.to_str().unwrap(),
+        "--limit",
+        "8",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("mismatched"), "{}", text(&o));
+    // Garbage arch.json.
+    std::fs::write(other.join("arch.json"), "{").unwrap();
+    let o = dyrep(&["eval", "--checkpoint", other.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("arch.json"), "{}", text(&o));
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}

@@ -111,6 +111,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Throughput of training steps or eval forwards on random data.
+    #[command(
+        after_help = "Examples:\n  dyrep bench train --model vgg-tiny --mode dbb --batch 64 --iters 20\n  dyrep bench eval --model bench-cifar --json"
+    )]
+    Bench {
+        /// `train` (forward + backward + SGD step) or `eval` (forward).
+        #[arg(value_parser = ["train", "eval"])]
+        what: String,
+        #[arg(long, default_value = "vgg-tiny")]
+        model: String,
+        /// origin, repvgg or dbb.
+        #[arg(long, default_value = "origin")]
+        mode: String,
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        #[arg(long, default_value_t = 10)]
+        iters: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check on random cases that every op (and blocks of ops, nested or not) fuses into one
     /// conv with the same eval-mode output; random BN statistics, f32.
     #[command(
@@ -314,6 +335,36 @@ fn dispatch(cli: Cli) -> Result<u8> {
                 })
                 .collect();
             print_listing(&mut out, &rows, json)?;
+        }
+        Command::Bench {
+            what,
+            model,
+            mode,
+            batch,
+            iters,
+            json,
+        } => {
+            let mode = Mode::parse(&mode)?;
+            let r = dyrep_runtime::bench::bench(
+                &model,
+                mode,
+                None,
+                batch,
+                iters,
+                what == "train",
+                &candle_core::Device::Cpu,
+            )?;
+            if json {
+                serde_json::to_writer_pretty(&mut out, &r)?;
+                writeln!(out)?;
+            } else {
+                writeln!(
+                    out,
+                    "{} {} {} batch {} x{}: {:.1} images/s, {:.2} GFLOP/s, {:.2} M MACs/image, peak RSS {:.0} MB",
+                    r.what, r.model, r.mode, r.batch, r.iters, r.images_per_sec, r.gflops,
+                    r.macs_per_image as f64 / 1e6, r.peak_rss_bytes as f64 / 1e6
+                )?;
+            }
         }
         Command::Models { json } => {
             let mut rows = Vec::new();

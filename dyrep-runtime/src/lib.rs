@@ -19,6 +19,7 @@ pub mod error;
 pub mod model;
 
 pub use error::{Result, RuntimeError};
+pub mod bench;
 pub mod checkpoint;
 pub mod fuse;
 pub mod optim;

@@ -1,0 +1,98 @@
+//! `dyrep bench`: training-step and eval throughput of a model on random data (own RNG), with
+//! the useful GFLOP/s (2 × conv+linear MACs per image forward, 3× that for a training step) and
+//! the peak resident memory (DESIGN.md "Machine-readable outputs").
+
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use dyrep_api::{InitCtx, SeededRng};
+use rand::Rng;
+use serde::Serialize;
+
+use crate::error::{Result, RuntimeError};
+use crate::model::{build_model, find_model, ModelConfig};
+use crate::optim::{cross_entropy, Sgd, SgdConfig};
+use crate::train::{apply_mode, peak_rss_bytes, Mode};
+
+/// One benchmark result.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    pub model: String,
+    pub mode: String,
+    pub what: String,
+    pub input: [usize; 3],
+    pub batch: usize,
+    pub iters: usize,
+    pub seconds: f64,
+    pub images_per_sec: f64,
+    pub gflops: f64,
+    pub macs_per_image: u64,
+    pub peak_rss_bytes: u64,
+}
+
+/// Times `iters` training steps (`train`) or eval forwards after one warm-up iteration.
+pub fn bench(
+    model: &str,
+    mode: Mode,
+    input: Option<[usize; 3]>,
+    batch: usize,
+    iters: usize,
+    train: bool,
+    device: &Device,
+) -> Result<BenchReport> {
+    if batch < 2 || iters == 0 {
+        return Err(RuntimeError::Config(
+            "bench needs --batch >= 2 and --iters >= 1".into(),
+        ));
+    }
+    let entry = find_model(model)?;
+    let input = input.unwrap_or(entry.default_input);
+    let mut rng = SeededRng::for_purpose(0, "bench");
+    let mut ctx = InitCtx::new(&mut rng, device);
+    let cfg = ModelConfig {
+        name: model.into(),
+        input,
+        num_classes: 10,
+        width: 1.0,
+    };
+    let mut m = build_model(&cfg, &mut ctx)?;
+    apply_mode(&mut m, mode, &mut ctx)?;
+    let [c, h, w] = input;
+    let x = dyrep_api::init::normal_tensor(&mut rng, &[batch, c, h, w], 0.0, 1.0, device)?;
+    let labels: Vec<u32> = (0..batch).map(|_| rng.random_range(0..10u32)).collect();
+    let y = Tensor::from_vec(labels, batch, device)?;
+    let params = m.tensors();
+    let mut opt = Sgd::new(SgdConfig::default());
+    let mut step = |m: &crate::model::Model| -> Result<()> {
+        if train {
+            let loss = cross_entropy(&m.forward_t(&x, true)?, &y, 0.0)?;
+            let grads = loss.backward()?;
+            opt.step(0.01, &params, &grads)?;
+        } else {
+            m.forward_t(&x, false)?.detach().to_vec2::<f32>()?;
+        }
+        Ok(())
+    };
+    step(&m)?;
+    let t0 = Instant::now();
+    for _ in 0..iters {
+        step(&m)?;
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    let images = (batch * iters) as f64;
+    let macs = m.macs()?;
+    let flops_per_image = 2.0 * macs as f64 * if train { 3.0 } else { 1.0 };
+    Ok(BenchReport {
+        model: model.into(),
+        mode: mode.as_str().into(),
+        what: if train { "train" } else { "eval" }.into(),
+        input,
+        batch,
+        iters,
+        seconds,
+        images_per_sec: images / seconds,
+        gflops: flops_per_image * images / seconds / 1e9,
+        macs_per_image: macs,
+        peak_rss_bytes: peak_rss_bytes(),
+    })
+}

@@ -137,18 +137,32 @@ fn models_json_lists_the_zoo_with_params_and_macs() {
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let rows = v.as_array().unwrap();
-    for name in ["vgg-tiny", "resnet-tiny", "vgg16", "resnet18", "resnet50-imagenet", "mobilenet-v1", "repvgg-a0", "repvgg-b0"] {
+    for name in [
+        "vgg-tiny",
+        "resnet-tiny",
+        "vgg16",
+        "resnet18",
+        "resnet50-imagenet",
+        "mobilenet-v1",
+        "repvgg-a0",
+        "repvgg-b0",
+    ] {
         assert!(rows.iter().any(|r| r["name"] == name), "{name} missing");
     }
     let vgg16 = rows.iter().find(|r| r["name"] == "vgg16").unwrap();
     let params = vgg16["params"].as_f64().unwrap() / 1e6;
     let macs = vgg16["macs"].as_f64().unwrap() / 1e6;
-    assert!((params - 14.99).abs() < 0.02 && (macs - 313.5).abs() < 0.5, "{vgg16}");
+    assert!(
+        (params - 14.99).abs() < 0.02 && (macs - 313.5).abs() < 0.5,
+        "{vgg16}"
+    );
 }
 
 #[test]
 fn bench_prints_the_json_keys() {
-    let o = dyrep(&["bench", "eval", "--model", "vgg-tiny", "--batch", "4", "--iters", "1", "--json"]);
+    let o = dyrep(&[
+        "bench", "eval", "--model", "vgg-tiny", "--batch", "4", "--iters", "1", "--json",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     for k in ["images_per_sec", "gflops", "peak_rss_bytes"] {

@@ -66,7 +66,10 @@ fn ops_and_scorers_print_tables() {
         .iter()
         .map(|e| e["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["synflow", "snip", "grad_norm", "random"]);
+    assert_eq!(
+        names,
+        ["synflow", "snip", "grad_norm", "grasp", "random", "vote"]
+    );
 }
 
 #[test]

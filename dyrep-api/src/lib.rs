@@ -29,7 +29,8 @@ pub use op::{
 };
 pub use rng::SeededRng;
 pub use scorer::{
-    find_scorer, scorers, ConvObservation, MeanAccumulator, Scorer, ScorerConfig, ScorerEntry,
+    find_scorer, scorers, ConvObservation, GradProbe, MeanAccumulator, Scorer, ScorerConfig,
+    ScorerEntry,
 };
 pub use slot::{
     join_path, BranchArch, PlainConv, RepBlock, Slot, SlotArch, SlotInfo, DEFAULT_MAX_DEPTH,

@@ -23,6 +23,18 @@ pub struct ConvObservation<'a> {
     pub grad: &'a Tensor,
 }
 
+/// Extra gradient passes on the current training batch, for scorers that need more than one
+/// gradient per step (GraSP's Hessian-gradient product). The runtime implements it; the model's
+/// weights are restored exactly after every call and no BN statistics change.
+pub trait GradProbe {
+    /// ∂L/∂W of the current batch's loss for the observed convs, with each conv weight shifted
+    /// by `shift[path]` (paths not in `shift` unshifted) during the pass.
+    fn grads_with_shift(
+        &mut self,
+        shift: &std::collections::BTreeMap<String, Tensor>,
+    ) -> Result<std::collections::BTreeMap<String, Tensor>>;
+}
+
 /// A saliency metric over convs.
 #[typetag::serde(tag = "scorer")]
 pub trait Scorer: Send + Sync + fmt::Debug {
@@ -34,6 +46,22 @@ pub trait Scorer: Send + Sync + fmt::Debug {
 
     /// Marks the end of one training step (after every conv of the step was observed).
     fn end_step(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Every how many steps the scorer wants a [`GradProbe`] (None: never).
+    fn probe_every(&self) -> Option<usize> {
+        None
+    }
+
+    /// Called on probe steps, after `observe` of the same step, with all of the step's
+    /// observations and a probe on the same batch.
+    fn observe_probe(
+        &mut self,
+        obs: &[ConvObservation<'_>],
+        probe: &mut dyn GradProbe,
+    ) -> Result<()> {
+        let _ = (obs, probe);
         Ok(())
     }
 

@@ -64,9 +64,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Train a model (origin, repvgg or dbb mode) and write a run directory.
+    /// Train a model (origin, repvgg, dbb or dyrep mode) and write a run directory.
     #[command(
-        after_help = "Examples:\n  dyrep train                                   # vgg-tiny, bundled Fashion-MNIST subset, 3 epochs\n  dyrep train --model vgg-tiny --mode dbb --epochs 3 --out runs/dbb\n  dyrep train -c run.toml --seed 2\n  dyrep train --resume runs/dbb                 # continue a stopped run exactly\n\nThe run directory holds config.resolved.toml, run.log, metrics.csv, summary.json and\ncheckpoints/{last,best}."
+        after_help = "Examples:\n  dyrep train                                   # vgg-tiny, bundled Fashion-MNIST subset, 3 epochs\n  dyrep train --model vgg-tiny --mode dbb --epochs 3 --out runs/dbb\n  dyrep train --mode dyrep --epochs 4 --grow-interval 1 --scorer synflow --out runs/dyrep\n  dyrep train -c run.toml --seed 2\n  dyrep train --resume runs/dbb                 # continue a stopped run exactly\n\nThe run directory holds config.resolved.toml, run.log, metrics.csv, summary.json and\ncheckpoints/{last,best}."
     )]
     Train(TrainArgs),
     /// Evaluate a checkpoint (trained or fused) on the test split.
@@ -167,7 +167,7 @@ struct TrainArgs {
     /// Data spec: default, fashion-mnist:DIR, mnist:DIR, cifar10:DIR, cifar100:DIR, image-folder:DIR.
     #[arg(long, value_name = "SPEC")]
     data: Option<String>,
-    /// origin, repvgg or dbb.
+    /// origin, repvgg, dbb or dyrep.
     #[arg(long)]
     mode: Option<String>,
     #[arg(long)]
@@ -199,12 +199,66 @@ struct TrainArgs {
     /// Stop after this many epochs in this invocation (continue later with --resume).
     #[arg(long, value_name = "N")]
     stop_after: Option<usize>,
+    /// dyrep mode: branch ops for new blocks, comma-separated (default: every registered op).
+    #[arg(long, value_name = "A,B", value_delimiter = ',')]
+    ops: Option<Vec<String>>,
+    /// dyrep mode: saliency scorer (see `dyrep scorers`).
+    #[arg(long)]
+    scorer: Option<String>,
+    /// dyrep mode: grow after every N epochs.
+    #[arg(long, value_name = "N")]
+    grow_interval: Option<usize>,
+    /// dyrep mode: no growth after this epoch.
+    #[arg(long, value_name = "N")]
+    max_grow_epochs: Option<usize>,
+    /// dyrep mode: convs grown per grow step.
+    #[arg(long, value_name = "K")]
+    grow_topk: Option<usize>,
+    /// dyrep mode: γ of the last BN of new branches.
+    #[arg(long)]
+    gamma0: Option<f64>,
+    /// dyrep mode: training batches to calibrate a new block's BN statistics.
+    #[arg(long, value_name = "N")]
+    calib_batches: Option<usize>,
+    /// dyrep mode: λ, the importance below which (and below the mean) a branch is cut.
+    #[arg(long)]
+    cut_threshold: Option<f64>,
+    /// dyrep mode: how deep blocks may nest.
+    #[arg(long, value_name = "N")]
+    max_depth: Option<usize>,
+    /// dyrep mode: never cut branches (Rep only).
+    #[arg(long)]
+    no_dep: bool,
 }
+
+/// Flags that only mean something in dyrep mode.
+const DYREP_FLAGS: [&str; 10] = [
+    "--ops",
+    "--scorer",
+    "--grow-interval",
+    "--max-grow-epochs",
+    "--grow-topk",
+    "--gamma0",
+    "--calib-batches",
+    "--cut-threshold",
+    "--max-depth",
+    "--no-dep",
+];
 
 impl TrainArgs {
     fn config_flags(&self) -> Vec<&'static str> {
         let mut v = Vec::new();
-        let pairs: [(&'static str, bool); 12] = [
+        let pairs: [(&'static str, bool); 22] = [
+            ("--ops", self.ops.is_some()),
+            ("--scorer", self.scorer.is_some()),
+            ("--grow-interval", self.grow_interval.is_some()),
+            ("--max-grow-epochs", self.max_grow_epochs.is_some()),
+            ("--grow-topk", self.grow_topk.is_some()),
+            ("--gamma0", self.gamma0.is_some()),
+            ("--calib-batches", self.calib_batches.is_some()),
+            ("--cut-threshold", self.cut_threshold.is_some()),
+            ("--max-depth", self.max_depth.is_some()),
+            ("--no-dep", self.no_dep),
             ("--config", self.config.is_some()),
             ("--model", self.model.is_some()),
             ("--data", self.data.is_some()),
@@ -260,6 +314,53 @@ impl TrainArgs {
         }
         if self.test_limit.is_some() {
             cfg.test_limit = self.test_limit;
+        }
+        let d = &mut cfg.dyrep;
+        if let Some(v) = &self.ops {
+            d.ops = v
+                .iter()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+        }
+        if let Some(v) = &self.scorer {
+            d.scorer = v.clone();
+        }
+        if let Some(v) = self.grow_interval {
+            d.grow_interval = v;
+        }
+        if self.max_grow_epochs.is_some() {
+            d.max_grow_epochs = self.max_grow_epochs;
+        }
+        if let Some(v) = self.grow_topk {
+            d.grow_topk = v;
+        }
+        if let Some(v) = self.gamma0 {
+            d.gamma0 = v;
+        }
+        if let Some(v) = self.calib_batches {
+            d.calib_batches = v;
+        }
+        if let Some(v) = self.cut_threshold {
+            d.cut_threshold = v;
+        }
+        if let Some(v) = self.max_depth {
+            d.max_depth = v;
+        }
+        if self.no_dep {
+            d.dep = false;
+        }
+        let dyrep_flags: Vec<&str> = self
+            .config_flags()
+            .into_iter()
+            .filter(|f| DYREP_FLAGS.contains(f))
+            .collect();
+        if cfg.mode != Mode::Dyrep && !dyrep_flags.is_empty() {
+            anyhow::bail!(
+                "{} only apply to --mode dyrep (the mode is `{}`)",
+                dyrep_flags.join(", "),
+                cfg.mode.as_str()
+            );
         }
         cfg.validate()?;
         Ok(cfg)

@@ -66,7 +66,7 @@ pub fn bench(
     let mut step = |m: &crate::model::Model| -> Result<()> {
         if train {
             let loss = cross_entropy(&m.forward_t(&x, true)?, &y, 0.0)?;
-            let grads = loss.backward()?;
+            let grads = crate::dynamics::observe(None, loss.backward()?, &[], 0, m, (&x, &y))?;
             opt.step(0.01, &params, &grads)?;
         } else {
             m.forward_t(&x, false)?.detach().to_vec2::<f32>()?;

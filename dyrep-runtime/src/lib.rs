@@ -21,6 +21,7 @@ pub mod model;
 pub use error::{Result, RuntimeError};
 pub mod bench;
 pub mod checkpoint;
+pub mod dynamics;
 pub mod fuse;
 pub mod optim;
 pub mod train;

@@ -6,11 +6,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use dyrep_api::TensorRole;
 use serde::{Deserialize, Serialize};
 
+use crate::dynamics::ObservedGrads;
 use crate::error::Result;
 
 /// SGD hyper-parameters (besides the learning rate, which the schedule gives per step).
@@ -50,14 +50,16 @@ impl Sgd {
         }
     }
 
-    /// One step over `params` (path, variable, role) with the gradients of one backward pass.
+    /// One step over `params` (path, variable, role) with the gradients of one backward pass,
+    /// after the scorer saw them (`dynamics::observe` is the only way to get `ObservedGrads`).
     /// Parameters without a gradient are left alone; running statistics are never touched.
     pub fn step(
         &mut self,
         lr: f64,
         params: &[(String, Var, TensorRole)],
-        grads: &GradStore,
+        grads: &ObservedGrads,
     ) -> Result<()> {
+        let grads = grads.grads();
         let c = &self.config;
         for (path, var, role) in params {
             if !role.is_trainable() {
@@ -165,6 +167,12 @@ mod tests {
     use super::*;
     use candle_core::{DType, Device};
 
+    fn unobserved(g: candle_core::backprop::GradStore) -> ObservedGrads {
+        let model = crate::model::Model::empty();
+        let x = Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap();
+        crate::dynamics::observe(None, g, &[], 0, &model, (&x, &x)).unwrap()
+    }
+
     #[test]
     fn sgd_matches_pytorch_semantics() {
         let dev = Device::Cpu;
@@ -179,7 +187,7 @@ mod tests {
         // loss = sum(w) -> g = 1
         for _ in 0..2 {
             let grads = w.as_tensor().sum_all().unwrap().backward().unwrap();
-            opt.step(0.5, &params, &grads).unwrap();
+            opt.step(0.5, &params, &unobserved(grads)).unwrap();
         }
         // step 1: d = 1 + 0.1·1 = 1.1; b = 1.1; w = 1 − 0.55 = 0.45
         // step 2: d = 1 + 0.045 = 1.045; b = 0.99 + 1.045 = 2.035; w = 0.45 − 1.0175 = −0.5675
@@ -199,7 +207,7 @@ mod tests {
             decay_bn_and_bias: false,
         });
         let grads = g.as_tensor().sum_all().unwrap().backward().unwrap();
-        opt.step(1.0, &params, &grads).unwrap();
+        opt.step(1.0, &params, &unobserved(grads)).unwrap();
         // d = 1 (no decay); b = 1; nesterov d = 1 + 0.5 = 1.5; θ = 1 − 1.5 = −0.5
         assert_eq!(g.as_tensor().to_vec1::<f32>().unwrap(), vec![-0.5]);
         opt.retain(&BTreeSet::new());

@@ -20,9 +20,13 @@ use crate::data::loader::{
     eval_stream, train_batches_per_epoch, train_stream, Augment, Batch, Which,
 };
 use crate::data::{self, Dataset};
+use crate::dynamics::{
+    cut_step, grow_step, growable_weights, observe, AdjustCtx, DyrepConfig, Event,
+};
 use crate::error::{io, Result, RuntimeError};
 use crate::model::{build_model, Model, ModelConfig};
 use crate::optim::{cross_entropy, CosineSchedule, Sgd, SgdConfig};
+use dyrep_api::Scorer;
 
 /// Training mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,22 +38,25 @@ pub enum Mode {
     Repvgg,
     /// Every k×k conv as DBB's four branches (γ = 1).
     Dbb,
+    /// Dynamic growth (Rep) and pruning (Dep) of branches, scored by a scorer.
+    Dyrep,
 }
 
 impl Mode {
-    pub const NAMES: [&'static str; 3] = ["origin", "repvgg", "dbb"];
+    pub const NAMES: [&'static str; 4] = ["origin", "repvgg", "dbb", "dyrep"];
 
     pub fn parse(s: &str) -> Result<Mode> {
         match s {
             "origin" => Ok(Mode::Origin),
             "repvgg" => Ok(Mode::Repvgg),
             "dbb" => Ok(Mode::Dbb),
+            "dyrep" => Ok(Mode::Dyrep),
             other => {
                 let hint = dyrep_api::registry::nearest(other, Self::NAMES)
                     .map(|s| format!(" (did you mean `{s}`?)"))
                     .unwrap_or_default();
                 Err(RuntimeError::Config(format!(
-                    "unknown mode `{other}`{hint}; known modes: {} (dyrep mode comes with the dynamics)",
+                    "unknown mode `{other}`{hint}; known modes: {}",
                     Self::NAMES.join(", ")
                 )))
             }
@@ -61,6 +68,7 @@ impl Mode {
             Mode::Origin => "origin",
             Mode::Repvgg => "repvgg",
             Mode::Dbb => "dbb",
+            Mode::Dyrep => "dyrep",
         }
     }
 }
@@ -133,6 +141,9 @@ pub struct TrainConfig {
     pub train_limit: Option<usize>,
     #[serde(default)]
     pub test_limit: Option<usize>,
+    /// Settings of the `dyrep` mode.
+    #[serde(default)]
+    pub dyrep: DyrepConfig,
 }
 
 impl Default for TrainConfig {
@@ -155,6 +166,7 @@ impl Default for TrainConfig {
             augment: Augment::default(),
             train_limit: None,
             test_limit: None,
+            dyrep: DyrepConfig::default(),
         }
     }
 }
@@ -196,6 +208,9 @@ impl TrainConfig {
             return bad("sgd.momentum must be in [0, 1) and sgd.weight_decay >= 0".into());
         }
         crate::model::find_model(&self.model)?;
+        if self.mode == Mode::Dyrep {
+            self.dyrep.validate()?;
+        }
         Ok(())
     }
 
@@ -229,7 +244,7 @@ pub struct EpochRecord {
 }
 
 /// Progress of a run, saved in every checkpoint's `state.json`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct RunState {
     pub config: TrainConfig,
     /// Number of finished epochs.
@@ -239,6 +254,12 @@ pub struct RunState {
     pub best_epoch: usize,
     pub train_seconds: f64,
     pub history: Vec<EpochRecord>,
+    /// The scorer with its accumulators (dyrep mode), so a resume keeps them.
+    #[serde(default)]
+    pub scorer: Option<Box<dyn Scorer>>,
+    /// Every grow and cut so far.
+    #[serde(default)]
+    pub events: Vec<Event>,
 }
 
 /// `summary.json`.
@@ -306,7 +327,7 @@ pub fn build_for(cfg: &TrainConfig, ds: &Dataset, device: &Device) -> Result<Mod
 pub fn apply_mode(model: &mut Model, mode: Mode, ctx: &mut InitCtx<'_>) -> Result<usize> {
     let main = dyrep_ops::main_spec();
     let names: &[&str] = match mode {
-        Mode::Origin => return Ok(0),
+        Mode::Origin | Mode::Dyrep => return Ok(0),
         Mode::Repvgg => &["conv1x1", "identity"],
         Mode::Dbb => &["conv1x1", "conv1x1_kxk", "conv1x1_avg"],
     };
@@ -456,14 +477,29 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions, echo: &mut dyn FnMut(&str)) ->
             best_epoch: 0,
             train_seconds: 0.0,
             history: Vec::new(),
+            scorer: match cfg.mode {
+                Mode::Dyrep => Some(cfg.dyrep.build_scorer(cfg.seed)?),
+                _ => None,
+            },
+            events: Vec::new(),
         };
         // The model is built once the data is loaded (its shape decides the input).
         (cfg.clone(), state, None, Sgd::new(cfg.sgd.clone()))
     };
     let ds = Arc::new(data::load(&cfg.data)?);
-    let model = match model {
+    let mut model = match model {
         Some(m) => m,
         None => build_for(&cfg, &ds, device)?,
+    };
+    if cfg.mode == Mode::Dyrep && state.epochs_done == 0 {
+        check_ops_apply(&model, &cfg.dyrep)?;
+    }
+    // The fixed held-out batch grow and cut preservation is measured on.
+    let fixed = {
+        let n = 64.min(ds.test.len());
+        let b =
+            crate::data::loader::make_batch(&ds, Which::Test, &(0..n).collect::<Vec<_>>(), None);
+        Tensor::from_vec(b.images, (n, ds.channels, ds.height, ds.width), device)?
     };
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -529,6 +565,10 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions, echo: &mut dyn FnMut(&str)) ->
         let params = model.tensors();
         let live: BTreeSet<String> = params.iter().map(|p| p.0.clone()).collect();
         opt.retain(&live);
+        let growable = match cfg.mode {
+            Mode::Dyrep => growable_weights(&model, cfg.dyrep.max_depth),
+            _ => Vec::new(),
+        };
         let (mut loss_sum, mut right, mut seen) = (0f64, 0usize, 0usize);
         let mut lr = schedule.lr_at(epoch, state.global_step, steps, cfg.epochs);
         for b in train_stream(
@@ -551,7 +591,14 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions, echo: &mut dyn FnMut(&str)) ->
                     state.global_step
                 )));
             }
-            let grads = loss.backward()?;
+            let grads = observe(
+                state.scorer.as_mut(),
+                loss.backward()?,
+                &growable,
+                state.global_step,
+                &model,
+                (&x, &y),
+            )?;
             opt.step(lr, &params, &grads)?;
             loss_sum += lv * b.len() as f64;
             right += correct(&logits.detach(), &y)?;
@@ -602,6 +649,45 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions, echo: &mut dyn FnMut(&str)) ->
             state.best_epoch = rec.epoch;
         }
         state.history.push(rec);
+        if cfg.mode == Mode::Dyrep && cfg.dyrep.grows_after(epoch + 1, cfg.epochs) {
+            let ctx = AdjustCtx {
+                cfg: &cfg.dyrep,
+                ds: &ds,
+                batch_size: cfg.batch_size,
+                augment: &cfg.augment,
+                train_limit: cfg.train_limit,
+                seed: cfg.seed,
+                device,
+                fixed: &fixed,
+            };
+            let mut events = match &state.scorer {
+                Some(s) => grow_step(&mut model, s.as_ref(), epoch + 1, &ctx)?,
+                None => Vec::new(),
+            };
+            if let Some(s) = state.scorer.as_mut() {
+                s.reset();
+            }
+            if cfg.dyrep.dep {
+                events.extend(cut_step(&mut model, epoch + 1, &cfg.dyrep, &fixed)?);
+            }
+            for e in &events {
+                run.log(
+                    &format!(
+                        "{} {} [{}]{}  gamma {:.3}  params {}  MACs {:.2}M  preserve rel err {:.2e}",
+                        e.kind,
+                        e.path,
+                        e.ops.join(", "),
+                        e.score.map(|s| format!("  score {s:.4e}")).unwrap_or_default(),
+                        e.gamma,
+                        e.params,
+                        e.macs as f64 / 1e6,
+                        e.preserve_rel_err
+                    ),
+                    echo,
+                );
+            }
+            state.events.extend(events);
+        }
         let arch = model.arch();
         let data = CheckpointData {
             arch: &arch,
@@ -614,6 +700,16 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions, echo: &mut dyn FnMut(&str)) ->
             checkpoint::save(&ck_dir.join("best"), &data)?;
         }
         run.write_atomic("metrics.csv", &metrics_csv(&state.history))?;
+        if cfg.mode == Mode::Dyrep {
+            let mut lines = String::new();
+            for e in &state.events {
+                lines.push_str(
+                    &serde_json::to_string(e).map_err(|e| RuntimeError::Config(e.to_string()))?,
+                );
+                lines.push('\n');
+            }
+            run.write_atomic("events.jsonl", &lines)?;
+        }
         ran += 1;
     }
     let last = state.history.last();
@@ -631,8 +727,8 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions, echo: &mut dyn FnMut(&str)) ->
         final_macs: model.macs()?,
         train_seconds: state.train_seconds,
         peak_rss_bytes: peak_rss_bytes(),
-        grows: 0,
-        cuts: 0,
+        grows: state.events.iter().filter(|e| e.kind == "grow").count(),
+        cuts: state.events.iter().filter(|e| e.kind == "cut").count(),
     };
     if state.epochs_done >= cfg.epochs {
         let text = serde_json::to_string_pretty(&summary)
@@ -651,6 +747,26 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions, echo: &mut dyn FnMut(&str)) ->
         );
     }
     Ok(summary)
+}
+
+/// Fails when none of the configured ops applies to any conv of the model.
+fn check_ops_apply(model: &Model, cfg: &DyrepConfig) -> Result<()> {
+    let specs = cfg.branch_specs()?;
+    let any = model.units().iter().any(|u| {
+        u.slot
+            .growable(cfg.max_depth)
+            .iter()
+            .any(|info| specs.iter().any(|s| s.check(&info.geom).is_ok()))
+    });
+    if any {
+        return Ok(());
+    }
+    let names: Vec<&str> = specs.iter().map(|s| s.name()).collect();
+    Err(RuntimeError::Config(format!(
+        "none of the ops [{}] applies to any growable conv of model `{}`; add ops that fit (e.g. conv1x1_kxk, conv1x1_avg apply everywhere)",
+        names.join(", "),
+        model.name()
+    )))
 }
 
 /// Loads a checkpoint's model (train or fused form) and its run config.

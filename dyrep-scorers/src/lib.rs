@@ -1,17 +1,21 @@
 //! dyrep-scorers: the built-in saliency metrics, one file each, each registering itself with
 //! `dyrep_api::register_scorer!` (paper §4.1 eq. 3–4; reference §3.3 and §5 for what the
 //! original code computes). Scores are per-step values averaged per conv over the grow
-//! interval. `grasp` and `vote` (which need extra passes / the other scorers) are not here yet.
+//! interval; `grasp` adds a Hessian-gradient probe, `vote` combines the others.
 
 mod grad_norm;
+mod grasp;
 mod random;
 mod snip;
 mod synflow;
+mod vote;
 
 pub use grad_norm::GradNorm;
+pub use grasp::Grasp;
 pub use random::RandomScore;
 pub use snip::Snip;
 pub use synflow::SynFlow;
+pub use vote::Vote;
 
 use candle_core::Tensor;
 use dyrep_api::{ConvObservation, Error, Result};

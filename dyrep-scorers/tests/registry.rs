@@ -7,7 +7,10 @@ use dyrep_api::{find_scorer, registry::check_unique, scorers, Scorer, ScorerConf
 fn built_in_scorers_are_registered_and_round_trip() {
     dyrep_scorers::ensure_linked();
     let names: Vec<&str> = scorers().iter().map(|e| e.name).collect();
-    assert_eq!(names, ["synflow", "snip", "grad_norm", "random"]);
+    assert_eq!(
+        names,
+        ["synflow", "snip", "grad_norm", "grasp", "random", "vote"]
+    );
     check_unique("scorer", &scorers(), |e| e.name).unwrap();
     for e in scorers() {
         let s = (e.build)(&ScorerConfig { seed: 1 });

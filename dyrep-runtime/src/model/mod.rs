@@ -54,6 +54,20 @@ pub struct Model {
 }
 
 impl Model {
+    /// A model with no layers (for tests of code that needs one).
+    pub fn empty() -> Model {
+        Model {
+            config: ModelConfig {
+                name: String::new(),
+                input: [1, 1, 1],
+                num_classes: 1,
+                width: 1.0,
+            },
+            layers: Vec::new(),
+            form: Form::Train,
+        }
+    }
+
     pub fn name(&self) -> &str {
         &self.config.name
     }

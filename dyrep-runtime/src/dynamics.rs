@@ -1,0 +1,667 @@
+//! DyRep's dynamics (paper §4; reference §3–6): scoring growable convs after every backward and
+//! before the optimizer step (the type `ObservedGrads` makes the other order impossible), Rep —
+//! growing the top-k convs into blocks with BN calibration and exact output preservation — and
+//! Dep — cutting faded branches (importance = mean|γ_last| / mean|γ_main| below both the mean
+//! of the others and λ, once their sample std exceeds 0.02) with absorption into the main conv.
+//! Every grow and cut measures the eval output on a fixed held-out batch before and after.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use candle_core::backprop::GradStore;
+use candle_core::{Device, Tensor, Var};
+use dyrep_api::equivalence::compare;
+use dyrep_api::{
+    find_op, find_scorer, join_path, ConvObservation, GradProbe, InitCtx, OpSpec, Scorer,
+    ScorerConfig, SeededRng, DEFAULT_GAMMA0, DEFAULT_MAX_DEPTH,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::data::loader::{train_stream, Augment};
+use crate::data::Dataset;
+use crate::error::{Result, RuntimeError};
+use crate::model::Model;
+use crate::optim::cross_entropy;
+
+fn d_scorer() -> String {
+    "synflow".into()
+}
+fn d_interval() -> usize {
+    1
+}
+fn d_topk() -> usize {
+    1
+}
+fn d_gamma0() -> f64 {
+    DEFAULT_GAMMA0
+}
+fn d_calib() -> usize {
+    20
+}
+fn d_true() -> bool {
+    true
+}
+fn d_lambda() -> f64 {
+    0.1
+}
+fn d_min_std() -> f64 {
+    0.02
+}
+fn d_depth() -> usize {
+    DEFAULT_MAX_DEPTH
+}
+
+/// Settings of the dynamic mode (`[dyrep]` in the config file).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DyrepConfig {
+    /// Branch ops new blocks get (those that apply to each conv); empty = every registered op.
+    #[serde(default)]
+    pub ops: Vec<String>,
+    #[serde(default = "d_scorer")]
+    pub scorer: String,
+    /// Grow after every this many epochs.
+    #[serde(default = "d_interval")]
+    pub grow_interval: usize,
+    /// No growth after this epoch (default: until the end).
+    #[serde(default)]
+    pub max_grow_epochs: Option<usize>,
+    /// Convs grown per grow step.
+    #[serde(default = "d_topk")]
+    pub grow_topk: usize,
+    /// γ of the last BN of each new branch.
+    #[serde(default = "d_gamma0")]
+    pub gamma0: f64,
+    /// Training batches used to calibrate a new block's BN statistics.
+    #[serde(default = "d_calib")]
+    pub calib_batches: usize,
+    /// Run Dep (cut faded branches).
+    #[serde(default = "d_true")]
+    pub dep: bool,
+    /// λ: a branch is cut only below this importance (and below the mean).
+    #[serde(default = "d_lambda")]
+    pub cut_threshold: f64,
+    /// Cuts happen only when the importances' sample std exceeds this.
+    #[serde(default = "d_min_std")]
+    pub cut_min_std: f64,
+    /// Blocks nest at most this deep.
+    #[serde(default = "d_depth")]
+    pub max_depth: usize,
+}
+
+impl Default for DyrepConfig {
+    fn default() -> Self {
+        Self {
+            ops: Vec::new(),
+            scorer: d_scorer(),
+            grow_interval: d_interval(),
+            max_grow_epochs: None,
+            grow_topk: d_topk(),
+            gamma0: d_gamma0(),
+            calib_batches: d_calib(),
+            dep: true,
+            cut_threshold: d_lambda(),
+            cut_min_std: d_min_std(),
+            max_depth: d_depth(),
+        }
+    }
+}
+
+impl DyrepConfig {
+    /// Checks the settings against the registries; errors name the setting.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |s: String| Err(RuntimeError::Config(s));
+        for op in &self.ops {
+            find_op(op)?;
+            if op == dyrep_ops::MAIN_OP {
+                return bad(format!(
+                    "dyrep.ops: `{op}` is every block's main branch; list only the other ops"
+                ));
+            }
+        }
+        find_scorer(&self.scorer)?;
+        if self.grow_interval == 0 {
+            return bad("dyrep.grow_interval must be at least 1".into());
+        }
+        if self.grow_topk == 0 {
+            return bad("dyrep.grow_topk must be at least 1".into());
+        }
+        if !(self.gamma0 > 0.0 && self.gamma0.is_finite()) {
+            return bad(format!(
+                "dyrep.gamma0 must be positive (got {})",
+                self.gamma0
+            ));
+        }
+        if self.calib_batches == 0 {
+            return bad("dyrep.calib_batches must be at least 1".into());
+        }
+        if self.max_depth == 0 {
+            return bad("dyrep.max_depth must be at least 1".into());
+        }
+        if self.cut_threshold < 0.0 || self.cut_min_std < 0.0 {
+            return bad("dyrep.cut_threshold and dyrep.cut_min_std must be >= 0".into());
+        }
+        Ok(())
+    }
+
+    /// The branch specs new blocks get.
+    pub fn branch_specs(&self) -> Result<Vec<Box<dyn OpSpec>>> {
+        if self.ops.is_empty() {
+            return Ok(dyrep_api::ops()
+                .iter()
+                .filter(|e| e.name != dyrep_ops::MAIN_OP)
+                .map(|e| (e.default_spec)())
+                .collect());
+        }
+        Ok(self
+            .ops
+            .iter()
+            .map(|n| dyrep_api::op_spec(n))
+            .collect::<dyrep_api::Result<_>>()?)
+    }
+
+    /// A fresh scorer.
+    pub fn build_scorer(&self, seed: u64) -> Result<Box<dyn Scorer>> {
+        Ok((find_scorer(&self.scorer)?.build)(&ScorerConfig { seed }))
+    }
+
+    /// Whether a grow step follows epoch `epoch` (1-based) of `epochs`.
+    pub fn grows_after(&self, epoch: usize, epochs: usize) -> bool {
+        epoch < epochs
+            && epoch % self.grow_interval == 0
+            && self.max_grow_epochs.is_none_or(|m| epoch <= m)
+    }
+}
+
+/// One grow or cut, as written to `events.jsonl`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub epoch: usize,
+    pub kind: String,
+    pub path: String,
+    /// Ops added (grow) or removed (cut).
+    pub ops: Vec<String>,
+    /// The conv's score (grow).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub score: Option<f64>,
+    /// γ of new branches (grow) or the importance of the cut branch (cut).
+    pub gamma: f64,
+    pub params: usize,
+    pub macs: u64,
+    pub preserve_rel_err: f64,
+}
+
+/// Gradients that scorers have seen; the only thing the optimizer steps on.
+pub struct ObservedGrads(GradStore);
+
+impl ObservedGrads {
+    pub fn grads(&self) -> &GradStore {
+        &self.0
+    }
+}
+
+/// The growable convs of a model: (slot path, weight variable), in model order.
+pub fn growable_weights(model: &Model, max_depth: usize) -> Vec<(String, Var)> {
+    let mut weights = BTreeMap::new();
+    model.visit_tensors(&mut |p, v, _| {
+        weights.insert(p.to_string(), v.clone());
+    });
+    let mut out = Vec::new();
+    for u in model.units() {
+        for info in u.slot.growable(max_depth) {
+            let path = join_path(&u.conv_path, &info.path);
+            if let Some(v) = weights.get(&format!("{path}.weight")) {
+                out.push((path, v.clone()));
+            }
+        }
+    }
+    out
+}
+
+struct BatchProbe<'a> {
+    model: &'a Model,
+    x: &'a Tensor,
+    y: &'a Tensor,
+    weights: &'a [(String, Var)],
+}
+
+impl GradProbe for BatchProbe<'_> {
+    fn grads_with_shift(
+        &mut self,
+        shift: &BTreeMap<String, Tensor>,
+    ) -> dyrep_api::Result<BTreeMap<String, Tensor>> {
+        let mut saved = Vec::new();
+        for (p, v) in self.weights {
+            if let Some(s) = shift.get(p) {
+                let orig = v.as_detached_tensor().copy()?;
+                v.set(&(&orig + s)?)?;
+                saved.push((v, orig));
+            }
+        }
+        let run = || -> candle_core::Result<BTreeMap<String, Tensor>> {
+            let logits = self
+                .model
+                .forward_t(self.x, false)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            let loss = cross_entropy(&logits, self.y, 0.0)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            let grads = loss.backward()?;
+            let mut out = BTreeMap::new();
+            for (p, v) in self.weights {
+                if let Some(g) = grads.get(v.as_tensor()) {
+                    out.insert(p.clone(), g.detach());
+                }
+            }
+            Ok(out)
+        };
+        let result = run();
+        for (v, orig) in saved {
+            v.set(&orig)?;
+        }
+        Ok(result?)
+    }
+}
+
+/// Hands a backward pass's gradients of the growable convs to the scorer (if any), then
+/// releases them for the optimizer.
+pub fn observe(
+    scorer: Option<&mut Box<dyn Scorer>>,
+    grads: GradStore,
+    weights: &[(String, Var)],
+    step: usize,
+    model: &Model,
+    batch: (&Tensor, &Tensor),
+) -> Result<ObservedGrads> {
+    let Some(scorer) = scorer else {
+        return Ok(ObservedGrads(grads));
+    };
+    let detached: Vec<(String, Tensor, Tensor)> = weights
+        .iter()
+        .filter_map(|(p, v)| {
+            grads
+                .get(v.as_tensor())
+                .map(|g| (p.clone(), v.as_detached_tensor(), g.clone()))
+        })
+        .collect();
+    let obs: Vec<ConvObservation<'_>> = detached
+        .iter()
+        .map(|(p, w, g)| ConvObservation {
+            path: p,
+            weight: w,
+            grad: g,
+        })
+        .collect();
+    for o in &obs {
+        scorer.observe(o)?;
+    }
+    scorer.end_step()?;
+    if scorer.probe_every().is_some_and(|n| step % n == 0) {
+        let mut probe = BatchProbe {
+            model,
+            x: batch.0,
+            y: batch.1,
+            weights,
+        };
+        scorer.observe_probe(&obs, &mut probe)?;
+    }
+    Ok(ObservedGrads(grads))
+}
+
+/// Eval logits on the fixed held-out batch.
+fn probe_logits(model: &Model, fixed: &Tensor) -> Result<Tensor> {
+    Ok(model.forward_t(fixed, false)?.detach())
+}
+
+/// Everything a grow or cut step needs besides the model.
+pub struct AdjustCtx<'a> {
+    pub cfg: &'a DyrepConfig,
+    pub ds: &'a Arc<Dataset>,
+    pub batch_size: usize,
+    pub augment: &'a Augment,
+    pub train_limit: Option<usize>,
+    pub seed: u64,
+    pub device: &'a Device,
+    /// The fixed held-out batch the preservation is measured on.
+    pub fixed: &'a Tensor,
+}
+
+/// Rep: grows the `grow_topk` best-scored growable convs (each with the ops that apply to it),
+/// calibrates the new blocks' BN statistics on training batches and restores the eval output
+/// exactly. Returns the grow events.
+pub fn grow_step(
+    model: &mut Model,
+    scorer: &dyn Scorer,
+    epoch: usize,
+    ctx: &AdjustCtx<'_>,
+) -> Result<Vec<Event>> {
+    let growable: Vec<String> = growable_weights(model, ctx.cfg.max_depth)
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    let mut ranked: Vec<(String, f64)> = scorer
+        .scores()
+        .into_iter()
+        .filter(|(p, _)| growable.contains(p))
+        .collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let specs = ctx.cfg.branch_specs()?;
+    let main = dyrep_ops::main_spec();
+    let mut rng = SeededRng::for_purpose(ctx.seed, &format!("grow:{epoch}"));
+    let mut events = Vec::new();
+    for (path, score) in ranked {
+        if events.len() >= ctx.cfg.grow_topk {
+            break;
+        }
+        let before = probe_logits(model, ctx.fixed)?;
+        let (slot, _) = model.slot_mut(&path)?;
+        let geom = *slot.geom();
+        let applicable: Vec<Box<dyn OpSpec>> = specs
+            .iter()
+            .filter(|s| s.check(&geom).is_ok())
+            .cloned()
+            .collect();
+        if applicable.is_empty() {
+            continue;
+        }
+        let target = slot.equivalent()?;
+        {
+            let mut ictx = InitCtx::new(&mut rng, ctx.device);
+            ictx.gamma0 = ctx.cfg.gamma0;
+            slot.grow(&*main, &applicable, &mut ictx)?;
+        }
+        calibrate(model, &path, epoch, events.len(), ctx)?;
+        let (slot, _) = model.slot_mut(&path)?;
+        let block = slot
+            .as_block_mut()
+            .ok_or_else(|| RuntimeError::Model(format!("`{path}` did not become a block")))?;
+        block.restore_equivalent(&target)?;
+        let after = probe_logits(model, ctx.fixed)?;
+        events.push(Event {
+            epoch,
+            kind: "grow".into(),
+            path: path.clone(),
+            ops: applicable.iter().map(|s| s.name().to_string()).collect(),
+            score: Some(score),
+            gamma: ctx.cfg.gamma0,
+            params: model.param_count(),
+            macs: model.macs()?,
+            preserve_rel_err: compare(&before, &after)?.rel,
+        });
+    }
+    Ok(events)
+}
+
+/// Calibrates the BN statistics of the block just grown at `path` with a cumulative average over
+/// `calib_batches` augmented training batches; every other BN stays in eval mode and no
+/// gradients are taken (reference §3.5 step 4). Unlike the reference, the main branch's BN keeps
+/// its calibrated statistics instead of being reset to μ = 0, σ² = 1: the exact restore that
+/// follows works for any statistics, and keeping them makes the running statistics match what
+/// train mode sees from the first step (with the reset, eval accuracy collapses for a while
+/// after each growth in short runs — measured, see the issue note).
+fn calibrate(
+    model: &mut Model,
+    path: &str,
+    epoch: usize,
+    k: usize,
+    ctx: &AdjustCtx<'_>,
+) -> Result<()> {
+    {
+        let (slot, _) = model.slot_mut(path)?;
+        let mut res = Ok(());
+        slot.visit_batch_norms("", &mut |_, bn| {
+            if res.is_ok() {
+                res = bn.begin_calibration();
+            }
+        });
+        res?;
+    }
+    let stream = train_stream(
+        ctx.ds.clone(),
+        ctx.batch_size,
+        ctx.seed ^ 0xca11b,
+        epoch * 1000 + k,
+        ctx.augment,
+        ctx.train_limit,
+    );
+    let ds = ctx.ds;
+    let result = (|| -> Result<()> {
+        for b in stream.take(ctx.cfg.calib_batches) {
+            let x = Tensor::from_vec(
+                b.images,
+                (b.labels.len(), ds.channels, ds.height, ds.width),
+                ctx.device,
+            )?;
+            model.forward_t(&x, false)?;
+        }
+        Ok(())
+    })();
+    let (slot, _) = model.slot_mut(path)?;
+    slot.visit_batch_norms("", &mut |_, bn| {
+        bn.end_calibration();
+    });
+    result
+}
+
+/// Dep: in every block (nested ones included), cuts the branches whose importance is below both
+/// the mean importance and λ, when the importances' sample std exceeds `cut_min_std`
+/// (reference §4), absorbing each into the main conv. Returns the cut events.
+pub fn cut_step(
+    model: &mut Model,
+    epoch: usize,
+    cfg: &DyrepConfig,
+    fixed: &Tensor,
+) -> Result<Vec<Event>> {
+    let mut blocks = Vec::new();
+    for u in model.units() {
+        for info in u.slot.slots() {
+            if info.grown {
+                blocks.push(join_path(&u.conv_path, &info.path));
+            }
+        }
+    }
+    let mut events = Vec::new();
+    for path in blocks {
+        let (slot, _) = model.slot_mut(&path)?;
+        let Some(block) = slot.as_block() else {
+            continue;
+        };
+        let imp = block.branch_importance()?;
+        let cuts = select_cuts(&imp, cfg.cut_threshold, cfg.cut_min_std);
+        for (name, w) in cuts {
+            let before = probe_logits(model, fixed)?;
+            let (slot, _) = model.slot_mut(&path)?;
+            if let Some(b) = slot.as_block_mut() {
+                b.cut(name)?;
+            }
+            let after = probe_logits(model, fixed)?;
+            events.push(Event {
+                epoch,
+                kind: "cut".into(),
+                path: path.clone(),
+                ops: vec![name.to_string()],
+                score: None,
+                gamma: w,
+                params: model.param_count(),
+                macs: model.macs()?,
+                preserve_rel_err: compare(&before, &after)?.rel,
+            });
+        }
+    }
+    Ok(events)
+}
+
+/// The reference's cut rule on (branch, importance) pairs.
+pub fn select_cuts(
+    imp: &[(&'static str, f64)],
+    lambda: f64,
+    min_std: f64,
+) -> Vec<(&'static str, f64)> {
+    let n = imp.len();
+    if n < 2 {
+        return Vec::new();
+    }
+    let mean = imp.iter().map(|(_, w)| w).sum::<f64>() / n as f64;
+    let var = imp.iter().map(|(_, w)| (w - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    if var.sqrt() <= min_std {
+        return Vec::new();
+    }
+    imp.iter()
+        .filter(|(_, w)| *w < mean && *w < lambda)
+        .copied()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cut_rule_matches_the_reference() {
+        // All equal (right after growth): std 0, nothing cut.
+        assert!(select_cuts(&[("a", 0.01), ("b", 0.01)], 0.1, 0.02).is_empty());
+        // One value: std undefined, nothing cut.
+        assert!(select_cuts(&[("a", 0.0)], 0.1, 0.02).is_empty());
+        // Spread: below the mean and below λ.
+        let c = select_cuts(
+            &[("a", 0.02), ("b", 0.5), ("c", 0.3), ("d", 0.15)],
+            0.1,
+            0.02,
+        );
+        assert_eq!(c, vec![("a", 0.02)]);
+        // Below the mean but above λ: kept.
+        assert!(select_cuts(&[("a", 0.2), ("b", 0.9)], 0.1, 0.02).is_empty());
+    }
+
+    #[test]
+    fn grow_schedule() {
+        let c = DyrepConfig {
+            grow_interval: 2,
+            max_grow_epochs: Some(6),
+            ..Default::default()
+        };
+        let grows: Vec<usize> = (1..=10).filter(|&e| c.grows_after(e, 10)).collect();
+        assert_eq!(grows, vec![2, 4, 6]);
+        let c = DyrepConfig::default();
+        assert!(!c.grows_after(4, 4), "no growth after the last epoch");
+    }
+}
+
+#[cfg(test)]
+mod scenario_tests {
+    use super::*;
+    use crate::model::{build_model, ModelConfig};
+    use dyrep_api::equivalence::randomize_tensor;
+
+    fn model() -> (Model, Tensor) {
+        crate::ensure_linked();
+        let mut rng = SeededRng::new(4);
+        let mut ctx = InitCtx::new(&mut rng, &Device::Cpu);
+        let cfg = ModelConfig {
+            name: "vgg-tiny".into(),
+            input: [1, 12, 12],
+            num_classes: 10,
+            width: 0.5,
+        };
+        let m = build_model(&cfg, &mut ctx).unwrap();
+        for (_, v, r) in m.tensors() {
+            randomize_tensor(&mut rng, &v, r).unwrap();
+        }
+        let x = dyrep_api::init::normal_tensor(&mut rng, &[8, 1, 12, 12], 0.0, 1.0, &Device::Cpu)
+            .unwrap();
+        (m, x)
+    }
+
+    fn set_gamma(m: &mut Model, block: &str, branch: &str, g: f64) {
+        let (slot, _) = m.slot_mut(block).unwrap();
+        let b = slot.as_block().unwrap();
+        let op = b.branch(branch).unwrap();
+        let (_, bn) = *op.batch_norms().last().unwrap();
+        bn.set_gamma(g).unwrap();
+    }
+
+    #[test]
+    fn dep_cuts_faded_branches_in_outer_and_nested_blocks_and_keeps_the_output() {
+        let (mut m, x) = model();
+        let cfg = DyrepConfig::default();
+        let specs = cfg.branch_specs().unwrap();
+        let main = dyrep_ops::main_spec();
+        let mut rng = SeededRng::new(5);
+        let mut ctx = InitCtx::new(&mut rng, &Device::Cpu);
+        let (slot, _) = m.slot_mut("features.1.conv").unwrap();
+        let g = *slot.geom();
+        let ok: Vec<Box<dyn OpSpec>> = specs
+            .iter()
+            .filter(|s| s.check(&g).is_ok())
+            .cloned()
+            .collect();
+        slot.grow(&*main, &ok, &mut ctx).unwrap();
+        let (inner, _) = m.slot_mut("features.1.conv.convkxk.conv").unwrap();
+        let g = *inner.geom();
+        let ok: Vec<Box<dyn OpSpec>> = specs
+            .iter()
+            .filter(|s| s.check(&g).is_ok())
+            .cloned()
+            .collect();
+        inner.grow(&*main, &ok, &mut ctx).unwrap();
+        // Right after growth every importance is γ0: nothing is cut.
+        assert!(cut_step(&mut m, 1, &cfg, &x).unwrap().is_empty());
+        // Script a spread: identity and conv1x1 fade in the outer block, conv1xk in the nested one.
+        for (b, g) in [
+            ("conv1x1", 0.02),
+            ("conv1x1_kxk", 0.6),
+            ("conv1x1_avg", 0.4),
+            ("conv1xk", 0.3),
+            ("convkx1", 0.5),
+            ("identity", 0.001),
+        ] {
+            set_gamma(&mut m, "features.1.conv", b, g);
+        }
+        for (b, g) in [
+            ("conv1x1", 0.5),
+            ("conv1x1_kxk", 0.4),
+            ("conv1x1_avg", 0.3),
+            ("conv1xk", 0.005),
+            ("convkx1", 0.35),
+            ("identity", 0.45),
+        ] {
+            set_gamma(&mut m, "features.1.conv.convkxk.conv", b, g);
+        }
+        let nested_before = m
+            .slot_mut("features.1.conv.convkxk.conv")
+            .unwrap()
+            .0
+            .as_block()
+            .unwrap()
+            .branch_names()
+            .len();
+        let events = cut_step(&mut m, 2, &cfg, &x).unwrap();
+        let cut: Vec<(String, String)> = events
+            .iter()
+            .map(|e| (e.path.clone(), e.ops[0].clone()))
+            .collect();
+        assert_eq!(
+            cut,
+            vec![
+                ("features.1.conv".to_string(), "conv1x1".to_string()),
+                ("features.1.conv".to_string(), "identity".to_string()),
+                (
+                    "features.1.conv.convkxk.conv".to_string(),
+                    "conv1xk".to_string()
+                ),
+            ]
+        );
+        for e in &events {
+            assert!(e.preserve_rel_err <= 2e-5, "{e:?}");
+        }
+        // The nested block lost only its cut branch (no re-initialisation by the outer cut).
+        let nested = m
+            .slot_mut("features.1.conv.convkxk.conv")
+            .unwrap()
+            .0
+            .as_block()
+            .unwrap()
+            .branch_names()
+            .len();
+        assert_eq!(nested, nested_before - 1);
+    }
+}

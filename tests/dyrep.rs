@@ -1,0 +1,218 @@
+//! End-to-end tests of the `dyrep` mode (paper §4; reference §3–6) on the bundled data with
+//! small limits: blocks grow every epoch (nested ones too), every grow and cut keeps the eval
+//! output (preserve_rel_err ≤ 2e-5 in events.jsonl), every registered scorer selects a conv,
+//! a run resumed in the middle of a grow interval (scorer accumulators in flight) ends bitwise
+//! equal to an uninterrupted one, and the trained network fuses back to the plain one.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn dyrep(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dyrep"))
+        .args(args)
+        .output()
+        .expect("run dyrep")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+const SMALL: [&str; 14] = [
+    "--mode",
+    "dyrep",
+    "--train-limit",
+    "192",
+    "--test-limit",
+    "96",
+    "--width",
+    "0.5",
+    "--batch-size",
+    "32",
+    "--lr",
+    "0.05",
+    "--calib-batches",
+    "3",
+];
+
+fn train(out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["train", "--out", out.to_str().unwrap()];
+    args.extend_from_slice(&SMALL);
+    args.extend_from_slice(extra);
+    dyrep(&args)
+}
+
+fn events(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("events.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn blocks_grow_recursively_keep_the_output_and_fuse_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let o = train(
+        &out,
+        &["--epochs", "3", "--grow-interval", "1", "--grow-topk", "8"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let ev = events(&out);
+    let grows: Vec<&serde_json::Value> = ev.iter().filter(|e| e["kind"] == "grow").collect();
+    assert!(grows.len() >= 5, "{ev:?}");
+    assert!(
+        grows.iter().any(|e| {
+            let p = e["path"].as_str().unwrap();
+            p.contains(".convkxk.conv") || p.contains(".conv1x1_kxk.conv2")
+        }),
+        "no nested growth: {ev:?}"
+    );
+    for e in &ev {
+        for k in [
+            "epoch",
+            "kind",
+            "path",
+            "preserve_rel_err",
+            "params",
+            "macs",
+            "gamma",
+            "ops",
+        ] {
+            assert!(e.get(k).is_some(), "event lacks {k}: {e}");
+        }
+        assert!(e["preserve_rel_err"].as_f64().unwrap() <= 2e-5, "{e}");
+    }
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(s["grows"].as_u64().unwrap() as usize, grows.len());
+    assert!(
+        s["avg_macs"].as_f64().unwrap() < s["final_macs"].as_f64().unwrap(),
+        "{s}"
+    );
+    // Fuse gives the plain vgg-tiny with identical predictions.
+    let fused = tmp.path().join("fused");
+    let ck = out.join("checkpoints/last");
+    let o = dyrep(&[
+        "fuse",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "--out",
+        fused.to_str().unwrap(),
+        "--limit",
+        "96",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["top1_mismatches"], 0, "{r}");
+    let arch: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fused.join("arch.json")).unwrap()).unwrap();
+    for (_, slot) in arch["slots"].as_object().unwrap() {
+        assert_eq!(slot, &serde_json::json!({"kind": "conv", "bias": false}));
+    }
+}
+
+#[test]
+fn every_registered_scorer_selects_a_conv() {
+    let o = dyrep(&["scorers", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    for s in v.as_array().unwrap() {
+        let name = s["name"].as_str().unwrap();
+        let out = tmp.path().join(name);
+        let o = train(&out, &["--epochs", "2", "--scorer", name]);
+        assert!(o.status.success(), "{name}: {}", text(&o));
+        let ev = events(&out);
+        let grows: Vec<_> = ev.iter().filter(|e| e["kind"] == "grow").collect();
+        assert_eq!(grows.len(), 1, "{name}: {ev:?}");
+        assert!(
+            grows[0]["score"].as_f64().unwrap().is_finite(),
+            "{name}: {ev:?}"
+        );
+    }
+}
+
+#[test]
+fn resume_in_the_middle_of_a_grow_interval_is_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let extra = ["--epochs", "3", "--grow-interval", "2", "--grow-topk", "2"];
+    let o = train(&a, &extra);
+    assert!(o.status.success(), "{}", text(&o));
+    let mut stop = extra.to_vec();
+    stop.extend(["--stop-after", "1"]);
+    let o = train(&b, &stop);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = dyrep(&["train", "--resume", b.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let strip = |d: &Path| -> Vec<String> {
+        std::fs::read_to_string(d.join("metrics.csv"))
+            .unwrap()
+            .lines()
+            .map(|l| l.rsplit_once(',').unwrap().0.to_string())
+            .collect()
+    };
+    assert_eq!(strip(&a), strip(&b));
+    assert_eq!(events(&a), events(&b));
+    assert!(!events(&a).is_empty());
+    assert!(
+        std::fs::read(a.join("checkpoints/last/model.safetensors")).unwrap()
+            == std::fs::read(b.join("checkpoints/last/model.safetensors")).unwrap()
+    );
+}
+
+#[test]
+fn bad_dyrep_settings_exit_1() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x");
+    let o = out.to_str().unwrap();
+    for (args, want) in [
+        (
+            vec![
+                "train",
+                "--out",
+                o,
+                "--mode",
+                "dyrep",
+                "--grow-interval",
+                "0",
+            ],
+            "grow_interval",
+        ),
+        (
+            vec!["train", "--out", o, "--mode", "dyrep", "--gamma0", "0"],
+            "gamma0",
+        ),
+        (
+            vec!["train", "--out", o, "--mode", "dyrep", "--scorer", "synflw"],
+            "did you mean `synflow`",
+        ),
+        (
+            vec![
+                "train",
+                "--out",
+                o,
+                "--mode",
+                "dyrep",
+                "--ops",
+                "conv1x1,idnetity",
+            ],
+            "did you mean `identity`",
+        ),
+        (
+            vec!["train", "--out", o, "--mode", "dbb", "--scorer", "snip"],
+            "only apply to --mode dyrep",
+        ),
+    ] {
+        let r = dyrep(&args);
+        assert_eq!(r.status.code(), Some(1), "{args:?}: {}", text(&r));
+        assert!(text(&r).contains(want), "{args:?}: {}", text(&r));
+    }
+    assert!(!out.exists(), "nothing written on a refused run");
+}

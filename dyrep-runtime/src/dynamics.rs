@@ -168,7 +168,7 @@ impl DyrepConfig {
     /// Whether a grow step follows epoch `epoch` (1-based) of `epochs`.
     pub fn grows_after(&self, epoch: usize, epochs: usize) -> bool {
         epoch < epochs
-            && epoch % self.grow_interval == 0
+            && epoch.is_multiple_of(self.grow_interval)
             && self.max_grow_epochs.is_none_or(|m| epoch <= m)
     }
 }
@@ -295,7 +295,7 @@ pub fn observe(
         scorer.observe(o)?;
     }
     scorer.end_step()?;
-    if scorer.probe_every().is_some_and(|n| step % n == 0) {
+    if scorer.probe_every().is_some_and(|n| step.is_multiple_of(n)) {
         let mut probe = BatchProbe {
             model,
             x: batch.0,

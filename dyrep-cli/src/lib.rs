@@ -68,7 +68,7 @@ enum Command {
     #[command(
         after_help = "Examples:\n  dyrep train                                   # vgg-tiny, bundled Fashion-MNIST subset, 3 epochs\n  dyrep train --model vgg-tiny --mode dbb --epochs 3 --out runs/dbb\n  dyrep train --mode dyrep --epochs 4 --grow-interval 1 --scorer synflow --out runs/dyrep\n  dyrep train -c run.toml --seed 2\n  dyrep train --resume runs/dbb                 # continue a stopped run exactly\n\nThe run directory holds config.resolved.toml, run.log, metrics.csv, summary.json and\ncheckpoints/{last,best}."
     )]
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Evaluate a checkpoint (trained or fused) on the test split.
     #[command(
         after_help = "Examples:\n  dyrep eval --checkpoint runs/dbb/checkpoints/best\n  dyrep eval --checkpoint fused --limit 500 --logits-out logits.npy --inputs-out inputs.npy"

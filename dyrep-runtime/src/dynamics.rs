@@ -51,6 +51,19 @@ fn d_depth() -> usize {
     DEFAULT_MAX_DEPTH
 }
 
+/// How a grow step keeps the network's output.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Preserve {
+    /// Push the difference through the main branch's (calibrated) BN: exact in eval mode.
+    #[default]
+    Exact,
+    /// The reference's eq. 6: main BN reset to (γ=1, β=0, μ=0, σ²=1) and main conv =
+    /// W − ΣK_j, which leaves the 1/sqrt(1+ε) factor on the residual kernel (≈5e-6 relative;
+    /// reference §3.5). For parity runs against the original code.
+    Reference,
+}
+
 /// Settings of the dynamic mode (`[dyrep]` in the config file).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -87,6 +100,9 @@ pub struct DyrepConfig {
     /// Blocks nest at most this deep.
     #[serde(default = "d_depth")]
     pub max_depth: usize,
+    /// `exact` (default) or the reference's `reference` eq. 6.
+    #[serde(default)]
+    pub preserve: Preserve,
 }
 
 impl Default for DyrepConfig {
@@ -103,6 +119,7 @@ impl Default for DyrepConfig {
             cut_threshold: d_lambda(),
             cut_min_std: d_min_std(),
             max_depth: d_depth(),
+            preserve: Preserve::Exact,
         }
     }
 }
@@ -374,7 +391,10 @@ pub fn grow_step(
         let block = slot
             .as_block_mut()
             .ok_or_else(|| RuntimeError::Model(format!("`{path}` did not become a block")))?;
-        block.restore_equivalent(&target)?;
+        match ctx.cfg.preserve {
+            Preserve::Exact => block.restore_equivalent(&target)?,
+            Preserve::Reference => reference_eq6(block, &target)?,
+        }
         let after = probe_logits(model, ctx.fixed)?;
         events.push(Event {
             epoch,
@@ -389,6 +409,32 @@ pub fn grow_step(
         });
     }
     Ok(events)
+}
+
+/// The reference's eq. 6 on a freshly grown block: main BN reset, main conv = target − Σ new.
+fn reference_eq6(block: &mut dyrep_api::RepBlock, target: &dyrep_api::Kernel) -> Result<()> {
+    let mut others: Option<dyrep_api::Kernel> = None;
+    for b in block.branches() {
+        let k = b.to_equivalent_kxk()?;
+        others = Some(match others {
+            None => k,
+            Some(o) => o.add(&k)?,
+        });
+    }
+    let residual = match others {
+        Some(o) => target.sub(&o)?,
+        None => target.clone(),
+    };
+    let geom = *block.geom();
+    let main = block.main_mut();
+    for (_, bn) in main.batch_norms() {
+        bn.reset(1.0)?;
+    }
+    let slot = main
+        .main_slot_mut()
+        .ok_or_else(|| RuntimeError::Model("the main branch has no conv slot".into()))?;
+    *slot = dyrep_api::Slot::from_kernel(geom, &residual)?;
+    Ok(())
 }
 
 /// Calibrates the BN statistics of the block just grown at `path` with a cumulative average over
@@ -663,5 +709,95 @@ mod scenario_tests {
             .branch_names()
             .len();
         assert_eq!(nested, nested_before - 1);
+    }
+}
+
+#[cfg(test)]
+mod grow_tests {
+    use super::*;
+    use crate::model::{build_model, ModelConfig};
+
+    /// Grows `features.1.conv` of a small vgg-tiny with calibration; returns the event and the
+    /// block's own relative output change on a random input.
+    fn grow_once(preserve: Preserve) -> (Event, f64) {
+        crate::ensure_linked();
+        let ds = Arc::new(crate::data::bundled_default().unwrap());
+        let dev = Device::Cpu;
+        let mut rng = SeededRng::new(8);
+        let mut ctx = InitCtx::new(&mut rng, &dev);
+        let cfg = ModelConfig {
+            name: "vgg-tiny".into(),
+            input: [1, 28, 28],
+            num_classes: 10,
+            width: 0.5,
+        };
+        let mut m = build_model(&cfg, &mut ctx).unwrap();
+        for (_, v, r) in m.tensors() {
+            dyrep_api::equivalence::randomize_tensor(&mut rng, &v, r).unwrap();
+        }
+        let b = crate::data::loader::make_batch(
+            &ds,
+            crate::data::loader::Which::Test,
+            &(0..16).collect::<Vec<_>>(),
+            None,
+        );
+        let fixed = Tensor::from_vec(b.images, (16, 1, 28, 28), &dev).unwrap();
+        let dcfg = DyrepConfig {
+            preserve,
+            calib_batches: 2,
+            ..Default::default()
+        };
+        let mut scorer = dcfg.build_scorer(0).unwrap();
+        let w = Tensor::ones((8, 8, 3, 3), candle_core::DType::F32, &dev).unwrap();
+        scorer
+            .observe(&ConvObservation {
+                path: "features.1.conv",
+                weight: &w,
+                grad: &w,
+            })
+            .unwrap();
+        let actx = AdjustCtx {
+            cfg: &dcfg,
+            ds: &ds,
+            batch_size: 16,
+            augment: &Augment::default(),
+            train_limit: Some(64),
+            seed: 0,
+            device: &dev,
+            fixed: &fixed,
+        };
+        let x = dyrep_api::init::normal_tensor(&mut rng, &[2, 8, 14, 14], 0.0, 1.0, &dev).unwrap();
+        let old = m
+            .slot_mut("features.1.conv")
+            .unwrap()
+            .0
+            .equivalent()
+            .unwrap();
+        let y_old = old.conv(&x, 1, 1, 1).unwrap();
+        let ev = grow_step(&mut m, scorer.as_ref(), 1, &actx).unwrap();
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].path, "features.1.conv");
+        assert_eq!(m.block_count(), 1);
+        let y_new = m
+            .slot_mut("features.1.conv")
+            .unwrap()
+            .0
+            .forward_t(&x, false)
+            .unwrap();
+        (ev[0].clone(), compare(&y_old, &y_new).unwrap().rel)
+    }
+
+    #[test]
+    fn exact_grow_leaves_no_residue_and_reference_mode_leaves_the_eps_factor() {
+        let (exact, exact_block) = grow_once(Preserve::Exact);
+        assert!(exact.preserve_rel_err <= 2e-5, "{exact:?}");
+        assert!(exact_block < 1e-6, "{exact_block}");
+        let (reference, reference_block) = grow_once(Preserve::Reference);
+        assert!(reference.preserve_rel_err <= 2e-5, "{reference:?}");
+        // The reference's 1/sqrt(1+eps) on the residual kernel: about 5e-6 relative at the block.
+        assert!(
+            reference_block > 3e-6 && reference_block < 8e-6,
+            "{reference_block}"
+        );
     }
 }

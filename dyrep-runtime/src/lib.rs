@@ -1,12 +1,25 @@
-//! dyrep-runtime: what runs on top of the op and scorer registries. For now: the fusion
-//! verification behind `dyrep verify` (reference §8). Models, data, training with grow (Rep)
-//! and cut (Dep), checkpoints and fusion of whole networks land here next (DESIGN.md).
+//! dyrep-runtime: everything that runs on top of the op and scorer registries (DESIGN.md):
+//! datasets and batches (`data`), the model zoo built from slots (`model`), SGD and the LR
+//! schedule (`optim`), training runs with their run directory and exact resume (`train`),
+//! DyRep's grow/cut dynamics (`dynamics`, paper §4, reference §3–6), atomic checkpoints
+//! (`checkpoint`), fuse and eval of whole networks (`fuse`, reference §8), throughput
+//! benchmarks (`bench`) and the fusion property check behind `dyrep verify` (`verify`).
 
+pub mod bench;
+pub mod checkpoint;
+pub mod data;
+pub mod dynamics;
+pub mod error;
+pub mod fuse;
+pub mod model;
+pub mod optim;
+pub mod train;
 pub mod verify;
 
 pub use dyrep_api as api;
 pub use dyrep_ops as ops;
 pub use dyrep_scorers as scorers;
+pub use error::{Result, RuntimeError};
 
 /// Forces every registry crate into the final binary (inventory's linker caveat): the CLI and
 /// every test binary call this once.
@@ -14,14 +27,3 @@ pub fn ensure_linked() {
     dyrep_ops::ensure_linked();
     dyrep_scorers::ensure_linked();
 }
-pub mod data;
-pub mod error;
-pub mod model;
-
-pub use error::{Result, RuntimeError};
-pub mod bench;
-pub mod checkpoint;
-pub mod dynamics;
-pub mod fuse;
-pub mod optim;
-pub mod train;

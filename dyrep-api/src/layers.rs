@@ -245,7 +245,7 @@ impl BnAndPad {
 /// `count_include_pad=True`) and any stride. Differentiable: k² shifted adds of the padded input,
 /// then a strided subsample by reshape.
 pub fn avg_pool2d(x: &Tensor, k: usize, stride: usize, padding: usize) -> Result<Tensor> {
-    let (n, c, h, w) = x.dims4()?;
+    let (_, _, h, w) = x.dims4()?;
     let (hp, wp) = (h + 2 * padding, w + 2 * padding);
     if k == 0 || hp < k || wp < k || stride == 0 {
         return Err(Error::ShapeMismatch {
@@ -271,21 +271,28 @@ pub fn avg_pool2d(x: &Tensor, k: usize, stride: usize, padding: usize) -> Result
             });
         }
     }
-    let mut y = match sum {
+    let y = match sum {
         Some(s) => (s / (k * k) as f64)?,
         None => xp, // k == 0 is refused above
     };
-    if stride > 1 {
-        let (ho, wo) = ((h1 - 1) / stride + 1, (w1 - 1) / stride + 1);
-        y = y
-            .pad_with_zeros(2, 0, ho * stride - h1)?
-            .pad_with_zeros(3, 0, wo * stride - w1)?
-            .reshape((n, c, ho, stride, wo, stride))?
-            .narrow(3, 0, 1)?
-            .narrow(5, 0, 1)?
-            .reshape((n, c, ho, wo))?;
+    subsample(&y, stride)
+}
+
+/// Keeps every `stride`-th row and column of a stride-1 window result (starting at 0), as a
+/// strided pool would produce: pad to a multiple of the stride, reshape, take offset 0.
+/// Differentiable (pad, reshape and narrow all have gradients).
+fn subsample(y: &Tensor, stride: usize) -> Result<Tensor> {
+    if stride <= 1 {
+        return Ok(y.clone());
     }
-    Ok(y)
+    let (n, c, h1, w1) = y.dims4()?;
+    let (ho, wo) = ((h1 - 1) / stride + 1, (w1 - 1) / stride + 1);
+    Ok(y.pad_with_zeros(2, 0, ho * stride - h1)?
+        .pad_with_zeros(3, 0, wo * stride - w1)?
+        .reshape((n, c, ho, stride, wo, stride))?
+        .narrow(3, 0, 1)?
+        .narrow(5, 0, 1)?
+        .reshape((n, c, ho, wo))?)
 }
 
 /// Max pooling with a k×k window, padding (with −∞) and any stride. Differentiable for every
@@ -325,18 +332,8 @@ pub fn max_pool2d(x: &Tensor, k: usize, stride: usize, padding: usize) -> Result
             });
         }
     }
-    let mut y = acc.unwrap_or(xp);
-    if stride > 1 {
-        let (ho, wo) = ((h1 - 1) / stride + 1, (w1 - 1) / stride + 1);
-        y = y
-            .pad_with_zeros(2, 0, ho * stride - h1)?
-            .pad_with_zeros(3, 0, wo * stride - w1)?
-            .reshape((n, c, ho, stride, wo, stride))?
-            .narrow(3, 0, 1)?
-            .narrow(5, 0, 1)?
-            .reshape((n, c, ho, wo))?;
-    }
-    Ok(y)
+    let y = acc.unwrap_or(xp);
+    subsample(&y, stride)
 }
 
 /// A generic "conv (kh × kw, the block's stride and groups, no bias) → BN" branch: the shape of

@@ -472,11 +472,7 @@ fn calibrate(
     let ds = ctx.ds;
     let result = (|| -> Result<()> {
         for b in stream.take(ctx.cfg.calib_batches) {
-            let x = Tensor::from_vec(
-                b.images,
-                (b.labels.len(), ds.channels, ds.height, ds.width),
-                ctx.device,
-            )?;
+            let (x, _) = b.to_tensors(ds, ctx.device)?;
             model.forward_t(&x, false)?;
         }
         Ok(())

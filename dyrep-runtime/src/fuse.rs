@@ -52,36 +52,31 @@ impl FuseReport {
     }
 }
 
+/// Eval-mode logits and labels of the first `limit` test images, in dataset order; with
+/// `keep_inputs`, also the normalised inputs fed to the network.
 fn logits_on(
     model: &Model,
     ds: &Arc<Dataset>,
     limit: Option<usize>,
+    keep_inputs: bool,
     device: &Device,
-) -> Result<(Tensor, Tensor)> {
+) -> Result<(Tensor, Tensor, Vec<f32>)> {
     let mut outs = Vec::new();
     let mut labels = Vec::new();
+    let mut inputs = Vec::new();
     for b in eval_stream(ds.clone(), Which::Test, 256, limit) {
-        let x = Tensor::from_vec(
-            b.images.clone(),
-            (b.len(), ds.channels, ds.height, ds.width),
-            device,
-        )?;
+        let (x, y) = b.to_tensors(ds, device)?;
         outs.push(model.forward_t(&x, false)?.detach());
-        labels.extend(b.labels.iter().copied());
+        labels.push(y);
+        if keep_inputs {
+            inputs.extend_from_slice(&b.images);
+        }
     }
-    let n = labels.len();
-    Ok((Tensor::cat(&outs, 0)?, Tensor::from_vec(labels, n, device)?))
+    Ok((Tensor::cat(&outs, 0)?, Tensor::cat(&labels, 0)?, inputs))
 }
 
 fn accuracy(logits: &Tensor, labels: &Tensor) -> Result<f64> {
-    let n = labels.dim(0)?.max(1) as f64;
-    Ok(logits
-        .argmax(1)?
-        .eq(labels)?
-        .to_dtype(candle_core::DType::F32)?
-        .sum_all()?
-        .to_scalar::<f32>()? as f64
-        / n)
+    Ok(crate::train::correct(logits, labels)? as f64 / labels.dim(0)?.max(1) as f64)
 }
 
 /// Fuses the checkpoint at `src` into `out` (which must not exist or be empty) and verifies it.
@@ -138,9 +133,9 @@ pub fn fuse_checkpoint(
             });
         }
     }
-    let (before, labels) = logits_on(&model, &ds, limit, device)?;
+    let (before, labels, _) = logits_on(&model, &ds, limit, false, device)?;
     model.fuse()?;
-    let (after, _) = logits_on(&model, &ds, limit, device)?;
+    let (after, _, _) = logits_on(&model, &ds, limit, false, device)?;
     let c = compare(&before, &after)?;
     let mismatches = before
         .argmax(1)?
@@ -205,20 +200,8 @@ pub fn eval_checkpoint(
             ds.channels, ds.height, ds.width, ds.num_classes(), model.config.num_classes
         )));
     }
-    let mut logits = Vec::new();
-    let mut inputs = Vec::new();
-    let mut labels = Vec::new();
-    for b in eval_stream(ds.clone(), Which::Test, 256, limit) {
-        let x = Tensor::from_vec(b.images.clone(), (b.len(), c, h, w), device)?;
-        logits.push(model.forward_t(&x, false)?.detach());
-        if inputs_out.is_some() {
-            inputs.extend_from_slice(&b.images);
-        }
-        labels.extend(b.labels.iter().copied());
-    }
-    let n = labels.len();
-    let logits = Tensor::cat(&logits, 0)?;
-    let y = Tensor::from_vec(labels, n, device)?;
+    let (logits, y, inputs) = logits_on(&model, &ds, limit, inputs_out.is_some(), device)?;
+    let n = y.dim(0)?;
     let loss = crate::optim::cross_entropy(&logits, &y, 0.0)?.to_scalar::<f32>()? as f64;
     if let Some(p) = logits_out {
         let v = logits.flatten_all()?.to_vec1::<f32>()?;

@@ -16,9 +16,7 @@ use dyrep_api::{op_spec, InitCtx, OpSpec, SeededRng};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, CheckpointData};
-use crate::data::loader::{
-    eval_stream, train_batches_per_epoch, train_stream, Augment, Batch, Which,
-};
+use crate::data::loader::{eval_stream, train_batches_per_epoch, train_stream, Augment, Which};
 use crate::data::{self, Dataset};
 use crate::dynamics::{
     cut_step, grow_step, growable_weights, observe, AdjustCtx, DyrepConfig, Event,
@@ -346,18 +344,8 @@ pub fn apply_mode(model: &mut Model, mode: Mode, ctx: &mut InitCtx<'_>) -> Resul
     n
 }
 
-fn to_tensors(b: &Batch, ds: &Dataset, device: &Device) -> Result<(Tensor, Tensor)> {
-    let n = b.len();
-    let x = Tensor::from_vec(
-        b.images.clone(),
-        (n, ds.channels, ds.height, ds.width),
-        device,
-    )?;
-    let y = Tensor::from_vec(b.labels.clone(), n, device)?;
-    Ok((x, y))
-}
-
-fn correct(logits: &Tensor, y: &Tensor) -> Result<usize> {
+/// Number of rows whose argmax equals the label.
+pub(crate) fn correct(logits: &Tensor, y: &Tensor) -> Result<usize> {
     let pred = logits.argmax(1)?;
     Ok(pred
         .eq(y)?
@@ -377,7 +365,7 @@ pub fn evaluate(
 ) -> Result<(f64, f64)> {
     let (mut loss, mut right, mut n) = (0f64, 0usize, 0usize);
     for b in eval_stream(ds.clone(), which, batch, limit) {
-        let (x, y) = to_tensors(&b, ds, device)?;
+        let (x, y) = b.to_tensors(ds, device)?;
         let logits = model.forward_t(&x, false)?.detach();
         loss += cross_entropy(&logits, &y, 0.0)?.to_scalar::<f32>()? as f64 * b.len() as f64;
         right += correct(&logits, &y)?;
@@ -499,7 +487,7 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions, echo: &mut dyn FnMut(&str)) ->
         let n = 64.min(ds.test.len());
         let b =
             crate::data::loader::make_batch(&ds, Which::Test, &(0..n).collect::<Vec<_>>(), None);
-        Tensor::from_vec(b.images, (n, ds.channels, ds.height, ds.width), device)?
+        b.to_tensors(&ds, device)?.0
     };
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -580,7 +568,7 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions, echo: &mut dyn FnMut(&str)) ->
             cfg.train_limit,
         ) {
             lr = schedule.lr_at(epoch, state.global_step, steps, cfg.epochs);
-            let (x, y) = to_tensors(&b, &ds, device)?;
+            let (x, y) = b.to_tensors(&ds, device)?;
             let logits = model.forward_t(&x, true)?;
             let loss = cross_entropy(&logits, &y, cfg.label_smoothing)?;
             let lv = loss.to_scalar::<f32>()? as f64;

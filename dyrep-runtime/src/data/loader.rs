@@ -51,6 +51,22 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
+
+    /// The batch as `([n, c, h, w]` f32 images, `[n]` u32 labels) tensors on `device`.
+    pub fn to_tensors(
+        &self,
+        ds: &Dataset,
+        device: &candle_core::Device,
+    ) -> candle_core::Result<(candle_core::Tensor, candle_core::Tensor)> {
+        let n = self.len();
+        let x = candle_core::Tensor::from_vec(
+            self.images.clone(),
+            (n, ds.channels, ds.height, ds.width),
+            device,
+        )?;
+        let y = candle_core::Tensor::from_vec(self.labels.clone(), n, device)?;
+        Ok((x, y))
+    }
 }
 
 /// The training order of `n` examples in `epoch` (Fisher–Yates with a per-epoch stream).

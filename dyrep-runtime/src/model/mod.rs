@@ -165,7 +165,7 @@ impl Model {
     pub fn branch_count(&self) -> usize {
         self.units()
             .iter()
-            .flat_map(|u| {
+            .map(|u| {
                 let mut n = 0;
                 let mut stack = vec![&u.slot];
                 while let Some(s) = stack.pop() {
@@ -178,7 +178,7 @@ impl Model {
                         }
                     }
                 }
-                Some(n)
+                n
             })
             .sum()
     }

@@ -172,23 +172,17 @@ impl BatchNorm {
                 context: format!("{c} channels, input {n}x{c}x{h}x{w}"),
             });
         }
-        let shape = (1, c, 1, 1);
-        let mean = x.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?;
-        let centred = x.broadcast_sub(&mean)?;
-        let var = centred
-            .sqr()?
-            .mean_keepdim(0)?
-            .mean_keepdim(2)?
-            .mean_keepdim(3)?;
-        let inv_std = (var.clone() + self.eps)?.sqrt()?.recip()?;
-        let y = centred
-            .broadcast_mul(&inv_std)?
-            .broadcast_mul(&self.weight.as_tensor().reshape(shape)?)?
-            .broadcast_add(&self.bias.as_tensor().reshape(shape)?)?;
+        let out = dyrep_kernels::batch_norm_train(
+            x,
+            self.weight.as_tensor(),
+            self.bias.as_tensor(),
+            self.eps,
+        )?;
+        let y = out.y;
 
         // Running statistics: no graph, unbiased variance.
-        let batch_mean = mean.detach().reshape(c)?;
-        let batch_var = (var.detach().reshape(c)? * (count as f64 / (count - 1) as f64))?;
+        let batch_mean = out.mean.to_dtype(x.dtype())?;
+        let batch_var = (out.var.to_dtype(x.dtype())? * (count as f64 / (count - 1) as f64))?;
         let factor = {
             let mut cal = self.lock_calibration();
             match cal.as_mut() {
@@ -209,13 +203,11 @@ impl BatchNorm {
     }
 
     fn forward_eval(&self, x: &Tensor) -> Result<Tensor> {
-        let c = self.num_features;
         let rm = self.running_mean.as_detached_tensor();
         let rv = self.running_var.as_detached_tensor();
         let scale = self.weight.as_tensor().div(&(rv + self.eps)?.sqrt()?)?;
         let shift = (self.bias.as_tensor() - (&scale * rm)?)?;
-        Ok(x.broadcast_mul(&scale.reshape((1, c, 1, 1))?)?
-            .broadcast_add(&shift.reshape((1, c, 1, 1))?)?)
+        Ok(dyrep_kernels::channel_affine(x, &scale, &shift)?)
     }
 
     /// Visits γ, β, μ, σ² as `{prefix}.weight`, `.bias`, `.running_mean`, `.running_var`.

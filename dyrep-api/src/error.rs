@@ -79,6 +79,10 @@ pub enum Error {
     /// Errors from candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+
+    /// A CPU kernel refused its arguments.
+    #[error(transparent)]
+    Kernel(#[from] dyrep_kernels::KernelError),
 }
 
 fn suggestion_text(s: &Option<String>) -> String {

@@ -1,7 +1,8 @@
 //! Building blocks the branch ops are made of: a conv with per-axis padding (1×k, k×1), DBB's
-//! BN-then-pad (reference §1.1), and differentiable average pooling with zero padding and any
-//! stride (candle's pool has no padding and no backward unless kernel == stride:
-//! candle-notes.md §1).
+//! BN-then-pad (reference §1.1), and differentiable average/max pooling with padding and any
+//! stride (candle's pools have no padding and no backward unless kernel == stride:
+//! candle-notes.md §1). The arithmetic runs in dyrep-kernels (own CPU kernels, candle's ops on
+//! other devices).
 
 use candle_core::{Tensor, Var};
 
@@ -104,22 +105,15 @@ impl Conv2dLayer {
         Ok(())
     }
 
-    /// Conv forward with gradients to weight and bias.
+    /// Conv forward with gradients to weight and bias (own CPU kernel, candle's ops elsewhere).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (ph, pw) = self.padding;
-        let w = self.weight.as_tensor();
-        let y = if ph == pw {
-            x.conv2d(w, ph, self.stride, 1, self.groups)?
-        } else {
-            let mut xp = x.clone();
-            if ph > 0 {
-                xp = xp.pad_with_zeros(2, ph, ph)?;
-            }
-            if pw > 0 {
-                xp = xp.pad_with_zeros(3, pw, pw)?;
-            }
-            xp.conv2d(w, 0, self.stride, 1, self.groups)?
-        };
+        let y = dyrep_kernels::conv2d(
+            x,
+            self.weight.as_tensor(),
+            self.stride,
+            self.padding,
+            self.groups,
+        )?;
         match &self.bias {
             Some(b) => {
                 let out = b.dim(0)?;
@@ -242,98 +236,21 @@ impl BnAndPad {
 }
 
 /// Average pooling with a k×k window, zero padding counted in the average (PyTorch's
-/// `count_include_pad=True`) and any stride. Differentiable: k² shifted adds of the padded input,
-/// then a strided subsample by reshape.
+/// `count_include_pad=True`) and any stride, differentiable (dyrep-kernels; candle's own pool
+/// has neither padding nor a backward unless kernel == stride).
 pub fn avg_pool2d(x: &Tensor, k: usize, stride: usize, padding: usize) -> Result<Tensor> {
-    let (_, _, h, w) = x.dims4()?;
-    let (hp, wp) = (h + 2 * padding, w + 2 * padding);
-    if k == 0 || hp < k || wp < k || stride == 0 {
-        return Err(Error::ShapeMismatch {
-            context: format!("avg pool {k}x{k} stride {stride} padding {padding}"),
-            expected: vec![k, k],
-            got: vec![h, w],
-        });
-    }
-    let xp = if padding > 0 {
-        x.pad_with_zeros(2, padding, padding)?
-            .pad_with_zeros(3, padding, padding)?
-    } else {
-        x.clone()
-    };
-    let (h1, w1) = (hp - k + 1, wp - k + 1);
-    let mut sum: Option<Tensor> = None;
-    for dy in 0..k {
-        for dx in 0..k {
-            let part = xp.narrow(2, dy, h1)?.narrow(3, dx, w1)?;
-            sum = Some(match sum {
-                None => part,
-                Some(s) => (s + part)?,
-            });
-        }
-    }
-    let y = match sum {
-        Some(s) => (s / (k * k) as f64)?,
-        None => xp, // k == 0 is refused above
-    };
-    subsample(&y, stride)
+    Ok(dyrep_kernels::avg_pool2d(x, k, stride, padding)?)
 }
 
-/// Keeps every `stride`-th row and column of a stride-1 window result (starting at 0), as a
-/// strided pool would produce: pad to a multiple of the stride, reshape, take offset 0.
-/// Differentiable (pad, reshape and narrow all have gradients).
-fn subsample(y: &Tensor, stride: usize) -> Result<Tensor> {
-    if stride <= 1 {
-        return Ok(y.clone());
-    }
-    let (n, c, h1, w1) = y.dims4()?;
-    let (ho, wo) = ((h1 - 1) / stride + 1, (w1 - 1) / stride + 1);
-    Ok(y.pad_with_zeros(2, 0, ho * stride - h1)?
-        .pad_with_zeros(3, 0, wo * stride - w1)?
-        .reshape((n, c, ho, stride, wo, stride))?
-        .narrow(3, 0, 1)?
-        .narrow(5, 0, 1)?
-        .reshape((n, c, ho, wo))?)
+/// `max(x, 0)` with a one-pass backward (dyrep-kernels on the CPU).
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    Ok(dyrep_kernels::relu(x)?)
 }
 
-/// Max pooling with a k×k window, padding (with −∞) and any stride. Differentiable for every
-/// stride (candle's own pool has a backward only when kernel == stride, which this uses then).
+/// Max pooling with a k×k window, padding (ignored, as −∞) and any stride, differentiable
+/// (dyrep-kernels; candle's own max-pool backward scales the gradient by 1/k²).
 pub fn max_pool2d(x: &Tensor, k: usize, stride: usize, padding: usize) -> Result<Tensor> {
-    let (n, c, h, w) = x.dims4()?;
-    if k == stride && padding == 0 && k > 0 && h >= k && w >= k {
-        return Ok(x.max_pool2d_with_stride(k, stride)?);
-    }
-    let (hp, wp) = (h + 2 * padding, w + 2 * padding);
-    if k == 0 || hp < k || wp < k || stride == 0 {
-        return Err(Error::ShapeMismatch {
-            context: format!("max pool {k}x{k} stride {stride} padding {padding}"),
-            expected: vec![k, k],
-            got: vec![h, w],
-        });
-    }
-    let xp = if padding > 0 {
-        let p = padding;
-        let rows =
-            Tensor::full(f32::NEG_INFINITY, (n, c, p, w), x.device())?.to_dtype(x.dtype())?;
-        let t = Tensor::cat(&[&rows, x, &rows], 2)?;
-        let cols =
-            Tensor::full(f32::NEG_INFINITY, (n, c, hp, p), x.device())?.to_dtype(x.dtype())?;
-        Tensor::cat(&[&cols, &t, &cols], 3)?
-    } else {
-        x.clone()
-    };
-    let (h1, w1) = (hp - k + 1, wp - k + 1);
-    let mut acc: Option<Tensor> = None;
-    for dy in 0..k {
-        for dx in 0..k {
-            let part = xp.narrow(2, dy, h1)?.narrow(3, dx, w1)?;
-            acc = Some(match acc {
-                None => part,
-                Some(a) => a.maximum(&part)?,
-            });
-        }
-    }
-    let y = acc.unwrap_or(xp);
-    subsample(&y, stride)
+    Ok(dyrep_kernels::max_pool2d(x, k, stride, padding)?)
 }
 
 /// A generic "conv (kh × kw, the block's stride and groups, no bias) → BN" branch: the shape of

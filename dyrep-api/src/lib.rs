@@ -38,5 +38,6 @@ pub use slot::{
 
 // Re-exported for the registration macros and for plugin crates.
 pub use candle_core;
+pub use dyrep_kernels as kernels;
 #[doc(hidden)]
 pub use inventory;

@@ -124,8 +124,9 @@ enum Command {
         /// origin, repvgg or dbb.
         #[arg(long, default_value = "origin")]
         mode: String,
-        #[arg(long, default_value_t = 64)]
-        batch: usize,
+        /// Batch size (default: 128 for bench-small, 64 otherwise).
+        #[arg(long)]
+        batch: Option<usize>,
         #[arg(long, default_value_t = 10)]
         iters: usize,
         /// Print one JSON object.
@@ -379,6 +380,7 @@ where
     T: Into<OsString> + Clone,
 {
     dyrep_runtime::ensure_linked();
+    dyrep_runtime::alloc::keep_freed_memory();
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
@@ -450,7 +452,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
                 &model,
                 mode,
                 None,
-                batch,
+                batch.unwrap_or_else(|| dyrep_runtime::bench::default_batch(&model)),
                 iters,
                 what == "train",
                 &candle_core::Device::Cpu,
@@ -461,8 +463,8 @@ fn dispatch(cli: Cli) -> Result<u8> {
             } else {
                 writeln!(
                     out,
-                    "{} {} {} batch {} x{}: {:.1} images/s, {:.2} GFLOP/s, {:.2} M MACs/image, peak RSS {:.0} MB",
-                    r.what, r.model, r.mode, r.batch, r.iters, r.images_per_sec, r.gflops,
+                    "{} {} {} batch {} x{} ({} kernels): {:.1} images/s, {:.2} GFLOP/s, {:.2} M MACs/image, peak RSS {:.0} MB",
+                    r.what, r.model, r.mode, r.batch, r.iters, r.kernels, r.images_per_sec, r.gflops,
                     r.macs_per_image as f64 / 1e6, r.peak_rss_bytes as f64 / 1e6
                 )?;
             }

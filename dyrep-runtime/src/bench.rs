@@ -28,6 +28,19 @@ pub struct BenchReport {
     pub gflops: f64,
     pub macs_per_image: u64,
     pub peak_rss_bytes: u64,
+    /// `own` (dyrep-kernels) or `candle` (its ops: another device, or `DYREP_KERNELS=candle`).
+    pub kernels: String,
+    /// Threads of the compute pool.
+    pub threads: usize,
+}
+
+/// The default benchmark batch of a model: the peer benchmark's 128 for `bench-small`, 64 else.
+pub fn default_batch(model: &str) -> usize {
+    if model == "bench-small" {
+        128
+    } else {
+        64
+    }
 }
 
 /// Times `iters` training steps (`train`) or eval forwards after one warm-up iteration.
@@ -94,5 +107,11 @@ pub fn bench(
         gflops: flops_per_image * images / seconds / 1e9,
         macs_per_image: macs,
         peak_rss_bytes: peak_rss_bytes(),
+        kernels: match dyrep_api::kernels::Backend::for_tensor(&x) {
+            dyrep_api::kernels::Backend::Own => "own",
+            dyrep_api::kernels::Backend::Candle => "candle",
+        }
+        .into(),
+        threads: dyrep_api::kernels::compute_threads(),
     })
 }

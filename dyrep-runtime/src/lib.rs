@@ -5,6 +5,7 @@
 //! (`checkpoint`), fuse and eval of whole networks (`fuse`, reference §8), throughput
 //! benchmarks (`bench`) and the fusion property check behind `dyrep verify` (`verify`).
 
+pub mod alloc;
 pub mod bench;
 pub mod checkpoint;
 pub mod data;

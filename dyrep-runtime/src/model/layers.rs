@@ -48,7 +48,7 @@ impl ConvUnit {
             y = bn.forward_t(&y, train)?;
         }
         if self.relu {
-            y = y.relu()?;
+            y = dyrep_api::layers::relu(&y)?;
         }
         Ok(y)
     }
@@ -166,16 +166,20 @@ impl Layer {
             Layer::MaxPool { k, stride, padding } => Ok(max_pool2d(x, *k, *stride, *padding)?),
             Layer::GlobalAvgPool => Ok(x.mean(D::Minus1)?.mean(D::Minus1)?),
             Layer::Flatten => Ok(x.flatten_from(1)?),
-            Layer::Relu => Ok(x.relu()?),
+            Layer::Relu => Ok(dyrep_api::layers::relu(x)?),
             Layer::Linear(l) => l.forward(x),
             Layer::Basic(b) => {
                 let y = b.conv2.forward_t(&b.conv1.forward_t(x, train)?, train)?;
-                Ok((y + shortcut(x, &b.downsample, train)?)?.relu()?)
+                Ok(dyrep_api::layers::relu(
+                    &(y + shortcut(x, &b.downsample, train)?)?,
+                )?)
             }
             Layer::Bottleneck(b) => {
                 let y = b.conv1.forward_t(x, train)?;
                 let y = b.conv3.forward_t(&b.conv2.forward_t(&y, train)?, train)?;
-                Ok((y + shortcut(x, &b.downsample, train)?)?.relu()?)
+                Ok(dyrep_api::layers::relu(
+                    &(y + shortcut(x, &b.downsample, train)?)?,
+                )?)
             }
         }
     }

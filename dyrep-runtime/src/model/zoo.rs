@@ -43,6 +43,20 @@ const ZOO: &[ModelEntry] = &[
         build: vgg_tiny,
     },
     ModelEntry {
+        name: "bench-small",
+        summary:
+            "Benchmark net (issue 5): 32-32-M-64-64-M-128 conv3x3+BN+ReLU, GAP, linear; 1x28x28",
+        default_input: [1, 28, 28],
+        build: bench_small,
+    },
+    ModelEntry {
+        name: "bench-cifar",
+        summary:
+            "Benchmark net (issue 5): 64-64-M-128-128-M-256 conv3x3+BN+ReLU, GAP, linear; 3x32x32",
+        default_input: [3, 32, 32],
+        build: bench_cifar,
+    },
+    ModelEntry {
         name: "resnet-tiny",
         summary: "CPU-sized ResNet: CIFAR stem 16, basic blocks [1,1,1] at 16-32-64",
         default_input: [1, 28, 28],
@@ -228,6 +242,30 @@ fn vgg_tiny(cfg: &ModelConfig, ctx: &mut InitCtx<'_>) -> Result<Vec<Layer>> {
         ctx,
     )?));
     Ok(l)
+}
+
+/// The peer benchmark's convnet (peer-bench.md "Model"): five conv3x3 (padding 1, no bias) +
+/// BN + ReLU blocks with 2×2 max pools after the second and fourth, GAP, linear.
+fn bench_net(cfg: &ModelConfig, widths: [usize; 5], ctx: &mut InitCtx<'_>) -> Result<Vec<Layer>> {
+    use V::*;
+    let [a, b, c, d, e] = widths;
+    let mut l = vgg_features(cfg, &[C(a), C(b), P, C(c), C(d), P, C(e)], ctx)?;
+    l.push(Layer::GlobalAvgPool);
+    l.push(Layer::Linear(Linear::new(
+        "classifier",
+        ch(cfg, e),
+        cfg.num_classes,
+        ctx,
+    )?));
+    Ok(l)
+}
+
+fn bench_small(cfg: &ModelConfig, ctx: &mut InitCtx<'_>) -> Result<Vec<Layer>> {
+    bench_net(cfg, [32, 32, 64, 64, 128], ctx)
+}
+
+fn bench_cifar(cfg: &ModelConfig, ctx: &mut InitCtx<'_>) -> Result<Vec<Layer>> {
+    bench_net(cfg, [64, 64, 128, 128, 256], ctx)
 }
 
 fn vgg16(cfg: &ModelConfig, ctx: &mut InitCtx<'_>) -> Result<Vec<Layer>> {

@@ -1,0 +1,307 @@
+//! Fused batch norm on the CPU (issue 5; peer-bench.md observation 5): train mode is one
+//! statistics pass (per-channel shifted sums in f64, parallel over channels) and one
+//! normalise-and-affine pass; its backward is one reduction pass (Σdy, Σdy·(x−μ)) and one pass
+//! writing dx, dγ, dβ, with the gradient through the batch statistics included. Eval mode is a
+//! per-channel affine op with its own backward. Replaces ~10 candle ops and their autograd.
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::cpu::{slice_f32, tensor_like, with_f32};
+
+/// `[N, C, H, W]` as (images, channels, plane size).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Planes {
+    pub n: usize,
+    pub c: usize,
+    pub hw: usize,
+}
+
+impl Planes {
+    pub fn of(dims: &[usize]) -> candle_core::Result<Self> {
+        match dims {
+            [n, c, h, w] => Ok(Self {
+                n: *n,
+                c: *c,
+                hw: h * w,
+            }),
+            _ => Err(candle_core::Error::Msg(format!(
+                "batch norm expects [N, C, H, W], got {dims:?}"
+            ))),
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.n * self.hw
+    }
+
+    /// The `hw` values of channel `c` in image `n`.
+    fn plane<'a>(&self, data: &'a [f32], n: usize, c: usize) -> &'a [f32] {
+        let start = (n * self.c + c) * self.hw;
+        &data[start..start + self.hw]
+    }
+
+    /// Per-channel reduction `f(channel, [planes of that channel])`, parallel over channels.
+    fn per_channel<R: Send>(&self, f: impl Fn(usize) -> R + Sync + Send) -> Vec<R> {
+        (0..self.c).into_par_iter().map(f).collect()
+    }
+}
+
+/// Batch statistics of one channel. The mean is kept relative to a shift (the channel's first
+/// value) so that `x − μ` is computed as `(x − shift) − mean_rel` without cancelling when the
+/// spread of a channel is small next to its mean.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ChannelStats {
+    pub shift: f32,
+    pub mean_rel: f32,
+    pub var: f32,
+}
+
+impl ChannelStats {
+    pub fn mean(&self) -> f32 {
+        (self.shift as f64 + self.mean_rel as f64) as f32
+    }
+}
+
+/// Per-channel mean and biased variance of `x` (`[N, C, H, W]`, contiguous f32).
+pub(crate) fn channel_stats(x: &[f32], p: Planes) -> Vec<ChannelStats> {
+    let count = p.count().max(1) as f64;
+    p.per_channel(|c| {
+        let shift = if p.count() > 0 {
+            p.plane(x, 0, c)[0]
+        } else {
+            0.0
+        };
+        let (mut s, mut ss) = (0.0f64, 0.0f64);
+        for n in 0..p.n {
+            let (mut ps, mut pss) = (0.0f32, 0.0f32);
+            for &v in p.plane(x, n, c) {
+                let d = v - shift;
+                ps += d;
+                pss += d * d;
+            }
+            s += ps as f64;
+            ss += pss as f64;
+        }
+        let mean_rel = s / count;
+        ChannelStats {
+            shift,
+            mean_rel: mean_rel as f32,
+            var: (ss / count - mean_rel * mean_rel).max(0.0) as f32,
+        }
+    })
+}
+
+/// `y = x·a_c + b_c`, parallel over (image, channel) planes.
+fn affine_planes(x: &[f32], p: Planes, a: &[f32], b: &[f32]) -> Vec<f32> {
+    let mut y = vec![0.0f32; x.len()];
+    y.par_chunks_mut(p.hw.max(1))
+        .zip(x.par_chunks(p.hw.max(1)))
+        .enumerate()
+        .for_each(|(i, (yp, xp))| {
+            let c = i % p.c;
+            let (ac, bc) = (a[c], b[c]);
+            for (o, &v) in yp.iter_mut().zip(xp) {
+                *o = v * ac + bc;
+            }
+        });
+    y
+}
+
+/// Train-mode batch norm with given batch statistics: arguments `(x, γ, β)`.
+#[derive(Clone, Debug)]
+pub(crate) struct BnTrainOp {
+    pub stats: Vec<ChannelStats>,
+    pub inv_std: Vec<f32>,
+}
+
+impl BnTrainOp {
+    pub fn new(stats: Vec<ChannelStats>, eps: f64) -> Self {
+        let inv_std = stats
+            .iter()
+            .map(|s| (1.0 / (s.var as f64 + eps).sqrt()) as f32)
+            .collect();
+        Self { stats, inv_std }
+    }
+}
+
+impl CustomOp3 for BnTrainOp {
+    fn name(&self) -> &'static str {
+        "dyrep-batch-norm-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let p = Planes::of(l1.dims())?;
+        let x = slice_f32(s1, l1, self.name())?;
+        let gamma = slice_f32(s2, l2, self.name())?;
+        let beta = slice_f32(s3, l3, self.name())?;
+        let mut y = vec![0.0f32; x.len()];
+        y.par_chunks_mut(p.hw.max(1))
+            .zip(x.par_chunks(p.hw.max(1)))
+            .enumerate()
+            .for_each(|(i, (yp, xp))| {
+                let c = i % p.c;
+                let st = self.stats[c];
+                let (a, b) = (gamma[c] * self.inv_std[c], beta[c]);
+                for (o, &v) in yp.iter_mut().zip(xp) {
+                    *o = ((v - st.shift) - st.mean_rel) * a + b;
+                }
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let p = Planes::of(x.dims())?;
+        let m = p.count().max(1) as f64;
+        let gamma_v = gamma.to_vec1::<f32>()?;
+        let (dx, dgamma, dbeta) = with_f32(x, self.name(), |xs| {
+            with_f32(dy, self.name(), |g| {
+                // Σdy and Σdy·(x−μ) per channel.
+                let sums = p.per_channel(|c| {
+                    let st = self.stats[c];
+                    let (mut s1, mut s2) = (0.0f64, 0.0f64);
+                    for n in 0..p.n {
+                        let (mut a, mut b) = (0.0f32, 0.0f32);
+                        for (&d, &v) in p.plane(g, n, c).iter().zip(p.plane(xs, n, c)) {
+                            a += d;
+                            b += d * ((v - st.shift) - st.mean_rel);
+                        }
+                        s1 += a as f64;
+                        s2 += b as f64;
+                    }
+                    (s1, s2)
+                });
+                // dx = a·dy + e·(x−μ) + f with a = γ·istd, e = −a·istd²·Σdy(x−μ)/M, f = −a·Σdy/M.
+                let coef: Vec<(f32, f32, f32)> = (0..p.c)
+                    .map(|c| {
+                        let istd = self.inv_std[c] as f64;
+                        let a = gamma_v[c] as f64 * istd;
+                        let (s1, s2) = sums[c];
+                        (
+                            (a) as f32,
+                            (-a * istd * istd * s2 / m) as f32,
+                            (-a * s1 / m) as f32,
+                        )
+                    })
+                    .collect();
+                let dx = x.track_op().then(|| {
+                    let mut dx = vec![0.0f32; xs.len()];
+                    dx.par_chunks_mut(p.hw.max(1))
+                        .enumerate()
+                        .for_each(|(i, out)| {
+                            let (n, c) = (i / p.c, i % p.c);
+                            let (a, e, f) = coef[c];
+                            let st = self.stats[c];
+                            for ((o, &d), &v) in
+                                out.iter_mut().zip(p.plane(g, n, c)).zip(p.plane(xs, n, c))
+                            {
+                                *o = a * d + e * ((v - st.shift) - st.mean_rel) + f;
+                            }
+                        });
+                    dx
+                });
+                let dgamma: Vec<f32> = (0..p.c)
+                    .map(|c| (sums[c].1 * self.inv_std[c] as f64) as f32)
+                    .collect();
+                let dbeta: Vec<f32> = sums.iter().map(|s| s.0 as f32).collect();
+                (dx, dgamma, dbeta)
+            })
+        })??;
+        let dx = dx.map(|d| tensor_like(d, x.dims(), x)).transpose()?;
+        Ok((
+            dx,
+            Some(tensor_like(dgamma, &[p.c], gamma)?),
+            Some(tensor_like(dbeta, &[p.c], gamma)?),
+        ))
+    }
+}
+
+/// Per-channel affine `y = x·scale + shift` (eval-mode batch norm): arguments `(x, scale, shift)`.
+#[derive(Clone, Debug)]
+pub(crate) struct ChannelAffineOp;
+
+impl CustomOp3 for ChannelAffineOp {
+    fn name(&self) -> &'static str {
+        "dyrep-channel-affine"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let p = Planes::of(l1.dims())?;
+        let x = slice_f32(s1, l1, self.name())?;
+        let scale = slice_f32(s2, l2, self.name())?;
+        let shift = slice_f32(s3, l3, self.name())?;
+        Ok((
+            CpuStorage::F32(affine_planes(x, p, scale, shift)),
+            l1.shape().clone(),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        scale: &Tensor,
+        shift: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let p = Planes::of(x.dims())?;
+        let scale_v = scale.to_vec1::<f32>()?;
+        let (dx, dscale, dshift) = with_f32(x, self.name(), |xs| {
+            with_f32(dy, self.name(), |g| {
+                let sums = p.per_channel(|c| {
+                    let (mut s1, mut s2) = (0.0f64, 0.0f64);
+                    for n in 0..p.n {
+                        let (mut a, mut b) = (0.0f32, 0.0f32);
+                        for (&d, &v) in p.plane(g, n, c).iter().zip(p.plane(xs, n, c)) {
+                            a += d;
+                            b += d * v;
+                        }
+                        s1 += a as f64;
+                        s2 += b as f64;
+                    }
+                    (s1 as f32, s2 as f32)
+                });
+                let dx = x.track_op().then(|| {
+                    let zeros = vec![0.0f32; p.c];
+                    affine_planes(g, p, &scale_v, &zeros)
+                });
+                let (dshift, dscale): (Vec<f32>, Vec<f32>) = sums.into_iter().unzip();
+                (dx, dscale, dshift)
+            })
+        })??;
+        Ok((
+            dx.map(|d| tensor_like(d, x.dims(), x)).transpose()?,
+            scale
+                .track_op()
+                .then(|| tensor_like(dscale, &[p.c], scale))
+                .transpose()?,
+            shift
+                .track_op()
+                .then(|| tensor_like(dshift, &[p.c], shift))
+                .transpose()?,
+        ))
+    }
+}

@@ -1,0 +1,492 @@
+//! 2-D convolution on the CPU (issue 5; candle-notes.md §1, §6; peer-bench.md "Observations"):
+//! per-axis zero padding (1×k, k×1), any stride, groups. The forward lowers each image with
+//! im2col into a per-thread buffer and runs one gemm per group (a 1×1 stride-1 conv reads the
+//! input in place); the weight gradient accumulates `dY · colsᵀ` over images in one buffer per
+//! thread; the input gradient is `Wᵀ · dY` followed by col2im, and is skipped when the input
+//! carries no gradient (the network's first layer). Images run in parallel with single-threaded
+//! gemms; a batch smaller than the thread count uses gemm's own threads instead.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::cpu::{
+    sgemm, slice_f32, split_range, tensor_like, threads, with_f32, with_scratch, Mat,
+};
+use crate::error::{KernelError, Result};
+
+/// Geometry of one conv call, validated at construction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvShape {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub out: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    pub ph: usize,
+    pub pw: usize,
+    pub groups: usize,
+    pub ho: usize,
+    pub wo: usize,
+}
+
+impl ConvShape {
+    /// Validates an input `[n, c, h, w]` and weight `[out, c/groups, kh, kw]` pair.
+    pub fn new(
+        x: &[usize],
+        weight: &[usize],
+        stride: usize,
+        padding: (usize, usize),
+        groups: usize,
+    ) -> Result<Self> {
+        let bad = |why: String| {
+            KernelError::Shape {
+            op: "conv2d",
+            detail: format!("input {x:?}, weight {weight:?}, stride {stride}, padding {padding:?}, groups {groups}: {why}"),
+        }
+        };
+        let [n, c, h, w]: [usize; 4] = x
+            .try_into()
+            .map_err(|_| bad("input must be [N, C, H, W]".into()))?;
+        let [out, cg, kh, kw]: [usize; 4] = weight
+            .try_into()
+            .map_err(|_| bad("weight must be [out, in/groups, kh, kw]".into()))?;
+        if stride == 0 || groups == 0 || kh == 0 || kw == 0 {
+            return Err(bad("stride, groups and kernel sizes must be >= 1".into()));
+        }
+        if c % groups != 0 || out % groups != 0 || cg != c / groups {
+            return Err(bad(format!(
+                "channels {c} -> {out} do not split into {groups} groups of {cg} inputs"
+            )));
+        }
+        let (hp, wp) = (h + 2 * padding.0, w + 2 * padding.1);
+        if hp < kh || wp < kw {
+            return Err(bad("the padded input is smaller than the kernel".into()));
+        }
+        Ok(Self {
+            n,
+            c,
+            h,
+            w,
+            out,
+            kh,
+            kw,
+            stride,
+            ph: padding.0,
+            pw: padding.1,
+            groups,
+            ho: (hp - kh) / stride + 1,
+            wo: (wp - kw) / stride + 1,
+        })
+    }
+
+    fn cg(&self) -> usize {
+        self.c / self.groups
+    }
+
+    fn og(&self) -> usize {
+        self.out / self.groups
+    }
+
+    /// Rows of one group's patch matrix: `c/groups · kh · kw`.
+    fn kg(&self) -> usize {
+        self.cg() * self.kh * self.kw
+    }
+
+    fn ohw(&self) -> usize {
+        self.ho * self.wo
+    }
+
+    fn hw(&self) -> usize {
+        self.h * self.w
+    }
+
+    /// A 1×1, stride-1, unpadded conv reads its input as the patch matrix.
+    fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.ph == 0 && self.pw == 0
+    }
+
+    pub fn output_dims(&self) -> [usize; 4] {
+        [self.n, self.out, self.ho, self.wo]
+    }
+
+    /// Multiply-accumulates of the forward pass.
+    pub fn macs(&self) -> u64 {
+        (self.n * self.out * self.kg() * self.ohw()) as u64
+    }
+
+    /// Whether images run in parallel (else each gemm is threaded).
+    fn parallel_images(&self) -> bool {
+        self.n >= threads()
+    }
+
+    /// The valid output-column range `[lo, hi)` for kernel column `kx` at stride 1.
+    fn valid_cols(&self, kx: usize) -> (usize, usize) {
+        let lo = self.pw.saturating_sub(kx).min(self.wo);
+        let hi = (self.w + self.pw).saturating_sub(kx).min(self.wo).max(lo);
+        (lo, hi)
+    }
+
+    /// Input row for output row `oy` and kernel row `ky`, if inside the image.
+    fn input_row(&self, oy: usize, ky: usize) -> Option<usize> {
+        (oy * self.stride + ky)
+            .checked_sub(self.ph)
+            .filter(|&iy| iy < self.h)
+    }
+
+    /// Input column for output column `ox` and kernel column `kx`, if inside the image.
+    fn input_col(&self, ox: usize, kx: usize) -> Option<usize> {
+        (ox * self.stride + kx)
+            .checked_sub(self.pw)
+            .filter(|&ix| ix < self.w)
+    }
+
+    /// Lowers one image `[c, h, w]` to its patch matrix `[c·kh·kw, ho·wo]`.
+    fn im2col(&self, image: &[f32], cols: &mut [f32]) {
+        let (ohw, wo) = (self.ohw(), self.wo);
+        for c in 0..self.c {
+            let plane = &image[c * self.hw()..(c + 1) * self.hw()];
+            for ky in 0..self.kh {
+                for kx in 0..self.kw {
+                    let row_idx = (c * self.kh + ky) * self.kw + kx;
+                    let row = &mut cols[row_idx * ohw..(row_idx + 1) * ohw];
+                    let (lo, hi) = self.valid_cols(kx);
+                    for oy in 0..self.ho {
+                        let out = &mut row[oy * wo..(oy + 1) * wo];
+                        let Some(iy) = self.input_row(oy, ky) else {
+                            out.fill(0.0);
+                            continue;
+                        };
+                        let src = &plane[iy * self.w..(iy + 1) * self.w];
+                        if self.stride == 1 {
+                            out[..lo].fill(0.0);
+                            out[hi..].fill(0.0);
+                            if hi > lo {
+                                out[lo..hi]
+                                    .copy_from_slice(&src[lo + kx - self.pw..hi + kx - self.pw]);
+                            }
+                        } else {
+                            for (ox, o) in out.iter_mut().enumerate() {
+                                *o = self.input_col(ox, kx).map_or(0.0, |ix| src[ix]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds a patch-matrix gradient `[c·kh·kw, ho·wo]` back into an image gradient `[c, h, w]`.
+    fn col2im(&self, cols: &[f32], image: &mut [f32]) {
+        let (ohw, wo) = (self.ohw(), self.wo);
+        for c in 0..self.c {
+            let plane = &mut image[c * self.hw()..(c + 1) * self.hw()];
+            for ky in 0..self.kh {
+                for kx in 0..self.kw {
+                    let row_idx = (c * self.kh + ky) * self.kw + kx;
+                    let row = &cols[row_idx * ohw..(row_idx + 1) * ohw];
+                    let (lo, hi) = self.valid_cols(kx);
+                    for oy in 0..self.ho {
+                        let Some(iy) = self.input_row(oy, ky) else {
+                            continue;
+                        };
+                        let src = &row[oy * wo..(oy + 1) * wo];
+                        let dst = &mut plane[iy * self.w..(iy + 1) * self.w];
+                        if self.stride == 1 {
+                            if hi <= lo {
+                                continue;
+                            }
+                            let dst = &mut dst[lo + kx - self.pw..hi + kx - self.pw];
+                            for (d, s) in dst.iter_mut().zip(&src[lo..hi]) {
+                                *d += s;
+                            }
+                        } else {
+                            for (ox, s) in src.iter().enumerate() {
+                                if let Some(ix) = self.input_col(ox, kx) {
+                                    dst[ix] += s;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs `f` with the patch matrix of one image (the image itself for pointwise convs).
+    fn with_cols<R>(&self, image: &[f32], f: impl FnOnce(&[f32]) -> R) -> R {
+        if self.is_pointwise() {
+            f(image)
+        } else {
+            with_scratch(self.c * self.kh * self.kw * self.ohw(), |cols| {
+                self.im2col(image, cols);
+                f(cols)
+            })
+        }
+    }
+
+    /// Forward: `y[n] = W · cols(x[n])` per group.
+    pub fn forward(&self, x: &[f32], weight: &[f32]) -> Vec<f32> {
+        let (ohw, kg, og) = (self.ohw(), self.kg(), self.og());
+        let per_image_in = self.c * self.hw();
+        let per_image_out = self.out * ohw;
+        let mut y = vec![0.0f32; self.n * per_image_out];
+        let parallel_gemm = !self.parallel_images();
+        let one = |(img, y_img): (usize, &mut [f32])| {
+            let image = &x[img * per_image_in..(img + 1) * per_image_in];
+            self.with_cols(image, |cols| {
+                for g in 0..self.groups {
+                    sgemm(
+                        &mut y_img[g * og * ohw..(g + 1) * og * ohw],
+                        ohw,
+                        Mat {
+                            data: &weight[g * og * kg..(g + 1) * og * kg],
+                            rows: og,
+                            cols: kg,
+                            rs: kg,
+                            cs: 1,
+                        },
+                        Mat {
+                            data: &cols[g * kg * ohw..(g + 1) * kg * ohw],
+                            rows: kg,
+                            cols: ohw,
+                            rs: ohw,
+                            cs: 1,
+                        },
+                        false,
+                        parallel_gemm,
+                    );
+                }
+            });
+        };
+        if self.parallel_images() {
+            y.par_chunks_mut(per_image_out.max(1))
+                .enumerate()
+                .for_each(one);
+        } else {
+            y.chunks_mut(per_image_out.max(1)).enumerate().for_each(one);
+        }
+        y
+    }
+
+    /// Weight gradient: `Σₙ dy[n] · cols(x[n])ᵀ` per group.
+    pub fn weight_grad(&self, x: &[f32], dy: &[f32]) -> Vec<f32> {
+        let (ohw, kg, og) = (self.ohw(), self.kg(), self.og());
+        let per_image_in = self.c * self.hw();
+        let per_image_out = self.out * ohw;
+        let wlen = self.out * kg;
+        let accumulate_images = |range: std::ops::Range<usize>, parallel_gemm: bool| {
+            let mut dw = vec![0.0f32; wlen];
+            for (i, img) in range.enumerate() {
+                let image = &x[img * per_image_in..(img + 1) * per_image_in];
+                let dy_img = &dy[img * per_image_out..(img + 1) * per_image_out];
+                self.with_cols(image, |cols| {
+                    for g in 0..self.groups {
+                        sgemm(
+                            &mut dw[g * og * kg..(g + 1) * og * kg],
+                            kg,
+                            Mat {
+                                data: &dy_img[g * og * ohw..(g + 1) * og * ohw],
+                                rows: og,
+                                cols: ohw,
+                                rs: ohw,
+                                cs: 1,
+                            },
+                            // cols of group g, transposed: (ohw × kg).
+                            Mat {
+                                data: &cols[g * kg * ohw..(g + 1) * kg * ohw],
+                                rows: ohw,
+                                cols: kg,
+                                rs: 1,
+                                cs: ohw,
+                            },
+                            i > 0,
+                            parallel_gemm,
+                        );
+                    }
+                });
+            }
+            dw
+        };
+        if !self.parallel_images() {
+            return accumulate_images(0..self.n, true);
+        }
+        let partials: Vec<Vec<f32>> = split_range(self.n, threads())
+            .into_par_iter()
+            .map(|r| accumulate_images(r, false))
+            .collect();
+        let mut parts = partials.into_iter();
+        let mut dw = parts.next().unwrap_or_else(|| vec![0.0; wlen]);
+        for p in parts {
+            for (a, b) in dw.iter_mut().zip(&p) {
+                *a += b;
+            }
+        }
+        dw
+    }
+
+    /// Input gradient: col2im(`Wᵀ · dy[n]`) per image and group.
+    pub fn input_grad(&self, weight: &[f32], dy: &[f32]) -> Vec<f32> {
+        let (ohw, kg, og, cg) = (self.ohw(), self.kg(), self.og(), self.cg());
+        let per_image_in = self.c * self.hw();
+        let per_image_out = self.out * ohw;
+        let mut dx = vec![0.0f32; self.n * per_image_in];
+        let parallel_gemm = !self.parallel_images();
+        let pointwise = self.is_pointwise();
+        let one = |(img, dx_img): (usize, &mut [f32])| {
+            let dy_img = &dy[img * per_image_out..(img + 1) * per_image_out];
+            let lowered = |dcols: &mut [f32]| {
+                for g in 0..self.groups {
+                    sgemm(
+                        &mut dcols[g * kg * ohw..(g + 1) * kg * ohw],
+                        ohw,
+                        // Wᵍᵀ: (kg × og), element (r, c) = w[(g·og + c)·kg + r].
+                        Mat {
+                            data: &weight[g * og * kg..(g + 1) * og * kg],
+                            rows: kg,
+                            cols: og,
+                            rs: 1,
+                            cs: kg,
+                        },
+                        Mat {
+                            data: &dy_img[g * og * ohw..(g + 1) * og * ohw],
+                            rows: og,
+                            cols: ohw,
+                            rs: ohw,
+                            cs: 1,
+                        },
+                        false,
+                        parallel_gemm,
+                    );
+                }
+            };
+            if pointwise {
+                // kg = c/groups and ohw = h·w: the lowered gradient is the image gradient.
+                debug_assert_eq!(kg, cg);
+                lowered(dx_img);
+            } else {
+                with_scratch(self.c * self.kh * self.kw * ohw, |dcols| {
+                    lowered(dcols);
+                    self.col2im(dcols, dx_img);
+                });
+            }
+        };
+        if self.parallel_images() {
+            dx.par_chunks_mut(per_image_in.max(1))
+                .enumerate()
+                .for_each(one);
+        } else {
+            dx.chunks_mut(per_image_in.max(1)).enumerate().for_each(one);
+        }
+        dx
+    }
+}
+
+/// The candle custom op: arguments `(x, weight)`.
+#[derive(Clone, Debug)]
+pub(crate) struct Conv2dOp {
+    pub stride: usize,
+    pub padding: (usize, usize),
+    pub groups: usize,
+}
+
+impl Conv2dOp {
+    fn shape(&self, x: &[usize], w: &[usize]) -> candle_core::Result<ConvShape> {
+        ConvShape::new(x, w, self.stride, self.padding, self.groups)
+            .map_err(candle_core::Error::wrap)
+    }
+}
+
+impl CustomOp2 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "dyrep-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let shape = self.shape(l1.dims(), l2.dims())?;
+        let x = slice_f32(s1, l1, self.name())?;
+        let w = slice_f32(s2, l2, self.name())?;
+        let y = shape.forward(x, w);
+        Ok((
+            CpuStorage::F32(y),
+            Shape::from(shape.output_dims().to_vec()),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let shape = self.shape(x.dims(), weight.dims())?;
+        let dx = if x.track_op() {
+            let dx = with_f32(weight, self.name(), |w| {
+                with_f32(dy, self.name(), |g| shape.input_grad(w, g))
+            })??;
+            Some(tensor_like(dx, x.dims(), x)?)
+        } else {
+            None
+        };
+        let dw = if weight.track_op() {
+            let dw = with_f32(x, self.name(), |xs| {
+                with_f32(dy, self.name(), |g| shape.weight_grad(xs, g))
+            })??;
+            Some(tensor_like(dw, weight.dims(), weight)?)
+        } else {
+            None
+        };
+        Ok((dx, dw))
+    }
+}
+
+/// Reference conv through candle's own ops (any device): per-axis padding by hand.
+pub(crate) fn conv2d_candle(
+    x: &Tensor,
+    weight: &Tensor,
+    stride: usize,
+    padding: (usize, usize),
+    groups: usize,
+) -> candle_core::Result<Tensor> {
+    let (ph, pw) = padding;
+    if ph == pw {
+        return x.conv2d(weight, ph, stride, 1, groups);
+    }
+    let mut xp = x.clone();
+    if ph > 0 {
+        xp = xp.pad_with_zeros(2, ph, ph)?;
+    }
+    if pw > 0 {
+        xp = xp.pad_with_zeros(3, pw, pw)?;
+    }
+    xp.conv2d(weight, 0, stride, 1, groups)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shape_rejects_bad_groups_and_small_inputs() {
+        assert!(ConvShape::new(&[1, 6, 5, 5], &[4, 3, 3, 3], 1, (1, 1), 2).is_ok());
+        assert!(ConvShape::new(&[1, 6, 5, 5], &[4, 2, 3, 3], 1, (1, 1), 2).is_err());
+        assert!(ConvShape::new(&[1, 6, 5, 5], &[5, 3, 3, 3], 1, (1, 1), 2).is_err());
+        assert!(ConvShape::new(&[1, 6, 2, 5], &[4, 6, 3, 3], 1, (0, 1), 1).is_err());
+        assert!(ConvShape::new(&[1, 6, 5], &[4, 6, 3, 3], 1, (0, 1), 1).is_err());
+    }
+
+    #[test]
+    fn output_size_follows_per_axis_padding() {
+        let s = ConvShape::new(&[2, 3, 7, 8], &[4, 3, 1, 3], 2, (0, 1), 1).unwrap();
+        assert_eq!(s.output_dims(), [2, 4, 4, 4]);
+    }
+}

@@ -1,0 +1,231 @@
+//! Shared plumbing of the CPU kernels: reading f32 slices out of candle storage, building output
+//! tensors, a bounds-checked wrapper around the `gemm` crate's sgemm, per-thread scratch
+//! buffers (so im2col does not allocate per image), and the thread-count policy
+//! (candle-notes.md §6: candle's pool is rayon's, sized by `RAYON_NUM_THREADS`).
+
+use std::cell::RefCell;
+
+use candle_core::{CpuStorage, Layout, Storage, Tensor};
+use gemm::Parallelism;
+
+/// The contiguous f32 data of a custom op's argument.
+pub(crate) fn slice_f32<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    op: &'static str,
+) -> candle_core::Result<&'a [f32]> {
+    let data = storage.as_slice::<f32>()?;
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => Err(candle_core::Error::RequiresContiguous { op }),
+    }
+}
+
+/// Runs `f` on the contiguous f32 data of a (CPU) tensor; used by backward passes, which get
+/// tensors rather than storages.
+pub(crate) fn with_f32<R>(
+    t: &Tensor,
+    op: &'static str,
+    f: impl FnOnce(&[f32]) -> R,
+) -> candle_core::Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(cpu) => Ok(f(slice_f32(cpu, layout, op)?)),
+        _ => Err(candle_core::Error::Msg(format!(
+            "{op}: the CPU kernel got a tensor on another device"
+        ))),
+    }
+}
+
+/// A tensor holding `data` with `shape` on the device of `like` (always the CPU here).
+pub(crate) fn tensor_like(
+    data: Vec<f32>,
+    shape: &[usize],
+    like: &Tensor,
+) -> candle_core::Result<Tensor> {
+    Tensor::from_vec(data, shape, like.device())
+}
+
+/// Threads the kernels may use: rayon's pool (which candle shares).
+pub(crate) fn threads() -> usize {
+    rayon::current_num_threads().max(1)
+}
+
+/// A matrix view: element `(r, c)` is `data[r * rs + c * cs]`.
+#[derive(Clone, Copy)]
+pub(crate) struct Mat<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl Mat<'_> {
+    fn fits(&self) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
+    }
+}
+
+/// `dst[m×n]` (row-major, row stride `dst_rs`) = (`accumulate` ? dst : 0) + a · b.
+/// Panics (a bug, not an input error) if a view does not fit its slice; callers size
+/// everything from validated shapes.
+pub(crate) fn sgemm(
+    dst: &mut [f32],
+    dst_rs: usize,
+    a: Mat<'_>,
+    b: Mat<'_>,
+    accumulate: bool,
+    parallel: bool,
+) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(b.rows, k, "sgemm inner dimensions");
+    assert!(a.fits() && b.fits(), "sgemm operand out of bounds");
+    assert!(
+        m == 0 || n == 0 || (m - 1) * dst_rs + n <= dst.len(),
+        "sgemm destination out of bounds"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for r in 0..m {
+                dst[r * dst_rs..r * dst_rs + n].fill(0.0);
+            }
+        }
+        return;
+    }
+    let parallelism = if parallel && threads() > 1 {
+        Parallelism::Rayon(threads())
+    } else {
+        Parallelism::None
+    };
+    // SAFETY: the bounds of every operand were checked above; `dst` is exclusively borrowed.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with a per-thread scratch buffer of `len` floats (contents unspecified). Falls back
+/// to a fresh buffer if this thread's one is in use (a nested kernel on the same thread).
+pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let mut f = Some(f);
+    let done = SCRATCH.with(|cell| {
+        let Ok(mut buf) = cell.try_borrow_mut() else {
+            return None;
+        };
+        if buf.len() < len {
+            buf.resize(len, 0.0);
+        }
+        f.take().map(|f| f(&mut buf[..len]))
+    });
+    match (done, f) {
+        (Some(r), _) => r,
+        (None, Some(f)) => f(&mut vec![0.0; len]),
+        (None, None) => unreachable!("scratch closure taken but not run"),
+    }
+}
+
+/// Splits `0..n` into at most `parts` contiguous ranges of near-equal size.
+pub(crate) fn split_range(n: usize, parts: usize) -> Vec<std::ops::Range<usize>> {
+    let parts = parts.clamp(1, n.max(1));
+    let base = n / parts;
+    let extra = n % parts;
+    let mut out = Vec::with_capacity(parts);
+    let mut start = 0;
+    for i in 0..parts {
+        let len = base + usize::from(i < extra);
+        out.push(start..start + len);
+        start += len;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sgemm_matches_naive_with_transposed_views() {
+        let a: Vec<f32> = (0..6).map(|v| v as f32).collect(); // 2x3
+        let b: Vec<f32> = (0..12).map(|v| (v as f32) * 0.5).collect(); // 3x4 stored as 4x3 (transposed)
+        let mut dst = vec![1.0f32; 8];
+        sgemm(
+            &mut dst,
+            4,
+            Mat {
+                data: &a,
+                rows: 2,
+                cols: 3,
+                rs: 3,
+                cs: 1,
+            },
+            Mat {
+                data: &b,
+                rows: 3,
+                cols: 4,
+                rs: 1,
+                cs: 3,
+            },
+            true,
+            false,
+        );
+        for r in 0..2 {
+            for c in 0..4 {
+                let want: f32 = 1.0 + (0..3).map(|k| a[r * 3 + k] * b[c * 3 + k]).sum::<f32>();
+                assert!((dst[r * 4 + c] - want).abs() < 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn split_range_covers_everything_once() {
+        for n in 0..10 {
+            for p in 1..5 {
+                let r = split_range(n, p);
+                assert_eq!(r.iter().map(|r| r.len()).sum::<usize>(), n);
+                assert!(r.windows(2).all(|w| w[0].end == w[1].start));
+            }
+        }
+    }
+
+    #[test]
+    fn nested_scratch_does_not_panic() {
+        let v = with_scratch(4, |a| {
+            a.fill(1.0);
+            with_scratch(3, |b| {
+                b.fill(2.0);
+                b.len()
+            }) + a.len()
+        });
+        assert_eq!(v, 7);
+    }
+}

@@ -1,0 +1,282 @@
+//! dyrep-kernels: the CPU kernels dyrep trains with (issue 5), as candle custom ops with their
+//! own backward passes: conv2d (im2col + `gemm`, per-axis padding, any stride, groups), fused
+//! batch norm (train and eval), ReLU, and average/max pooling with padding and any stride.
+//!
+//! Every public function picks the backend from its input: f32 tensors on the CPU use the own
+//! kernels, anything else (CUDA, other dtypes) uses candle's ops composed to the same maths, so
+//! callers stay device-generic. `DYREP_KERNELS=candle` in the environment forces candle's ops on
+//! the CPU too (for A/B benchmarks); the `*_on` functions choose explicitly (for tests).
+
+mod bn;
+mod conv;
+mod cpu;
+mod error;
+mod pool;
+mod relu;
+
+use std::sync::OnceLock;
+
+use candle_core::{DType, Tensor};
+
+pub use conv::ConvShape;
+pub use error::{KernelError, Result};
+pub use pool::{PoolKind, PoolShape};
+
+/// Which implementation runs an op.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The own CPU kernels (f32 on the CPU only).
+    Own,
+    /// candle's ops (any device and dtype).
+    Candle,
+}
+
+impl Backend {
+    /// The backend for `t`: own kernels for f32 CPU tensors unless `DYREP_KERNELS=candle`.
+    pub fn for_tensor(t: &Tensor) -> Self {
+        if t.device().is_cpu() && t.dtype() == DType::F32 && !candle_forced() {
+            Backend::Own
+        } else {
+            Backend::Candle
+        }
+    }
+}
+
+/// Threads the kernels (and candle's CPU ops) compute with: rayon's global pool, sized by
+/// `RAYON_NUM_THREADS` or the core count.
+pub fn compute_threads() -> usize {
+    cpu::threads()
+}
+
+fn candle_forced() -> bool {
+    static FORCED: OnceLock<bool> = OnceLock::new();
+    *FORCED.get_or_init(|| std::env::var("DYREP_KERNELS").is_ok_and(|v| v == "candle"))
+}
+
+fn check_own(t: &Tensor, op: &'static str) -> Result<()> {
+    if t.device().is_cpu() && t.dtype() == DType::F32 {
+        Ok(())
+    } else {
+        Err(KernelError::Shape {
+            op,
+            detail: format!(
+                "the own kernels take f32 CPU tensors, got {:?} on {:?}",
+                t.dtype(),
+                t.device().location()
+            ),
+        })
+    }
+}
+
+/// 2-D convolution of `x` (`[N, C, H, W]`) with `weight` (`[out, C/groups, kh, kw]`), zero
+/// padding `(top/bottom, left/right)`, one stride for both axes, no bias.
+pub fn conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    stride: usize,
+    padding: (usize, usize),
+    groups: usize,
+) -> Result<Tensor> {
+    conv2d_on(Backend::for_tensor(x), x, weight, stride, padding, groups)
+}
+
+/// [`conv2d`] on a chosen backend.
+pub fn conv2d_on(
+    backend: Backend,
+    x: &Tensor,
+    weight: &Tensor,
+    stride: usize,
+    padding: (usize, usize),
+    groups: usize,
+) -> Result<Tensor> {
+    ConvShape::new(x.dims(), weight.dims(), stride, padding, groups)?;
+    match backend {
+        Backend::Own => {
+            check_own(x, "conv2d")?;
+            check_own(weight, "conv2d")?;
+            let op = conv::Conv2dOp {
+                stride,
+                padding,
+                groups,
+            };
+            Ok(x.contiguous()?.apply_op2(&weight.contiguous()?, op)?)
+        }
+        Backend::Candle => Ok(conv::conv2d_candle(x, weight, stride, padding, groups)?),
+    }
+}
+
+/// A train-mode batch norm's output and the batch statistics it normalised with (detached).
+#[derive(Debug)]
+pub struct BatchNormTrain {
+    pub y: Tensor,
+    /// Per-channel batch mean `[C]`.
+    pub mean: Tensor,
+    /// Per-channel biased batch variance `[C]`.
+    pub var: Tensor,
+}
+
+/// Train-mode batch norm of `x` (`[N, C, H, W]`) with batch statistics (gradients flow through
+/// them) and affine `gamma`, `beta` (`[C]`).
+pub fn batch_norm_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> Result<BatchNormTrain> {
+    batch_norm_train_on(Backend::for_tensor(x), x, gamma, beta, eps)
+}
+
+/// [`batch_norm_train`] on a chosen backend.
+pub fn batch_norm_train_on(
+    backend: Backend,
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> Result<BatchNormTrain> {
+    let (_, c, _, _) = x.dims4()?;
+    if gamma.dims() != [c] || beta.dims() != [c] {
+        return Err(KernelError::Shape {
+            op: "batch_norm",
+            detail: format!(
+                "input {:?} needs gamma and beta of [{c}], got {:?} and {:?}",
+                x.dims(),
+                gamma.dims(),
+                beta.dims()
+            ),
+        });
+    }
+    match backend {
+        Backend::Own => {
+            check_own(x, "batch_norm")?;
+            let x = x.contiguous()?;
+            let planes = bn::Planes::of(x.dims())?;
+            let stats = cpu::with_f32(&x, "batch_norm", |xs| bn::channel_stats(xs, planes))?;
+            let mean: Vec<f32> = stats.iter().map(|s| s.mean()).collect();
+            let var: Vec<f32> = stats.iter().map(|s| s.var).collect();
+            let mean_t = Tensor::from_vec(mean, c, x.device())?;
+            let var_t = Tensor::from_vec(var, c, x.device())?;
+            let op = bn::BnTrainOp::new(stats, eps);
+            let y = x.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
+            Ok(BatchNormTrain {
+                y,
+                mean: mean_t,
+                var: var_t,
+            })
+        }
+        Backend::Candle => {
+            let shape = (1, c, 1, 1);
+            let mean = x.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?;
+            let centred = x.broadcast_sub(&mean)?;
+            let var = centred
+                .sqr()?
+                .mean_keepdim(0)?
+                .mean_keepdim(2)?
+                .mean_keepdim(3)?;
+            let inv_std = (var.clone() + eps)?.sqrt()?.recip()?;
+            let y = centred
+                .broadcast_mul(&inv_std)?
+                .broadcast_mul(&gamma.reshape(shape)?)?
+                .broadcast_add(&beta.reshape(shape)?)?;
+            Ok(BatchNormTrain {
+                y,
+                mean: mean.detach().reshape(c)?,
+                var: var.detach().reshape(c)?,
+            })
+        }
+    }
+}
+
+/// Per-channel affine `x·scale + shift` of `x` (`[N, C, H, W]`; `scale`, `shift` `[C]`), with
+/// gradients to all three: an eval-mode batch norm.
+pub fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
+    channel_affine_on(Backend::for_tensor(x), x, scale, shift)
+}
+
+/// [`channel_affine`] on a chosen backend.
+pub fn channel_affine_on(
+    backend: Backend,
+    x: &Tensor,
+    scale: &Tensor,
+    shift: &Tensor,
+) -> Result<Tensor> {
+    let (_, c, _, _) = x.dims4()?;
+    if scale.dims() != [c] || shift.dims() != [c] {
+        return Err(KernelError::Shape {
+            op: "channel_affine",
+            detail: format!(
+                "input {:?} needs scale and shift of [{c}], got {:?} and {:?}",
+                x.dims(),
+                scale.dims(),
+                shift.dims()
+            ),
+        });
+    }
+    match backend {
+        Backend::Own => {
+            check_own(x, "channel_affine")?;
+            Ok(x.contiguous()?.apply_op3(
+                &scale.contiguous()?,
+                &shift.contiguous()?,
+                bn::ChannelAffineOp,
+            )?)
+        }
+        Backend::Candle => Ok(x
+            .broadcast_mul(&scale.reshape((1, c, 1, 1))?)?
+            .broadcast_add(&shift.reshape((1, c, 1, 1))?)?),
+    }
+}
+
+/// `max(x, 0)`.
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    relu_on(Backend::for_tensor(x), x)
+}
+
+/// [`relu`] on a chosen backend.
+pub fn relu_on(backend: Backend, x: &Tensor) -> Result<Tensor> {
+    match backend {
+        Backend::Own => {
+            check_own(x, "relu")?;
+            Ok(x.contiguous()?.apply_op1(relu::ReluOp)?)
+        }
+        Backend::Candle => Ok(x.relu()?),
+    }
+}
+
+/// Average pooling, k×k window, zero padding (any amount) counted in the average, any stride.
+pub fn avg_pool2d(x: &Tensor, k: usize, stride: usize, padding: usize) -> Result<Tensor> {
+    pool2d_on(Backend::for_tensor(x), PoolKind::Avg, x, k, stride, padding)
+}
+
+/// Max pooling, k×k window, padding (at most k/2) ignored as −∞, any stride.
+pub fn max_pool2d(x: &Tensor, k: usize, stride: usize, padding: usize) -> Result<Tensor> {
+    pool2d_on(Backend::for_tensor(x), PoolKind::Max, x, k, stride, padding)
+}
+
+/// Either pool on a chosen backend.
+pub fn pool2d_on(
+    backend: Backend,
+    kind: PoolKind,
+    x: &Tensor,
+    k: usize,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    let shape = PoolShape::new(kind, x.dims(), k, stride, padding)?;
+    match backend {
+        Backend::Own => {
+            check_own(x, "pool2d")?;
+            let op = pool::Pool2dOp {
+                kind,
+                k,
+                stride,
+                padding,
+            };
+            Ok(x.contiguous()?.apply_op1(op)?)
+        }
+        Backend::Candle => Ok(match kind {
+            PoolKind::Avg => pool::avg_pool2d_candle(x, &shape)?,
+            PoolKind::Max => pool::max_pool2d_candle(x, &shape)?,
+        }),
+    }
+}

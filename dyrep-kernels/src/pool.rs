@@ -1,0 +1,290 @@
+//! Average and max pooling on the CPU with padding and any stride, forward and backward
+//! (issue 5; candle-notes.md §1: candle's pools have no padding, are single-threaded and have
+//! no backward unless kernel == stride). Average pooling counts the zero padding
+//! (`count_include_pad`, as DBB's 1×1→avg branch, reference §1.1); max pooling ignores it and
+//! sends each output's gradient to the first maximum of its window, as PyTorch does.
+//! Parallel over (image, channel) planes.
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::cpu::{slice_f32, tensor_like, with_f32};
+use crate::error::{KernelError, Result};
+
+/// Which pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolKind {
+    Avg,
+    Max,
+}
+
+/// Geometry of one pooling call, validated at construction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolShape {
+    pub planes: usize,
+    pub h: usize,
+    pub w: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub padding: usize,
+    pub ho: usize,
+    pub wo: usize,
+}
+
+impl PoolShape {
+    /// Max pooling needs `padding <= k/2` (else a window can lie wholly in the padding);
+    /// average pooling counts padding as zeros and takes any padding.
+    pub fn new(
+        kind: PoolKind,
+        x: &[usize],
+        k: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
+        let bad = |why: &str| KernelError::Shape {
+            op: "pool2d",
+            detail: format!("input {x:?}, kernel {k}, stride {stride}, padding {padding}: {why}"),
+        };
+        let [n, c, h, w]: [usize; 4] = x
+            .try_into()
+            .map_err(|_| bad("input must be [N, C, H, W]"))?;
+        if k == 0 || stride == 0 {
+            return Err(bad("kernel and stride must be >= 1"));
+        }
+        if kind == PoolKind::Max && 2 * padding > k {
+            return Err(bad("max pooling padding must be at most half the kernel"));
+        }
+        let (hp, wp) = (h + 2 * padding, w + 2 * padding);
+        if hp < k || wp < k {
+            return Err(bad("the padded input is smaller than the window"));
+        }
+        Ok(Self {
+            planes: n * c,
+            h,
+            w,
+            k,
+            stride,
+            padding,
+            ho: (hp - k) / stride + 1,
+            wo: (wp - k) / stride + 1,
+        })
+    }
+
+    /// The input index range covered along one axis by output position `o`.
+    fn window(&self, o: usize, size: usize) -> std::ops::Range<usize> {
+        let start = o * self.stride;
+        let lo = start.saturating_sub(self.padding).min(size);
+        let hi = (start + self.k).saturating_sub(self.padding).min(size);
+        lo..hi.max(lo)
+    }
+
+    fn forward(&self, kind: PoolKind, x: &[f32]) -> Vec<f32> {
+        let (hw, ohw) = (self.h * self.w, self.ho * self.wo);
+        let mut y = vec![0.0f32; self.planes * ohw];
+        let inv = 1.0 / (self.k * self.k) as f32;
+        y.par_chunks_mut(ohw.max(1))
+            .zip(x.par_chunks(hw.max(1)))
+            .for_each(|(yp, xp)| {
+                for oy in 0..self.ho {
+                    let rows = self.window(oy, self.h);
+                    for ox in 0..self.wo {
+                        let cols = self.window(ox, self.w);
+                        let mut acc = match kind {
+                            PoolKind::Avg => 0.0f32,
+                            PoolKind::Max => f32::NEG_INFINITY,
+                        };
+                        for iy in rows.clone() {
+                            let row = &xp[iy * self.w..(iy + 1) * self.w];
+                            for &v in &row[cols.clone()] {
+                                acc = match kind {
+                                    PoolKind::Avg => acc + v,
+                                    PoolKind::Max => {
+                                        if v > acc || v.is_nan() {
+                                            v
+                                        } else {
+                                            acc
+                                        }
+                                    }
+                                };
+                            }
+                        }
+                        yp[oy * self.wo + ox] = match kind {
+                            PoolKind::Avg => acc * inv,
+                            PoolKind::Max => acc,
+                        };
+                    }
+                }
+            });
+        y
+    }
+
+    fn backward(&self, kind: PoolKind, x: &[f32], dy: &[f32]) -> Vec<f32> {
+        let (hw, ohw) = (self.h * self.w, self.ho * self.wo);
+        let mut dx = vec![0.0f32; self.planes * hw];
+        let inv = 1.0 / (self.k * self.k) as f32;
+        dx.par_chunks_mut(hw.max(1))
+            .zip(x.par_chunks(hw.max(1)))
+            .zip(dy.par_chunks(ohw.max(1)))
+            .for_each(|((dxp, xp), dyp)| {
+                for oy in 0..self.ho {
+                    let rows = self.window(oy, self.h);
+                    for ox in 0..self.wo {
+                        let cols = self.window(ox, self.w);
+                        let g = dyp[oy * self.wo + ox];
+                        match kind {
+                            PoolKind::Avg => {
+                                let g = g * inv;
+                                for iy in rows.clone() {
+                                    for d in
+                                        &mut dxp[iy * self.w + cols.start..iy * self.w + cols.end]
+                                    {
+                                        *d += g;
+                                    }
+                                }
+                            }
+                            PoolKind::Max => {
+                                let mut best: Option<(usize, f32)> = None;
+                                for iy in rows.clone() {
+                                    for ix in cols.clone() {
+                                        let v = xp[iy * self.w + ix];
+                                        if best.is_none_or(|(_, b)| v > b || v.is_nan()) {
+                                            best = Some((iy * self.w + ix, v));
+                                        }
+                                    }
+                                }
+                                if let Some((i, _)) = best {
+                                    dxp[i] += g;
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+        dx
+    }
+}
+
+/// The candle custom op for both pools.
+#[derive(Clone, Debug)]
+pub(crate) struct Pool2dOp {
+    pub kind: PoolKind,
+    pub k: usize,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl Pool2dOp {
+    fn shape(&self, dims: &[usize]) -> candle_core::Result<PoolShape> {
+        PoolShape::new(self.kind, dims, self.k, self.stride, self.padding)
+            .map_err(candle_core::Error::wrap)
+    }
+}
+
+impl CustomOp1 for Pool2dOp {
+    fn name(&self) -> &'static str {
+        match self.kind {
+            PoolKind::Avg => "dyrep-avg-pool2d",
+            PoolKind::Max => "dyrep-max-pool2d",
+        }
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let shape = self.shape(l.dims())?;
+        let x = slice_f32(s, l, self.name())?;
+        let dims = l.dims();
+        Ok((
+            CpuStorage::F32(shape.forward(self.kind, x)),
+            Shape::from((dims[0], dims[1], shape.ho, shape.wo)),
+        ))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let shape = self.shape(x.dims())?;
+        let dx = with_f32(x, self.name(), |xs| {
+            with_f32(dy, self.name(), |g| shape.backward(self.kind, xs, g))
+        })??;
+        Ok(Some(tensor_like(dx, x.dims(), x)?))
+    }
+}
+
+/// Average pool through candle's ops (any device): k² shifted adds of the zero-padded input,
+/// then a strided subsample. Differentiable for every stride.
+pub(crate) fn avg_pool2d_candle(x: &Tensor, s: &PoolShape) -> candle_core::Result<Tensor> {
+    let p = s.padding;
+    let xp = if p > 0 {
+        x.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)?
+    } else {
+        x.clone()
+    };
+    let (h1, w1) = (s.h + 2 * p - s.k + 1, s.w + 2 * p - s.k + 1);
+    let mut sum = xp.narrow(2, 0, h1)?.narrow(3, 0, w1)?;
+    for dy in 0..s.k {
+        for dx in 0..s.k {
+            if dy + dx > 0 {
+                sum = (sum + xp.narrow(2, dy, h1)?.narrow(3, dx, w1)?)?;
+            }
+        }
+    }
+    subsample(&(sum / (s.k * s.k) as f64)?, s.stride)
+}
+
+/// Max pool through candle's ops (any device): −∞ padding, k² shifted maxima, subsample.
+/// candle's own `max_pool2d` is not used even where it has a backward (kernel == stride): that
+/// backward multiplies the gradient by the window's max-count/k² instead of dividing by the
+/// count, so a unique maximum gets 1/k² of its gradient (candle 0.11.1 `backprop.rs`).
+pub(crate) fn max_pool2d_candle(x: &Tensor, s: &PoolShape) -> candle_core::Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let p = s.padding;
+    let xp = if p > 0 {
+        let rows =
+            Tensor::full(f32::NEG_INFINITY, (n, c, p, w), x.device())?.to_dtype(x.dtype())?;
+        let t = Tensor::cat(&[&rows, x, &rows], 2)?;
+        let cols = Tensor::full(f32::NEG_INFINITY, (n, c, h + 2 * p, p), x.device())?
+            .to_dtype(x.dtype())?;
+        Tensor::cat(&[&cols, &t, &cols], 3)?
+    } else {
+        x.clone()
+    };
+    let (h1, w1) = (h + 2 * p - s.k + 1, w + 2 * p - s.k + 1);
+    let mut acc = xp.narrow(2, 0, h1)?.narrow(3, 0, w1)?;
+    for dy in 0..s.k {
+        for dx in 0..s.k {
+            if dy + dx > 0 {
+                acc = acc.maximum(&xp.narrow(2, dy, h1)?.narrow(3, dx, w1)?)?;
+            }
+        }
+    }
+    subsample(&acc, s.stride)
+}
+
+/// Keeps every `stride`-th row and column of a stride-1 window result, starting at 0:
+/// pad to a multiple of the stride, reshape, take offset 0 (all differentiable).
+fn subsample(y: &Tensor, stride: usize) -> candle_core::Result<Tensor> {
+    if stride <= 1 {
+        return Ok(y.clone());
+    }
+    let (n, c, h1, w1) = y.dims4()?;
+    let (ho, wo) = ((h1 - 1) / stride + 1, (w1 - 1) / stride + 1);
+    y.pad_with_zeros(2, 0, ho * stride - h1)?
+        .pad_with_zeros(3, 0, wo * stride - w1)?
+        .reshape((n, c, ho, stride, wo, stride))?
+        .narrow(3, 0, 1)?
+        .narrow(5, 0, 1)?
+        .reshape((n, c, ho, wo))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_shape_checks() {
+        use PoolKind::{Avg, Max};
+        let s = PoolShape::new(Max, &[2, 3, 7, 6], 3, 2, 1).unwrap();
+        assert_eq!((s.ho, s.wo), (4, 3));
+        assert!(PoolShape::new(Max, &[2, 3, 7, 6], 3, 2, 2).is_err());
+        assert!(PoolShape::new(Avg, &[2, 3, 7, 6], 3, 2, 2).is_ok());
+        assert!(PoolShape::new(Avg, &[2, 3, 1, 6], 3, 1, 0).is_err());
+        assert!(PoolShape::new(Avg, &[2, 3, 6], 3, 1, 0).is_err());
+    }
+}

@@ -1,0 +1,50 @@
+//! ReLU on the CPU with a one-pass backward (issue 5; peer-bench.md observation 6: candle's
+//! ReLU backward is six full-tensor passes). The backward reads the op's own output: the
+//! gradient passes where `y > 0`.
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::cpu::{slice_f32, tensor_like, with_f32};
+
+/// Elements per parallel task: large enough that scheduling costs nothing next to the work.
+const CHUNK: usize = 1 << 14;
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ReluOp;
+
+impl CustomOp1 for ReluOp {
+    fn name(&self) -> &'static str {
+        "dyrep-relu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = slice_f32(s, l, self.name())?;
+        let mut y = vec![0.0f32; x.len()];
+        y.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .for_each(|(o, i)| {
+                for (o, &v) in o.iter_mut().zip(i) {
+                    *o = v.max(0.0);
+                }
+            });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let dx = with_f32(y, self.name(), |ys| {
+            with_f32(dy, self.name(), |g| {
+                let mut dx = vec![0.0f32; ys.len()];
+                dx.par_chunks_mut(CHUNK)
+                    .zip(ys.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+                    .for_each(|(o, (ys, g))| {
+                        for ((o, &v), &d) in o.iter_mut().zip(ys).zip(g) {
+                            *o = if v > 0.0 { d } else { 0.0 };
+                        }
+                    });
+                dx
+            })
+        })??;
+        Ok(Some(tensor_like(dx, x.dims(), x)?))
+    }
+}

@@ -154,35 +154,60 @@ impl BatchNorm {
 
     /// Normalises `x` (`[N, C, H, W]`).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let (n, c, h, w) = x.dims4()?;
-        if c != self.num_features {
-            return Err(Error::ShapeMismatch {
-                context: "batch norm input channels".into(),
-                expected: vec![self.num_features],
-                got: vec![c],
-            });
-        }
-        let calibrating = self.lock_calibration().is_some();
-        if !(train || calibrating) {
+        self.check_channels(x.dims())?;
+        if !self.uses_batch_stats(train) {
             return self.forward_eval(x);
         }
-        let count = n * h * w;
-        if count < 2 {
-            return Err(Error::SingleValueBatch {
-                context: format!("{c} channels, input {n}x{c}x{h}x{w}"),
-            });
-        }
+        let count = self.batch_count(x.dims())?;
         let out = dyrep_kernels::batch_norm_train(
             x,
             self.weight.as_tensor(),
             self.bias.as_tensor(),
             self.eps,
         )?;
-        let y = out.y;
+        self.record_batch_stats(&out.mean, &out.var, count)?;
+        Ok(out.y)
+    }
 
-        // Running statistics: no graph, unbiased variance.
-        let batch_mean = out.mean.to_dtype(x.dtype())?;
-        let batch_var = (out.var.to_dtype(x.dtype())? * (count as f64 / (count - 1) as f64))?;
+    /// Whether a forward normalises with batch statistics: in train mode or while calibrating.
+    pub fn uses_batch_stats(&self, train: bool) -> bool {
+        train || self.is_calibrating()
+    }
+
+    pub(crate) fn check_channels(&self, dims: &[usize]) -> Result<()> {
+        match dims {
+            [_, c, _, _] if *c == self.num_features => Ok(()),
+            _ => Err(Error::ShapeMismatch {
+                context: "batch norm input [N, C, H, W]".into(),
+                expected: vec![self.num_features],
+                got: dims.to_vec(),
+            }),
+        }
+    }
+
+    /// Values per channel of a batch-statistics forward on `dims`; one is an error.
+    pub(crate) fn batch_count(&self, dims: &[usize]) -> Result<usize> {
+        let count = dims[0] * dims[2..].iter().product::<usize>();
+        if count < 2 {
+            return Err(Error::SingleValueBatch {
+                context: format!("{} channels, input {:?}", self.num_features, dims),
+            });
+        }
+        Ok(count)
+    }
+
+    /// Folds batch statistics (mean, biased variance over `count` values) into the running
+    /// ones: momentum in training, a cumulative average while calibrating; unbiased variance,
+    /// no graph.
+    pub(crate) fn record_batch_stats(
+        &self,
+        mean: &Tensor,
+        var: &Tensor,
+        count: usize,
+    ) -> Result<()> {
+        let dtype = self.running_mean.dtype();
+        let batch_mean = mean.detach().to_dtype(dtype)?;
+        let batch_var = (var.detach().to_dtype(dtype)? * (count as f64 / (count - 1) as f64))?;
         let factor = {
             let mut cal = self.lock_calibration();
             match cal.as_mut() {
@@ -199,15 +224,22 @@ impl BatchNorm {
         let new_var = ((&rv * (1.0 - factor))? + (batch_var * factor)?)?;
         self.running_mean.set(&new_mean)?;
         self.running_var.set(&new_var)?;
-        Ok(y)
+        Ok(())
     }
 
     fn forward_eval(&self, x: &Tensor) -> Result<Tensor> {
+        let (scale, shift) = self.eval_affine()?;
+        Ok(dyrep_kernels::channel_affine(x, &scale, &shift)?)
+    }
+
+    /// Eval mode as `x·scale + shift` with `scale = γ/sqrt(σ²+ε)`, `shift = β − scale·μ`
+    /// (graph to γ and β, not to the running statistics).
+    pub(crate) fn eval_affine(&self) -> Result<(Tensor, Tensor)> {
         let rm = self.running_mean.as_detached_tensor();
         let rv = self.running_var.as_detached_tensor();
         let scale = self.weight.as_tensor().div(&(rv + self.eps)?.sqrt()?)?;
         let shift = (self.bias.as_tensor() - (&scale * rm)?)?;
-        Ok(dyrep_kernels::channel_affine(x, &scale, &shift)?)
+        Ok((scale, shift))
     }
 
     /// Visits γ, β, μ, σ² as `{prefix}.weight`, `.bias`, `.running_mean`, `.running_var`.

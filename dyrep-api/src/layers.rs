@@ -242,6 +242,59 @@ pub fn avg_pool2d(x: &Tensor, k: usize, stride: usize, padding: usize) -> Result
     Ok(dyrep_kernels::avg_pool2d(x, k, stride, padding)?)
 }
 
+/// conv → `bn` → optional ReLU. For a conv without bias the three run as one fused op with its
+/// own backward (dyrep-kernels: one graph node instead of three, the hot path of training and
+/// inference), with batch statistics or, in eval mode, the running ones; otherwise as separate
+/// ops.
+pub fn conv_bn(
+    conv: &Conv2dLayer,
+    bn: &BatchNorm,
+    x: &Tensor,
+    train: bool,
+    relu: bool,
+) -> Result<Tensor> {
+    let w = conv.weight().as_tensor();
+    let (out_ch, _, _, _) = w.dims4()?;
+    if conv.bias().is_none() && out_ch == bn.num_features() {
+        let params = dyrep_kernels::ConvParams {
+            stride: conv.stride(),
+            padding: conv.padding(),
+            groups: conv.groups(),
+        };
+        if !bn.uses_batch_stats(train) {
+            let (scale, shift) = bn.eval_affine()?;
+            return Ok(dyrep_kernels::conv_affine(
+                x, w, params, &scale, &shift, relu,
+            )?);
+        }
+        let shape = dyrep_kernels::ConvShape::new(
+            x.dims(),
+            w.dims(),
+            params.stride,
+            params.padding,
+            params.groups,
+        )?;
+        let count = bn.batch_count(&shape.output_dims())?;
+        let out = dyrep_kernels::conv_bn_train(
+            x,
+            w,
+            params,
+            bn.gamma().as_tensor(),
+            bn.beta().as_tensor(),
+            bn.eps(),
+            relu,
+        )?;
+        bn.record_batch_stats(&out.mean, &out.var, count)?;
+        return Ok(out.y);
+    }
+    let y = bn.forward_t(&conv.forward(x)?, train)?;
+    if relu {
+        self::relu(&y)
+    } else {
+        Ok(y)
+    }
+}
+
 /// `max(x, 0)` with a one-pass backward (dyrep-kernels on the CPU).
 pub fn relu(x: &Tensor) -> Result<Tensor> {
     Ok(dyrep_kernels::relu(x)?)
@@ -323,7 +376,7 @@ impl RepOp for ConvBnBranch {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.bn.forward_t(&self.conv.forward(x)?, train)
+        conv_bn(&self.conv, &self.bn, x, train, false)
     }
 
     fn to_equivalent_kxk(&self) -> Result<Kernel> {

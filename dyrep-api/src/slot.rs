@@ -389,6 +389,28 @@ impl Slot {
         }
     }
 
+    /// Forward pass followed by `bn` and an optional ReLU. A plain conv runs the three as one
+    /// fused op while `bn` uses batch statistics (dyrep-kernels, CPU).
+    pub fn forward_bn_t(
+        &self,
+        x: &Tensor,
+        bn: &BatchNorm,
+        train: bool,
+        relu: bool,
+    ) -> Result<Tensor> {
+        match self {
+            Slot::Conv(c) => crate::layers::conv_bn(&c.conv, bn, x, train, relu),
+            Slot::Block(b) => {
+                let y = bn.forward_t(&b.forward_t(x, train)?, train)?;
+                if relu {
+                    crate::layers::relu(&y)
+                } else {
+                    Ok(y)
+                }
+            }
+        }
+    }
+
     /// The exact eval-mode equivalent kernel of the whole tree (a detached copy).
     pub fn equivalent(&self) -> Result<Kernel> {
         match self {

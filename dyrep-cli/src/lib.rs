@@ -463,10 +463,23 @@ fn dispatch(cli: Cli) -> Result<u8> {
             } else {
                 writeln!(
                     out,
-                    "{} {} {} batch {} x{} ({} kernels): {:.1} images/s, {:.2} GFLOP/s, {:.2} M MACs/image, peak RSS {:.0} MB",
+                    "{} {} {} batch {} x{} ({} kernels): {:.1} images/s, {:.2} GFLOP/s, {:.2} M MACs/image, peak RSS {:.0} MB; per iteration: forward {:.1} ms, backward {:.1} ms, optimizer {:.1} ms",
                     r.what, r.model, r.mode, r.batch, r.iters, r.kernels, r.images_per_sec, r.gflops,
-                    r.macs_per_image as f64 / 1e6, r.peak_rss_bytes as f64 / 1e6
+                    r.macs_per_image as f64 / 1e6, r.peak_rss_bytes as f64 / 1e6,
+                    r.forward_ms, r.backward_ms, r.optimizer_ms
                 )?;
+                if !r.kernel_ms.is_empty() {
+                    let parts: Vec<String> = r
+                        .kernel_ms
+                        .iter()
+                        .map(|(k, v)| format!("{k} {v:.1} ms"))
+                        .collect();
+                    writeln!(
+                        out,
+                        "  inside the kernels per iteration: {}",
+                        parts.join(", ")
+                    )?;
+                }
             }
         }
         Command::Models { json } => {

@@ -8,6 +8,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::cpu::{slice_f32, tensor_like, with_f32};
+use crate::profile::{Phase, Timer};
 
 /// `[N, C, H, W]` as (images, channels, plane size).
 #[derive(Clone, Copy, Debug)]
@@ -139,6 +140,7 @@ impl CustomOp3 for BnTrainOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let _t = Timer::start(Phase::BnForward);
         let p = Planes::of(l1.dims())?;
         let x = slice_f32(s1, l1, self.name())?;
         let gamma = slice_f32(s2, l2, self.name())?;
@@ -166,6 +168,7 @@ impl CustomOp3 for BnTrainOp {
         _y: &Tensor,
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let _t = Timer::start(Phase::BnBackward);
         let p = Planes::of(x.dims())?;
         let m = p.count().max(1) as f64;
         let gamma_v = gamma.to_vec1::<f32>()?;

@@ -13,6 +13,7 @@ use crate::cpu::{
     sgemm, slice_f32, split_range, tensor_like, threads, with_f32, with_scratch, Mat,
 };
 use crate::error::{KernelError, Result};
+use crate::profile::{Phase, Timer};
 
 /// Geometry of one conv call, validated at construction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -229,6 +230,11 @@ impl ConvShape {
 
     /// Forward: `y[n] = W · cols(x[n])` per group.
     pub fn forward(&self, x: &[f32], weight: &[f32]) -> Vec<f32> {
+        let _t = Timer::start(Phase::ConvForward);
+        self.forward_untimed(x, weight)
+    }
+
+    fn forward_untimed(&self, x: &[f32], weight: &[f32]) -> Vec<f32> {
         let (ohw, kg, og) = (self.ohw(), self.kg(), self.og());
         let per_image_in = self.c * self.hw();
         let per_image_out = self.out * ohw;
@@ -273,6 +279,7 @@ impl ConvShape {
 
     /// Weight gradient: `Σₙ dy[n] · cols(x[n])ᵀ` per group.
     pub fn weight_grad(&self, x: &[f32], dy: &[f32]) -> Vec<f32> {
+        let _t = Timer::start(Phase::ConvWeightGrad);
         let (ohw, kg, og) = (self.ohw(), self.kg(), self.og());
         let per_image_in = self.c * self.hw();
         let per_image_out = self.out * ohw;
@@ -327,8 +334,55 @@ impl ConvShape {
         dw
     }
 
-    /// Input gradient: col2im(`Wᵀ · dy[n]`) per image and group.
+    /// Input gradient. At stride 1 (with padding below the kernel size) it is the forward conv
+    /// of `dy` with the flipped, in/out-swapped kernel and padding `k − 1 − p`: a gemm with the
+    /// forward's shape (depth `out·kh·kw` instead of `out`), which runs much faster than the
+    /// lowered `Wᵀ · dy` (peer-bench.md, "The same convs as plain GEMMs"). Otherwise
+    /// col2im(`Wᵀ · dy[n]`) per image and group.
     pub fn input_grad(&self, weight: &[f32], dy: &[f32]) -> Vec<f32> {
+        let _t = Timer::start(Phase::ConvInputGrad);
+        match self.transposed() {
+            Some(t) => t.forward_untimed(dy, &self.flipped_weight(weight)),
+            None => self.input_grad_col2im(weight, dy),
+        }
+    }
+
+    /// The stride-1 conv whose forward is this conv's input gradient, if there is one.
+    fn transposed(&self) -> Option<ConvShape> {
+        if self.stride != 1 || self.ph >= self.kh || self.pw >= self.kw || self.is_pointwise() {
+            return None;
+        }
+        ConvShape::new(
+            &[self.n, self.out, self.ho, self.wo],
+            &[self.c, self.og(), self.kh, self.kw],
+            1,
+            (self.kh - 1 - self.ph, self.kw - 1 - self.pw),
+            self.groups,
+        )
+        .ok()
+        .filter(|t| t.ho == self.h && t.wo == self.w)
+    }
+
+    /// `W'[g·cg + c, o, ky, kx] = W[g·og + o, c, kh−1−ky, kw−1−kx]`.
+    fn flipped_weight(&self, weight: &[f32]) -> Vec<f32> {
+        let (cg, og, kk) = (self.cg(), self.og(), self.kh * self.kw);
+        let mut out = vec![0.0f32; weight.len()];
+        for g in 0..self.groups {
+            for o in 0..og {
+                for c in 0..cg {
+                    let src = &weight[((g * og + o) * cg + c) * kk..][..kk];
+                    let dst = &mut out[((g * cg + c) * og + o) * kk..][..kk];
+                    for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
+                        *d = *s;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Input gradient as col2im(`Wᵀ · dy[n]`) per image and group (any stride).
+    fn input_grad_col2im(&self, weight: &[f32], dy: &[f32]) -> Vec<f32> {
         let (ohw, kg, og, cg) = (self.ohw(), self.kg(), self.og(), self.cg());
         let per_image_in = self.c * self.hw();
         let per_image_out = self.out * ohw;

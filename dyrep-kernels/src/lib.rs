@@ -11,7 +11,9 @@ mod bn;
 mod conv;
 mod cpu;
 mod error;
+mod fused;
 mod pool;
+pub mod profile;
 mod relu;
 
 use std::sync::OnceLock;
@@ -46,6 +48,38 @@ impl Backend {
 /// `RAYON_NUM_THREADS` or the core count.
 pub fn compute_threads() -> usize {
     cpu::threads()
+}
+
+thread_local! {
+    static NO_GRAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with gradients off on this thread: every kernel called inside detaches its inputs,
+/// so no graph is recorded and no activation is kept alive for a backward (candle has no
+/// no-grad mode: peer-bench.md observation 7). For inference loops.
+pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            NO_GRAD.with(|g| g.set(self.0));
+        }
+    }
+    let _restore = Restore(NO_GRAD.with(|g| g.replace(true)));
+    f()
+}
+
+/// Whether kernels on this thread record gradients (false inside [`no_grad`]).
+pub fn grad_enabled() -> bool {
+    !NO_GRAD.with(|g| g.get())
+}
+
+/// The argument as the kernels see it: detached inside [`no_grad`].
+fn arg(t: &Tensor) -> Tensor {
+    if grad_enabled() {
+        t.clone()
+    } else {
+        t.detach()
+    }
 }
 
 fn candle_forced() -> bool {
@@ -89,6 +123,8 @@ pub fn conv2d_on(
     padding: (usize, usize),
     groups: usize,
 ) -> Result<Tensor> {
+    let x = &arg(x);
+    let weight = &arg(weight);
     ConvShape::new(x.dims(), weight.dims(), stride, padding, groups)?;
     match backend {
         Backend::Own => {
@@ -134,6 +170,9 @@ pub fn batch_norm_train_on(
     beta: &Tensor,
     eps: f64,
 ) -> Result<BatchNormTrain> {
+    let x = &arg(x);
+    let gamma = &arg(gamma);
+    let beta = &arg(beta);
     let (_, c, _, _) = x.dims4()?;
     if gamma.dims() != [c] || beta.dims() != [c] {
         return Err(KernelError::Shape {
@@ -187,6 +226,181 @@ pub fn batch_norm_train_on(
     }
 }
 
+/// Geometry of a conv: stride (both axes), zero padding `(rows, cols)`, groups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvParams {
+    pub stride: usize,
+    pub padding: (usize, usize),
+    pub groups: usize,
+}
+
+/// conv (no bias) → train-mode batch norm (batch statistics, gradients through them) →
+/// optional ReLU, as one op on the CPU: the hot path of every conv unit and branch in training.
+/// Returns the output and the batch statistics, like [`batch_norm_train`].
+pub fn conv_bn_train(
+    x: &Tensor,
+    weight: &Tensor,
+    conv: ConvParams,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<BatchNormTrain> {
+    conv_bn_train_on(
+        Backend::for_tensor(x),
+        x,
+        weight,
+        conv,
+        gamma,
+        beta,
+        eps,
+        relu,
+    )
+}
+
+/// [`conv_bn_train`] on a chosen backend.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_bn_train_on(
+    backend: Backend,
+    x: &Tensor,
+    weight: &Tensor,
+    conv: ConvParams,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<BatchNormTrain> {
+    let x = &arg(x);
+    let weight = &arg(weight);
+    let gamma = &arg(gamma);
+    let beta = &arg(beta);
+    let shape = ConvShape::new(
+        x.dims(),
+        weight.dims(),
+        conv.stride,
+        conv.padding,
+        conv.groups,
+    )?;
+    if gamma.dims() != [shape.out] || beta.dims() != [shape.out] {
+        return Err(KernelError::Shape {
+            op: "conv_bn",
+            detail: format!(
+                "a conv with {} outputs needs gamma and beta of [{}], got {:?} and {:?}",
+                shape.out,
+                shape.out,
+                gamma.dims(),
+                beta.dims()
+            ),
+        });
+    }
+    match backend {
+        Backend::Own => {
+            check_own(x, "conv_bn")?;
+            check_own(weight, "conv_bn")?;
+            let keep = x.track_op() || weight.track_op() || gamma.track_op() || beta.track_op();
+            let saved = std::sync::Arc::new(std::sync::Mutex::new(fused::Saved::default()));
+            let op = fused::ConvBnReluOp {
+                stride: conv.stride,
+                padding: conv.padding,
+                groups: conv.groups,
+                eps,
+                relu,
+                keep_for_backward: keep,
+                saved: saved.clone(),
+            };
+            let gb = Tensor::stack(&[gamma, beta], 0)?;
+            let y = x.contiguous()?.apply_op3(&weight.contiguous()?, &gb, op)?;
+            let guard = saved.lock().unwrap_or_else(|p| p.into_inner());
+            let mean: Vec<f32> = guard.stats.iter().map(|s| s.mean()).collect();
+            let var: Vec<f32> = guard.stats.iter().map(|s| s.var).collect();
+            drop(guard);
+            Ok(BatchNormTrain {
+                y,
+                mean: Tensor::from_vec(mean, shape.out, x.device())?,
+                var: Tensor::from_vec(var, shape.out, x.device())?,
+            })
+        }
+        Backend::Candle => {
+            let z = conv::conv2d_candle(x, weight, conv.stride, conv.padding, conv.groups)?;
+            let mut out = batch_norm_train_on(Backend::Candle, &z, gamma, beta, eps)?;
+            if relu {
+                out.y = out.y.relu()?;
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// conv (no bias) → per-channel affine `·scale + shift` (an eval-mode batch norm) → optional
+/// ReLU, as one op on the CPU, with gradients to `x`, `weight`, `scale` and `shift`.
+pub fn conv_affine(
+    x: &Tensor,
+    weight: &Tensor,
+    conv: ConvParams,
+    scale: &Tensor,
+    shift: &Tensor,
+    relu: bool,
+) -> Result<Tensor> {
+    conv_affine_on(Backend::for_tensor(x), x, weight, conv, scale, shift, relu)
+}
+
+/// [`conv_affine`] on a chosen backend.
+pub fn conv_affine_on(
+    backend: Backend,
+    x: &Tensor,
+    weight: &Tensor,
+    conv: ConvParams,
+    scale: &Tensor,
+    shift: &Tensor,
+    relu: bool,
+) -> Result<Tensor> {
+    let x = &arg(x);
+    let weight = &arg(weight);
+    let scale = &arg(scale);
+    let shift = &arg(shift);
+    let shape = ConvShape::new(
+        x.dims(),
+        weight.dims(),
+        conv.stride,
+        conv.padding,
+        conv.groups,
+    )?;
+    if scale.dims() != [shape.out] || shift.dims() != [shape.out] {
+        return Err(KernelError::Shape {
+            op: "conv_affine",
+            detail: format!(
+                "a conv with {} outputs needs scale and shift of [{}], got {:?} and {:?}",
+                shape.out,
+                shape.out,
+                scale.dims(),
+                shift.dims()
+            ),
+        });
+    }
+    match backend {
+        Backend::Own => {
+            check_own(x, "conv_affine")?;
+            check_own(weight, "conv_affine")?;
+            let keep = x.track_op() || weight.track_op() || scale.track_op() || shift.track_op();
+            let op = fused::ConvAffineReluOp {
+                stride: conv.stride,
+                padding: conv.padding,
+                groups: conv.groups,
+                relu,
+                keep_for_backward: keep,
+                conv_out: std::sync::Arc::new(std::sync::Mutex::new(None)),
+            };
+            let ss = Tensor::stack(&[scale, shift], 0)?;
+            Ok(x.contiguous()?.apply_op3(&weight.contiguous()?, &ss, op)?)
+        }
+        Backend::Candle => {
+            let z = conv::conv2d_candle(x, weight, conv.stride, conv.padding, conv.groups)?;
+            let y = channel_affine_on(Backend::Candle, &z, scale, shift)?;
+            Ok(if relu { y.relu()? } else { y })
+        }
+    }
+}
+
 /// Per-channel affine `x·scale + shift` of `x` (`[N, C, H, W]`; `scale`, `shift` `[C]`), with
 /// gradients to all three: an eval-mode batch norm.
 pub fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
@@ -200,6 +414,9 @@ pub fn channel_affine_on(
     scale: &Tensor,
     shift: &Tensor,
 ) -> Result<Tensor> {
+    let x = &arg(x);
+    let scale = &arg(scale);
+    let shift = &arg(shift);
     let (_, c, _, _) = x.dims4()?;
     if scale.dims() != [c] || shift.dims() != [c] {
         return Err(KernelError::Shape {
@@ -234,6 +451,7 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
 
 /// [`relu`] on a chosen backend.
 pub fn relu_on(backend: Backend, x: &Tensor) -> Result<Tensor> {
+    let x = &arg(x);
     match backend {
         Backend::Own => {
             check_own(x, "relu")?;
@@ -262,6 +480,7 @@ pub fn pool2d_on(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
+    let x = &arg(x);
     let shape = PoolShape::new(kind, x.dims(), k, stride, padding)?;
     match backend {
         Backend::Own => {

@@ -10,6 +10,7 @@ use rayon::prelude::*;
 
 use crate::cpu::{slice_f32, tensor_like, with_f32};
 use crate::error::{KernelError, Result};
+use crate::profile::{Phase, Timer};
 
 /// Which pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,83 +80,113 @@ impl PoolShape {
     }
 
     fn forward(&self, kind: PoolKind, x: &[f32]) -> Vec<f32> {
+        let _t = Timer::start(Phase::Pool);
         let (hw, ohw) = (self.h * self.w, self.ho * self.wo);
         let mut y = vec![0.0f32; self.planes * ohw];
-        let inv = 1.0 / (self.k * self.k) as f32;
         y.par_chunks_mut(ohw.max(1))
             .zip(x.par_chunks(hw.max(1)))
-            .for_each(|(yp, xp)| {
-                for oy in 0..self.ho {
-                    let rows = self.window(oy, self.h);
-                    for ox in 0..self.wo {
-                        let cols = self.window(ox, self.w);
-                        let mut acc = match kind {
-                            PoolKind::Avg => 0.0f32,
-                            PoolKind::Max => f32::NEG_INFINITY,
-                        };
-                        for iy in rows.clone() {
-                            let row = &xp[iy * self.w..(iy + 1) * self.w];
-                            for &v in &row[cols.clone()] {
-                                acc = match kind {
-                                    PoolKind::Avg => acc + v,
-                                    PoolKind::Max => {
-                                        if v > acc || v.is_nan() {
-                                            v
-                                        } else {
-                                            acc
-                                        }
-                                    }
-                                };
-                            }
-                        }
-                        yp[oy * self.wo + ox] = match kind {
-                            PoolKind::Avg => acc * inv,
-                            PoolKind::Max => acc,
-                        };
-                    }
-                }
+            .for_each(|(yp, xp)| match kind {
+                PoolKind::Avg => self.avg_plane(xp, yp),
+                PoolKind::Max => self.max_plane(xp, yp),
             });
         y
     }
 
+    fn avg_plane(&self, xp: &[f32], yp: &mut [f32]) {
+        let inv = 1.0 / (self.k * self.k) as f32;
+        for oy in 0..self.ho {
+            let rows = self.window(oy, self.h);
+            for ox in 0..self.wo {
+                let cols = self.window(ox, self.w);
+                let mut acc = 0.0f32;
+                for iy in rows.clone() {
+                    acc += xp[iy * self.w + cols.start..iy * self.w + cols.end]
+                        .iter()
+                        .sum::<f32>();
+                }
+                yp[oy * self.wo + ox] = acc * inv;
+            }
+        }
+    }
+
+    /// Index (in the plane) of the first maximum of output `(oy, ox)`'s window; NaN wins.
+    #[inline]
+    fn argmax(&self, xp: &[f32], oy: usize, ox: usize) -> usize {
+        let (rows, cols) = (self.window(oy, self.h), self.window(ox, self.w));
+        let mut best = rows.start * self.w + cols.start;
+        let mut best_v = xp[best];
+        for iy in rows {
+            let row = iy * self.w;
+            let start = row + cols.start;
+            for (i, &v) in xp[start..row + cols.end].iter().enumerate() {
+                if v > best_v || (v.is_nan() && !best_v.is_nan()) {
+                    best = start + i;
+                    best_v = v;
+                }
+            }
+        }
+        best
+    }
+
+    fn max_plane(&self, xp: &[f32], yp: &mut [f32]) {
+        if self.k == 2 && self.stride == 2 && self.padding == 0 {
+            // The common 2×2/2 pool: two rows at a time, no window arithmetic.
+            for oy in 0..self.ho {
+                let r0 = &xp[2 * oy * self.w..][..self.w];
+                let r1 = &xp[(2 * oy + 1) * self.w..][..self.w];
+                for (ox, o) in yp[oy * self.wo..(oy + 1) * self.wo].iter_mut().enumerate() {
+                    let (a, b) = (
+                        r0[2 * ox].max(r0[2 * ox + 1]),
+                        r1[2 * ox].max(r1[2 * ox + 1]),
+                    );
+                    *o = a.max(b);
+                }
+            }
+            // f32::max drops NaN; keep PyTorch's NaN propagation.
+            if xp.iter().any(|v| v.is_nan()) {
+                for oy in 0..self.ho {
+                    for ox in 0..self.wo {
+                        yp[oy * self.wo + ox] = xp[self.argmax(xp, oy, ox)];
+                    }
+                }
+            }
+            return;
+        }
+        for oy in 0..self.ho {
+            for ox in 0..self.wo {
+                yp[oy * self.wo + ox] = xp[self.argmax(xp, oy, ox)];
+            }
+        }
+    }
+
     fn backward(&self, kind: PoolKind, x: &[f32], dy: &[f32]) -> Vec<f32> {
+        let _t = Timer::start(Phase::Pool);
         let (hw, ohw) = (self.h * self.w, self.ho * self.wo);
         let mut dx = vec![0.0f32; self.planes * hw];
         let inv = 1.0 / (self.k * self.k) as f32;
         dx.par_chunks_mut(hw.max(1))
             .zip(x.par_chunks(hw.max(1)))
             .zip(dy.par_chunks(ohw.max(1)))
-            .for_each(|((dxp, xp), dyp)| {
-                for oy in 0..self.ho {
-                    let rows = self.window(oy, self.h);
-                    for ox in 0..self.wo {
-                        let cols = self.window(ox, self.w);
-                        let g = dyp[oy * self.wo + ox];
-                        match kind {
-                            PoolKind::Avg => {
-                                let g = g * inv;
-                                for iy in rows.clone() {
-                                    for d in
-                                        &mut dxp[iy * self.w + cols.start..iy * self.w + cols.end]
-                                    {
-                                        *d += g;
-                                    }
+            .for_each(|((dxp, xp), dyp)| match kind {
+                PoolKind::Avg => {
+                    for oy in 0..self.ho {
+                        let rows = self.window(oy, self.h);
+                        for ox in 0..self.wo {
+                            let cols = self.window(ox, self.w);
+                            let g = dyp[oy * self.wo + ox] * inv;
+                            for iy in rows.clone() {
+                                for d in &mut dxp[iy * self.w + cols.start..iy * self.w + cols.end]
+                                {
+                                    *d += g;
                                 }
                             }
-                            PoolKind::Max => {
-                                let mut best: Option<(usize, f32)> = None;
-                                for iy in rows.clone() {
-                                    for ix in cols.clone() {
-                                        let v = xp[iy * self.w + ix];
-                                        if best.is_none_or(|(_, b)| v > b || v.is_nan()) {
-                                            best = Some((iy * self.w + ix, v));
-                                        }
-                                    }
-                                }
-                                if let Some((i, _)) = best {
-                                    dxp[i] += g;
-                                }
-                            }
+                        }
+                    }
+                }
+                PoolKind::Max => {
+                    for oy in 0..self.ho {
+                        for ox in 0..self.wo {
+                            dxp[self.argmax(xp, oy, ox)] += dyp[oy * self.wo + ox];
                         }
                     }
                 }

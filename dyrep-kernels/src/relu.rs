@@ -6,6 +6,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::cpu::{slice_f32, tensor_like, with_f32};
+use crate::profile::{Phase, Timer};
 
 /// Elements per parallel task: large enough that scheduling costs nothing next to the work.
 const CHUNK: usize = 1 << 14;
@@ -19,6 +20,7 @@ impl CustomOp1 for ReluOp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let _t = Timer::start(Phase::Relu);
         let x = slice_f32(s, l, self.name())?;
         let mut y = vec![0.0f32; x.len()];
         y.par_chunks_mut(CHUNK)
@@ -32,6 +34,7 @@ impl CustomOp1 for ReluOp {
     }
 
     fn bwd(&self, x: &Tensor, y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let _t = Timer::start(Phase::Relu);
         let dx = with_f32(y, self.name(), |ys| {
             with_f32(dy, self.name(), |g| {
                 let mut dx = vec![0.0f32; ys.len()];

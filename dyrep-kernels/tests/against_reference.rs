@@ -7,8 +7,8 @@
 use anyhow::Result;
 use candle_core::{Device, Tensor, Var};
 use dyrep_kernels::{
-    batch_norm_train_on, channel_affine_on, conv2d_on, pool2d_on, relu_on, Backend, ConvShape,
-    PoolKind,
+    batch_norm_train_on, channel_affine_on, conv2d_on, conv_bn_train_on, pool2d_on, relu_on,
+    Backend, ConvParams, ConvShape, PoolKind,
 };
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -207,6 +207,34 @@ proptest! {
     }
 
     #[test]
+    fn fused_conv_bn_relu_matches_the_separate_kernels((s, seed) in conv_case(), relu in any::<bool>()) {
+        prop_assume!(s.n * s.ho * s.wo >= 2);
+        let dev = Device::Cpu;
+        let xt = Tensor::from_vec(data(seed, s.n * s.c * s.h * s.w, 0.0), (s.n, s.c, s.h, s.w), &dev).unwrap();
+        let wt = Tensor::from_vec(
+            data(seed ^ 1, s.out * (s.c / s.groups) * s.kh * s.kw, 0.0),
+            (s.out, s.c / s.groups, s.kh, s.kw),
+            &dev,
+        ).unwrap();
+        let gamma = Tensor::from_vec(data(seed ^ 3, s.out, 0.0), s.out, &dev).unwrap();
+        let beta = Tensor::from_vec(data(seed ^ 4, s.out, 0.0), s.out, &dev).unwrap();
+        let params = ConvParams { stride: s.stride, padding: (s.ph, s.pw), groups: s.groups };
+        let args = [xt, wt, gamma, beta];
+        let (fused, fg, _) = run_with_grads(&args, seed ^ 5, |a| {
+            conv_bn_train_on(Backend::Own, &a[0], &a[1], params, &a[2], &a[3], 1e-5, relu).unwrap().y
+        });
+        let (sep, sg, _) = run_with_grads(&args, seed ^ 5, |a| {
+            let z = conv2d_on(Backend::Own, &a[0], &a[1], s.stride, (s.ph, s.pw), s.groups).unwrap();
+            let y = batch_norm_train_on(Backend::Own, &z, &a[2], &a[3], 1e-5).unwrap().y;
+            if relu { relu_on(Backend::Own, &y).unwrap() } else { y }
+        });
+        check("forward", &fused, &to_f64(&sep))?;
+        for (i, what) in ["input", "weight", "gamma", "beta"].iter().enumerate() {
+            check(what, &fg[i], &to_f64(&sg[i]))?;
+        }
+    }
+
+    #[test]
     fn batch_norm_train_matches_candle_ops(
         n in 1usize..5, c in 1usize..6, h in 1usize..7, w in 1usize..7,
         offset in -4.0f32..4.0, seed in any::<u64>(),
@@ -228,8 +256,12 @@ proptest! {
         let (y, g, (m, v)) = run(Backend::Own);
         let (cy, _, (cm, cv)) = run(Backend::Candle);
         check("forward vs candle", &y, &to_f64(&cy))?;
-        check("mean vs candle", &m, &to_f64(&cm))?;
-        check("variance vs candle", &v, &to_f64(&cv))?;
+        // candle's f32 statistics are themselves off by ~1e-5 when a mean nearly cancels:
+        // the statistics are checked against f64 below; here only loosely against candle.
+        let loose = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(p, q)| (p - q).abs() <= 1e-4 * (1.0 + q.abs()));
+        prop_assert!(loose(&to_f64(&m), &to_f64(&cm)), "mean vs candle");
+        prop_assert!(loose(&to_f64(&v), &to_f64(&cv)), "variance vs candle");
+        let (mean_got, var_got) = (to_f64(&m), to_f64(&v));
         // The input gradient is a difference of terms of size γ·|dy|/σ that nearly cancel
         // (exactly, for two values per channel): compare it with an f64 reference relative
         // to that size, which is what f32 rounding is relative to.
@@ -246,6 +278,9 @@ proptest! {
                 .collect();
             let mu = idx.iter().map(|&i| xs[i]).sum::<f64>() / m_count;
             let var = idx.iter().map(|&i| (xs[i] - mu).powi(2)).sum::<f64>() / m_count;
+            let mean_abs = idx.iter().map(|&i| xs[i].abs()).sum::<f64>() / m_count;
+            prop_assert!((mean_got[ch] - mu).abs() <= TOL * mean_abs.max(1e-3), "mean {} vs {}", mean_got[ch], mu);
+            prop_assert!((var_got[ch] - var).abs() <= TOL * var.max(1e-3), "variance {} vs {}", var_got[ch], var);
             let istd = 1.0 / (var + 1e-5).sqrt();
             let s1: f64 = idx.iter().map(|&i| up[i] as f64).sum();
             let s2: f64 = idx.iter().map(|&i| up[i] as f64 * (xs[i] - mu) * istd).sum();
@@ -300,7 +335,10 @@ proptest! {
 
     #[test]
     fn relu_matches_candle(len in 1usize..5000, seed in any::<u64>()) {
-        let x = Tensor::from_vec(data(seed, len, 0.0), len, &Device::Cpu).unwrap();
+        // At exactly 0 the gradient is 0 here (PyTorch's threshold_backward) and 1 in candle:
+        // keep the data off 0.
+        let xs: Vec<f32> = data(seed, len, 0.0).into_iter().map(|v| if v == 0.0 { 0.5 } else { v }).collect();
+        let x = Tensor::from_vec(xs, len, &Device::Cpu).unwrap();
         let (y, g, _) = run_with_grads(std::slice::from_ref(&x), seed ^ 1, |a| relu_on(Backend::Own, &a[0]).unwrap());
         let (cy, cg, _) = run_with_grads(&[x], seed ^ 1, |a| relu_on(Backend::Candle, &a[0]).unwrap());
         check("forward", &y, &to_f64(&cy))?;

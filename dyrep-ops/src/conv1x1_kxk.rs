@@ -120,7 +120,7 @@ impl RepOp for Conv1x1Kxk {
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let y = self.bn1.forward_t(&self.conv1.forward(x)?, train)?;
-        self.bn2.forward_t(&self.conv2.forward_t(&y, train)?, train)
+        self.conv2.forward_bn_t(&y, &self.bn2, train, false)
     }
 
     fn to_equivalent_kxk(&self) -> Result<Kernel> {

@@ -73,7 +73,7 @@ impl RepOp for ConvKxk {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.bn.forward_t(&self.conv.forward_t(x, train)?, train)
+        self.conv.forward_bn_t(x, &self.bn, train, false)
     }
 
     fn to_equivalent_kxk(&self) -> Result<Kernel> {

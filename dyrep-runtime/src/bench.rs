@@ -32,6 +32,13 @@ pub struct BenchReport {
     pub kernels: String,
     /// Threads of the compute pool.
     pub threads: usize,
+    /// Milliseconds per iteration in the forward pass (with the loss), the backward pass and
+    /// the optimizer step (0 for eval).
+    pub forward_ms: f64,
+    pub backward_ms: f64,
+    pub optimizer_ms: f64,
+    /// Milliseconds per iteration inside each own CPU kernel (empty with candle's ops).
+    pub kernel_ms: std::collections::BTreeMap<String, f64>,
 }
 
 /// The default benchmark batch of a model: the peer benchmark's 128 for `bench-small`, 64 else.
@@ -76,20 +83,30 @@ pub fn bench(
     let y = Tensor::from_vec(labels, batch, device)?;
     let params = m.tensors();
     let mut opt = Sgd::new(SgdConfig::default());
-    let mut step = |m: &crate::model::Model| -> Result<()> {
+    // Seconds spent in forward (incl. loss), backward and the optimizer step.
+    let mut split = [0.0f64; 3];
+    let mut step = |m: &crate::model::Model, split: &mut [f64; 3]| -> Result<()> {
+        let t = Instant::now();
         if train {
             let loss = cross_entropy(&m.forward_t(&x, true)?, &y, 0.0)?;
+            let t1 = Instant::now();
             let grads = crate::dynamics::observe(None, loss.backward()?, &[], 0, m, (&x, &y))?;
+            let t2 = Instant::now();
             opt.step(0.01, &params, &grads)?;
+            split[0] += (t1 - t).as_secs_f64();
+            split[1] += (t2 - t1).as_secs_f64();
+            split[2] += t2.elapsed().as_secs_f64();
         } else {
-            m.forward_t(&x, false)?.detach().to_vec2::<f32>()?;
+            m.infer(&x)?.to_vec2::<f32>()?;
+            split[0] += t.elapsed().as_secs_f64();
         }
         Ok(())
     };
-    step(&m)?;
+    step(&m, &mut [0.0; 3])?;
+    dyrep_api::kernels::profile::reset();
     let t0 = Instant::now();
     for _ in 0..iters {
-        step(&m)?;
+        step(&m, &mut split)?;
     }
     let seconds = t0.elapsed().as_secs_f64();
     let images = (batch * iters) as f64;
@@ -113,5 +130,13 @@ pub fn bench(
         }
         .into(),
         threads: dyrep_api::kernels::compute_threads(),
+        forward_ms: split[0] * 1e3 / iters as f64,
+        backward_ms: split[1] * 1e3 / iters as f64,
+        optimizer_ms: split[2] * 1e3 / iters as f64,
+        kernel_ms: dyrep_api::kernels::profile::totals()
+            .into_iter()
+            .filter(|(_, s)| *s > 0.0)
+            .map(|(p, s)| (p.name().to_string(), s * 1e3 / iters as f64))
+            .collect(),
     })
 }

@@ -326,7 +326,7 @@ pub fn observe(
 
 /// Eval logits on the fixed held-out batch.
 fn probe_logits(model: &Model, fixed: &Tensor) -> Result<Tensor> {
-    Ok(model.forward_t(fixed, false)?.detach())
+    model.infer(fixed)
 }
 
 /// Everything a grow or cut step needs besides the model.
@@ -473,7 +473,7 @@ fn calibrate(
     let result = (|| -> Result<()> {
         for b in stream.take(ctx.cfg.calib_batches) {
             let (x, _) = b.to_tensors(ds, ctx.device)?;
-            model.forward_t(&x, false)?;
+            model.infer(&x)?;
         }
         Ok(())
     })();

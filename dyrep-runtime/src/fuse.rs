@@ -66,7 +66,7 @@ fn logits_on(
     let mut inputs = Vec::new();
     for b in eval_stream(ds.clone(), Which::Test, 256, limit) {
         let (x, y) = b.to_tensors(ds, device)?;
-        outs.push(model.forward_t(&x, false)?.detach());
+        outs.push(model.infer(&x)?);
         labels.push(y);
         if keep_inputs {
             inputs.extend_from_slice(&b.images);

@@ -366,7 +366,7 @@ pub fn evaluate(
     let (mut loss, mut right, mut n) = (0f64, 0usize, 0usize);
     for b in eval_stream(ds.clone(), which, batch, limit) {
         let (x, y) = b.to_tensors(ds, device)?;
-        let logits = model.forward_t(&x, false)?.detach();
+        let logits = model.infer(&x)?;
         loss += cross_entropy(&logits, &y, 0.0)?.to_scalar::<f32>()? as f64 * b.len() as f64;
         right += correct(&logits, &y)?;
         n += b.len();

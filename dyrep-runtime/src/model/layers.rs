@@ -43,14 +43,17 @@ impl ConvUnit {
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut y = self.slot.forward_t(x, train)?;
-        if let Some(bn) = &self.bn {
-            y = bn.forward_t(&y, train)?;
+        match &self.bn {
+            Some(bn) => Ok(self.slot.forward_bn_t(x, bn, train, self.relu)?),
+            None => {
+                let y = self.slot.forward_t(x, train)?;
+                if self.relu {
+                    Ok(dyrep_api::layers::relu(&y)?)
+                } else {
+                    Ok(y)
+                }
+            }
         }
-        if self.relu {
-            y = dyrep_api::layers::relu(&y)?;
-        }
-        Ok(y)
     }
 
     pub fn visit_tensors(&self, f: &mut dyn FnMut(&str, &Var, TensorRole)) {

@@ -81,6 +81,12 @@ impl Model {
         Ok(h)
     }
 
+    /// Eval-mode logits without a graph: no activation is kept for a backward (inference,
+    /// evaluation, BN calibration).
+    pub fn infer(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(dyrep_api::kernels::no_grad(|| self.forward_t(x, false))?.detach())
+    }
+
     /// Every conv unit, in forward order.
     pub fn units(&self) -> Vec<&ConvUnit> {
         let mut v = Vec::new();

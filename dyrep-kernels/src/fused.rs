@@ -1,0 +1,353 @@
+//! conv → train-mode batch norm → optional ReLU as one candle op (issue 5; peer-bench.md
+//! observations 5 and 6). candle's backward adds every op's gradient into a fresh zero tensor
+//! (`or_insert(zeros_like) + add`: three passes over each activation), so one node instead of
+//! three per conv unit removes most of the non-conv cost of a training step, and the BN and ReLU
+//! outputs are never materialised twice. The conv output is kept by the op for its backward.
+//! Arguments `(x, weight, γβ)` with `γβ = [γ; β]` of shape `[2, C]`.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::bn::{channel_stats, ChannelStats, Planes};
+use crate::conv::ConvShape;
+use crate::cpu::{slice_f32, tensor_like, with_f32};
+use crate::profile::{Phase, Timer};
+
+/// What the forward leaves for the caller (batch statistics) and for the backward.
+#[derive(Debug, Default)]
+pub(crate) struct Saved {
+    pub stats: Vec<ChannelStats>,
+    pub inv_std: Vec<f32>,
+    /// The conv output, kept only when a gradient will be asked for.
+    pub conv_out: Option<Vec<f32>>,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct ConvBnReluOp {
+    pub stride: usize,
+    pub padding: (usize, usize),
+    pub groups: usize,
+    pub eps: f64,
+    pub relu: bool,
+    pub keep_for_backward: bool,
+    pub saved: Arc<Mutex<Saved>>,
+}
+
+impl ConvBnReluOp {
+    fn shape(&self, x: &[usize], w: &[usize]) -> candle_core::Result<ConvShape> {
+        ConvShape::new(x, w, self.stride, self.padding, self.groups)
+            .map_err(candle_core::Error::wrap)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Saved> {
+        self.saved.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl CustomOp3 for ConvBnReluOp {
+    fn name(&self) -> &'static str {
+        "dyrep-conv-bn-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let shape = self.shape(l1.dims(), l2.dims())?;
+        let x = slice_f32(s1, l1, self.name())?;
+        let w = slice_f32(s2, l2, self.name())?;
+        let gb = slice_f32(s3, l3, self.name())?;
+        let c = shape.out;
+        let z = shape.forward(x, w);
+        let _t = Timer::start(Phase::BnForward);
+        let planes = Planes::of(&shape.output_dims())?;
+        let stats = channel_stats(&z, planes);
+        let inv_std: Vec<f32> = stats
+            .iter()
+            .map(|s| (1.0 / (s.var as f64 + self.eps).sqrt()) as f32)
+            .collect();
+        let mut y = vec![0.0f32; z.len()];
+        let hw = planes.hw.max(1);
+        y.par_chunks_mut(hw)
+            .zip(z.par_chunks(hw))
+            .enumerate()
+            .for_each(|(i, (yp, zp))| {
+                let ch = i % c;
+                let st = stats[ch];
+                let (a, b) = (gb[ch] * inv_std[ch], gb[c + ch]);
+                if self.relu {
+                    for (o, &v) in yp.iter_mut().zip(zp) {
+                        *o = (((v - st.shift) - st.mean_rel) * a + b).max(0.0);
+                    }
+                } else {
+                    for (o, &v) in yp.iter_mut().zip(zp) {
+                        *o = ((v - st.shift) - st.mean_rel) * a + b;
+                    }
+                }
+            });
+        let mut saved = self.lock();
+        saved.stats = stats;
+        saved.inv_std = inv_std;
+        saved.conv_out = self.keep_for_backward.then_some(z);
+        Ok((
+            CpuStorage::F32(y),
+            Shape::from(shape.output_dims().to_vec()),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        gb: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let shape = self.shape(x.dims(), weight.dims())?;
+        let planes = Planes::of(&shape.output_dims())?;
+        let c = shape.out;
+        let m = planes.n as f64 * planes.hw as f64;
+        let gb_v = gb.flatten_all()?.to_vec1::<f32>()?;
+        let saved = self.lock();
+        let Some(z) = saved.conv_out.as_ref() else {
+            return Err(candle_core::Error::Msg(format!(
+                "{}: backward without a kept forward (the op was built for inference)",
+                self.name()
+            )));
+        };
+        let (stats, inv_std) = (&saved.stats, &saved.inv_std);
+        let bn_timer = Timer::start(Phase::BnBackward);
+        // One pass per plane: the gradient reaching the BN output (dy where the ReLU passed
+        // it) into dz, with its per-plane Σ and Σ·(z−μ); dz is finished in place below.
+        let hw = planes.hw.max(1);
+        let mut dz = vec![0.0f32; z.len()];
+        let plane_sums: Vec<(f32, f32)> = with_f32(dy, self.name(), |g| {
+            with_f32(y, self.name(), |ys| {
+                dz.par_chunks_mut(hw)
+                    .enumerate()
+                    .map(|(pi, out)| {
+                        let st = stats[pi % c];
+                        let at = pi * planes.hw;
+                        let (gp, yp, zp) = (
+                            &g[at..at + planes.hw],
+                            &ys[at..at + planes.hw],
+                            &z[at..at + planes.hw],
+                        );
+                        let (mut a, mut b) = (0.0f32, 0.0f32);
+                        for (((o, &d), &v), &zv) in out.iter_mut().zip(gp).zip(yp).zip(zp) {
+                            let d = if self.relu && v <= 0.0 { 0.0 } else { d };
+                            *o = d;
+                            a += d;
+                            b += d * ((zv - st.shift) - st.mean_rel);
+                        }
+                        (a, b)
+                    })
+                    .collect()
+            })
+        })??;
+        let mut sums = vec![(0.0f64, 0.0f64); c];
+        for (pi, (a, b)) in plane_sums.into_iter().enumerate() {
+            sums[pi % c].0 += a as f64;
+            sums[pi % c].1 += b as f64;
+        }
+        let coef: Vec<(f32, f32, f32)> = (0..c)
+            .map(|ch| {
+                let istd = inv_std[ch] as f64;
+                let a = gb_v[ch] as f64 * istd;
+                let (s1, s2) = sums[ch];
+                (
+                    a as f32,
+                    (-a * istd * istd * s2 / m) as f32,
+                    (-a * s1 / m) as f32,
+                )
+            })
+            .collect();
+        dz.par_chunks_mut(hw)
+            .zip(z.par_chunks(hw))
+            .enumerate()
+            .for_each(|(pi, (out, zp))| {
+                let ch = pi % c;
+                let (a, e, f) = coef[ch];
+                let st = stats[ch];
+                for (o, &v) in out.iter_mut().zip(zp) {
+                    *o = a * *o + e * ((v - st.shift) - st.mean_rel) + f;
+                }
+            });
+        let mut dgb = vec![0.0f32; 2 * c];
+        for ch in 0..c {
+            dgb[ch] = (sums[ch].1 * inv_std[ch] as f64) as f32;
+            dgb[c + ch] = sums[ch].0 as f32;
+        }
+        drop(saved);
+        drop(bn_timer);
+        let dx = if x.track_op() {
+            let dx = with_f32(weight, self.name(), |w| shape.input_grad(w, &dz))?;
+            Some(tensor_like(dx, x.dims(), x)?)
+        } else {
+            None
+        };
+        let dw = if weight.track_op() {
+            let dw = with_f32(x, self.name(), |xs| shape.weight_grad(xs, &dz))?;
+            Some(tensor_like(dw, weight.dims(), weight)?)
+        } else {
+            None
+        };
+        let dgb = gb
+            .track_op()
+            .then(|| tensor_like(dgb, gb.dims(), gb))
+            .transpose()?;
+        Ok((dx, dw, dgb))
+    }
+}
+
+/// conv → per-channel affine (an eval-mode batch norm) → optional ReLU as one op. Arguments
+/// `(x, weight, [scale; shift])`; the backward sends gradients to all three. Without a
+/// backward the affine and ReLU run in place on the conv output (no second buffer).
+#[derive(Clone, Debug)]
+pub(crate) struct ConvAffineReluOp {
+    pub stride: usize,
+    pub padding: (usize, usize),
+    pub groups: usize,
+    pub relu: bool,
+    pub keep_for_backward: bool,
+    pub conv_out: Arc<Mutex<Option<Vec<f32>>>>,
+}
+
+impl ConvAffineReluOp {
+    fn shape(&self, x: &[usize], w: &[usize]) -> candle_core::Result<ConvShape> {
+        ConvShape::new(x, w, self.stride, self.padding, self.groups)
+            .map_err(candle_core::Error::wrap)
+    }
+}
+
+impl CustomOp3 for ConvAffineReluOp {
+    fn name(&self) -> &'static str {
+        "dyrep-conv-affine-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let shape = self.shape(l1.dims(), l2.dims())?;
+        let x = slice_f32(s1, l1, self.name())?;
+        let w = slice_f32(s2, l2, self.name())?;
+        let ss = slice_f32(s3, l3, self.name())?;
+        let c = shape.out;
+        let z = shape.forward(x, w);
+        let _t = Timer::start(Phase::BnForward);
+        let hw = (shape.ho * shape.wo).max(1);
+        let apply = |i: usize, out: &mut [f32], src: &[f32]| {
+            let ch = i % c;
+            let (a, b) = (ss[ch], ss[c + ch]);
+            for (o, &v) in out.iter_mut().zip(src) {
+                let t = v * a + b;
+                *o = if self.relu { t.max(0.0) } else { t };
+            }
+        };
+        let y = if self.keep_for_backward {
+            let mut y = vec![0.0f32; z.len()];
+            y.par_chunks_mut(hw)
+                .zip(z.par_chunks(hw))
+                .enumerate()
+                .for_each(|(i, (o, src))| apply(i, o, src));
+            *self.conv_out.lock().unwrap_or_else(|p| p.into_inner()) = Some(z);
+            y
+        } else {
+            let mut y = z;
+            y.par_chunks_mut(hw).enumerate().for_each(|(i, o)| {
+                let ch = i % c;
+                let (a, b) = (ss[ch], ss[c + ch]);
+                for v in o.iter_mut() {
+                    let t = *v * a + b;
+                    *v = if self.relu { t.max(0.0) } else { t };
+                }
+            });
+            y
+        };
+        Ok((
+            CpuStorage::F32(y),
+            Shape::from(shape.output_dims().to_vec()),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        ss: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let shape = self.shape(x.dims(), weight.dims())?;
+        let c = shape.out;
+        let hw = (shape.ho * shape.wo).max(1);
+        let ss_v = ss.flatten_all()?.to_vec1::<f32>()?;
+        let guard = self.conv_out.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(z) = guard.as_ref() else {
+            return Err(candle_core::Error::Msg(format!(
+                "{}: backward without a kept forward (the op was built for inference)",
+                self.name()
+            )));
+        };
+        let bn_timer = Timer::start(Phase::BnBackward);
+        // dz = dy·mask·scale, with per-plane Σ dy·mask (→ shift) and Σ dy·mask·z (→ scale).
+        let mut dz = vec![0.0f32; z.len()];
+        let plane_sums: Vec<(f32, f32)> = with_f32(dy, self.name(), |g| {
+            with_f32(y, self.name(), |ys| {
+                dz.par_chunks_mut(hw)
+                    .enumerate()
+                    .map(|(pi, out)| {
+                        let scale = ss_v[pi % c];
+                        let at = pi * hw;
+                        let (gp, yp, zp) = (&g[at..at + hw], &ys[at..at + hw], &z[at..at + hw]);
+                        let (mut a, mut b) = (0.0f32, 0.0f32);
+                        for (((o, &d), &v), &zv) in out.iter_mut().zip(gp).zip(yp).zip(zp) {
+                            let d = if self.relu && v <= 0.0 { 0.0 } else { d };
+                            *o = d * scale;
+                            a += d;
+                            b += d * zv;
+                        }
+                        (a, b)
+                    })
+                    .collect()
+            })
+        })??;
+        let mut dss = vec![0.0f32; 2 * c];
+        for (pi, (a, b)) in plane_sums.into_iter().enumerate() {
+            dss[pi % c] += b;
+            dss[c + pi % c] += a;
+        }
+        drop(guard);
+        drop(bn_timer);
+        let dx = if x.track_op() {
+            let dx = with_f32(weight, self.name(), |w| shape.input_grad(w, &dz))?;
+            Some(tensor_like(dx, x.dims(), x)?)
+        } else {
+            None
+        };
+        let dw = if weight.track_op() {
+            let dw = with_f32(x, self.name(), |xs| shape.weight_grad(xs, &dz))?;
+            Some(tensor_like(dw, weight.dims(), weight)?)
+        } else {
+            None
+        };
+        let dss = ss
+            .track_op()
+            .then(|| tensor_like(dss, ss.dims(), ss))
+            .transpose()?;
+        Ok((dx, dw, dss))
+    }
+}

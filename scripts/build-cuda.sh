@@ -43,7 +43,6 @@ STAMP="$TOOLKIT/.complete-$(printf '%s\n' "${WHEELS[@]}" | sha256sum | cut -c1-1
 if [ ! -e "$STAMP" ]; then
     echo "build-cuda: fetching ${#WHEELS[@]} CUDA wheels into $CACHE/wheels"
     python3 -m pip download --quiet --no-deps --only-binary=:all: \
-        --platform manylinux_2_17_x86_64 --python-version 3.11 \
         --dest "$CACHE/wheels" "${WHEELS[@]}" || die "pip download failed (is PyPI reachable?)"
     rm -rf "$TOOLKIT.partial"
     mkdir -p "$TOOLKIT.partial"

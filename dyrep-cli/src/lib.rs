@@ -11,7 +11,7 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
@@ -37,8 +37,32 @@ training and prunes branches whose BN scale fades; every trained network fuses b
 plain network it started from.\n\nExit codes: 0 ok, 1 usage/config/data error, 2 verification failed."
 )]
 struct Cli {
+    /// Where to compute: `cpu` (own kernels) or `cuda` / `cuda:N` (a build with the `cuda`
+    /// feature, see scripts/build-cuda.sh).
+    #[arg(long, global = true, default_value = "cpu", value_name = "DEVICE")]
+    device: String,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Parses `--device`: `cpu`, `cuda` (= `cuda:0`) or `cuda:N`.
+pub fn parse_device(spec: &str) -> Result<candle_core::Device> {
+    let ordinal = match spec {
+        "cpu" => return Ok(candle_core::Device::Cpu),
+        "cuda" => 0,
+        s => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => n,
+            _ => bail!("--device `{spec}`: expected cpu, cuda or cuda:N (e.g. cuda:1)"),
+        },
+    };
+    if !candle_core::utils::cuda_is_available() {
+        bail!(
+            "--device {spec}: this dyrep was built without CUDA support; build it with \
+             scripts/build-cuda.sh (cargo feature `cuda`) or use --device cpu"
+        );
+    }
+    candle_core::Device::new_cuda(ordinal)
+        .map_err(|e| anyhow::anyhow!("--device {spec}: cannot open CUDA device {ordinal}: {e}"))
 }
 
 #[derive(Subcommand, Debug)]
@@ -418,6 +442,7 @@ struct Listed {
 
 fn dispatch(cli: Cli) -> Result<u8> {
     let mut out = io::stdout().lock();
+    let device = parse_device(&cli.device)?;
     match cli.command {
         Command::Ops { json } => {
             let rows: Vec<Listed> = ops()
@@ -455,7 +480,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
                 batch.unwrap_or_else(|| dyrep_runtime::bench::default_batch(&model)),
                 iters,
                 what == "train",
-                &candle_core::Device::Cpu,
+                &device,
             )?;
             if json {
                 serde_json::to_writer_pretty(&mut out, &r)?;
@@ -555,7 +580,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
                 resume,
                 force: args.force,
                 stop_after: args.stop_after,
-                device: candle_core::Device::Cpu,
+                device: device.clone(),
             };
             let mut echo = |line: &str| {
                 let _ = writeln!(io::stdout().lock(), "{line}");
@@ -576,7 +601,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
                 limit,
                 logits_out.as_deref(),
                 inputs_out.as_deref(),
-                &candle_core::Device::Cpu,
+                &device,
             )?;
             if json {
                 serde_json::to_writer_pretty(&mut out, &r)?;
@@ -600,12 +625,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
             limit,
             json,
         } => {
-            let r = fuse_checkpoint(
-                &checkpoint,
-                &out_dir,
-                Some(limit),
-                &candle_core::Device::Cpu,
-            )?;
+            let r = fuse_checkpoint(&checkpoint, &out_dir, Some(limit), &device)?;
             if json {
                 serde_json::to_writer_pretty(&mut out, &r)?;
                 writeln!(out)?;
@@ -662,7 +682,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
                 Some(name) => Selection::Op(name),
                 None => Selection::All,
             };
-            let reports = verify(&selection, cases as usize, seed, &candle_core::Device::Cpu)?;
+            let reports = verify(&selection, cases as usize, seed, &device)?;
             let passed = reports.iter().all(CheckReport::passed);
             if json {
                 print_verify_json(&mut out, &reports, cases, seed, passed)?;

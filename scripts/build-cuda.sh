@@ -72,13 +72,13 @@ done
 # 2. Make sure cudarc's sources are here, then build a libcuda.so stub with every driver
 # symbol its bindings declare (soname libcuda.so.1, so the driver's library is used at run time).
 cargo fetch --quiet
-CUDARC_SRC=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19.* 2>/dev/null | sort | tail -1)
+CUDARC_SRC=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19.* 2>/dev/null | sort | tail -1 || true)
 [ -n "$CUDARC_SRC" ] || die "cudarc sources not found after cargo fetch"
 STUB_DIR="$CACHE/stub"
 mkdir -p "$STUB_DIR"
-if [ ! -e "$STUB_DIR/libcuda.so" ] || [ "$STUB_DIR/libcuda.so" -ot "$CUDARC_SRC/Cargo.toml" ]; then
-    grep -rhoE 'pub fn cu[A-Za-z0-9_]+\(' "$CUDARC_SRC/src/driver/sys" \
-        | sed -E 's/pub fn (cu[A-Za-z0-9_]+)\(/\1/' | sort -u \
+if [ ! -s "$STUB_DIR/libcuda_stub.c" ] || [ ! -e "$STUB_DIR/libcuda.so" ]; then
+    { grep -rhoE 'pub (unsafe )?fn cu[A-Za-z0-9_]+\(' "$CUDARC_SRC/src/driver/sys" || true; } \
+        | sed -E 's/pub (unsafe )?fn (cu[A-Za-z0-9_]+)\(/\2/' | sort -u \
         | awk '{ printf "void %s(void) {}\n", $1 }' > "$STUB_DIR/libcuda_stub.c"
     [ -s "$STUB_DIR/libcuda_stub.c" ] || die "no driver symbols found in $CUDARC_SRC/src/driver/sys"
     gcc -shared -fPIC -o "$STUB_DIR/libcuda.so" -Wl,-soname,libcuda.so.1 "$STUB_DIR/libcuda_stub.c"
@@ -87,7 +87,7 @@ fi
 # 3. Build.
 export PATH="$CUDA_ROOT/bin:$PATH"
 export CUDA_HOME="$CUDA_ROOT" CUDA_PATH="$CUDA_ROOT" CUDA_ROOT="$CUDA_ROOT" NVCC="$CUDA_ROOT/bin/nvcc"
-export CUDARC_CUDA_VERSION=13.0
+export CUDARC_CUDA_VERSION=13000  # cudarc spells 13.0 as 13000
 export RUSTFLAGS="${RUSTFLAGS:-} -L native=$STUB_DIR -L native=$CUDA_ROOT/lib"
 export LIBRARY_PATH="$STUB_DIR:$CUDA_ROOT/lib${LIBRARY_PATH:+:$LIBRARY_PATH}"
 echo "build-cuda: nvcc $("$NVCC" --version | tail -1), compute capability $CUDA_COMPUTE_CAP"

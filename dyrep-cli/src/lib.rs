@@ -164,8 +164,12 @@ enum Command {
     )]
     Verify {
         /// Check only this op (a registered name; see `dyrep ops`).
-        #[arg(long, value_name = "NAME", conflicts_with = "all")]
+        #[arg(long, value_name = "NAME", conflicts_with_all = ["all", "kernels"])]
         op: Option<String>,
+        /// Instead of fusion: check the compute kernels (conv, fused conv+BN+ReLU, BN, pools,
+        /// ReLU; forward and gradients) of --device against the own CPU kernels.
+        #[arg(long, conflicts_with = "all")]
+        kernels: bool,
         /// Check every op and the block scenarios (the default).
         #[arg(long)]
         all: bool,
@@ -672,8 +676,24 @@ fn dispatch(cli: Cli) -> Result<u8> {
             }
         }
         Command::Verify {
+            kernels: true,
+            cases,
+            seed,
+            json,
+            ..
+        } => {
+            let reports =
+                dyrep_runtime::api::kernels::check::check_kernels(&device, cases as usize, seed)?;
+            let passed = reports.iter().all(|r| r.failures == 0);
+            print_kernel_checks(&mut out, &reports, &cli.device, cases, seed, json, passed)?;
+            if !passed {
+                return Ok(EXIT_VERIFY_FAILED);
+            }
+        }
+        Command::Verify {
             op,
             all: _,
+            kernels: false,
             cases,
             seed,
             json,
@@ -707,6 +727,63 @@ fn print_listing(out: &mut impl Write, rows: &[Listed], json: bool) -> Result<()
     writeln!(out, "{:width$}  SUMMARY", "NAME")?;
     for r in rows {
         writeln!(out, "{:width$}  {}", r.name, r.summary)?;
+    }
+    Ok(())
+}
+
+fn print_kernel_checks(
+    out: &mut impl Write,
+    reports: &[dyrep_runtime::api::kernels::check::KernelReport],
+    device: &str,
+    cases: u32,
+    seed: u64,
+    json: bool,
+    passed: bool,
+) -> Result<()> {
+    use dyrep_runtime::api::kernels::check::KERNEL_TOLERANCE;
+    if json {
+        let checks: Vec<serde_json::Value> = reports
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "kernel": r.kernel, "cases": r.cases, "failures": r.failures,
+                    "worst_rel": r.worst_rel, "first_failure": r.first_failure,
+                })
+            })
+            .collect();
+        let v = serde_json::json!({
+            "device": device, "cases": cases, "seed": seed, "tolerance": KERNEL_TOLERANCE,
+            "passed": passed, "checks": checks,
+        });
+        serde_json::to_writer_pretty(&mut *out, &v)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "kernels on {device} (candle ops) vs own CPU kernels, forward and gradients, f32: {cases} random cases, seed {seed}, limit rel {KERNEL_TOLERANCE:.0e}\n"
+    )?;
+    writeln!(
+        out,
+        "{:26} {:>6} {:>10}  RESULT",
+        "KERNEL", "CASES", "WORST REL"
+    )?;
+    for r in reports {
+        let result = if r.failures == 0 {
+            "ok".to_string()
+        } else {
+            format!("FAILED ({} of {})", r.failures, r.cases)
+        };
+        writeln!(
+            out,
+            "{:26} {:>6} {:>10.2e}  {result}",
+            r.kernel, r.cases, r.worst_rel
+        )?;
+    }
+    for r in reports {
+        if let Some(f) = &r.first_failure {
+            writeln!(out, "\n{}: first failure: {f}", r.kernel)?;
+        }
     }
     Ok(())
 }

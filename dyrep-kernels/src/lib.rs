@@ -8,6 +8,7 @@
 //! the CPU too (for A/B benchmarks); the `*_on` functions choose explicitly (for tests).
 
 mod bn;
+pub mod check;
 mod conv;
 mod cpu;
 mod error;

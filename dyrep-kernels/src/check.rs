@@ -1,0 +1,423 @@
+//! Runtime cross-check of the kernels (`dyrep verify --kernels`, issue 5 and 7): random shapes
+//! and data, every op's forward and gradients computed by the own CPU kernels (the reference)
+//! and by candle's ops on the chosen device (candle's CPU ops, or CUDA), compared by relative
+//! error. The same comparison the property tests make, available in the shipped binary so a
+//! GPU machine without a Rust toolchain can check CUDA against the CPU.
+
+use candle_core::{Device, Tensor, Var};
+
+use crate::{
+    batch_norm_train_on, conv2d_on, conv_affine_on, conv_bn_train_on, pool2d_on, relu_on, Backend,
+    ConvParams, ConvShape, PoolKind, Result,
+};
+
+/// The worst relative error a kernel check accepts (f32, different summation orders).
+pub const KERNEL_TOLERANCE: f64 = 1e-4;
+
+/// The outcome of one kernel's cases.
+#[derive(Clone, Debug)]
+pub struct KernelReport {
+    pub kernel: &'static str,
+    pub cases: usize,
+    pub failures: usize,
+    /// Worst relative error over every compared tensor.
+    pub worst_rel: f64,
+    pub first_failure: Option<String>,
+}
+
+/// xorshift64*: deterministic case generation without another dependency.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    /// Conv weights in ±[0.25, 1]: a near-zero weight feeding a BN through few inputs makes
+    /// the BN's gradients ill-conditioned in f32 for every implementation (σ² ≈ ε).
+    fn weights(&mut self, len: usize) -> Vec<f32> {
+        self.values(len)
+            .into_iter()
+            .map(|v| v.signum() * (0.25 + 0.75 * v.abs()))
+            .collect()
+    }
+
+    fn values(&mut self, len: usize) -> Vec<f32> {
+        (0..len)
+            .map(|_| (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0)
+            .map(|v| if v == 0.0 { 0.5 } else { v })
+            .collect()
+    }
+}
+
+/// `max |a − b| / max(max |b|, 0.01)` over two tensors of the same shape (any devices). The
+/// floor matters for gradients that vanish in theory (a conv weight feeding a BN through one
+/// input per channel): there both sides return rounding noise of O(1) data.
+fn rel_err(a: &Tensor, b: &Tensor) -> Result<f64> {
+    let a = a.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+    let b = b.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+    let scale = b
+        .iter()
+        .fold(0.0f64, |m, v| m.max(v.abs() as f64))
+        .max(1e-2);
+    let diff = a
+        .iter()
+        .zip(&b)
+        .fold(0.0f64, |m, (x, y)| m.max((*x as f64 - *y as f64).abs()));
+    Ok(if a.len() == b.len() {
+        diff / scale
+    } else {
+        f64::INFINITY
+    })
+}
+
+/// Output and gradients of `sum(f(args) · g)` for fixed upstream `g`.
+fn with_grads(
+    args: &[Tensor],
+    upstream: &[f32],
+    f: &dyn Fn(&[Tensor]) -> Result<Tensor>,
+) -> Result<Vec<Tensor>> {
+    let vars = args
+        .iter()
+        .map(Var::from_tensor)
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let y = f(&ts)?;
+    let g = Tensor::from_slice(&upstream[..y.elem_count()], y.dims(), y.device())?;
+    let grads = (&y * &g)?.sum_all()?.backward()?;
+    let mut out = vec![y];
+    for v in &vars {
+        out.push(match grads.get(v) {
+            Some(t) => t.clone(),
+            None => v.zeros_like()?,
+        });
+    }
+    Ok(out)
+}
+
+/// candle's side of a conv case: with gradients only where its backward is right.
+fn run_other(
+    grads_ok: bool,
+    args: &[Tensor],
+    upstream: &[f32],
+    f: &dyn Fn(&[Tensor]) -> Result<Tensor>,
+) -> Result<Vec<Tensor>> {
+    if grads_ok {
+        with_grads(args, upstream, f)
+    } else {
+        Ok(vec![f(args)?])
+    }
+}
+
+/// A random conv geometry: batch 1-3, groups 1/2/depthwise, kernels 1/3/5 and 1×3/3×1,
+/// stride 1-2, odd/even, non-square inputs.
+fn conv_case(r: &mut Lcg) -> ConvShape {
+    loop {
+        let (kh, kw) = [(1, 1), (3, 3), (5, 5), (1, 3), (3, 1)][r.below(5)];
+        let (groups, cg) = match r.below(3) {
+            0 => (1, 1 + r.below(4)),
+            1 => (2, 1 + r.below(3)),
+            _ => (2 + r.below(3), 1),
+        };
+        let og = 1 + r.below(3);
+        let (h, w) = (3 + r.below(9), 3 + r.below(9));
+        let padding = (kh / 2, kw / 2);
+        if let Ok(s) = ConvShape::new(
+            &[1 + r.below(3), cg * groups, h, w],
+            &[og * groups, cg, kh, kw],
+            1 + r.below(2),
+            padding,
+            groups,
+        ) {
+            if s.n * s.ho * s.wo >= 2 {
+                return s;
+            }
+        }
+    }
+}
+
+/// Whether candle's conv backward is right for this geometry: it takes its transposed conv's
+/// output padding from H alone (candle-notes.md §1).
+fn candle_conv_backward_ok(s: &ConvShape) -> bool {
+    s.stride == 1 || (s.h + 2 * s.ph - s.kh) % s.stride == (s.w + 2 * s.pw - s.kw) % s.stride
+}
+
+struct Tally {
+    report: KernelReport,
+}
+
+impl Tally {
+    fn new(kernel: &'static str) -> Self {
+        Self {
+            report: KernelReport {
+                kernel,
+                cases: 0,
+                failures: 0,
+                worst_rel: 0.0,
+                first_failure: None,
+            },
+        }
+    }
+
+    fn case(&mut self, what: String, errs: &[(&str, f64)]) {
+        self.report.cases += 1;
+        let mut bad = Vec::new();
+        for (name, e) in errs {
+            self.report.worst_rel = self.report.worst_rel.max(*e);
+            if *e > KERNEL_TOLERANCE || e.is_nan() {
+                bad.push(format!("{name} rel {e:.2e}"));
+            }
+        }
+        if !bad.is_empty() {
+            self.report.failures += 1;
+            if self.report.first_failure.is_none() {
+                self.report.first_failure = Some(format!("{what}: {}", bad.join(", ")));
+            }
+        }
+    }
+}
+
+/// Runs `cases` random cases of every kernel: own CPU kernels against candle's ops on `device`.
+pub fn check_kernels(device: &Device, cases: usize, seed: u64) -> Result<Vec<KernelReport>> {
+    let cpu = Device::Cpu;
+    let mut r = Lcg(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let on = |t: &Tensor| t.to_device(device);
+    let mut conv = Tally::new("conv2d");
+    let mut conv_bn = Tally::new("conv+bn+relu (train)");
+    let mut conv_aff = Tally::new("conv+affine+relu (eval)");
+    let mut bn = Tally::new("batch_norm (train)");
+    let mut pools = Tally::new("avg/max pool");
+    let mut relu = Tally::new("relu");
+    for _ in 0..cases {
+        let s = conv_case(&mut r);
+        let params = ConvParams {
+            stride: s.stride,
+            padding: (s.ph, s.pw),
+            groups: s.groups,
+        };
+        let what = format!(
+            "input {}x{}x{}x{}, weight {}x{}x{}x{}, stride {}, padding {:?}, groups {}",
+            s.n,
+            s.c,
+            s.h,
+            s.w,
+            s.out,
+            s.c / s.groups,
+            s.kh,
+            s.kw,
+            s.stride,
+            (s.ph, s.pw),
+            s.groups
+        );
+        let x = Tensor::from_vec(r.values(s.n * s.c * s.h * s.w), (s.n, s.c, s.h, s.w), &cpu)?;
+        let w = Tensor::from_vec(
+            r.weights(s.out * (s.c / s.groups) * s.kh * s.kw),
+            (s.out, s.c / s.groups, s.kh, s.kw),
+            &cpu,
+        )?;
+        let gamma = Tensor::from_vec(r.values(s.out), s.out, &cpu)?;
+        let beta = Tensor::from_vec(r.values(s.out), s.out, &cpu)?;
+        let up = r.values(s.n * s.out * s.ho * s.wo + 4 * s.n * s.c * (s.h + 2) * (s.w + 2));
+        let grads_ok = candle_conv_backward_ok(&s);
+        let compare = |own: Vec<Tensor>, other: Vec<Tensor>, names: &[&'static str]| {
+            own.iter()
+                .zip(&other)
+                .zip(names)
+                .take(if grads_ok { names.len() } else { 1 })
+                .map(|((a, b), n)| Ok((*n, rel_err(b, a)?)))
+                .collect::<Result<Vec<(&str, f64)>>>()
+        };
+
+        let own = with_grads(&[x.clone(), w.clone()], &up, &|a| {
+            conv2d_on(Backend::Own, &a[0], &a[1], s.stride, (s.ph, s.pw), s.groups)
+        })?;
+        let other = run_other(grads_ok, &[on(&x)?, on(&w)?], &up, &|a| {
+            conv2d_on(
+                Backend::Candle,
+                &a[0],
+                &a[1],
+                s.stride,
+                (s.ph, s.pw),
+                s.groups,
+            )
+        })?;
+        conv.case(
+            what.clone(),
+            &compare(own, other, &["output", "input grad", "weight grad"])?,
+        );
+
+        let relu_on_case = r.below(2) == 0;
+        let own = with_grads(
+            &[x.clone(), w.clone(), gamma.clone(), beta.clone()],
+            &up,
+            &|a| {
+                Ok(conv_bn_train_on(
+                    Backend::Own,
+                    &a[0],
+                    &a[1],
+                    params,
+                    &a[2],
+                    &a[3],
+                    1e-5,
+                    relu_on_case,
+                )?
+                .y)
+            },
+        )?;
+        let other = run_other(
+            grads_ok,
+            &[on(&x)?, on(&w)?, on(&gamma)?, on(&beta)?],
+            &up,
+            &|a| {
+                Ok(conv_bn_train_on(
+                    Backend::Candle,
+                    &a[0],
+                    &a[1],
+                    params,
+                    &a[2],
+                    &a[3],
+                    1e-5,
+                    relu_on_case,
+                )?
+                .y)
+            },
+        )?;
+        let names = [
+            "output",
+            "input grad",
+            "weight grad",
+            "gamma grad",
+            "beta grad",
+        ];
+        let mut errs = compare(own, other, &names)?;
+        if (s.c / s.groups) * s.kh * s.kw == 1 {
+            // One input per output channel: the BN cancels the weight's scale, its gradient
+            // is zero in exact arithmetic and rounding noise in f32 on both sides.
+            errs.retain(|(n, _)| *n != "weight grad");
+        }
+        conv_bn.case(what.clone(), &errs);
+
+        let own = with_grads(
+            &[x.clone(), w.clone(), gamma.clone(), beta.clone()],
+            &up,
+            &|a| {
+                conv_affine_on(
+                    Backend::Own,
+                    &a[0],
+                    &a[1],
+                    params,
+                    &a[2],
+                    &a[3],
+                    relu_on_case,
+                )
+            },
+        )?;
+        let other = run_other(
+            grads_ok,
+            &[on(&x)?, on(&w)?, on(&gamma)?, on(&beta)?],
+            &up,
+            &|a| {
+                conv_affine_on(
+                    Backend::Candle,
+                    &a[0],
+                    &a[1],
+                    params,
+                    &a[2],
+                    &a[3],
+                    relu_on_case,
+                )
+            },
+        )?;
+        let names = [
+            "output",
+            "input grad",
+            "weight grad",
+            "scale grad",
+            "shift grad",
+        ];
+        conv_aff.case(what.clone(), &compare(own, other, &names)?);
+
+        // Batch norm, ReLU and pools on the input tensor (always candle-differentiable).
+        let xg = Tensor::from_vec(r.values(s.c), s.c, &cpu)?;
+        let xb = Tensor::from_vec(r.values(s.c), s.c, &cpu)?;
+        let own = with_grads(&[x.clone(), xg.clone(), xb.clone()], &up, &|a| {
+            Ok(batch_norm_train_on(Backend::Own, &a[0], &a[1], &a[2], 1e-5)?.y)
+        })?;
+        let other = with_grads(&[on(&x)?, on(&xg)?, on(&xb)?], &up, &|a| {
+            Ok(batch_norm_train_on(Backend::Candle, &a[0], &a[1], &a[2], 1e-5)?.y)
+        })?;
+        let errs: Vec<(&str, f64)> = ["output", "input grad", "gamma grad", "beta grad"]
+            .iter()
+            .zip(own.iter().zip(&other))
+            .map(|(n, (a, b))| Ok((*n, rel_err(b, a)?)))
+            .collect::<Result<_>>()?;
+        if s.n * s.h * s.w >= 2 {
+            bn.case(what.clone(), &errs);
+        }
+
+        let own = with_grads(std::slice::from_ref(&x), &up, &|a| {
+            relu_on(Backend::Own, &a[0])
+        })?;
+        let other = with_grads(&[on(&x)?], &up, &|a| relu_on(Backend::Candle, &a[0]))?;
+        relu.case(
+            what.clone(),
+            &[
+                ("output", rel_err(&other[0], &own[0])?),
+                ("grad", rel_err(&other[1], &own[1])?),
+            ],
+        );
+
+        let kind = if r.below(2) == 0 {
+            PoolKind::Avg
+        } else {
+            PoolKind::Max
+        };
+        let (k, stride) = (1 + r.below(3), 1 + r.below(2));
+        let padding = r.below(k / 2 + 1);
+        if s.h + 2 * padding >= k && s.w + 2 * padding >= k {
+            let own = with_grads(std::slice::from_ref(&x), &up, &|a| {
+                pool2d_on(Backend::Own, kind, &a[0], k, stride, padding)
+            })?;
+            let other = with_grads(&[on(&x)?], &up, &|a| {
+                pool2d_on(Backend::Candle, kind, &a[0], k, stride, padding)
+            })?;
+            pools.case(
+                format!("{kind:?} pool {k}x{k} stride {stride} padding {padding} on {what}"),
+                &[
+                    ("output", rel_err(&other[0], &own[0])?),
+                    ("grad", rel_err(&other[1], &own[1])?),
+                ],
+            );
+        }
+    }
+    Ok(vec![
+        conv.report,
+        conv_bn.report,
+        conv_aff.report,
+        bn.report,
+        pools.report,
+        relu.report,
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_kernels_agree_with_candle_on_the_cpu() {
+        let reports = check_kernels(&Device::Cpu, 40, 7).unwrap();
+        assert_eq!(reports.len(), 6);
+        for r in &reports {
+            assert!(r.cases > 0, "{r:?}");
+            assert_eq!(r.failures, 0, "{r:?}");
+        }
+    }
+}

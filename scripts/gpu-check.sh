@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# GPU check (issue 7), for a machine with an NVIDIA GPU, its driver and CUDA 13 libraries, and a
+# `dyrep` built by scripts/build-cuda.sh (no Rust toolchain needed there). Under 8 minutes:
+#   1. the fusion property checks on CUDA          (dyrep verify --all --device cuda)
+#   2. every kernel on CUDA against the CPU kernels (dyrep verify --kernels --device cuda)
+#   3. a short DyRep training on CUDA with grows and cuts; every event's preserve_rel_err <= 2e-5
+#   4. dyrep bench train/eval on CUDA and CPU for bench-cifar and vgg16
+# and prints one markdown table. Exit 1 if any check fails.
+#
+#   DYREP_BIN=target/cuda/release/dyrep scripts/gpu-check.sh
+# LD_LIBRARY_PATH must reach libcudart/libnvrtc/libcublas(Lt)/libcurand of CUDA 13; if it does
+# not, the script looks for a pip-installed nvidia/cu13/lib (e.g. PyTorch's) and uses that.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+BIN=${DYREP_BIN:-target/cuda/release/dyrep}
+WORK=${GPU_CHECK_DIR:-$(mktemp -d)}
+[ -x "$BIN" ] || { echo "gpu-check: $BIN not found; build it with scripts/build-cuda.sh or set DYREP_BIN" >&2; exit 1; }
+
+if ! ldd "$BIN" | grep -q "libcublas.so.13 => /"; then
+    for py in python3 /usr/bin/python3; do
+        lib=$("$py" -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13", "lib"))' 2>/dev/null) || continue
+        if [ -d "$lib" ]; then
+            export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+            echo "gpu-check: using CUDA libraries from $lib"
+            break
+        fi
+    done
+fi
+ldd "$BIN" | grep -E "not found" && { echo "gpu-check: libraries missing (see above); set LD_LIBRARY_PATH" >&2; exit 1; }
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true
+
+status=0
+row() { printf '| %s | %s | %s |\n' "$1" "$2" "$3"; }
+table=()
+
+# 1. Fusion equivalence on CUDA.
+t0=$(date +%s)
+if "$BIN" --device cuda verify --all --cases 30 --seed 1 > "$WORK/verify.txt" 2>&1; then r=ok; else r=FAILED; status=1; fi
+worst=$(awk '/^(conv|identity|block|nested)/ {print $3}' "$WORK/verify.txt" | sort -g | tail -1)
+table+=("$(row "fusion equivalence on CUDA (verify --all, 30 cases/check)" "$r" "worst abs ${worst:-?}, $(( $(date +%s) - t0 )) s")")
+
+# 2. Kernels: CUDA (candle ops) vs CPU (own kernels).
+t0=$(date +%s)
+if "$BIN" --device cuda verify --kernels --cases 40 --seed 1 > "$WORK/kernels.txt" 2>&1; then r=ok; else r=FAILED; status=1; fi
+worst=$(awk 'NR > 3 && NF >= 4 {print $(NF-1)}' "$WORK/kernels.txt" | grep -E '^[0-9.e+-]+$' | sort -g | tail -1)
+table+=("$(row "kernels CUDA vs CPU (verify --kernels, 40 cases)" "$r" "worst rel ${worst:-?}, $(( $(date +%s) - t0 )) s")")
+
+# 3. Short DyRep training on CUDA with grows and cuts.
+t0=$(date +%s)
+run="$WORK/dyrep-run"
+rm -rf "$run"
+if "$BIN" --device cuda train --out "$run" --mode dyrep --epochs 3 --grow-interval 1 --grow-topk 4 \
+    --cut-threshold 0.3 --train-limit 4000 --test-limit 1000 --calib-batches 4 > "$WORK/train.txt" 2>&1; then
+    read -r grows cuts worst_pres acc < <(python3 - "$run" <<'EOF'
+import json, sys
+d = sys.argv[1]
+ev = [json.loads(l) for l in open(d + "/events.jsonl")]
+s = json.load(open(d + "/summary.json"))
+print(sum(e["kind"] == "grow" for e in ev), sum(e["kind"] == "cut" for e in ev),
+      max([e["preserve_rel_err"] for e in ev] or [0.0]), s["final_test_acc"])
+EOF
+    )
+    if [ "${grows:-0}" -gt 0 ] && python3 -c "import sys; sys.exit(0 if float('${worst_pres:-1}') <= 2e-5 else 1)"; then r=ok; else r=FAILED; status=1; fi
+    table+=("$(row "DyRep training on CUDA (3 epochs, vgg-tiny)" "$r" "$grows grows, $cuts cuts, worst preserve_rel_err $worst_pres, test acc $acc, $(( $(date +%s) - t0 )) s")")
+else
+    status=1
+    table+=("$(row "DyRep training on CUDA" "FAILED" "$(tail -1 "$WORK/train.txt")")")
+fi
+
+# 4. Throughput, CUDA and CPU.
+bench() { # model what device iters
+    "$BIN" --device "$3" bench "$2" --model "$1" --iters "$4" --json 2>/dev/null \
+        | python3 -c 'import json,sys; d=json.load(sys.stdin); print(f"{d[\"images_per_sec\"]:.0f} img/s, {d[\"gflops\"]:.0f} GFLOP/s, batch {d[\"batch\"]}")' \
+        || echo "failed"
+}
+for model in bench-cifar vgg16; do
+    for what in train eval; do
+        gpu=$(bench "$model" "$what" cuda 20)
+        cpu=$(bench "$model" "$what" cpu 2)
+        table+=("$(row "bench $what $model" "cuda: $gpu" "cpu: $cpu")")
+    done
+done
+
+echo
+echo "| check | result | details |"
+echo "|---|---|---|"
+printf '%s\n' "${table[@]}"
+echo
+echo "gpu-check: outputs in $WORK"
+exit $status

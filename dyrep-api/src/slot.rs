@@ -199,13 +199,40 @@ impl RepBlock {
         self.branches.iter_mut().find(|b| b.name() == name)
     }
 
-    /// Sum of all branch outputs.
+    /// Sum of all branch outputs. For inference (eval mode inside `kernels::no_grad`, no batch
+    /// norm calibrating) the block runs as its exact fused conv instead: same output (the
+    /// fusion property), one conv instead of every branch.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if !train && !dyrep_kernels::grad_enabled() && !self.calibrating() {
+            let k = self.equivalent()?;
+            let g = &self.geom;
+            let y = dyrep_kernels::conv2d(
+                x,
+                &k.weight.to_dtype(x.dtype())?,
+                g.stride,
+                (g.padding, g.padding),
+                g.groups,
+            )?;
+            let bias = k.bias.to_dtype(x.dtype())?.reshape((1, g.out_ch, 1, 1))?;
+            return Ok(y.broadcast_add(&bias)?);
+        }
         let mut y = self.main.forward_t(x, train)?;
         for b in &self.branches {
             y = (y + b.forward_t(x, train)?)?;
         }
         Ok(y)
+    }
+
+    /// Whether any batch norm of the block (nested blocks included) is calibrating.
+    fn calibrating(&self) -> bool {
+        self.all_branches().any(|op| {
+            op.batch_norms().iter().any(|(_, bn)| bn.is_calibrating())
+                || op.child_slots().iter().any(|(_, child)| {
+                    let mut any = false;
+                    child.visit_batch_norms("", &mut |_, bn| any |= bn.is_calibrating());
+                    any
+                })
+        })
     }
 
     /// The block's exact eval-mode equivalent kernel (transII over all branches).

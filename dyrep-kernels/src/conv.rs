@@ -165,8 +165,12 @@ impl ConvShape {
                             out[..lo].fill(0.0);
                             out[hi..].fill(0.0);
                             if hi > lo {
-                                out[lo..hi]
-                                    .copy_from_slice(&src[lo + kx - self.pw..hi + kx - self.pw]);
+                                // A plain loop, not copy_from_slice: rows are short (7-56
+                                // floats) and a memmove call per row costs more than the copy.
+                                let src = &src[lo + kx - self.pw..hi + kx - self.pw];
+                                for (o, &v) in out[lo..hi].iter_mut().zip(src) {
+                                    *o = v;
+                                }
                             }
                         } else {
                             for (ox, o) in out.iter_mut().enumerate() {

@@ -215,23 +215,26 @@ impl BnAndPad {
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let y = self.bn.forward_t(x, train)?;
+        self.pad_output(&y)
+    }
+
+    /// `conv` → this BN → pad, with the conv and the BN fused ([`conv_bn`]).
+    pub fn forward_after_conv(
+        &self,
+        conv: &Conv2dLayer,
+        x: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
+        let y = conv_bn(conv, &self.bn, x, train, false)?;
+        self.pad_output(&y)
+    }
+
+    fn pad_output(&self, y: &Tensor) -> Result<Tensor> {
         if self.pad == 0 {
-            return Ok(y);
+            return Ok(y.clone());
         }
-        let p = self.pad;
-        let (_, c, h, w) = y.dims4()?;
-        let value = self
-            .bn
-            .eval_params()?
-            .zero_input_output()?
-            .to_dtype(y.dtype())?;
-        let interior = Tensor::ones((1, 1, h, w), y.dtype(), y.device())?
-            .pad_with_zeros(2, p, p)?
-            .pad_with_zeros(3, p, p)?;
-        let border = interior.affine(-1.0, 1.0)?;
-        let fill = border.broadcast_mul(&value.reshape((1, c, 1, 1))?)?;
-        let padded = y.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)?;
-        Ok(padded.broadcast_add(&fill)?)
+        let value = self.bn.eval_params()?.zero_input_output()?;
+        Ok(dyrep_kernels::pad_const(y, self.pad, &value)?)
     }
 }
 

@@ -151,6 +151,10 @@ enum Command {
         /// Batch size (default: 128 for bench-small, 64 otherwise).
         #[arg(long)]
         batch: Option<usize>,
+        /// Grow every k×k conv into a block with these ops first (comma-separated, or `all`):
+        /// the training cost of DyRep's grown blocks.
+        #[arg(long, value_delimiter = ',', value_name = "OPS")]
+        grow_ops: Option<Vec<String>>,
         #[arg(long, default_value_t = 10)]
         iters: usize,
         /// Print one JSON object.
@@ -473,13 +477,15 @@ fn dispatch(cli: Cli) -> Result<u8> {
             model,
             mode,
             batch,
+            grow_ops,
             iters,
             json,
         } => {
             let mode = Mode::parse(&mode)?;
-            let r = dyrep_runtime::bench::bench(
+            let r = dyrep_runtime::bench::bench_grown(
                 &model,
                 mode,
+                grow_ops.as_deref(),
                 None,
                 batch.unwrap_or_else(|| dyrep_runtime::bench::default_batch(&model)),
                 iters,

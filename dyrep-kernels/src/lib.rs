@@ -462,6 +462,50 @@ pub fn relu_on(backend: Backend, x: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// Pads each `[H, W]` plane of `x` (`[N, C, H, W]`) by `pad` on every side with the
+/// per-channel constant `values` (`[C]`, no gradient); the input gets the interior gradient.
+pub fn pad_const(x: &Tensor, pad: usize, values: &Tensor) -> Result<Tensor> {
+    pad_const_on(Backend::for_tensor(x), x, pad, values)
+}
+
+/// [`pad_const`] on a chosen backend.
+pub fn pad_const_on(backend: Backend, x: &Tensor, pad: usize, values: &Tensor) -> Result<Tensor> {
+    let x = &arg(x);
+    let (_, c, h, w) = x.dims4()?;
+    if values.dims() != [c] {
+        return Err(KernelError::Shape {
+            op: "pad_const",
+            detail: format!(
+                "input {:?} needs [{c}] values, got {:?}",
+                x.dims(),
+                values.dims()
+            ),
+        });
+    }
+    if pad == 0 {
+        return Ok(x.clone());
+    }
+    match backend {
+        Backend::Own => {
+            check_own(x, "pad_const")?;
+            let values = values.detach().to_dtype(DType::F32)?.to_vec1::<f32>()?;
+            Ok(x.contiguous()?
+                .apply_op1(pool::PadConstOp { pad, values })?)
+        }
+        Backend::Candle => {
+            let p = pad;
+            let interior = Tensor::ones((1, 1, h, w), x.dtype(), x.device())?
+                .pad_with_zeros(2, p, p)?
+                .pad_with_zeros(3, p, p)?;
+            let border = interior.affine(-1.0, 1.0)?;
+            let fill = border
+                .broadcast_mul(&values.detach().to_dtype(x.dtype())?.reshape((1, c, 1, 1))?)?;
+            let padded = x.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)?;
+            Ok(padded.broadcast_add(&fill)?)
+        }
+    }
+}
+
 /// Average pooling, k×k window, zero padding (any amount) counted in the average, any stride.
 pub fn avg_pool2d(x: &Tensor, k: usize, stride: usize, padding: usize) -> Result<Tensor> {
     pool2d_on(Backend::for_tensor(x), PoolKind::Avg, x, k, stride, padding)

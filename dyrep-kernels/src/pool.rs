@@ -8,7 +8,7 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::cpu::{slice_f32, tensor_like, with_f32};
+use crate::cpu::{slice_f32, tensor_like, with_f32, with_scratch};
 use crate::error::{KernelError, Result};
 use crate::profile::{Phase, Timer};
 
@@ -92,21 +92,57 @@ impl PoolShape {
         y
     }
 
+    /// Separable: window sums along each input row first (`h × wo`), then along columns, so
+    /// an output costs about 2k adds instead of k².
     fn avg_plane(&self, xp: &[f32], yp: &mut [f32]) {
         let inv = 1.0 / (self.k * self.k) as f32;
-        for oy in 0..self.ho {
-            let rows = self.window(oy, self.h);
-            for ox in 0..self.wo {
-                let cols = self.window(ox, self.w);
-                let mut acc = 0.0f32;
-                for iy in rows.clone() {
-                    acc += xp[iy * self.w + cols.start..iy * self.w + cols.end]
-                        .iter()
-                        .sum::<f32>();
+        let wo = self.wo;
+        with_scratch(self.h * wo, |row_sums| {
+            for iy in 0..self.h {
+                let row = &xp[iy * self.w..(iy + 1) * self.w];
+                for (ox, r) in row_sums[iy * wo..(iy + 1) * wo].iter_mut().enumerate() {
+                    *r = row[self.window(ox, self.w)].iter().sum::<f32>();
                 }
-                yp[oy * self.wo + ox] = acc * inv;
             }
-        }
+            for oy in 0..self.ho {
+                let out = &mut yp[oy * wo..(oy + 1) * wo];
+                out.fill(0.0);
+                for iy in self.window(oy, self.h) {
+                    for (o, &r) in out.iter_mut().zip(&row_sums[iy * wo..(iy + 1) * wo]) {
+                        *o += r;
+                    }
+                }
+                for o in out.iter_mut() {
+                    *o *= inv;
+                }
+            }
+        });
+    }
+
+    /// The transpose of [`Self::avg_plane`]: column spreads into `h × wo`, then row spreads.
+    fn avg_plane_backward(&self, dyp: &[f32], dxp: &mut [f32]) {
+        let inv = 1.0 / (self.k * self.k) as f32;
+        let wo = self.wo;
+        with_scratch(self.h * wo, |spread| {
+            spread.fill(0.0);
+            for oy in 0..self.ho {
+                let g = &dyp[oy * wo..(oy + 1) * wo];
+                for iy in self.window(oy, self.h) {
+                    for (t, &d) in spread[iy * wo..(iy + 1) * wo].iter_mut().zip(g) {
+                        *t += d;
+                    }
+                }
+            }
+            for iy in 0..self.h {
+                let row = &mut dxp[iy * self.w..(iy + 1) * self.w];
+                for (ox, &t) in spread[iy * wo..(iy + 1) * wo].iter().enumerate() {
+                    let t = t * inv;
+                    for d in &mut row[self.window(ox, self.w)] {
+                        *d += t;
+                    }
+                }
+            }
+        });
     }
 
     /// Index (in the plane) of the first maximum of output `(oy, ox)`'s window; NaN wins.
@@ -163,26 +199,11 @@ impl PoolShape {
         let _t = Timer::start(Phase::Pool);
         let (hw, ohw) = (self.h * self.w, self.ho * self.wo);
         let mut dx = vec![0.0f32; self.planes * hw];
-        let inv = 1.0 / (self.k * self.k) as f32;
         dx.par_chunks_mut(hw.max(1))
             .zip(x.par_chunks(hw.max(1)))
             .zip(dy.par_chunks(ohw.max(1)))
             .for_each(|((dxp, xp), dyp)| match kind {
-                PoolKind::Avg => {
-                    for oy in 0..self.ho {
-                        let rows = self.window(oy, self.h);
-                        for ox in 0..self.wo {
-                            let cols = self.window(ox, self.w);
-                            let g = dyp[oy * self.wo + ox] * inv;
-                            for iy in rows.clone() {
-                                for d in &mut dxp[iy * self.w + cols.start..iy * self.w + cols.end]
-                                {
-                                    *d += g;
-                                }
-                            }
-                        }
-                    }
-                }
+                PoolKind::Avg => self.avg_plane_backward(dyp, dxp),
                 PoolKind::Max => {
                     for oy in 0..self.ho {
                         for ox in 0..self.wo {
@@ -317,5 +338,51 @@ mod tests {
         assert!(PoolShape::new(Avg, &[2, 3, 7, 6], 3, 2, 2).is_ok());
         assert!(PoolShape::new(Avg, &[2, 3, 1, 6], 3, 1, 0).is_err());
         assert!(PoolShape::new(Avg, &[2, 3, 6], 3, 1, 0).is_err());
+    }
+}
+
+/// Pads every side of each `[H, W]` plane by `pad` with a per-channel constant (DBB's
+/// BN-then-pad, reference §1.1): one op instead of candle's pads, masks and broadcasts. The
+/// values carry no gradient; the input's gradient is the interior of the output's.
+#[derive(Clone, Debug)]
+pub(crate) struct PadConstOp {
+    pub pad: usize,
+    pub values: Vec<f32>,
+}
+
+impl CustomOp1 for PadConstOp {
+    fn name(&self) -> &'static str {
+        "dyrep-pad-const"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = slice_f32(s, l, self.name())?;
+        let [n, c, h, w]: [usize; 4] = l
+            .dims()
+            .try_into()
+            .map_err(|_| candle_core::Error::Msg("pad_const expects [N, C, H, W]".into()))?;
+        let (p, hw) = (self.pad, h * w);
+        let (hp, wp) = (h + 2 * p, w + 2 * p);
+        let mut y = vec![0.0f32; n * c * hp * wp];
+        y.par_chunks_mut((hp * wp).max(1))
+            .enumerate()
+            .for_each(|(i, yp)| {
+                yp.fill(self.values[i % c]);
+                let xp = &x[i * hw..(i + 1) * hw];
+                for iy in 0..h {
+                    yp[(iy + p) * wp + p..(iy + p) * wp + p + w]
+                        .copy_from_slice(&xp[iy * w..(iy + 1) * w]);
+                }
+            });
+        Ok((CpuStorage::F32(y), Shape::from((n, c, hp, wp))))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let p = self.pad;
+        Ok(Some(
+            dy.narrow(2, p, x.dim(2)?)?
+                .narrow(3, p, x.dim(3)?)?
+                .contiguous()?,
+        ))
     }
 }

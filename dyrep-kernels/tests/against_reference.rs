@@ -7,8 +7,8 @@
 use anyhow::Result;
 use candle_core::{Device, Tensor, Var};
 use dyrep_kernels::{
-    batch_norm_train_on, channel_affine_on, conv2d_on, conv_bn_train_on, pool2d_on, relu_on,
-    Backend, ConvParams, ConvShape, PoolKind,
+    batch_norm_train_on, channel_affine_on, conv2d_on, conv_bn_train_on, pad_const_on, pool2d_on,
+    relu_on, Backend, ConvParams, ConvShape, PoolKind,
 };
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -331,6 +331,22 @@ proptest! {
             prop_assert!((dshift[ch] - s1).abs() <= TOL * a1.max(1e-3), "shift gradient");
             prop_assert!((dscale[ch] - s2).abs() <= TOL * a2.max(1e-3), "scale gradient");
         }
+    }
+
+    #[test]
+    fn pad_const_matches_candle_ops(
+        n in 1usize..3, c in 1usize..5, h in 1usize..7, w in 1usize..7, pad in 0usize..3, seed in any::<u64>(),
+    ) {
+        let dev = Device::Cpu;
+        let x = Tensor::from_vec(data(seed, n * c * h * w, 0.0), (n, c, h, w), &dev).unwrap();
+        let values = Tensor::from_vec(data(seed ^ 1, c, 0.0), c, &dev).unwrap();
+        let run = |b: Backend| run_with_grads(std::slice::from_ref(&x), seed ^ 2, |a| {
+            pad_const_on(b, &a[0], pad, &values).unwrap()
+        });
+        let (y, g, _) = run(Backend::Own);
+        let (cy, cg, _) = run(Backend::Candle);
+        check("forward", &y, &to_f64(&cy))?;
+        check("gradient", &g[0], &to_f64(&cg[0]))?;
     }
 
     #[test]

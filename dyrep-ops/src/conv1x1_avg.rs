@@ -93,7 +93,7 @@ impl RepOp for Conv1x1Avg {
         let g = &self.geom;
         let pooled = match &self.pre {
             Some((conv, bn)) => {
-                avg_pool2d(&bn.forward_t(&conv.forward(x)?, train)?, g.k, g.stride, 0)?
+                avg_pool2d(&bn.forward_after_conv(conv, x, train)?, g.k, g.stride, 0)?
             }
             None => avg_pool2d(x, g.k, g.stride, g.padding)?,
         };

@@ -119,7 +119,7 @@ impl RepOp for Conv1x1Kxk {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = self.bn1.forward_t(&self.conv1.forward(x)?, train)?;
+        let y = self.bn1.forward_after_conv(&self.conv1, x, train)?;
         self.conv2.forward_bn_t(&y, &self.bn2, train, false)
     }
 

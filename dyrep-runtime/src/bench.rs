@@ -60,6 +60,23 @@ pub fn bench(
     train: bool,
     device: &Device,
 ) -> Result<BenchReport> {
+    bench_grown(model, mode, None, input, batch, iters, train, device)
+}
+
+/// [`bench`] after growing every k×k conv (k > 1) into a block with the ops `grow_ops`
+/// (`["all"]`: every registered op that applies), as DyRep's grown blocks: the cost of
+/// multi-branch training per layer.
+#[allow(clippy::too_many_arguments)]
+pub fn bench_grown(
+    model: &str,
+    mode: Mode,
+    grow_ops: Option<&[String]>,
+    input: Option<[usize; 3]>,
+    batch: usize,
+    iters: usize,
+    train: bool,
+    device: &Device,
+) -> Result<BenchReport> {
     if batch < 2 || iters == 0 {
         return Err(RuntimeError::Config(
             "bench needs --batch >= 2 and --iters >= 1".into(),
@@ -77,6 +94,24 @@ pub fn bench(
     };
     let mut m = build_model(&cfg, &mut ctx)?;
     apply_mode(&mut m, mode, &mut ctx)?;
+    let mut mode_name = mode.as_str().to_string();
+    if let Some(names) = grow_ops {
+        let names: Vec<String> = if names.iter().any(|n| n == "all") {
+            dyrep_api::ops()
+                .iter()
+                .map(|e| e.name.to_string())
+                .filter(|n| n != dyrep_ops::MAIN_OP)
+                .collect()
+        } else {
+            names.to_vec()
+        };
+        let specs = names
+            .iter()
+            .map(|n| dyrep_api::op_spec(n))
+            .collect::<dyrep_api::Result<Vec<_>>>()?;
+        m.grow_all(&*dyrep_ops::main_spec(), &specs, &|g| g.k > 1, &mut ctx)?;
+        mode_name = format!("{mode_name}+{}", names.join(","));
+    }
     let [c, h, w] = input;
     let x = dyrep_api::init::normal_tensor(&mut rng, &[batch, c, h, w], 0.0, 1.0, device)?;
     let labels: Vec<u32> = (0..batch).map(|_| rng.random_range(0..10u32)).collect();
@@ -114,7 +149,7 @@ pub fn bench(
     let flops_per_image = 2.0 * macs as f64 * if train { 3.0 } else { 1.0 };
     Ok(BenchReport {
         model: model.into(),
-        mode: mode.as_str().into(),
+        mode: mode_name,
         what: if train { "train" } else { "eval" }.into(),
         input,
         batch,

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Runs dyrep bench and the PyTorch peer script interleaved (dyrep, torch, dyrep, torch, ...) on
+# bench-small and bench-cifar, train and eval, and prints medians and the dyrep/PyTorch ratio.
+# Not run in CI. Needs a release build and a PyTorch venv (see torchbench.py):
+#   cargo build --release -p dyrep-cli
+#   ROUNDS=5 PYTHON=/tmp/torchvenv/bin/python benches/peer/interleave.sh
+# Run it on a quiet machine: two CPU-heavy jobs at once each run half as fast.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROUNDS=${ROUNDS:-5}
+PYTHON=${PYTHON:-python3}
+THREADS=${THREADS:-2}
+BIN=${DYREP_BIN:-target/release/dyrep}
+export RAYON_NUM_THREADS=$THREADS
+out=$(mktemp)
+for round in $(seq "$ROUNDS"); do
+    for model in bench-small bench-cifar; do
+        for what in train eval; do
+            batch=""; [ "$what" = eval ] && batch="--batch 256"
+            iters=8; [ "$model" = bench-cifar ] && iters=4
+            "$BIN" bench "$what" --model "$model" $batch --iters "$iters" --json \
+                | "$PYTHON" -c "import json,sys; d=json.load(sys.stdin); print('dyrep', '$model', '$what', d['images_per_sec'], d['peak_rss_bytes'])" >> "$out"
+            "$PYTHON" benches/peer/torchbench.py "$what" --model "$model" $batch --iters $((iters * 2)) --threads "$THREADS" \
+                | "$PYTHON" -c "import json,sys; d=json.load(sys.stdin); print('torch', '$model', '$what', d['images_per_sec'], d['peak_rss_bytes'])" >> "$out"
+        done
+    done
+    echo "round $round/$ROUNDS done" >&2
+done
+"$PYTHON" - "$out" <<'PY'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1])]
+def med(who, model, what, col):
+    return statistics.median(float(r[col]) for r in rows if r[:3] == [who, model, what])
+print("| model | what | dyrep img/s | PyTorch img/s | dyrep / PyTorch | dyrep peak RSS | PyTorch peak RSS |")
+print("|---|---|---|---|---|---|---|")
+for model in ["bench-small", "bench-cifar"]:
+    for what in ["train", "eval"]:
+        d, t = med("dyrep", model, what, 3), med("torch", model, what, 3)
+        dm, tm = med("dyrep", model, what, 4) / 1e6, med("torch", model, what, 4) / 1e6
+        print(f"| {model} | {what} | {d:.0f} | {t:.0f} | {d / t:.2f}x | {dm:.0f} MB | {tm:.0f} MB |")
+PY
+rm -f "$out"

@@ -173,3 +173,106 @@ fn bench_prints_the_json_keys() {
     }
     assert_eq!(dyrep(&["bench", "fly"]).status.code(), Some(1));
 }
+
+#[test]
+fn bench_train_reports_the_step_split_and_the_kernels() {
+    let o = dyrep(&[
+        "bench",
+        "train",
+        "--model",
+        "bench-small",
+        "--batch",
+        "4",
+        "--iters",
+        "1",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["kernels"], "own", "{v}");
+    assert_eq!(v["macs_per_image"].as_u64().unwrap(), 21_903_104, "{v}");
+    for k in ["forward_ms", "backward_ms", "optimizer_ms"] {
+        assert!(v[k].as_f64().unwrap() > 0.0, "{k}: {v}");
+    }
+    assert!(
+        v["kernel_ms"]["conv forward"].as_f64().unwrap() > 0.0,
+        "{v}"
+    );
+}
+
+#[test]
+fn bench_grow_ops_grows_every_conv_and_refuses_unknown_ops() {
+    let o = dyrep(&[
+        "bench",
+        "train",
+        "--model",
+        "vgg-tiny",
+        "--batch",
+        "4",
+        "--iters",
+        "1",
+        "--grow-ops",
+        "all",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // Every 3x3 conv of vgg-tiny grown with all seven ops: 16.48 M MACs (3x the plain 5.53 M).
+    assert!(v["macs_per_image"].as_u64().unwrap() > 16_000_000, "{v}");
+    assert!(v["mode"].as_str().unwrap().contains("identity"), "{v}");
+    let bad = dyrep(&["bench", "train", "--grow-ops", "conv9x9", "--iters", "1"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(stderr(&bad).contains("unknown op"), "{}", stderr(&bad));
+}
+
+#[test]
+fn verify_kernels_checks_every_kernel_against_the_cpu_reference() {
+    let o = dyrep(&[
+        "verify",
+        "--kernels",
+        "--cases",
+        "6",
+        "--seed",
+        "3",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["passed"], true, "{v}");
+    let kernels: Vec<&str> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["kernel"].as_str().unwrap())
+        .collect();
+    assert_eq!(kernels.len(), 6, "{v}");
+    assert!(kernels.contains(&"conv+bn+relu (train)"), "{v}");
+    // --kernels and --op are exclusive.
+    assert_eq!(
+        dyrep(&["verify", "--kernels", "--op", "conv1x1"])
+            .status
+            .code(),
+        Some(1)
+    );
+}
+
+#[test]
+fn device_flag_rejects_bad_specs_and_cuda_without_the_feature() {
+    let o = dyrep(&["--device", "gpu0", "ops"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("expected cpu, cuda or cuda:N"),
+        "{}",
+        stderr(&o)
+    );
+    if !cfg!(feature = "cuda") {
+        let o = dyrep(&["bench", "eval", "--device", "cuda:0", "--iters", "1"]);
+        assert_eq!(o.status.code(), Some(1));
+        assert!(
+            stderr(&o).contains("scripts/build-cuda.sh"),
+            "{}",
+            stderr(&o)
+        );
+    }
+    assert!(dyrep(&["ops", "--device", "cpu"]).status.success());
+}

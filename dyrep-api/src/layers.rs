@@ -382,6 +382,13 @@ impl RepOp for ConvBnBranch {
         conv_bn(&self.conv, &self.bn, x, train, false)
     }
 
+    fn conv_bn_parts(&self) -> Option<crate::op::BranchParts<'_>> {
+        Some(crate::op::BranchParts::ConvBn {
+            conv: &self.conv,
+            bn: &self.bn,
+        })
+    }
+
     fn to_equivalent_kxk(&self) -> Result<Kernel> {
         self.conv
             .kernel()?

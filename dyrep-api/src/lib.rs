@@ -25,7 +25,8 @@ pub use geom::ConvGeom;
 pub use init::{InitCtx, DEFAULT_GAMMA0};
 pub use kernel::Kernel;
 pub use op::{
-    find_op, not_applicable, op_spec, ops, OpEntry, OpSpec, RepOp, TensorRole, TensorVisitor,
+    find_op, not_applicable, op_spec, ops, BranchParts, OpEntry, OpSpec, RepOp, TensorRole,
+    TensorVisitor,
 };
 pub use rng::SeededRng;
 pub use scorer::{
@@ -33,7 +34,8 @@ pub use scorer::{
     ScorerEntry,
 };
 pub use slot::{
-    join_path, BranchArch, PlainConv, RepBlock, Slot, SlotArch, SlotInfo, DEFAULT_MAX_DEPTH,
+    branchwise, join_path, BranchArch, PlainConv, RepBlock, Slot, SlotArch, SlotInfo,
+    DEFAULT_MAX_DEPTH,
 };
 
 // Re-exported for the registration macros and for plugin crates.

@@ -62,6 +62,18 @@ impl TensorRole {
 /// Variables have interior mutability (`Var::set`), so one visitor serves reading and loading.
 pub type TensorVisitor<'a> = dyn FnMut(&str, &Var, TensorRole) + 'a;
 
+/// What [`RepOp::conv_bn_parts`] exposes.
+#[derive(Clone, Copy, Debug)]
+pub enum BranchParts<'a> {
+    /// `bn(conv(x))`.
+    ConvBn {
+        conv: &'a crate::layers::Conv2dLayer,
+        bn: &'a BatchNorm,
+    },
+    /// `bn(x)`.
+    Bn { bn: &'a BatchNorm },
+}
+
 /// A branch instance inside a `RepBlock`: object safe, `Send + Sync`.
 ///
 /// Contract, checked for every registered op by the property tests in `dyrep-ops` and by
@@ -113,6 +125,14 @@ pub trait RepOp: Send + Sync + fmt::Debug {
     /// Conv multiply-accumulates at batch 1 for an `h × w` block input, child slots included
     /// (reference §7.4: pooling, BN and additions are not counted).
     fn macs(&self, h: usize, w: usize) -> Result<u64>;
+
+    /// If this branch is one conv (no bias) followed by a batch norm, or a batch norm of the
+    /// block input alone, its parts: a block then runs such branches together in one fused op
+    /// while training (dyrep-kernels `block_train`). `None` (the default) runs the branch's own
+    /// `forward_t`; the result is the same either way.
+    fn conv_bn_parts(&self) -> Option<BranchParts<'_>> {
+        None
+    }
 
     /// For a main branch: the slot holding its k×k conv, where growth places the old conv.
     fn main_slot_mut(&mut self) -> Option<&mut Slot> {

@@ -203,7 +203,7 @@ impl RepBlock {
     /// norm calibrating) the block runs as its exact fused conv instead: same output (the
     /// fusion property), one conv instead of every branch.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        if !train && !dyrep_kernels::grad_enabled() && !self.calibrating() {
+        if !train && !dyrep_kernels::grad_enabled() && !branchwise_on() && !self.calibrating() {
             let k = self.equivalent()?;
             let g = &self.geom;
             let y = dyrep_kernels::conv2d(
@@ -216,11 +216,84 @@ impl RepBlock {
             let bias = k.bias.to_dtype(x.dtype())?.reshape((1, g.out_ch, 1, 1))?;
             return Ok(y.broadcast_add(&bias)?);
         }
+        if let Some(y) = self.forward_fused_train(x, train)? {
+            return Ok(y);
+        }
         let mut y = self.main.forward_t(x, train)?;
         for b in &self.branches {
             y = (y + b.forward_t(x, train)?)?;
         }
         Ok(y)
+    }
+
+    /// Training forward with the conv→BN and BN-only branches in one fused op
+    /// (`kernels::block_train`) and the others added after; `None` when fewer than two branches
+    /// qualify or a batch norm is in eval mode (then every branch runs on its own). Conv biases
+    /// (the main conv gets one when a grow or cut is absorbed) go into the op too.
+    fn forward_fused_train(&self, x: &Tensor, train: bool) -> Result<Option<Tensor>> {
+        use crate::op::BranchParts;
+        let mut fused: Vec<(BranchParts<'_>, &BatchNorm)> = Vec::new();
+        let mut others: Vec<&dyn RepOp> = Vec::new();
+        for op in self.all_branches() {
+            match op.conv_bn_parts() {
+                Some(p @ BranchParts::ConvBn { bn, .. }) if bn.uses_batch_stats(train) => {
+                    fused.push((p, bn))
+                }
+                Some(p @ BranchParts::Bn { bn }) if bn.uses_batch_stats(train) => {
+                    fused.push((p, bn))
+                }
+                _ => others.push(op),
+            }
+        }
+        if fused.len() < 2 {
+            return Ok(None);
+        }
+        let eps = fused[0].1.eps();
+        if fused.iter().any(|(_, bn)| bn.eps() != eps) {
+            return Ok(None);
+        }
+        let branches: Vec<dyrep_kernels::BlockBranch<'_>> = fused
+            .iter()
+            .map(|(p, bn)| dyrep_kernels::BlockBranch {
+                conv: match p {
+                    BranchParts::ConvBn { conv, .. } => Some((
+                        conv.weight().as_tensor(),
+                        dyrep_kernels::ConvParams {
+                            stride: conv.stride(),
+                            padding: conv.padding(),
+                            groups: conv.groups(),
+                        },
+                    )),
+                    BranchParts::Bn { .. } => None,
+                },
+                bias: match p {
+                    BranchParts::ConvBn { conv, .. } => conv.bias().map(|b| b.as_tensor()),
+                    BranchParts::Bn { .. } => None,
+                },
+                gamma: bn.gamma().as_tensor(),
+                beta: bn.beta().as_tensor(),
+            })
+            .collect();
+        let out = dyrep_kernels::block_train(x, &branches, eps)?;
+        let count = {
+            let d = out.y.dims();
+            fused[0].1.batch_count(d)?
+        };
+        for ((p, bn), (mean, var)) in fused.iter().zip(&out.stats) {
+            let mean = match p {
+                BranchParts::ConvBn { conv: c, .. } => match c.bias() {
+                    Some(b) => (mean + b.as_detached_tensor().to_dtype(mean.dtype())?)?,
+                    None => mean.clone(),
+                },
+                BranchParts::Bn { .. } => mean.clone(),
+            };
+            bn.record_batch_stats(&mean, var, count)?;
+        }
+        let mut y = out.y;
+        for op in others {
+            y = (y + op.forward_t(x, train)?)?;
+        }
+        Ok(Some(y))
     }
 
     /// Whether any batch norm of the block (nested blocks included) is calibrating.
@@ -326,6 +399,27 @@ fn branch_arch(op: &dyn RepOp) -> BranchArch {
             .map(|(name, s)| (name.to_string(), s.arch()))
             .collect(),
     }
+}
+
+thread_local! {
+    static BRANCHWISE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with every block computing branch by branch even for inference (instead of as its
+/// fused conv): for checks whose reference must not share code with fusion (`dyrep fuse`).
+pub fn branchwise<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            BRANCHWISE.with(|b| b.set(self.0));
+        }
+    }
+    let _restore = Restore(BRANCHWISE.with(|b| b.replace(true)));
+    f()
+}
+
+fn branchwise_on() -> bool {
+    BRANCHWISE.with(|b| b.get())
 }
 
 /// A conv that may have grown.

@@ -7,6 +7,7 @@
 //! callers stay device-generic. `DYREP_KERNELS=candle` in the environment forces candle's ops on
 //! the CPU too (for A/B benchmarks); the `*_on` functions choose explicitly (for tests).
 
+mod block;
 mod bn;
 pub mod check;
 mod conv;
@@ -398,6 +399,170 @@ pub fn conv_affine_on(
             let z = conv::conv2d_candle(x, weight, conv.stride, conv.padding, conv.groups)?;
             let y = channel_affine_on(Backend::Candle, &z, scale, shift)?;
             Ok(if relu { y.relu()? } else { y })
+        }
+    }
+}
+
+/// One branch of a block for [`block_train`]: a conv (weight `[out, in/groups, kh, kw]` and its
+/// geometry) or the identity (`None`), followed by a batch norm with `gamma`, `beta` (`[out]`).
+#[derive(Clone, Copy, Debug)]
+pub struct BlockBranch<'a> {
+    pub conv: Option<(&'a Tensor, ConvParams)>,
+    /// The conv's bias (`[out]`), if it has one.
+    pub bias: Option<&'a Tensor>,
+    pub gamma: &'a Tensor,
+    pub beta: &'a Tensor,
+}
+
+/// The summed output of a block's branches and each branch's batch statistics (mean, biased
+/// variance), in branch order.
+#[derive(Debug)]
+pub struct BlockTrain {
+    pub y: Tensor,
+    pub stats: Vec<(Tensor, Tensor)>,
+}
+
+/// `Σ_b BN_b(conv_b(x))` in train mode (batch statistics, gradients through them), the identity
+/// branch being `BN(x)`: on the CPU one op with one input gradient (issue 5 item 2).
+pub fn block_train(x: &Tensor, branches: &[BlockBranch<'_>], eps: f64) -> Result<BlockTrain> {
+    block_train_on(Backend::for_tensor(x), x, branches, eps)
+}
+
+/// [`block_train`] on a chosen backend.
+pub fn block_train_on(
+    backend: Backend,
+    x: &Tensor,
+    branches: &[BlockBranch<'_>],
+    eps: f64,
+) -> Result<BlockTrain> {
+    let x = &arg(x);
+    if branches.is_empty() {
+        return Err(KernelError::Shape {
+            op: "block",
+            detail: "a block needs at least one branch".into(),
+        });
+    }
+    let mut geoms = Vec::with_capacity(branches.len());
+    let mut offset = 0;
+    let mut out = None;
+    for b in branches {
+        let (conv, o) = match b.conv {
+            Some((w, p)) => {
+                let s = ConvShape::new(x.dims(), w.dims(), p.stride, p.padding, p.groups)?;
+                (Some(s), s.out)
+            }
+            None => (None, x.dims4()?.1),
+        };
+        if b.gamma.dims() != [o] || b.beta.dims() != [o] || out.is_some_and(|prev| prev != o) {
+            return Err(KernelError::Shape {
+                op: "block",
+                detail: format!(
+                    "branches must all have {} outputs with gamma and beta of that size; got {o} outputs, gamma {:?}, beta {:?}",
+                    out.unwrap_or(o),
+                    b.gamma.dims(),
+                    b.beta.dims()
+                ),
+            });
+        }
+        out = Some(o);
+        let weight_offset = offset;
+        if let Some((w, _)) = b.conv {
+            offset += w.elem_count();
+        }
+        let bias_offset = match (b.conv, b.bias) {
+            (Some(_), Some(bias)) if bias.dims() == [o] => {
+                offset += o;
+                Some(offset - o)
+            }
+            (_, None) => None,
+            _ => {
+                return Err(KernelError::Shape {
+                    op: "block",
+                    detail: format!(
+                        "a bias needs a conv with {o} outputs; got {:?}",
+                        b.bias.map(|t| t.dims().to_vec())
+                    ),
+                })
+            }
+        };
+        geoms.push(block::BranchGeom {
+            conv,
+            weight_offset,
+            bias_offset,
+        });
+    }
+    let out = out.unwrap_or(0);
+    block::output_dims(&geoms, x.dims())?;
+    match backend {
+        Backend::Own => {
+            check_own(x, "block")?;
+            let mut weights: Vec<Tensor> = Vec::new();
+            for b in branches {
+                if let Some((w, _)) = b.conv {
+                    weights.push(arg(w).flatten_all()?);
+                    if let Some(bias) = b.bias {
+                        weights.push(arg(bias));
+                    }
+                }
+            }
+            let gbs: Vec<Tensor> = branches
+                .iter()
+                .map(|b| Tensor::cat(&[&arg(b.gamma), &arg(b.beta)], 0))
+                .collect::<candle_core::Result<_>>()?;
+            let w_flat = if weights.is_empty() {
+                Tensor::zeros(1, DType::F32, x.device())?
+            } else {
+                Tensor::cat(&weights, 0)?
+            };
+            for w in &weights {
+                check_own(w, "block")?;
+            }
+            let gb_flat = Tensor::cat(&gbs, 0)?;
+            let keep = x.track_op() || w_flat.track_op() || gb_flat.track_op();
+            let saved = std::sync::Arc::new(std::sync::Mutex::new(block::BlockSaved::default()));
+            let op = block::BlockOp {
+                branches: geoms,
+                out,
+                eps,
+                keep_for_backward: keep,
+                saved: saved.clone(),
+            };
+            let y = x.contiguous()?.apply_op3(&w_flat, &gb_flat, op)?;
+            let guard = saved.lock().unwrap_or_else(|p| p.into_inner());
+            let stats = guard
+                .stats
+                .iter()
+                .map(|st| {
+                    let mean: Vec<f32> = st.iter().map(|s| s.mean()).collect();
+                    let var: Vec<f32> = st.iter().map(|s| s.var).collect();
+                    Ok((
+                        Tensor::from_vec(mean, out, x.device())?,
+                        Tensor::from_vec(var, out, x.device())?,
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(BlockTrain { y, stats })
+        }
+        Backend::Candle => {
+            let mut y: Option<Tensor> = None;
+            let mut stats = Vec::with_capacity(branches.len());
+            for b in branches {
+                let o = match b.conv {
+                    Some((w, p)) => {
+                        conv_bn_train_on(Backend::Candle, x, w, p, b.gamma, b.beta, eps, false)?
+                    }
+                    None => batch_norm_train_on(Backend::Candle, x, b.gamma, b.beta, eps)?,
+                };
+                stats.push((o.mean, o.var));
+                y = Some(match y {
+                    None => o.y,
+                    Some(acc) => (acc + o.y)?,
+                });
+            }
+            Ok(BlockTrain {
+                y: y.unwrap_or_else(|| x.clone()),
+                stats,
+            })
         }
     }
 }

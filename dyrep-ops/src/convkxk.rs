@@ -76,6 +76,16 @@ impl RepOp for ConvKxk {
         self.conv.forward_bn_t(x, &self.bn, train, false)
     }
 
+    fn conv_bn_parts(&self) -> Option<dyrep_api::BranchParts<'_>> {
+        match &self.conv {
+            Slot::Conv(c) => Some(dyrep_api::BranchParts::ConvBn {
+                conv: c.layer(),
+                bn: &self.bn,
+            }),
+            Slot::Block(_) => None,
+        }
+    }
+
     fn to_equivalent_kxk(&self) -> Result<Kernel> {
         self.conv.equivalent()?.fold_bn(&self.bn.eval_params()?)
     }

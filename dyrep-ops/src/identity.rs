@@ -76,6 +76,10 @@ impl RepOp for Identity {
         self.bn.forward_t(x, train)
     }
 
+    fn conv_bn_parts(&self) -> Option<dyrep_api::BranchParts<'_>> {
+        Some(dyrep_api::BranchParts::Bn { bn: &self.bn })
+    }
+
     fn to_equivalent_kxk(&self) -> Result<Kernel> {
         let g = self.bn.gamma();
         Kernel::identity(

@@ -324,9 +324,10 @@ pub fn observe(
     Ok(ObservedGrads(grads))
 }
 
-/// Eval logits on the fixed held-out batch.
+/// Eval logits on the fixed held-out batch, every block branch by branch (the blocks' fused
+/// inference path would measure the fusion, not the grown network).
 fn probe_logits(model: &Model, fixed: &Tensor) -> Result<Tensor> {
-    model.infer(fixed)
+    dyrep_api::branchwise(|| model.infer(fixed))
 }
 
 /// Everything a grow or cut step needs besides the model.

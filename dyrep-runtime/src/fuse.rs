@@ -133,7 +133,10 @@ pub fn fuse_checkpoint(
             });
         }
     }
-    let (before, labels, _) = logits_on(&model, &ds, limit, false, device)?;
+    // The reference runs every branch (not the blocks' fused convs, which share code with
+    // the fusion under test).
+    let (before, labels, _) =
+        dyrep_api::branchwise(|| logits_on(&model, &ds, limit, false, device))?;
     model.fuse()?;
     let (after, _, _) = logits_on(&model, &ds, limit, false, device)?;
     let c = compare(&before, &after)?;

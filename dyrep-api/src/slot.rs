@@ -279,15 +279,9 @@ impl RepBlock {
             let d = out.y.dims();
             fused[0].1.batch_count(d)?
         };
-        for ((p, bn), (mean, var)) in fused.iter().zip(&out.stats) {
-            let mean = match p {
-                BranchParts::ConvBn { conv: c, .. } => match c.bias() {
-                    Some(b) => (mean + b.as_detached_tensor().to_dtype(mean.dtype())?)?,
-                    None => mean.clone(),
-                },
-                BranchParts::Bn { .. } => mean.clone(),
-            };
-            bn.record_batch_stats(&mean, var, count)?;
+        // The op's statistics are those of each conv's output with its bias: what the BN saw.
+        for ((_, bn), (mean, var)) in fused.iter().zip(&out.stats) {
+            bn.record_batch_stats(mean, var, count)?;
         }
         let mut y = out.y;
         for op in others {

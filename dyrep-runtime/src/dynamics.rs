@@ -504,7 +504,11 @@ pub fn cut_step(
     }
     let mut events = Vec::new();
     for path in blocks {
-        let (slot, _) = model.slot_mut(&path)?;
+        // A nested block disappears with its branch when an enclosing block cuts that branch
+        // (e.g. `conv1x1_kxk` holding a grown `conv2`): the paths were listed before the cuts.
+        let Ok((slot, _)) = model.slot_mut(&path) else {
+            continue;
+        };
         let Some(block) = slot.as_block() else {
             continue;
         };
@@ -620,6 +624,45 @@ mod scenario_tests {
         let op = b.branch(branch).unwrap();
         let (_, bn) = *op.batch_norms().last().unwrap();
         bn.set_gamma(g).unwrap();
+    }
+
+    #[test]
+    fn cutting_a_branch_that_holds_a_grown_block_skips_the_vanished_nested_block() {
+        // Regression: a 15-epoch run stopped with "no slot at `conv1x1_kxk.conv2`" when the
+        // outer block cut the branch whose second conv had grown into a block.
+        let (mut m, x) = model();
+        let cfg = DyrepConfig::default();
+        let specs = cfg.branch_specs().unwrap();
+        let main = dyrep_ops::main_spec();
+        let mut rng = SeededRng::new(6);
+        let mut ctx = InitCtx::new(&mut rng, &Device::Cpu);
+        let grow = |m: &mut Model, path: &str, ctx: &mut InitCtx<'_>| {
+            let (slot, _) = m.slot_mut(path).unwrap();
+            let g = *slot.geom();
+            let ok: Vec<Box<dyn OpSpec>> = specs
+                .iter()
+                .filter(|s| s.check(&g).is_ok())
+                .cloned()
+                .collect();
+            slot.grow(&*main, &ok, ctx).unwrap();
+        };
+        grow(&mut m, "features.1.conv", &mut ctx);
+        grow(&mut m, "features.1.conv.conv1x1_kxk.conv2", &mut ctx);
+        for (b, g) in [
+            ("conv1x1", 0.5),
+            ("conv1x1_kxk", 0.001),
+            ("conv1x1_avg", 0.4),
+            ("conv1xk", 0.3),
+            ("convkx1", 0.5),
+            ("identity", 0.45),
+        ] {
+            set_gamma(&mut m, "features.1.conv", b, g);
+        }
+        let events = cut_step(&mut m, 2, &cfg, &x).unwrap();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].ops, ["conv1x1_kxk"]);
+        assert!(events[0].preserve_rel_err <= 2e-5, "{events:?}");
+        assert!(m.slot_mut("features.1.conv.conv1x1_kxk.conv2").is_err());
     }
 
     #[test]

@@ -97,5 +97,13 @@ BIN=target/cuda/release/dyrep
 echo "build-cuda: built $BIN"
 echo "build-cuda: it needs at run time (ldd):"
 ldd "$BIN" | grep -E 'cuda|nvrtc|cublas|curand' || true
-echo "build-cuda: run it with LD_LIBRARY_PATH pointing at a CUDA 13 lib folder, e.g."
-echo "  LD_LIBRARY_PATH=$CUDA_ROOT/lib $BIN ops"
+# Smoke test on this machine: the stub stands in for the driver's libcuda.so.1, so the binary
+# must load and run a command that does not touch the GPU.
+ln -sf libcuda.so "$STUB_DIR/libcuda.so.1"
+if LD_LIBRARY_PATH="$STUB_DIR:$CUDA_ROOT/lib" "$BIN" ops > /dev/null; then
+    echo "build-cuda: smoke test ok (the binary loads with the CUDA 13 libraries)"
+else
+    die "the built binary does not start (see above)"
+fi
+echo "build-cuda: on a machine with the NVIDIA driver, run it with LD_LIBRARY_PATH reaching the"
+echo "CUDA 13 libraries, e.g. LD_LIBRARY_PATH=$CUDA_ROOT/lib $BIN --device cuda verify --kernels"

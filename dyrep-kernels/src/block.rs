@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::bn::{channel_stats, ChannelStats, Planes};
+use crate::bn::{bn_backward, channel_stats, ChannelStats, Planes};
 use crate::conv::ConvShape;
 use crate::cpu::{slice_f32, tensor_like, with_f32};
 use crate::profile::{Phase, Timer};
@@ -136,8 +136,6 @@ impl CustomOp3 for BlockOp {
         let dims = output_dims(&self.branches, x.dims())?;
         let planes = Planes::of(&dims)?;
         let c = self.out;
-        let hw = planes.hw.max(1);
-        let m = (planes.n * planes.hw) as f64;
         let gb_v = gb.flatten_all()?.to_vec1::<f32>()?;
         let saved = self.lock();
         if saved.conv_out.len() != self.branches.len() {
@@ -164,54 +162,19 @@ impl CustomOp3 for BlockOp {
                             }
                         };
                         let bn_timer = Timer::start(Phase::BnBackward);
-                        let (stats, inv_std) = (&saved.stats[bi], &saved.inv_std[bi]);
-                        let plane_sums: Vec<(f32, f32)> = g
-                            .par_chunks(hw)
-                            .zip(z.par_chunks(hw))
-                            .enumerate()
-                            .map(|(pi, (gp, zp))| {
-                                let st = stats[pi % c];
-                                let (mut a, mut s) = (0.0f32, 0.0f32);
-                                for (&d, &v) in gp.iter().zip(zp) {
-                                    a += d;
-                                    s += d * ((v - st.shift) - st.mean_rel);
-                                }
-                                (a, s)
-                            })
-                            .collect();
-                        let mut sums = vec![(0.0f64, 0.0f64); c];
-                        for (pi, (a, s)) in plane_sums.into_iter().enumerate() {
-                            sums[pi % c].0 += a as f64;
-                            sums[pi % c].1 += s as f64;
-                        }
                         let gamma = &gb_v[bi * 2 * c..bi * 2 * c + c];
-                        let coef: Vec<(f32, f32, f32)> = (0..c)
-                            .map(|ch| {
-                                let istd = inv_std[ch] as f64;
-                                let a = gamma[ch] as f64 * istd;
-                                let (s1, s2) = sums[ch];
-                                (
-                                    a as f32,
-                                    (-a * istd * istd * s2 / m) as f32,
-                                    (-a * s1 / m) as f32,
-                                )
-                            })
-                            .collect();
-                        for ch in 0..c {
-                            dgb[bi * 2 * c + ch] = (sums[ch].1 * inv_std[ch] as f64) as f32;
-                            dgb[bi * 2 * c + c + ch] = sums[ch].0 as f32;
-                        }
-                        let mut dz = vec![0.0f32; z.len()];
-                        dz.par_chunks_mut(hw)
-                            .zip(g.par_chunks(hw).zip(z.par_chunks(hw)))
-                            .enumerate()
-                            .for_each(|(pi, (out, (gp, zp)))| {
-                                let (a, e, f) = coef[pi % c];
-                                let st = stats[pi % c];
-                                for ((o, &d), &v) in out.iter_mut().zip(gp).zip(zp) {
-                                    *o = a * d + e * ((v - st.shift) - st.mean_rel) + f;
-                                }
-                            });
+                        let (dz, dgamma, dbeta) = bn_backward(
+                            g,
+                            None,
+                            z,
+                            planes,
+                            &saved.stats[bi],
+                            &saved.inv_std[bi],
+                            gamma,
+                        );
+                        dgb[bi * 2 * c..bi * 2 * c + c].copy_from_slice(&dgamma);
+                        dgb[bi * 2 * c + c..(bi + 1) * 2 * c].copy_from_slice(&dbeta);
+                        let hw = planes.hw.max(1);
                         drop(bn_timer);
                         if let Some(off) = b.bias_offset {
                             // Σ dz per channel: zero up to rounding (the BN subtracts the bias

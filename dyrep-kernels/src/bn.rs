@@ -93,6 +93,78 @@ pub(crate) fn channel_stats(x: &[f32], p: Planes) -> Vec<ChannelStats> {
     })
 }
 
+/// Train-mode batch-norm backward over `[N, C, H, W]` data `z` (the BN input) with the batch
+/// statistics and `inv_std` it was normalised with: from the gradient reaching the BN output
+/// (`dy`, masked to where `relu_out > 0` when the BN fed a ReLU) to `(dz, dγ, dβ)`, including
+/// the gradient through the batch statistics. Two passes: per-plane sums while writing the
+/// masked gradient, then `dz = a·g + e·(z−μ) + f` in place.
+pub(crate) fn bn_backward(
+    dy: &[f32],
+    relu_out: Option<&[f32]>,
+    z: &[f32],
+    p: Planes,
+    stats: &[ChannelStats],
+    inv_std: &[f32],
+    gamma: &[f32],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (c, hw) = (p.c, p.hw.max(1));
+    let m = p.count().max(1) as f64;
+    let mut dz = vec![0.0f32; z.len()];
+    let plane_sums: Vec<(f32, f32)> = dz
+        .par_chunks_mut(hw)
+        .enumerate()
+        .map(|(pi, out)| {
+            let st = stats[pi % c];
+            let at = pi * p.hw;
+            let (gp, zp) = (&dy[at..at + p.hw], &z[at..at + p.hw]);
+            let (mut a, mut b) = (0.0f32, 0.0f32);
+            for (i, ((o, &d), &zv)) in out.iter_mut().zip(gp).zip(zp).enumerate() {
+                let d = match relu_out {
+                    Some(y) if y[at + i] <= 0.0 => 0.0,
+                    _ => d,
+                };
+                *o = d;
+                a += d;
+                b += d * ((zv - st.shift) - st.mean_rel);
+            }
+            (a, b)
+        })
+        .collect();
+    let mut sums = vec![(0.0f64, 0.0f64); c];
+    for (pi, (a, b)) in plane_sums.into_iter().enumerate() {
+        sums[pi % c].0 += a as f64;
+        sums[pi % c].1 += b as f64;
+    }
+    // dz = a·g + e·(z−μ) + f with a = γ·istd, e = −a·istd²·Σg(z−μ)/M, f = −a·Σg/M.
+    let coef: Vec<(f32, f32, f32)> = (0..c)
+        .map(|ch| {
+            let istd = inv_std[ch] as f64;
+            let a = gamma[ch] as f64 * istd;
+            let (s1, s2) = sums[ch];
+            (
+                a as f32,
+                (-a * istd * istd * s2 / m) as f32,
+                (-a * s1 / m) as f32,
+            )
+        })
+        .collect();
+    dz.par_chunks_mut(hw)
+        .zip(z.par_chunks(hw))
+        .enumerate()
+        .for_each(|(pi, (out, zp))| {
+            let (a, e, f) = coef[pi % c];
+            let st = stats[pi % c];
+            for (o, &v) in out.iter_mut().zip(zp) {
+                *o = a * *o + e * ((v - st.shift) - st.mean_rel) + f;
+            }
+        });
+    let dgamma = (0..c)
+        .map(|ch| (sums[ch].1 * inv_std[ch] as f64) as f32)
+        .collect();
+    let dbeta = sums.iter().map(|s| s.0 as f32).collect();
+    (dz, dgamma, dbeta)
+}
+
 /// `y = x·a_c + b_c`, parallel over (image, channel) planes.
 fn affine_planes(x: &[f32], p: Planes, a: &[f32], b: &[f32]) -> Vec<f32> {
     let mut y = vec![0.0f32; x.len()];
@@ -170,62 +242,16 @@ impl CustomOp3 for BnTrainOp {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let _t = Timer::start(Phase::BnBackward);
         let p = Planes::of(x.dims())?;
-        let m = p.count().max(1) as f64;
         let gamma_v = gamma.to_vec1::<f32>()?;
         let (dx, dgamma, dbeta) = with_f32(x, self.name(), |xs| {
             with_f32(dy, self.name(), |g| {
-                // Σdy and Σdy·(x−μ) per channel.
-                let sums = p.per_channel(|c| {
-                    let st = self.stats[c];
-                    let (mut s1, mut s2) = (0.0f64, 0.0f64);
-                    for n in 0..p.n {
-                        let (mut a, mut b) = (0.0f32, 0.0f32);
-                        for (&d, &v) in p.plane(g, n, c).iter().zip(p.plane(xs, n, c)) {
-                            a += d;
-                            b += d * ((v - st.shift) - st.mean_rel);
-                        }
-                        s1 += a as f64;
-                        s2 += b as f64;
-                    }
-                    (s1, s2)
-                });
-                // dx = a·dy + e·(x−μ) + f with a = γ·istd, e = −a·istd²·Σdy(x−μ)/M, f = −a·Σdy/M.
-                let coef: Vec<(f32, f32, f32)> = (0..p.c)
-                    .map(|c| {
-                        let istd = self.inv_std[c] as f64;
-                        let a = gamma_v[c] as f64 * istd;
-                        let (s1, s2) = sums[c];
-                        (
-                            (a) as f32,
-                            (-a * istd * istd * s2 / m) as f32,
-                            (-a * s1 / m) as f32,
-                        )
-                    })
-                    .collect();
-                let dx = x.track_op().then(|| {
-                    let mut dx = vec![0.0f32; xs.len()];
-                    dx.par_chunks_mut(p.hw.max(1))
-                        .enumerate()
-                        .for_each(|(i, out)| {
-                            let (n, c) = (i / p.c, i % p.c);
-                            let (a, e, f) = coef[c];
-                            let st = self.stats[c];
-                            for ((o, &d), &v) in
-                                out.iter_mut().zip(p.plane(g, n, c)).zip(p.plane(xs, n, c))
-                            {
-                                *o = a * d + e * ((v - st.shift) - st.mean_rel) + f;
-                            }
-                        });
-                    dx
-                });
-                let dgamma: Vec<f32> = (0..p.c)
-                    .map(|c| (sums[c].1 * self.inv_std[c] as f64) as f32)
-                    .collect();
-                let dbeta: Vec<f32> = sums.iter().map(|s| s.0 as f32).collect();
-                (dx, dgamma, dbeta)
+                bn_backward(g, None, xs, p, &self.stats, &self.inv_std, &gamma_v)
             })
         })??;
-        let dx = dx.map(|d| tensor_like(d, x.dims(), x)).transpose()?;
+        let dx = x
+            .track_op()
+            .then(|| tensor_like(dx, x.dims(), x))
+            .transpose()?;
         Ok((
             dx,
             Some(tensor_like(dgamma, &[p.c], gamma)?),

@@ -442,6 +442,30 @@ impl ConvShape {
     }
 }
 
+/// Input and weight gradients of a conv for the gradient `dz` of its output, each only for an
+/// argument that carries a gradient (shared by the conv op and the fused conv ops).
+pub(crate) fn conv_backward(
+    shape: &ConvShape,
+    x: &Tensor,
+    weight: &Tensor,
+    dz: &[f32],
+    op: &'static str,
+) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    let dx = if x.track_op() {
+        let dx = with_f32(weight, op, |w| shape.input_grad(w, dz))?;
+        Some(tensor_like(dx, x.dims(), x)?)
+    } else {
+        None
+    };
+    let dw = if weight.track_op() {
+        let dw = with_f32(x, op, |xs| shape.weight_grad(xs, dz))?;
+        Some(tensor_like(dw, weight.dims(), weight)?)
+    } else {
+        None
+    };
+    Ok((dx, dw))
+}
+
 /// The candle custom op: arguments `(x, weight)`.
 #[derive(Clone, Debug)]
 pub(crate) struct Conv2dOp {
@@ -487,23 +511,9 @@ impl CustomOp2 for Conv2dOp {
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let shape = self.shape(x.dims(), weight.dims())?;
-        let dx = if x.track_op() {
-            let dx = with_f32(weight, self.name(), |w| {
-                with_f32(dy, self.name(), |g| shape.input_grad(w, g))
-            })??;
-            Some(tensor_like(dx, x.dims(), x)?)
-        } else {
-            None
-        };
-        let dw = if weight.track_op() {
-            let dw = with_f32(x, self.name(), |xs| {
-                with_f32(dy, self.name(), |g| shape.weight_grad(xs, g))
-            })??;
-            Some(tensor_like(dw, weight.dims(), weight)?)
-        } else {
-            None
-        };
-        Ok((dx, dw))
+        with_f32(dy, self.name(), |g| {
+            conv_backward(&shape, x, weight, g, self.name())
+        })?
     }
 }
 

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::bn::{channel_stats, ChannelStats, Planes};
-use crate::conv::ConvShape;
+use crate::bn::{bn_backward, channel_stats, ChannelStats, Planes};
+use crate::conv::{conv_backward, ConvShape};
 use crate::cpu::{slice_f32, tensor_like, with_f32};
 use crate::profile::{Phase, Timer};
 
@@ -113,7 +113,6 @@ impl CustomOp3 for ConvBnReluOp {
         let shape = self.shape(x.dims(), weight.dims())?;
         let planes = Planes::of(&shape.output_dims())?;
         let c = shape.out;
-        let m = planes.n as f64 * planes.hw as f64;
         let gb_v = gb.flatten_all()?.to_vec1::<f32>()?;
         let saved = self.lock();
         let Some(z) = saved.conv_out.as_ref() else {
@@ -122,83 +121,34 @@ impl CustomOp3 for ConvBnReluOp {
                 self.name()
             )));
         };
-        let (stats, inv_std) = (&saved.stats, &saved.inv_std);
         let bn_timer = Timer::start(Phase::BnBackward);
-        // One pass per plane: the gradient reaching the BN output (dy where the ReLU passed
-        // it) into dz, with its per-plane Σ and Σ·(z−μ); dz is finished in place below.
-        let hw = planes.hw.max(1);
-        let mut dz = vec![0.0f32; z.len()];
-        let plane_sums: Vec<(f32, f32)> = with_f32(dy, self.name(), |g| {
-            with_f32(y, self.name(), |ys| {
-                dz.par_chunks_mut(hw)
-                    .enumerate()
-                    .map(|(pi, out)| {
-                        let st = stats[pi % c];
-                        let at = pi * planes.hw;
-                        let (gp, yp, zp) = (
-                            &g[at..at + planes.hw],
-                            &ys[at..at + planes.hw],
-                            &z[at..at + planes.hw],
-                        );
-                        let (mut a, mut b) = (0.0f32, 0.0f32);
-                        for (((o, &d), &v), &zv) in out.iter_mut().zip(gp).zip(yp).zip(zp) {
-                            let d = if self.relu && v <= 0.0 { 0.0 } else { d };
-                            *o = d;
-                            a += d;
-                            b += d * ((zv - st.shift) - st.mean_rel);
-                        }
-                        (a, b)
-                    })
-                    .collect()
-            })
-        })??;
-        let mut sums = vec![(0.0f64, 0.0f64); c];
-        for (pi, (a, b)) in plane_sums.into_iter().enumerate() {
-            sums[pi % c].0 += a as f64;
-            sums[pi % c].1 += b as f64;
-        }
-        let coef: Vec<(f32, f32, f32)> = (0..c)
-            .map(|ch| {
-                let istd = inv_std[ch] as f64;
-                let a = gb_v[ch] as f64 * istd;
-                let (s1, s2) = sums[ch];
-                (
-                    a as f32,
-                    (-a * istd * istd * s2 / m) as f32,
-                    (-a * s1 / m) as f32,
+        let relu_out = self.relu.then_some(y);
+        let (dz, dgamma, dbeta) = with_f32(dy, self.name(), |g| match relu_out {
+            Some(y) => with_f32(y, self.name(), |ys| {
+                bn_backward(
+                    g,
+                    Some(ys),
+                    z,
+                    planes,
+                    &saved.stats,
+                    &saved.inv_std,
+                    &gb_v[..c],
                 )
-            })
-            .collect();
-        dz.par_chunks_mut(hw)
-            .zip(z.par_chunks(hw))
-            .enumerate()
-            .for_each(|(pi, (out, zp))| {
-                let ch = pi % c;
-                let (a, e, f) = coef[ch];
-                let st = stats[ch];
-                for (o, &v) in out.iter_mut().zip(zp) {
-                    *o = a * *o + e * ((v - st.shift) - st.mean_rel) + f;
-                }
-            });
-        let mut dgb = vec![0.0f32; 2 * c];
-        for ch in 0..c {
-            dgb[ch] = (sums[ch].1 * inv_std[ch] as f64) as f32;
-            dgb[c + ch] = sums[ch].0 as f32;
-        }
+            }),
+            None => Ok(bn_backward(
+                g,
+                None,
+                z,
+                planes,
+                &saved.stats,
+                &saved.inv_std,
+                &gb_v[..c],
+            )),
+        })??;
+        let dgb: Vec<f32> = dgamma.into_iter().chain(dbeta).collect();
         drop(saved);
         drop(bn_timer);
-        let dx = if x.track_op() {
-            let dx = with_f32(weight, self.name(), |w| shape.input_grad(w, &dz))?;
-            Some(tensor_like(dx, x.dims(), x)?)
-        } else {
-            None
-        };
-        let dw = if weight.track_op() {
-            let dw = with_f32(x, self.name(), |xs| shape.weight_grad(xs, &dz))?;
-            Some(tensor_like(dw, weight.dims(), weight)?)
-        } else {
-            None
-        };
+        let (dx, dw) = conv_backward(&shape, x, weight, &dz, self.name())?;
         let dgb = gb
             .track_op()
             .then(|| tensor_like(dgb, gb.dims(), gb))
@@ -332,18 +282,7 @@ impl CustomOp3 for ConvAffineReluOp {
         }
         drop(guard);
         drop(bn_timer);
-        let dx = if x.track_op() {
-            let dx = with_f32(weight, self.name(), |w| shape.input_grad(w, &dz))?;
-            Some(tensor_like(dx, x.dims(), x)?)
-        } else {
-            None
-        };
-        let dw = if weight.track_op() {
-            let dw = with_f32(x, self.name(), |xs| shape.weight_grad(xs, &dz))?;
-            Some(tensor_like(dw, weight.dims(), weight)?)
-        } else {
-            None
-        };
+        let (dx, dw) = conv_backward(&shape, x, weight, &dz, self.name())?;
         let dss = ss
             .track_op()
             .then(|| tensor_like(dss, ss.dims(), ss))

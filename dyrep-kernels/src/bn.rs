@@ -118,14 +118,23 @@ pub(crate) fn bn_backward(
             let at = pi * p.hw;
             let (gp, zp) = (&dy[at..at + p.hw], &z[at..at + p.hw]);
             let (mut a, mut b) = (0.0f32, 0.0f32);
-            for (i, ((o, &d), &zv)) in out.iter_mut().zip(gp).zip(zp).enumerate() {
-                let d = match relu_out {
-                    Some(y) if y[at + i] <= 0.0 => 0.0,
-                    _ => d,
-                };
-                *o = d;
-                a += d;
-                b += d * ((zv - st.shift) - st.mean_rel);
+            match relu_out {
+                Some(y) => {
+                    let yp = &y[at..at + p.hw];
+                    for (((o, &d), &zv), &v) in out.iter_mut().zip(gp).zip(zp).zip(yp) {
+                        let d = if v <= 0.0 { 0.0 } else { d };
+                        *o = d;
+                        a += d;
+                        b += d * ((zv - st.shift) - st.mean_rel);
+                    }
+                }
+                None => {
+                    for ((o, &d), &zv) in out.iter_mut().zip(gp).zip(zp) {
+                        *o = d;
+                        a += d;
+                        b += d * ((zv - st.shift) - st.mean_rel);
+                    }
+                }
             }
             (a, b)
         })

@@ -271,14 +271,23 @@ impl ConvShape {
                 }
             });
         };
-        if self.parallel_images() {
-            y.par_chunks_mut(per_image_out.max(1))
-                .enumerate()
-                .for_each(one);
-        } else {
-            y.chunks_mut(per_image_out.max(1)).enumerate().for_each(one);
-        }
+        self.for_each_image(&mut y, per_image_out, one);
         y
+    }
+
+    /// Runs `f(image, chunk)` over the per-image chunks of `out`: images in parallel when there
+    /// are at least as many as threads (then each gemm runs single-threaded), else in order.
+    fn for_each_image(
+        &self,
+        out: &mut [f32],
+        per_image: usize,
+        f: impl Fn((usize, &mut [f32])) + Sync + Send,
+    ) {
+        if self.parallel_images() {
+            out.par_chunks_mut(per_image.max(1)).enumerate().for_each(f);
+        } else {
+            out.chunks_mut(per_image.max(1)).enumerate().for_each(f);
+        }
     }
 
     /// Weight gradient: `Σₙ dy[n] · cols(x[n])ᵀ` per group.
@@ -431,13 +440,7 @@ impl ConvShape {
                 });
             }
         };
-        if self.parallel_images() {
-            dx.par_chunks_mut(per_image_in.max(1))
-                .enumerate()
-                .for_each(one);
-        } else {
-            dx.chunks_mut(per_image_in.max(1)).enumerate().for_each(one);
-        }
+        self.for_each_image(&mut dx, per_image_in, one);
         dx
     }
 }
@@ -469,16 +472,7 @@ pub(crate) fn conv_backward(
 /// The candle custom op: arguments `(x, weight)`.
 #[derive(Clone, Debug)]
 pub(crate) struct Conv2dOp {
-    pub stride: usize,
-    pub padding: (usize, usize),
-    pub groups: usize,
-}
-
-impl Conv2dOp {
-    fn shape(&self, x: &[usize], w: &[usize]) -> candle_core::Result<ConvShape> {
-        ConvShape::new(x, w, self.stride, self.padding, self.groups)
-            .map_err(candle_core::Error::wrap)
-    }
+    pub conv: crate::ConvParams,
 }
 
 impl CustomOp2 for Conv2dOp {
@@ -493,7 +487,7 @@ impl CustomOp2 for Conv2dOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let shape = self.shape(l1.dims(), l2.dims())?;
+        let shape = self.conv.shape(l1.dims(), l2.dims())?;
         let x = slice_f32(s1, l1, self.name())?;
         let w = slice_f32(s2, l2, self.name())?;
         let y = shape.forward(x, w);
@@ -510,7 +504,7 @@ impl CustomOp2 for Conv2dOp {
         _y: &Tensor,
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let shape = self.shape(x.dims(), weight.dims())?;
+        let shape = self.conv.shape(x.dims(), weight.dims())?;
         with_f32(dy, self.name(), |g| {
             conv_backward(&shape, x, weight, g, self.name())
         })?

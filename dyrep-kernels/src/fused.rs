@@ -11,9 +11,10 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::bn::{bn_backward, channel_stats, ChannelStats, Planes};
-use crate::conv::{conv_backward, ConvShape};
+use crate::conv::conv_backward;
 use crate::cpu::{slice_f32, tensor_like, with_f32};
 use crate::profile::{Phase, Timer};
+use crate::ConvParams;
 
 /// What the forward leaves for the caller (batch statistics) and for the backward.
 #[derive(Debug, Default)]
@@ -26,9 +27,7 @@ pub(crate) struct Saved {
 
 #[derive(Clone, Debug)]
 pub(crate) struct ConvBnReluOp {
-    pub stride: usize,
-    pub padding: (usize, usize),
-    pub groups: usize,
+    pub conv: ConvParams,
     pub eps: f64,
     pub relu: bool,
     pub keep_for_backward: bool,
@@ -36,11 +35,6 @@ pub(crate) struct ConvBnReluOp {
 }
 
 impl ConvBnReluOp {
-    fn shape(&self, x: &[usize], w: &[usize]) -> candle_core::Result<ConvShape> {
-        ConvShape::new(x, w, self.stride, self.padding, self.groups)
-            .map_err(candle_core::Error::wrap)
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, Saved> {
         self.saved.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -60,7 +54,7 @@ impl CustomOp3 for ConvBnReluOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let shape = self.shape(l1.dims(), l2.dims())?;
+        let shape = self.conv.shape(l1.dims(), l2.dims())?;
         let x = slice_f32(s1, l1, self.name())?;
         let w = slice_f32(s2, l2, self.name())?;
         let gb = slice_f32(s3, l3, self.name())?;
@@ -110,7 +104,7 @@ impl CustomOp3 for ConvBnReluOp {
         y: &Tensor,
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let shape = self.shape(x.dims(), weight.dims())?;
+        let shape = self.conv.shape(x.dims(), weight.dims())?;
         let planes = Planes::of(&shape.output_dims())?;
         let c = shape.out;
         let gb_v = gb.flatten_all()?.to_vec1::<f32>()?;
@@ -162,19 +156,10 @@ impl CustomOp3 for ConvBnReluOp {
 /// backward the affine and ReLU run in place on the conv output (no second buffer).
 #[derive(Clone, Debug)]
 pub(crate) struct ConvAffineReluOp {
-    pub stride: usize,
-    pub padding: (usize, usize),
-    pub groups: usize,
+    pub conv: ConvParams,
     pub relu: bool,
     pub keep_for_backward: bool,
     pub conv_out: Arc<Mutex<Option<Vec<f32>>>>,
-}
-
-impl ConvAffineReluOp {
-    fn shape(&self, x: &[usize], w: &[usize]) -> candle_core::Result<ConvShape> {
-        ConvShape::new(x, w, self.stride, self.padding, self.groups)
-            .map_err(candle_core::Error::wrap)
-    }
 }
 
 impl CustomOp3 for ConvAffineReluOp {
@@ -191,7 +176,7 @@ impl CustomOp3 for ConvAffineReluOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let shape = self.shape(l1.dims(), l2.dims())?;
+        let shape = self.conv.shape(l1.dims(), l2.dims())?;
         let x = slice_f32(s1, l1, self.name())?;
         let w = slice_f32(s2, l2, self.name())?;
         let ss = slice_f32(s3, l3, self.name())?;
@@ -241,7 +226,7 @@ impl CustomOp3 for ConvAffineReluOp {
         y: &Tensor,
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let shape = self.shape(x.dims(), weight.dims())?;
+        let shape = self.conv.shape(x.dims(), weight.dims())?;
         let c = shape.out;
         let hw = (shape.ho * shape.wo).max(1);
         let ss_v = ss.flatten_all()?.to_vec1::<f32>()?;

@@ -133,9 +133,11 @@ pub fn conv2d_on(
             check_own(x, "conv2d")?;
             check_own(weight, "conv2d")?;
             let op = conv::Conv2dOp {
-                stride,
-                padding,
-                groups,
+                conv: ConvParams {
+                    stride,
+                    padding,
+                    groups,
+                },
             };
             Ok(x.contiguous()?.apply_op2(&weight.contiguous()?, op)?)
         }
@@ -176,17 +178,12 @@ pub fn batch_norm_train_on(
     let gamma = &arg(gamma);
     let beta = &arg(beta);
     let (_, c, _, _) = x.dims4()?;
-    if gamma.dims() != [c] || beta.dims() != [c] {
-        return Err(KernelError::Shape {
-            op: "batch_norm",
-            detail: format!(
-                "input {:?} needs gamma and beta of [{c}], got {:?} and {:?}",
-                x.dims(),
-                gamma.dims(),
-                beta.dims()
-            ),
-        });
-    }
+    check_per_channel(
+        "batch_norm",
+        x.dims(),
+        c,
+        &[("gamma", gamma), ("beta", beta)],
+    )?;
     match backend {
         Backend::Own => {
             check_own(x, "batch_norm")?;
@@ -236,6 +233,31 @@ pub struct ConvParams {
     pub groups: usize,
 }
 
+impl ConvParams {
+    /// The validated geometry of this conv on input dims `x` with weight dims `w`, as a candle
+    /// error (what the custom ops need).
+    pub(crate) fn shape(&self, x: &[usize], w: &[usize]) -> candle_core::Result<ConvShape> {
+        ConvShape::new(x, w, self.stride, self.padding, self.groups)
+            .map_err(candle_core::Error::wrap)
+    }
+}
+
+/// Checks that every per-channel argument (`γ`, `β`, scale, shift, ...) has `[c]` elements.
+fn check_per_channel(
+    op: &'static str,
+    input: &[usize],
+    c: usize,
+    args: &[(&str, &Tensor)],
+) -> Result<()> {
+    match args.iter().find(|(_, t)| t.dims() != [c]) {
+        None => Ok(()),
+        Some((name, t)) => Err(KernelError::Shape {
+            op,
+            detail: format!("input {input:?} needs {name} of [{c}], got {:?}", t.dims()),
+        }),
+    }
+}
+
 /// conv (no bias) → train-mode batch norm (batch statistics, gradients through them) →
 /// optional ReLU, as one op on the CPU: the hot path of every conv unit and branch in training.
 /// Returns the output and the batch statistics, like [`batch_norm_train`].
@@ -283,18 +305,12 @@ pub fn conv_bn_train_on(
         conv.padding,
         conv.groups,
     )?;
-    if gamma.dims() != [shape.out] || beta.dims() != [shape.out] {
-        return Err(KernelError::Shape {
-            op: "conv_bn",
-            detail: format!(
-                "a conv with {} outputs needs gamma and beta of [{}], got {:?} and {:?}",
-                shape.out,
-                shape.out,
-                gamma.dims(),
-                beta.dims()
-            ),
-        });
-    }
+    check_per_channel(
+        "conv_bn",
+        x.dims(),
+        shape.out,
+        &[("gamma", gamma), ("beta", beta)],
+    )?;
     match backend {
         Backend::Own => {
             check_own(x, "conv_bn")?;
@@ -302,9 +318,7 @@ pub fn conv_bn_train_on(
             let keep = x.track_op() || weight.track_op() || gamma.track_op() || beta.track_op();
             let saved = std::sync::Arc::new(std::sync::Mutex::new(fused::Saved::default()));
             let op = fused::ConvBnReluOp {
-                stride: conv.stride,
-                padding: conv.padding,
-                groups: conv.groups,
+                conv,
                 eps,
                 relu,
                 keep_for_backward: keep,
@@ -367,27 +381,19 @@ pub fn conv_affine_on(
         conv.padding,
         conv.groups,
     )?;
-    if scale.dims() != [shape.out] || shift.dims() != [shape.out] {
-        return Err(KernelError::Shape {
-            op: "conv_affine",
-            detail: format!(
-                "a conv with {} outputs needs scale and shift of [{}], got {:?} and {:?}",
-                shape.out,
-                shape.out,
-                scale.dims(),
-                shift.dims()
-            ),
-        });
-    }
+    check_per_channel(
+        "conv_affine",
+        x.dims(),
+        shape.out,
+        &[("scale", scale), ("shift", shift)],
+    )?;
     match backend {
         Backend::Own => {
             check_own(x, "conv_affine")?;
             check_own(weight, "conv_affine")?;
             let keep = x.track_op() || weight.track_op() || scale.track_op() || shift.track_op();
             let op = fused::ConvAffineReluOp {
-                stride: conv.stride,
-                padding: conv.padding,
-                groups: conv.groups,
+                conv,
                 relu,
                 keep_for_backward: keep,
                 conv_out: std::sync::Arc::new(std::sync::Mutex::new(None)),
@@ -584,17 +590,12 @@ pub fn channel_affine_on(
     let scale = &arg(scale);
     let shift = &arg(shift);
     let (_, c, _, _) = x.dims4()?;
-    if scale.dims() != [c] || shift.dims() != [c] {
-        return Err(KernelError::Shape {
-            op: "channel_affine",
-            detail: format!(
-                "input {:?} needs scale and shift of [{c}], got {:?} and {:?}",
-                x.dims(),
-                scale.dims(),
-                shift.dims()
-            ),
-        });
-    }
+    check_per_channel(
+        "channel_affine",
+        x.dims(),
+        c,
+        &[("scale", scale), ("shift", shift)],
+    )?;
     match backend {
         Backend::Own => {
             check_own(x, "channel_affine")?;
@@ -637,16 +638,7 @@ pub fn pad_const(x: &Tensor, pad: usize, values: &Tensor) -> Result<Tensor> {
 pub fn pad_const_on(backend: Backend, x: &Tensor, pad: usize, values: &Tensor) -> Result<Tensor> {
     let x = &arg(x);
     let (_, c, h, w) = x.dims4()?;
-    if values.dims() != [c] {
-        return Err(KernelError::Shape {
-            op: "pad_const",
-            detail: format!(
-                "input {:?} needs [{c}] values, got {:?}",
-                x.dims(),
-                values.dims()
-            ),
-        });
-    }
+    check_per_channel("pad_const", x.dims(), c, &[("values", values)])?;
     if pad == 0 {
         return Ok(x.clone());
     }

@@ -4,7 +4,11 @@
 //! A plugin crate builds its own `dyrep` with its ops linked in:
 //! `fn main() -> ExitCode { my_plugin::ensure_linked(); dyrep_cli::main() }`.
 //!
-//! Exit codes: 0 ok, 1 usage/config/data error, 2 verification failed.
+//! Exit codes: 0 ok, 1 usage/config/data error, 2 verification failed, 130 interrupted (Ctrl-C).
+
+mod progress;
+
+pub use progress::{TrainReporter, Verbosity};
 
 use std::ffi::OsString;
 use std::io::{self, Write};
@@ -21,11 +25,14 @@ use dyrep_runtime::fuse::{eval_checkpoint, fuse_checkpoint, FUSE_LOGITS_REL};
 use dyrep_runtime::model::{build_model, models, ModelConfig};
 use dyrep_runtime::train::{train, Mode, RunOptions, TrainConfig};
 use dyrep_runtime::verify::{verify, CheckReport, Selection};
+use dyrep_runtime::{export, report};
 
 /// Exit code for a failed verification.
 pub const EXIT_VERIFY_FAILED: u8 = 2;
 /// Exit code for usage, config and data errors.
 pub const EXIT_USAGE: u8 = 1;
+/// Exit code of a run stopped by Ctrl-C (its last checkpoint is intact).
+pub const EXIT_INTERRUPTED: u8 = 130;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -34,9 +41,15 @@ pub const EXIT_USAGE: u8 = 1;
     about = "DyRep: dynamic re-parameterization of CNNs (CVPR 2022), in Rust on candle",
     long_about = "DyRep grows the most salient convs of a CNN into multi-branch blocks during \
 training and prunes branches whose BN scale fades; every trained network fuses back into the \
-plain network it started from.\n\nExit codes: 0 ok, 1 usage/config/data error, 2 verification failed."
+plain network it started from.\n\nExit codes: 0 ok, 1 usage/config/data error, 2 verification failed, 130 interrupted."
 )]
 struct Cli {
+    /// More output: -v shows the runtime's log events on stderr, -vv its debug details too.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Print only errors (no progress, no log lines; files are written as usual).
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
     /// Where to compute: `cpu` (own kernels) or `cuda` / `cuda:N` (a build with the `cuda`
     /// feature, see scripts/build-cuda.sh).
     #[arg(long, global = true, default_value = "cpu", value_name = "DEVICE")]
@@ -90,7 +103,7 @@ enum Command {
     },
     /// Train a model (origin, repvgg, dbb or dyrep mode) and write a run directory.
     #[command(
-        after_help = "Examples:\n  dyrep train                                   # vgg-tiny, bundled Fashion-MNIST subset, 3 epochs\n  dyrep train --model vgg-tiny --mode dbb --epochs 3 --out runs/dbb\n  dyrep train --mode dyrep --epochs 4 --grow-interval 1 --scorer synflow --out runs/dyrep\n  dyrep train -c run.toml --seed 2\n  dyrep train --resume runs/dbb                 # continue a stopped run exactly\n\nThe run directory holds config.resolved.toml, run.log, metrics.csv, summary.json and\ncheckpoints/{last,best}."
+        after_help = "Examples:\n  dyrep train                                   # vgg-tiny, bundled Fashion-MNIST subset, 3 epochs\n  dyrep train --model vgg-tiny --mode dbb --epochs 3 --out runs/dbb\n  dyrep train --mode dyrep --epochs 4 --grow-interval 1 --scorer synflow --out runs/dyrep\n  dyrep train -c run.toml --seed 2\n  dyrep train --resume runs/dbb                 # continue a stopped run exactly\n  dyrep train --mode dyrep --init-from resnet18.safetensors --model resnet18 --data cifar10:DIR\n\nThe run directory holds config.resolved.toml, run.log, metrics.csv, events.jsonl,\nsummary.json, curves.svg and checkpoints/{last,best}. Config file keys are the flag names\nwith _ (epochs, batch_size, init_from, [dyrep] scorer, ...). Ctrl-C stops before the next\nstep; the last epoch's checkpoint stays and --resume continues (exit status 130)."
     )]
     Train(Box<TrainArgs>),
     /// Evaluate a checkpoint (trained or fused) on the test split.
@@ -161,6 +174,69 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Draw curves.svg of a run: loss, accuracy, params and MACs per epoch, grows and cuts marked.
+    #[command(
+        after_help = "Examples:\n  dyrep plot runs/dyrep                 # writes runs/dyrep/curves.svg\n  dyrep plot runs/dyrep --out dyrep.svg"
+    )]
+    Plot {
+        /// Run directory (written by `dyrep train`).
+        #[arg(value_name = "RUN_DIR")]
+        run: PathBuf,
+        /// SVG file to write (default RUN_DIR/curves.svg).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Compare runs: one chart with every run overlaid and a markdown table (final and best
+    /// accuracy, average params and MACs, train time, grows, cuts: the paper's Table 2).
+    #[command(
+        after_help = "Examples:\n  dyrep compare runs/origin runs/dbb runs/dyrep\n  dyrep compare runs/* --svg table2.svg --json"
+    )]
+    Compare {
+        /// Run directories.
+        #[arg(value_name = "RUN_DIR", required = true, num_args = 1..)]
+        runs: Vec<PathBuf>,
+        /// SVG file for the overlaid chart.
+        #[arg(long, value_name = "FILE", default_value = "compare.svg")]
+        svg: PathBuf,
+        /// Print the rows as a JSON array instead of the markdown table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the tree of grown blocks of a checkpoint: each branch's op, weight shapes and γ
+    /// importance, nested blocks indented (the paper's Fig. 6).
+    #[command(
+        after_help = "Examples:\n  dyrep inspect runs/dyrep                       # its checkpoints/last\n  dyrep inspect runs/dyrep/checkpoints/best --json"
+    )]
+    Inspect {
+        /// Checkpoint directory, or a run directory (its checkpoints/last).
+        #[arg(value_name = "CHECKPOINT")]
+        checkpoint: PathBuf,
+        /// List plain convs too.
+        #[arg(long)]
+        all: bool,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export the fused plain network: safetensors with conventional names (torchvision for
+    /// ResNet and VGG, timm for RepVGG) plus an architecture .json beside it, or ONNX.
+    #[command(
+        after_help = "Examples:\n  dyrep export --checkpoint runs/dyrep --format safetensors --out vgg.safetensors\n  dyrep export --checkpoint runs/dyrep/checkpoints/best --format onnx --out vgg.onnx\n\nThe ONNX model (opset 13, BN folded, input `input` [N,C,H,W], output `logits`) takes the\nnormalised inputs `dyrep eval --inputs-out` writes."
+    )]
+    Export {
+        /// Checkpoint directory, or a run directory (its checkpoints/last).
+        #[arg(long, value_name = "DIR")]
+        checkpoint: PathBuf,
+        /// safetensors or onnx.
+        #[arg(long, value_parser = ["safetensors", "onnx"])]
+        format: String,
+        /// File to write (replaced atomically).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check on random cases that every op (and blocks of ops, nested or not) fuses into one
     /// conv with the same eval-mode output; random BN statistics, f32.
     #[command(
@@ -226,6 +302,10 @@ struct TrainArgs {
     /// Continue the run in DIR from its last checkpoint, with its saved config.
     #[arg(long, value_name = "DIR")]
     resume: Option<PathBuf>,
+    /// Start from plain pretrained weights with conventional names (a .safetensors file as
+    /// `dyrep export` writes it; torchvision/timm key names), in any mode.
+    #[arg(long, value_name = "FILE")]
+    init_from: Option<PathBuf>,
     /// Replace an existing, non-empty run directory.
     #[arg(long, conflicts_with = "resume")]
     force: bool,
@@ -281,7 +361,7 @@ const DYREP_FLAGS: [&str; 10] = [
 impl TrainArgs {
     fn config_flags(&self) -> Vec<&'static str> {
         let mut v = Vec::new();
-        let pairs: [(&'static str, bool); 22] = [
+        let pairs: [(&'static str, bool); 23] = [
             ("--ops", self.ops.is_some()),
             ("--scorer", self.scorer.is_some()),
             ("--grow-interval", self.grow_interval.is_some()),
@@ -304,6 +384,7 @@ impl TrainArgs {
             ("--train-limit", self.train_limit.is_some()),
             ("--test-limit", self.test_limit.is_some()),
             ("--force", self.force),
+            ("--init-from", self.init_from.is_some()),
         ];
         for (name, set) in pairs {
             if set {
@@ -347,6 +428,9 @@ impl TrainArgs {
         }
         if self.test_limit.is_some() {
             cfg.test_limit = self.test_limit;
+        }
+        if self.init_from.is_some() {
+            cfg.init_from = self.init_from.clone();
         }
         let d = &mut cfg.dyrep;
         if let Some(v) = &self.ops {
@@ -425,14 +509,28 @@ where
             return ExitCode::from(code);
         }
     };
-    match dispatch(cli) {
+    let verbosity = match (cli.quiet, cli.verbose) {
+        (true, _) => Verbosity::Quiet,
+        (false, 0) => Verbosity::Normal,
+        (false, n) => Verbosity::Verbose(n),
+    };
+    progress::init_tracing(verbosity);
+    match dispatch(cli, verbosity) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             if is_broken_pipe(&e) {
                 return ExitCode::SUCCESS;
             }
             eprintln!("error: {e:#}");
-            ExitCode::from(EXIT_USAGE)
+            let interrupted = matches!(
+                e.downcast_ref::<dyrep_runtime::RuntimeError>(),
+                Some(dyrep_runtime::RuntimeError::Interrupted(_))
+            );
+            ExitCode::from(if interrupted {
+                EXIT_INTERRUPTED
+            } else {
+                EXIT_USAGE
+            })
         }
     }
 }
@@ -448,7 +546,33 @@ struct Listed {
     summary: &'static str,
 }
 
-fn dispatch(cli: Cli) -> Result<u8> {
+/// A checkpoint directory given either directly or as a run directory (its checkpoints/last).
+fn checkpoint_dir(path: &std::path::Path) -> PathBuf {
+    let last = path.join("checkpoints").join("last");
+    if !path.join("arch.json").is_file() && last.is_dir() {
+        last
+    } else {
+        path.to_path_buf()
+    }
+}
+
+/// Ctrl-C: the first sets `flag` (training stops before its next step, keeping the last
+/// checkpoint); a second one exits at once (checkpoint writes are atomic, so that is safe too).
+fn install_interrupt_handler() -> Option<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let flag = std::sync::Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    ctrlc::set_handler(move || {
+        if f.swap(true, Ordering::SeqCst) {
+            std::process::exit(i32::from(EXIT_INTERRUPTED));
+        }
+        eprintln!("\ninterrupt: stopping before the next step (Ctrl-C again to quit at once)");
+    })
+    .ok()?;
+    Some(flag)
+}
+
+fn dispatch(cli: Cli, verbosity: Verbosity) -> Result<u8> {
     let mut out = io::stdout().lock();
     let device = parse_device(&cli.device)?;
     match cli.command {
@@ -591,11 +715,10 @@ fn dispatch(cli: Cli) -> Result<u8> {
                 force: args.force,
                 stop_after: args.stop_after,
                 device: device.clone(),
+                interrupt: install_interrupt_handler(),
             };
-            let mut echo = |line: &str| {
-                let _ = writeln!(io::stdout().lock(), "{line}");
-            };
-            train(cfg, &opts, &mut echo)?;
+            let mut reporter = TrainReporter::new(verbosity);
+            train(cfg, &opts, &mut |p| reporter.report(p))?;
         }
         Command::Eval {
             checkpoint,
@@ -605,6 +728,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
             inputs_out,
             json,
         } => {
+            let checkpoint = checkpoint_dir(&checkpoint);
             let r = eval_checkpoint(
                 &checkpoint,
                 data.as_deref(),
@@ -635,6 +759,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
             limit,
             json,
         } => {
+            let checkpoint = checkpoint_dir(&checkpoint);
             let r = fuse_checkpoint(&checkpoint, &out_dir, Some(limit), &device)?;
             if json {
                 serde_json::to_writer_pretty(&mut out, &r)?;
@@ -679,6 +804,82 @@ fn dispatch(cli: Cli) -> Result<u8> {
             }
             if !r.passed() {
                 return Ok(EXIT_VERIFY_FAILED);
+            }
+        }
+        Command::Plot { run, out: svg } => {
+            let record = report::read_run(&run)?;
+            let svg = svg.unwrap_or_else(|| run.join("curves.svg"));
+            report::plot_run(&record, &svg)?;
+            if verbosity != Verbosity::Quiet {
+                writeln!(
+                    out,
+                    "wrote {} ({} epochs, {} events)",
+                    svg.display(),
+                    record.epochs.len(),
+                    record.events.len()
+                )?;
+            }
+        }
+        Command::Compare { runs, svg, json } => {
+            let records = runs
+                .iter()
+                .map(|r| report::read_run(r))
+                .collect::<dyrep_runtime::Result<Vec<_>>>()?;
+            let rows: Vec<report::RunRow> = records.iter().map(|r| r.row()).collect();
+            report::plot_compare(&records, &svg)?;
+            if json {
+                serde_json::to_writer_pretty(&mut out, &rows)?;
+                writeln!(out)?;
+            } else {
+                write!(out, "{}", report::markdown_table(&rows))?;
+                if verbosity != Verbosity::Quiet {
+                    writeln!(out, "\nchart: {}", svg.display())?;
+                }
+            }
+        }
+        Command::Inspect {
+            checkpoint,
+            all,
+            json,
+        } => {
+            let checkpoint = checkpoint_dir(&checkpoint);
+            let (model, _) = dyrep_runtime::train::load_checkpoint_model(&checkpoint, &device)?;
+            let r = report::inspect(&model)?;
+            if json {
+                serde_json::to_writer_pretty(&mut out, &r)?;
+                writeln!(out)?;
+            } else {
+                write!(out, "{}", report::inspect_text(&r, all))?;
+            }
+        }
+        Command::Export {
+            checkpoint,
+            format,
+            out: file,
+            json,
+        } => {
+            let checkpoint = checkpoint_dir(&checkpoint);
+            let format = export::ExportFormat::parse(&format)?;
+            let r = export::export_checkpoint(&checkpoint, format, &file, &device)?;
+            if json {
+                serde_json::to_writer_pretty(&mut out, &r)?;
+                writeln!(out)?;
+            } else if verbosity != Verbosity::Quiet {
+                writeln!(
+                    out,
+                    "exported {} ({:?} names, fused plain form: {} params, {:.2} M MACs) to {} ({} tensors, {} bytes){}",
+                    r.model,
+                    r.naming,
+                    r.params,
+                    r.macs as f64 / 1e6,
+                    r.out.display(),
+                    r.tensors,
+                    r.bytes,
+                    r.arch_json
+                        .as_ref()
+                        .map(|p| format!("; architecture in {}", p.display()))
+                        .unwrap_or_default()
+                )?;
             }
         }
         Command::Verify {

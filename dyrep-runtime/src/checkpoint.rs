@@ -62,8 +62,14 @@ pub fn save<S: Serialize>(dir: &Path, data: &CheckpointData<'_, S>) -> Result<()
         .unwrap_or_else(|| "checkpoint".into());
     std::fs::create_dir_all(parent).map_err(|e| ck_err(parent, format!("cannot create: {e}")))?;
     let tmp = parent.join(format!(".tmp-{name}-{}", std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| ck_err(&tmp, e.to_string()))?;
+    // Half-written copies of killed runs (never complete, never read).
+    if let Ok(rd) = std::fs::read_dir(parent) {
+        let stale = format!(".tmp-{name}-");
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&stale) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
     }
     std::fs::create_dir_all(&tmp).map_err(|e| ck_err(&tmp, format!("cannot create: {e}")))?;
     let arch_json =

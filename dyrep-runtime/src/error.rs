@@ -31,6 +31,9 @@ pub enum RuntimeError {
     /// Training diverged (NaN loss) or similar.
     #[error("{0}")]
     Training(String),
+    /// Stopped on request (Ctrl-C) between two steps; the message says how to continue.
+    #[error("{0}")]
+    Interrupted(String),
 }
 
 pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;

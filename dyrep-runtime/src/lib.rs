@@ -3,7 +3,9 @@
 //! schedule (`optim`), training runs with their run directory and exact resume (`train`),
 //! DyRep's grow/cut dynamics (`dynamics`, paper §4, reference §3–6), atomic checkpoints
 //! (`checkpoint`), fuse and eval of whole networks (`fuse`, reference §8), throughput
-//! benchmarks (`bench`) and the fusion property check behind `dyrep verify` (`verify`).
+//! benchmarks (`bench`), the fusion property check behind `dyrep verify` (`verify`), export
+//! and import of the plain network with conventional names and as ONNX (`export`, `onnx`), and
+//! run reports: curves, comparisons, the tree of grown blocks (`report`).
 
 pub mod alloc;
 pub mod bench;
@@ -11,9 +13,12 @@ pub mod checkpoint;
 pub mod data;
 pub mod dynamics;
 pub mod error;
+pub mod export;
 pub mod fuse;
 pub mod model;
+pub mod onnx;
 pub mod optim;
+pub mod report;
 pub mod train;
 pub mod verify;
 

@@ -8,6 +8,7 @@
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -139,6 +140,10 @@ pub struct TrainConfig {
     pub train_limit: Option<usize>,
     #[serde(default)]
     pub test_limit: Option<usize>,
+    /// Start from plain pretrained weights with conventional names (a `.safetensors` file as
+    /// `dyrep export` writes it), in any mode (paper §5.4 "D").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<PathBuf>,
     /// Settings of the `dyrep` mode.
     #[serde(default)]
     pub dyrep: DyrepConfig,
@@ -164,6 +169,7 @@ impl Default for TrainConfig {
             augment: Augment::default(),
             train_limit: None,
             test_limit: None,
+            init_from: None,
             dyrep: DyrepConfig::default(),
         }
     }
@@ -206,6 +212,14 @@ impl TrainConfig {
             return bad("sgd.momentum must be in [0, 1) and sgd.weight_decay >= 0".into());
         }
         crate::model::find_model(&self.model)?;
+        if let Some(p) = &self.init_from {
+            if !p.is_file() {
+                return bad(format!(
+                    "init_from {}: no such file; give the .safetensors file `dyrep export --format safetensors` wrote",
+                    p.display()
+                ));
+            }
+        }
         if self.mode == Mode::Dyrep {
             self.dyrep.validate()?;
         }
@@ -218,12 +232,89 @@ impl TrainConfig {
             .map_err(|e| RuntimeError::Config(format!("cannot write config: {e}")))
     }
 
-    /// Reads a TOML config file (unknown keys are errors naming the key).
+    /// Reads a TOML config file. Syntax errors name the line; unknown keys are errors naming
+    /// the key and the nearest valid one.
     pub fn from_toml_file(path: &Path) -> Result<TrainConfig> {
         let text = std::fs::read_to_string(path).map_err(io(path))?;
+        let at = |e: &toml::de::Error| match e.span() {
+            Some(span) => format!(
+                "{}:{}",
+                path.display(),
+                text[..span.start.min(text.len())].lines().count().max(1)
+            ),
+            None => path.display().to_string(),
+        };
+        let table: toml::Table = toml::from_str(&text).map_err(|e| {
+            RuntimeError::Config(format!("{}: invalid TOML: {}", at(&e), e.message().trim()))
+        })?;
+        check_config_keys(&table, "", &Self::known_keys(), path)?;
         toml::from_str(&text)
-            .map_err(|e| RuntimeError::Config(format!("{}: {}", path.display(), e.message())))
+            .map_err(|e| RuntimeError::Config(format!("{}: {}", at(&e), e.message().trim())))
     }
+
+    /// Every key a config file may hold, dotted for sections (`dyrep.scorer`).
+    pub fn known_keys() -> Vec<String> {
+        let mut keys = Vec::new();
+        if let Ok(t) = toml::Table::try_from(TrainConfig::default()) {
+            collect_keys(&t, "", &mut keys);
+        }
+        // Optional settings that a default config leaves out.
+        for k in [
+            "train_limit",
+            "test_limit",
+            "init_from",
+            "dyrep.max_grow_epochs",
+        ] {
+            if !keys.iter().any(|x| x == k) {
+                keys.push(k.to_string());
+            }
+        }
+        keys
+    }
+}
+
+fn collect_keys(t: &toml::Table, prefix: &str, out: &mut Vec<String>) {
+    for (k, v) in t {
+        let full = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        if let toml::Value::Table(sub) = v {
+            out.push(full.clone());
+            collect_keys(sub, &full, out);
+        } else {
+            out.push(full);
+        }
+    }
+}
+
+/// Fails on the first key of `t` not in `known`, suggesting the closest known key.
+fn check_config_keys(t: &toml::Table, prefix: &str, known: &[String], path: &Path) -> Result<()> {
+    for (k, v) in t {
+        let full = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        if !known.contains(&full) {
+            let nearest = known
+                .iter()
+                .map(|c| (strsim::levenshtein(c, &full), c))
+                .min()
+                .filter(|(d, c)| *d <= 3.max(c.len() / 3))
+                .map(|(_, c)| format!(" (did you mean `{c}`?)"))
+                .unwrap_or_default();
+            return Err(RuntimeError::Config(format!(
+                "{}: unknown key `{full}`{nearest}; `dyrep train --help` lists the settings (config keys are the flag names with _)",
+                path.display()
+            )));
+        }
+        if let toml::Value::Table(sub) = v {
+            check_config_keys(sub, &full, known, path)?;
+        }
+    }
+    Ok(())
 }
 
 /// One epoch's numbers.
@@ -280,6 +371,28 @@ pub struct Summary {
     pub cuts: usize,
 }
 
+/// What `train` reports while it runs (the CLI draws a progress bar or plain lines from it).
+#[derive(Clone, Copy, Debug)]
+pub enum TrainProgress<'a> {
+    /// A line of the run's log (also appended to `run.log` and emitted as a tracing event).
+    Line(&'a str),
+    /// Epoch `epoch` (1-based) of `epochs` starts with `steps` training batches.
+    EpochStart {
+        epoch: usize,
+        epochs: usize,
+        steps: usize,
+    },
+    /// A training step finished; loss and accuracy are running means over the epoch so far.
+    Step {
+        step: usize,
+        loss: f64,
+        acc: f64,
+        images_per_sec: f64,
+    },
+    /// The epoch's training steps are done; evaluation (and growth) follow.
+    EpochTrained,
+}
+
 /// How to run.
 pub struct RunOptions {
     pub out: PathBuf,
@@ -290,6 +403,9 @@ pub struct RunOptions {
     /// Stop (resumably) after this many epochs in this invocation.
     pub stop_after: Option<usize>,
     pub device: Device,
+    /// Set (e.g. by a Ctrl-C handler) to stop before the next step; the checkpoint of the last
+    /// finished epoch stays, and `train` returns `RuntimeError::Interrupted`.
+    pub interrupt: Option<Arc<AtomicBool>>,
 }
 
 /// Peak resident memory of this process (VmHWM), 0 where unknown.
@@ -317,6 +433,9 @@ pub fn build_for(cfg: &TrainConfig, ds: &Dataset, device: &Device) -> Result<Mod
         width: cfg.width,
     };
     let mut model = build_model(&mcfg, &mut ctx)?;
+    if let Some(file) = &cfg.init_from {
+        crate::export::load_plain_weights(&model, file)?;
+    }
     apply_mode(&mut model, cfg.mode, &mut ctx)?;
     Ok(model)
 }
@@ -381,9 +500,16 @@ struct RunDir {
 }
 
 impl RunDir {
-    fn log(&mut self, line: &str, echo: &mut dyn FnMut(&str)) {
-        echo(line);
-        let _ = writeln!(self.log, "{line}");
+    fn log(&mut self, line: &str, echo: &mut dyn FnMut(TrainProgress<'_>)) {
+        tracing::info!(target: "dyrep::train", "{line}");
+        echo(TrainProgress::Line(line));
+        let _ = writeln!(self.log, "{} {line}", unix_time_stamp());
+    }
+
+    /// A detail for `run.log` and `-v` (not echoed as a line of the run).
+    fn detail(&mut self, line: &str) {
+        tracing::debug!(target: "dyrep::train", "{line}");
+        let _ = writeln!(self.log, "{} {line}", unix_time_stamp());
     }
 
     fn write_atomic(&self, name: &str, text: &str) -> Result<()> {
@@ -391,6 +517,30 @@ impl RunDir {
         std::fs::write(&tmp, text).map_err(io(&tmp))?;
         std::fs::rename(&tmp, self.dir.join(name)).map_err(io(self.dir.join(name)))
     }
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` (UTC) for log lines.
+fn unix_time_stamp() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 fn metrics_csv(history: &[EpochRecord]) -> String {
@@ -418,7 +568,11 @@ fn epoch_mean(history: &[EpochRecord], f: impl Fn(&EpochRecord) -> f64) -> f64 {
 }
 
 /// Runs (or resumes) training; `echo` receives every log line.
-pub fn train(cfg: TrainConfig, opts: &RunOptions, echo: &mut dyn FnMut(&str)) -> Result<Summary> {
+pub fn train(
+    cfg: TrainConfig,
+    opts: &RunOptions,
+    echo: &mut dyn FnMut(TrainProgress<'_>),
+) -> Result<Summary> {
     let device = &opts.device;
     let ck_dir = opts.out.join("checkpoints");
     // Resume or start.
@@ -517,10 +671,14 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions, echo: &mut dyn FnMut(&str)) ->
     };
     run.log(
         &format!(
-            "{} model {} mode {} on {} ({} train / {} test, {}x{}x{}, {} classes): {} params, {:.2} M MACs, {} blocks; epochs {}..{}",
+            "{} model {} mode {}{} on {} ({} train / {} test, {}x{}x{}, {} classes): {} params, {:.2} M MACs, {} blocks; epochs {}..{}",
             if opts.resume { "resume" } else { "train" },
             cfg.model,
             cfg.mode.as_str(),
+            match &cfg.init_from {
+                Some(p) => format!(" from {}", p.display()),
+                None => String::new(),
+            },
             ds.spec,
             cfg.train_limit.unwrap_or(usize::MAX).min(ds.train.len()),
             cfg.test_limit.unwrap_or(usize::MAX).min(ds.test.len()),
@@ -559,14 +717,35 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions, echo: &mut dyn FnMut(&str)) ->
         };
         let (mut loss_sum, mut right, mut seen) = (0f64, 0usize, 0usize);
         let mut lr = schedule.lr_at(epoch, state.global_step, steps, cfg.epochs);
-        for b in train_stream(
+        echo(TrainProgress::EpochStart {
+            epoch: epoch + 1,
+            epochs: cfg.epochs,
+            steps,
+        });
+        for (step, b) in train_stream(
             ds.clone(),
             cfg.batch_size,
             cfg.seed,
             epoch,
             &cfg.augment,
             cfg.train_limit,
-        ) {
+        )
+        .enumerate()
+        {
+            if opts
+                .interrupt
+                .as_ref()
+                .is_some_and(|f| f.load(Ordering::SeqCst))
+            {
+                let msg = format!(
+                    "interrupted in epoch {}; the checkpoint after epoch {} is intact: continue with --resume {}",
+                    epoch + 1,
+                    state.epochs_done,
+                    opts.out.display()
+                );
+                run.log(&msg, echo);
+                return Err(RuntimeError::Interrupted(msg));
+            }
             lr = schedule.lr_at(epoch, state.global_step, steps, cfg.epochs);
             let (x, y) = b.to_tensors(&ds, device)?;
             let logits = model.forward_t(&x, true)?;
@@ -592,7 +771,14 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions, echo: &mut dyn FnMut(&str)) ->
             right += correct(&logits.detach(), &y)?;
             seen += b.len();
             state.global_step += 1;
+            echo(TrainProgress::Step {
+                step: step + 1,
+                loss: loss_sum / seen as f64,
+                acc: right as f64 / seen as f64,
+                images_per_sec: seen as f64 / t0.elapsed().as_secs_f64().max(1e-9),
+            });
         }
+        echo(TrainProgress::EpochTrained);
         let (test_loss, test_acc) = evaluate(
             &model,
             &ds,
@@ -687,6 +873,11 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions, echo: &mut dyn FnMut(&str)) ->
         if improved {
             checkpoint::save(&ck_dir.join("best"), &data)?;
         }
+        run.detail(&format!(
+            "checkpoint written: {}{}",
+            ck_dir.join("last").display(),
+            if improved { " (and best)" } else { "" }
+        ));
         run.write_atomic("metrics.csv", &metrics_csv(&state.history))?;
         if cfg.mode == Mode::Dyrep {
             let mut lines = String::new();
@@ -722,6 +913,8 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions, echo: &mut dyn FnMut(&str)) ->
         let text = serde_json::to_string_pretty(&summary)
             .map_err(|e| RuntimeError::Config(e.to_string()))?;
         run.write_atomic("summary.json", &text)?;
+        let record = crate::report::read_run(&opts.out)?;
+        crate::report::plot_run(&record, &opts.out.join("curves.svg"))?;
         run.log(
             &format!(
                 "done: final test acc {:.4}, best {:.4} (epoch {}), {:.1}s; run directory {}",

@@ -1,0 +1,532 @@
+//! End-to-end workflow of the `dyrep` binary in a temp dir on the bundled data (issue 6 "Done
+//! when"): train (config file + flags) → inspect → fuse → export (safetensors and ONNX) → eval →
+//! compare; the ONNX file run by an independent reader (tract-onnx) against dyrep's own logits;
+//! `curves.svg` parsed as XML with its series checked; `--init-from` pretrained plain weights;
+//! config precedence; and the bad-input list (each a one- or two-line error, exit 1, no panic),
+//! Ctrl-C and SIGKILL during training leaving a loadable checkpoint.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn dyrep_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dyrep"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run the dyrep binary")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn ok(o: Output) -> Output {
+    assert!(o.status.success(), "dyrep failed: {}", text(&o));
+    o
+}
+
+const SMALL: [&str; 8] = [
+    "--train-limit",
+    "512",
+    "--test-limit",
+    "128",
+    "--batch-size",
+    "32",
+    "--lr",
+    "0.05",
+];
+
+fn train(dir: &Path, out: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["train", "--out", out];
+    args.extend_from_slice(&SMALL);
+    args.extend_from_slice(extra);
+    dyrep_in(dir, &args)
+}
+
+/// A little-endian float32 .npy: (shape, data).
+fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let b = std::fs::read(path).unwrap();
+    assert_eq!(&b[..6], b"\x93NUMPY", "{}", path.display());
+    let hlen = u16::from_le_bytes([b[8], b[9]]) as usize;
+    let header = std::str::from_utf8(&b[10..10 + hlen]).unwrap();
+    assert!(header.contains("'descr': '<f4'"), "{header}");
+    let shape_s = &header[header.find("'shape': (").unwrap() + 10..];
+    let shape: Vec<usize> = shape_s[..shape_s.find(')').unwrap()]
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    let data: Vec<f32> = b[10 + hlen..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    assert_eq!(data.len(), shape.iter().product::<usize>());
+    (shape, data)
+}
+
+/// Runs an ONNX file in tract on `input` [N, C, H, W]; the logits [N, classes].
+fn run_onnx(path: &Path, shape: &[usize], input: Vec<f32>) -> (Vec<usize>, Vec<f32>) {
+    use tract_onnx::prelude::*;
+    let model = tract_onnx::onnx()
+        .model_for_path(path)
+        .expect("tract reads the ONNX file")
+        .with_input_fact(0, f32::fact(shape).into())
+        .unwrap()
+        .into_optimized()
+        .unwrap()
+        .into_runnable()
+        .unwrap();
+    let x: Tensor = tract_ndarray::ArrayD::from_shape_vec(shape.to_vec(), input)
+        .unwrap()
+        .into();
+    let out = model.run(tvec!(x.into())).expect("tract runs the model");
+    let view = out[0].to_plain_array_view::<f32>().unwrap();
+    (view.shape().to_vec(), view.iter().copied().collect())
+}
+
+fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den.max(1e-30)).sqrt()
+}
+
+#[test]
+fn train_inspect_fuse_export_eval_compare_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    // Config file + flag precedence: the file says 5 epochs and seed 3; the flag says 2 epochs.
+    std::fs::write(
+        d.join("run.toml"),
+        "mode = \"dyrep\"\nepochs = 5\nseed = 3\n[dyrep]\ngrow_interval = 1\ncut_threshold = 0.0\n",
+    )
+    .unwrap();
+    ok(train(d, "dyrep", &["-c", "run.toml", "--epochs", "2"]));
+    let resolved = std::fs::read_to_string(d.join("dyrep/config.resolved.toml")).unwrap();
+    assert!(resolved.contains("epochs = 2"), "{resolved}");
+    assert!(resolved.contains("seed = 3"), "{resolved}");
+    assert!(resolved.contains("mode = \"dyrep\""), "{resolved}");
+    ok(train(d, "origin", &["--epochs", "2", "--seed", "3"]));
+
+    // curves.svg: valid XML with every series and the grow marked.
+    let svg = std::fs::read_to_string(d.join("dyrep/curves.svg")).unwrap();
+    let doc = roxmltree::Document::parse(&svg).expect("curves.svg is well-formed XML");
+    assert_eq!(doc.root_element().tag_name().name(), "svg");
+    let texts: Vec<String> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("text"))
+        .filter_map(|n| n.text().map(|t| t.trim().to_string()))
+        .collect();
+    for series in [
+        "train loss",
+        "test loss",
+        "train acc",
+        "test acc",
+        "params (M)",
+        "MACs (M)",
+        "grow",
+    ] {
+        assert!(
+            texts.iter().any(|t| t == series),
+            "no `{series}` in {texts:?}"
+        );
+    }
+    // Every line series has one point per epoch (2).
+    let two_point_lines = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("polyline"))
+        .filter(|n| {
+            n.attribute("points")
+                .unwrap_or("")
+                .split_whitespace()
+                .count()
+                == 2
+        })
+        .count();
+    assert!(
+        two_point_lines >= 6,
+        "{two_point_lines} two-point polylines"
+    );
+
+    // inspect: the grown block with its branches and importances.
+    let o = ok(dyrep_in(d, &["inspect", "dyrep"]));
+    let t = text(&o);
+    assert!(t.contains("block of"), "{t}");
+    assert!(t.contains("(main)") && t.contains("importance"), "{t}");
+    let o = ok(dyrep_in(
+        d,
+        &["inspect", "dyrep/checkpoints/last", "--json"],
+    ));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["blocks"].as_u64().unwrap() >= 1, "{v}");
+
+    // fuse, then export both formats from the fused checkpoint.
+    ok(dyrep_in(
+        d,
+        &[
+            "fuse",
+            "--checkpoint",
+            "dyrep",
+            "--out",
+            "fused",
+            "--limit",
+            "128",
+        ],
+    ));
+    ok(dyrep_in(
+        d,
+        &[
+            "export",
+            "--checkpoint",
+            "fused",
+            "--format",
+            "onnx",
+            "--out",
+            "net.onnx",
+        ],
+    ));
+    let o = ok(dyrep_in(
+        d,
+        &[
+            "export",
+            "--checkpoint",
+            "dyrep",
+            "--format",
+            "safetensors",
+            "--out",
+            "net.safetensors",
+            "--json",
+        ],
+    ));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["naming"], "torchvision_vgg");
+    let arch: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("net.json")).unwrap()).unwrap();
+    assert_eq!(arch["model"], "vgg-tiny");
+    assert_eq!(arch["layers"][0]["weight"], "features.0.weight");
+    assert_eq!(arch["layers"][0]["batch_norm"], "features.1");
+
+    // eval writes the inputs and logits; tract on the ONNX file matches within 1e-4 relative.
+    ok(dyrep_in(
+        d,
+        &[
+            "eval",
+            "--checkpoint",
+            "dyrep",
+            "--limit",
+            "64",
+            "--logits-out",
+            "logits.npy",
+            "--inputs-out",
+            "inputs.npy",
+        ],
+    ));
+    let (xs, x) = read_npy(&d.join("inputs.npy"));
+    let (ls, logits) = read_npy(&d.join("logits.npy"));
+    assert_eq!(xs, vec![64, 1, 28, 28]);
+    let (os, onnx) = run_onnx(&d.join("net.onnx"), &xs, x);
+    assert_eq!(os, ls);
+    let rel = rel_err(&onnx, &logits);
+    assert!(rel <= 1e-4, "ONNX vs dyrep logits relative error {rel:e}");
+
+    // compare: the table has both runs; the chart is written.
+    let o = ok(dyrep_in(
+        d,
+        &["compare", "origin", "dyrep", "--svg", "cmp.svg"],
+    ));
+    let t = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(t.contains("| run | model | mode |"), "{t}");
+    assert!(t.contains("| origin | vgg-tiny | origin | 2 |"), "{t}");
+    assert!(t.contains("| dyrep | vgg-tiny | dyrep | 2 |"), "{t}");
+    roxmltree::Document::parse(&std::fs::read_to_string(d.join("cmp.svg")).unwrap())
+        .expect("compare chart is well-formed XML");
+    let o = ok(dyrep_in(
+        d,
+        &["compare", "origin", "dyrep", "--svg", "cmp.svg", "--json"],
+    ));
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 2);
+    assert!(rows[1]["grows"].as_u64().unwrap() >= 1, "{rows}");
+
+    // plot re-draws the curves on demand.
+    std::fs::remove_file(d.join("origin/curves.svg")).unwrap();
+    ok(dyrep_in(d, &["plot", "origin"]));
+    assert!(d.join("origin/curves.svg").is_file());
+
+    // --init-from: DyRep starts from the exported plain weights (exact reloading is a unit test
+    // of dyrep-runtime's export module); a file of another model is refused with the key lists.
+    let o = ok(train(
+        d,
+        "init",
+        &[
+            "--mode",
+            "dyrep",
+            "--epochs",
+            "1",
+            "--init-from",
+            "net.safetensors",
+        ],
+    ));
+    assert!(text(&o).contains("from net.safetensors"), "{}", text(&o));
+    let resolved = std::fs::read_to_string(d.join("init/config.resolved.toml")).unwrap();
+    assert!(
+        resolved.contains("init_from = \"net.safetensors\""),
+        "{resolved}"
+    );
+    let o = train(
+        d,
+        "wrong",
+        &[
+            "--model",
+            "resnet-tiny",
+            "--epochs",
+            "1",
+            "--init-from",
+            "net.safetensors",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains("missing keys: ") && t.contains("unexpected keys: "),
+        "{t}"
+    );
+}
+
+/// Every bad input: exit 1, an `error:` line naming the culprit, at most two lines, no panic.
+#[test]
+fn bad_inputs_give_one_or_two_line_errors_and_exit_1() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(train(d, "run", &["--epochs", "1"]));
+    std::fs::write(d.join("syntax.toml"), "epochs = 2\nmodel = \n").unwrap();
+    std::fs::write(d.join("unknown.toml"), "epoch = 2\n").unwrap();
+    std::fs::write(d.join("nested.toml"), "[dyrep]\nscorre = \"snip\"\n").unwrap();
+    std::fs::write(d.join("a_file"), "not a directory").unwrap();
+    // A corrupt copy of the checkpoint.
+    let bad = d.join("corrupt");
+    std::fs::create_dir_all(&bad).unwrap();
+    for f in ["arch.json", "state.json", "optim.safetensors"] {
+        std::fs::copy(d.join("run/checkpoints/last").join(f), bad.join(f)).unwrap();
+    }
+    let st = std::fs::read(d.join("run/checkpoints/last/model.safetensors")).unwrap();
+    std::fs::write(bad.join("model.safetensors"), &st[..st.len() / 2]).unwrap();
+
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["eval", "--checkpoint", "nope"], "nope"),
+        (vec!["inspect", "nope"], "nope"),
+        (
+            vec![
+                "export",
+                "--checkpoint",
+                "nope",
+                "--format",
+                "onnx",
+                "--out",
+                "x.onnx",
+            ],
+            "nope",
+        ),
+        (vec!["compare", "nope"], "nope"),
+        (vec!["plot", "nope"], "nope"),
+        (vec!["eval", "--checkpoint", "corrupt"], "model.safetensors"),
+        (
+            vec![
+                "export",
+                "--checkpoint",
+                "corrupt",
+                "--format",
+                "onnx",
+                "--out",
+                "x.onnx",
+            ],
+            "model.safetensors",
+        ),
+        (vec!["train", "-c", "syntax.toml"], "syntax.toml:2"),
+        (vec!["train", "-c", "unknown.toml"], "did you mean `epochs`"),
+        (
+            vec!["train", "-c", "nested.toml"],
+            "did you mean `dyrep.scorer`",
+        ),
+        (vec!["train", "-c", "missing.toml"], "missing.toml"),
+        (
+            vec!["train", "--model", "vgg-tinny"],
+            "did you mean `vgg-tiny`",
+        ),
+        (
+            vec!["train", "--mode", "dyrep", "--scorer", "synflo"],
+            "did you mean `synflow`",
+        ),
+        (
+            vec!["train", "--mode", "dyrep", "--ops", "conv1x2"],
+            "conv1x1",
+        ),
+        (
+            vec!["train", "--data", "cifar10:/nonexistent"],
+            "/nonexistent",
+        ),
+        (
+            vec!["train", "--init-from", "none.safetensors"],
+            "none.safetensors",
+        ),
+        (
+            vec!["train", "--resume", "run", "--epochs", "3"],
+            "--epochs",
+        ),
+        (
+            vec!["train", "--mode", "origin", "--grow-interval", "2"],
+            "--grow-interval",
+        ),
+        (
+            vec![
+                "train",
+                "--out",
+                "a_file/run",
+                "--epochs",
+                "1",
+                "--train-limit",
+                "64",
+            ],
+            "a_file",
+        ),
+        (
+            vec![
+                "export",
+                "--checkpoint",
+                "run",
+                "--format",
+                "onnx",
+                "--out",
+                "no/dir/x.onnx",
+            ],
+            "no/dir",
+        ),
+        (
+            vec![
+                "export",
+                "--checkpoint",
+                "run",
+                "--format",
+                "tflite",
+                "--out",
+                "x",
+            ],
+            "tflite",
+        ),
+        (vec!["train", "-q", "-v"], "--quiet"),
+    ];
+    for (args, needle) in cases {
+        let o = dyrep_in(d, &args);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", text(&o));
+        assert!(err.contains(needle), "{args:?}: `{needle}` not in {err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("backtrace"),
+            "{args:?}: {err}"
+        );
+        // clap's usage errors add a usage line and a pointer to --help.
+        let lines = err
+            .lines()
+            .filter(|l| {
+                let l = l.trim();
+                !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information")
+            })
+            .count();
+        assert!(lines <= 2, "{args:?}: {lines} lines: {err}");
+    }
+    // Nothing was written in place of the failed outputs.
+    assert!(!d.join("x.onnx").exists());
+    assert!(d.join("run/checkpoints/last/arch.json").is_file());
+}
+
+fn spawn_train(dir: &Path, out: &str) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_dyrep"))
+        .current_dir(dir)
+        .args([
+            "train",
+            "--out",
+            out,
+            "--epochs",
+            "40",
+            "--train-limit",
+            "1024",
+        ])
+        .args(["--test-limit", "64", "--batch-size", "32"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn dyrep train")
+}
+
+fn wait_for(path: &Path, limit: Duration) {
+    let t0 = Instant::now();
+    while !path.is_file() {
+        assert!(t0.elapsed() < limit, "{} never appeared", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal(child: &std::process::Child, sig: &str) {
+    let st = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn ctrl_c_stops_cleanly_and_the_run_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let child = spawn_train(d, "run");
+    let state = d.join("run/checkpoints/last/state.json");
+    wait_for(&state, Duration::from_secs(120));
+    signal(&child, "-INT");
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(130), "{}", text(&o));
+    assert!(err.contains("--resume"), "{err}");
+    // The checkpoint is complete and continues.
+    ok(dyrep_in(
+        d,
+        &["eval", "--checkpoint", "run", "--limit", "32"],
+    ));
+    let o = ok(dyrep_in(
+        d,
+        &["train", "--resume", "run", "--stop-after", "1"],
+    ));
+    assert!(text(&o).contains("resume"), "{}", text(&o));
+}
+
+#[test]
+fn sigkill_during_training_leaves_a_loadable_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let mut child = spawn_train(d, "run");
+    let state = d.join("run/checkpoints/last/state.json");
+    wait_for(&state, Duration::from_secs(120));
+    // Kill the first run, then resumed runs at several points: some land in a checkpoint write.
+    child.kill().unwrap();
+    let _ = child.wait();
+    ok(dyrep_in(
+        d,
+        &["eval", "--checkpoint", "run", "--limit", "32"],
+    ));
+    for delay_ms in [300u64, 650, 900, 1400] {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_dyrep"))
+            .current_dir(d)
+            .args(["-q", "train", "--resume", "run"])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        c.kill().unwrap();
+        let _ = c.wait();
+        ok(dyrep_in(
+            d,
+            &["eval", "--checkpoint", "run", "--limit", "32"],
+        ));
+    }
+}

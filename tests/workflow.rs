@@ -530,3 +530,86 @@ fn sigkill_during_training_leaves_a_loadable_checkpoint() {
         ));
     }
 }
+
+/// ResNet (residual Add, strided 1×1 downsample, torchvision names) and RepVGG (timm deploy
+/// names, BN folded into the conv bias) trained with static branches, exported to ONNX and
+/// safetensors: tract's logits match dyrep's, and the safetensors file reloads with --init-from.
+#[test]
+fn resnet_and_repvgg_export_to_onnx_that_matches_dyrep() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    for (model, mode, key) in [
+        ("resnet-tiny", "dbb", "layer2.0.downsample.0.weight"),
+        ("repvgg-a0", "repvgg", "stages.0.0.reparam_conv.bias"),
+    ] {
+        ok(train(
+            d,
+            model,
+            &[
+                "--model", model, "--mode", mode, "--epochs", "1", "--width", "0.25",
+            ],
+        ));
+        let onnx = format!("{model}.onnx");
+        let st = format!("{model}.safetensors");
+        ok(dyrep_in(
+            d,
+            &[
+                "export",
+                "--checkpoint",
+                model,
+                "--format",
+                "onnx",
+                "--out",
+                &onnx,
+            ],
+        ));
+        ok(dyrep_in(
+            d,
+            &[
+                "export",
+                "--checkpoint",
+                model,
+                "--format",
+                "safetensors",
+                "--out",
+                &st,
+            ],
+        ));
+        let arch = std::fs::read_to_string(d.join(format!("{model}.json"))).unwrap();
+        assert!(arch.contains(key), "{model}: no {key} in {arch}");
+        let (inputs, logits) = (format!("{model}-x.npy"), format!("{model}-y.npy"));
+        ok(dyrep_in(
+            d,
+            &[
+                "eval",
+                "--checkpoint",
+                model,
+                "--limit",
+                "40",
+                "--logits-out",
+                &logits,
+                "--inputs-out",
+                &inputs,
+            ],
+        ));
+        let (xs, x) = read_npy(&d.join(&inputs));
+        let (_, y) = read_npy(&d.join(&logits));
+        let (_, out) = run_onnx(&d.join(&onnx), &xs, x);
+        let rel = rel_err(&out, &y);
+        assert!(rel <= 1e-4, "{model}: ONNX vs dyrep relative error {rel:e}");
+        ok(train(
+            d,
+            &format!("{model}-init"),
+            &[
+                "--model",
+                model,
+                "--width",
+                "0.25",
+                "--epochs",
+                "1",
+                "--init-from",
+                &st,
+            ],
+        ));
+    }
+}

@@ -100,8 +100,21 @@ impl PoolShape {
         with_scratch(self.h * wo, |row_sums| {
             for iy in 0..self.h {
                 let row = &xp[iy * self.w..(iy + 1) * self.w];
-                for (ox, r) in row_sums[iy * wo..(iy + 1) * wo].iter_mut().enumerate() {
-                    *r = row[self.window(ox, self.w)].iter().sum::<f32>();
+                let sums = &mut row_sums[iy * wo..(iy + 1) * wo];
+                if self.stride == 1 {
+                    // One contiguous, vectorisable add per kernel column.
+                    sums.fill(0.0);
+                    for kx in 0..self.k {
+                        let (lo, hi) = self.tap_range(kx);
+                        let src = &row[lo + kx - self.padding..hi + kx - self.padding];
+                        for (r, &v) in sums[lo..hi].iter_mut().zip(src) {
+                            *r += v;
+                        }
+                    }
+                } else {
+                    for (ox, r) in sums.iter_mut().enumerate() {
+                        *r = row[self.window(ox, self.w)].iter().sum::<f32>();
+                    }
                 }
             }
             for oy in 0..self.ho {
@@ -135,14 +148,57 @@ impl PoolShape {
             }
             for iy in 0..self.h {
                 let row = &mut dxp[iy * self.w..(iy + 1) * self.w];
-                for (ox, &t) in spread[iy * wo..(iy + 1) * wo].iter().enumerate() {
-                    let t = t * inv;
-                    for d in &mut row[self.window(ox, self.w)] {
-                        *d += t;
+                let spread_row = &mut spread[iy * wo..(iy + 1) * wo];
+                if self.stride == 1 {
+                    for t in spread_row.iter_mut() {
+                        *t *= inv;
+                    }
+                    for kx in 0..self.k {
+                        let (lo, hi) = self.tap_range(kx);
+                        let dst = &mut row[lo + kx - self.padding..hi + kx - self.padding];
+                        for (d, &t) in dst.iter_mut().zip(&spread_row[lo..hi]) {
+                            *d += t;
+                        }
+                    }
+                } else {
+                    for (ox, &t) in spread_row.iter().enumerate() {
+                        let t = t * inv;
+                        for d in &mut row[self.window(ox, self.w)] {
+                            *d += t;
+                        }
                     }
                 }
             }
         });
+    }
+
+    /// At stride 1: the output columns `[lo, hi)` whose window's kernel column `kx` lies inside
+    /// the row (input column `ox + kx − padding`).
+    fn tap_range(&self, kx: usize) -> (usize, usize) {
+        let lo = self.padding.saturating_sub(kx).min(self.wo);
+        let hi = (self.w + self.padding)
+            .saturating_sub(kx)
+            .min(self.wo)
+            .max(lo);
+        (lo, hi)
+    }
+
+    /// The common 2×2/2 max pool's backward: each output's gradient to the first maximum of
+    /// its window (row-major order, as [`Self::argmax`]). NaN-free planes only.
+    fn max2x2_backward(&self, xp: &[f32], dyp: &[f32], dxp: &mut [f32]) {
+        for oy in 0..self.ho {
+            let (r0, r1) = (2 * oy * self.w, (2 * oy + 1) * self.w);
+            for ox in 0..self.wo {
+                let idx = [r0 + 2 * ox, r0 + 2 * ox + 1, r1 + 2 * ox, r1 + 2 * ox + 1];
+                let mut best = idx[0];
+                for &i in &idx[1..] {
+                    if xp[i] > xp[best] {
+                        best = i;
+                    }
+                }
+                dxp[best] += dyp[oy * self.wo + ox];
+            }
+        }
     }
 
     /// Index (in the plane) of the first maximum of output `(oy, ox)`'s window; NaN wins.
@@ -204,6 +260,14 @@ impl PoolShape {
             .zip(dy.par_chunks(ohw.max(1)))
             .for_each(|((dxp, xp), dyp)| match kind {
                 PoolKind::Avg => self.avg_plane_backward(dyp, dxp),
+                PoolKind::Max
+                    if self.k == 2
+                        && self.stride == 2
+                        && self.padding == 0
+                        && !xp.iter().any(|v| v.is_nan()) =>
+                {
+                    self.max2x2_backward(xp, dyp, dxp)
+                }
                 PoolKind::Max => {
                     for oy in 0..self.ho {
                         for ox in 0..self.wo {

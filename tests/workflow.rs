@@ -531,9 +531,10 @@ fn sigkill_during_training_leaves_a_loadable_checkpoint() {
     }
 }
 
-/// ResNet (residual Add, strided 1×1 downsample, torchvision names) and RepVGG (timm deploy
-/// names, BN folded into the conv bias) trained with static branches, exported to ONNX and
-/// safetensors: tract's logits match dyrep's, and the safetensors file reloads with --init-from.
+/// ResNet (residual Add, strided 1×1 downsample, torchvision names), RepVGG (timm deploy names,
+/// BN folded into the conv bias), MobileNet (depthwise) and the ImageNet ResNet stem (padded
+/// max pool), trained with and without static branches, exported to ONNX and safetensors:
+/// tract's logits match dyrep's, and the safetensors file reloads with --init-from.
 #[test]
 fn resnet_and_repvgg_export_to_onnx_that_matches_dyrep() {
     let tmp = tempfile::tempdir().unwrap();
@@ -541,6 +542,10 @@ fn resnet_and_repvgg_export_to_onnx_that_matches_dyrep() {
     for (model, mode, key) in [
         ("resnet-tiny", "dbb", "layer2.0.downsample.0.weight"),
         ("repvgg-a0", "repvgg", "stages.0.0.reparam_conv.bias"),
+        // Depthwise convs (ONNX `group`) and dyrep's own names.
+        ("mobilenet-v1", "dbb", "features.1.conv.weight"),
+        // ImageNet stem: 7×7 stride-2 conv and a padded 3×3 stride-2 max pool.
+        ("resnet18-imagenet", "origin", "\"layer4.1.bn2\""),
     ] {
         ok(train(
             d,

@@ -451,6 +451,7 @@ pub struct ExportReport {
     pub arch_json: Option<PathBuf>,
     pub model: String,
     pub naming: Naming,
+    /// Tensors written (safetensors) or initializers (ONNX, BN folded into the convs).
     pub tensors: usize,
     pub params: usize,
     pub macs: u64,
@@ -471,7 +472,7 @@ pub fn export_checkpoint(
 ) -> Result<ExportReport> {
     let model = plain_model(checkpoint, device)?;
     let exp = plain_export(&model)?;
-    let (bytes, arch_json) = match format {
+    let (bytes, arch_json, tensors) = match format {
         ExportFormat::Safetensors => {
             let mut items = Vec::with_capacity(exp.tensors.len());
             for (k, t) in &exp.tensors {
@@ -494,9 +495,12 @@ pub fn export_checkpoint(
             let json = serde_json::to_string_pretty(&exp.arch)
                 .map_err(|e| RuntimeError::Config(e.to_string()))?;
             write_atomic(&json_path, json.as_bytes())?;
-            (bytes, Some(json_path))
+            (bytes, Some(json_path), exp.tensors.len())
         }
-        ExportFormat::Onnx => (crate::onnx::encode(&exp)?, None),
+        ExportFormat::Onnx => {
+            let (bytes, initializers) = crate::onnx::encode(&exp)?;
+            (bytes, None, initializers)
+        }
     };
     write_atomic(out, &bytes)?;
     Ok(ExportReport {
@@ -508,7 +512,7 @@ pub fn export_checkpoint(
         arch_json,
         model: exp.arch.model.clone(),
         naming: exp.arch.naming,
-        tensors: exp.tensors.len(),
+        tensors,
         params: exp.arch.params,
         macs: exp.arch.macs,
         bytes: bytes.len() as u64,

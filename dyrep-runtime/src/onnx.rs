@@ -243,8 +243,9 @@ fn value_info(name: &str, dims: &[Option<usize>]) -> Pb {
 pub const INPUT_NAME: &str = "input";
 pub const OUTPUT_NAME: &str = "logits";
 
-/// The ONNX `ModelProto` bytes of a plain export (BN folded into the convs).
-pub fn encode(exp: &PlainExport) -> Result<Vec<u8>> {
+/// The ONNX `ModelProto` bytes of a plain export (BN folded into the convs) and the number of
+/// initializers (weight tensors) it holds.
+pub fn encode(exp: &PlainExport) -> Result<(Vec<u8>, usize)> {
     let mut g = Graph {
         nodes: Vec::new(),
         initializers: Vec::new(),
@@ -296,7 +297,7 @@ pub fn encode(exp: &PlainExport) -> Result<Vec<u8>> {
         p.str(1, k).str(2, &v);
         model.msg(14, &p);
     }
-    Ok(model.0)
+    Ok((model.0, g.initializers.len()))
 }
 
 #[cfg(test)]

@@ -196,6 +196,25 @@ impl BatchNorm {
         Ok(count)
     }
 
+    /// The running mean (updated by training steps, not by the optimizer).
+    pub fn running_mean(&self) -> &Var {
+        &self.running_mean
+    }
+
+    /// The running (unbiased) variance.
+    pub fn running_var(&self) -> &Var {
+        &self.running_var
+    }
+
+    /// The weight the next [`Self::record_batch_stats`] gives the batch: the momentum in
+    /// training, `1/(batches seen + 1)` while calibrating.
+    pub(crate) fn next_update_factor(&self) -> f64 {
+        match *self.lock_calibration() {
+            Some(seen) => 1.0 / (seen + 1) as f64,
+            None => self.momentum,
+        }
+    }
+
     /// Folds batch statistics (mean, biased variance over `count` values) into the running
     /// ones: momentum in training, a cumulative average while calibrating; unbiased variance,
     /// no graph.

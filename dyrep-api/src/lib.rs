@@ -25,8 +25,8 @@ pub use geom::ConvGeom;
 pub use init::{InitCtx, DEFAULT_GAMMA0};
 pub use kernel::Kernel;
 pub use op::{
-    find_op, not_applicable, op_spec, ops, BranchParts, OpEntry, OpSpec, RepOp, TensorRole,
-    TensorVisitor,
+    find_op, not_applicable, op_spec, ops, BranchParts, OpEntry, OpSpec, RepOp, SecondStage,
+    TensorRole, TensorVisitor,
 };
 pub use rng::SeededRng;
 pub use scorer::{

@@ -72,6 +72,35 @@ pub enum BranchParts<'a> {
     },
     /// `bn(x)`.
     Bn { bn: &'a BatchNorm },
+    /// `bn2(second(pad(bn1(conv(x)))))`: DBB's two-stage branches (reference §1.1). The pad
+    /// fills `pad` rows and columns on every side with `bn1`'s eval-mode output for a zero input
+    /// (`BNAndPad`, no gradient through it); `second` runs without padding of its own.
+    TwoStage {
+        conv: &'a crate::layers::Conv2dLayer,
+        bn1: &'a BatchNorm,
+        pad: usize,
+        second: SecondStage<'a>,
+        bn2: &'a BatchNorm,
+    },
+}
+
+/// The second stage of [`BranchParts::TwoStage`].
+#[derive(Clone, Copy, Debug)]
+pub enum SecondStage<'a> {
+    /// A conv without bias and without padding.
+    Conv(&'a crate::layers::Conv2dLayer),
+    /// A k×k average pool with this stride.
+    AvgPool { k: usize, stride: usize },
+}
+
+impl<'a> BranchParts<'a> {
+    /// The batch norms, in the order their statistics come back from the block op.
+    pub fn batch_norms(&self) -> Vec<&'a BatchNorm> {
+        match *self {
+            BranchParts::ConvBn { bn, .. } | BranchParts::Bn { bn } => vec![bn],
+            BranchParts::TwoStage { bn1, bn2, .. } => vec![bn1, bn2],
+        }
+    }
 }
 
 /// A branch instance inside a `RepBlock`: object safe, `Send + Sync`.
@@ -126,10 +155,10 @@ pub trait RepOp: Send + Sync + fmt::Debug {
     /// (reference §7.4: pooling, BN and additions are not counted).
     fn macs(&self, h: usize, w: usize) -> Result<u64>;
 
-    /// If this branch is one conv (no bias) followed by a batch norm, or a batch norm of the
-    /// block input alone, its parts: a block then runs such branches together in one fused op
-    /// while training (dyrep-kernels `block_train`). `None` (the default) runs the branch's own
-    /// `forward_t`; the result is the same either way.
+    /// If this branch is one conv followed by a batch norm, a batch norm of the block input
+    /// alone, or a two-stage conv → BN → pad → conv/avg-pool → BN, its parts: a block then runs
+    /// such branches together in one fused op while training (dyrep-kernels `block_train`).
+    /// `None` (the default) runs the branch's own `forward_t`; the result is the same either way.
     fn conv_bn_parts(&self) -> Option<BranchParts<'_>> {
         None
     }

@@ -231,16 +231,21 @@ impl RepBlock {
     /// qualify or a batch norm is in eval mode (then every branch runs on its own). Conv biases
     /// (the main conv gets one when a grow or cut is absorbed) go into the op too.
     fn forward_fused_train(&self, x: &Tensor, train: bool) -> Result<Option<Tensor>> {
-        use crate::op::BranchParts;
-        let mut fused: Vec<(BranchParts<'_>, &BatchNorm)> = Vec::new();
+        use crate::op::{BranchParts, SecondStage};
+        if branchwise_on() {
+            return Ok(None);
+        }
+        let conv_params = |c: &crate::layers::Conv2dLayer| dyrep_kernels::ConvParams {
+            stride: c.stride(),
+            padding: c.padding(),
+            groups: c.groups(),
+        };
+        let mut fused: Vec<BranchParts<'_>> = Vec::new();
         let mut others: Vec<&dyn RepOp> = Vec::new();
         for op in self.all_branches() {
             match op.conv_bn_parts() {
-                Some(p @ BranchParts::ConvBn { bn, .. }) if bn.uses_batch_stats(train) => {
-                    fused.push((p, bn))
-                }
-                Some(p @ BranchParts::Bn { bn }) if bn.uses_batch_stats(train) => {
-                    fused.push((p, bn))
+                Some(p) if p.batch_norms().iter().all(|bn| bn.uses_batch_stats(train)) => {
+                    fused.push(p)
                 }
                 _ => others.push(op),
             }
@@ -248,40 +253,69 @@ impl RepBlock {
         if fused.len() < 2 {
             return Ok(None);
         }
-        let eps = fused[0].1.eps();
-        if fused.iter().any(|(_, bn)| bn.eps() != eps) {
+        let bns: Vec<&BatchNorm> = fused.iter().flat_map(|p| p.batch_norms()).collect();
+        let eps = bns[0].eps();
+        if bns.iter().any(|bn| bn.eps() != eps) {
             return Ok(None);
         }
         let branches: Vec<dyrep_kernels::BlockBranch<'_>> = fused
             .iter()
-            .map(|(p, bn)| dyrep_kernels::BlockBranch {
-                conv: match p {
-                    BranchParts::ConvBn { conv, .. } => Some((
-                        conv.weight().as_tensor(),
-                        dyrep_kernels::ConvParams {
-                            stride: conv.stride(),
-                            padding: conv.padding(),
-                            groups: conv.groups(),
+            .map(|p| match *p {
+                BranchParts::ConvBn { conv, bn } => dyrep_kernels::BlockBranch {
+                    conv: Some((conv.weight().as_tensor(), conv_params(conv))),
+                    bias: conv.bias().map(|b| b.as_tensor()),
+                    gamma: bn.gamma().as_tensor(),
+                    beta: bn.beta().as_tensor(),
+                    then: None,
+                },
+                BranchParts::Bn { bn } => dyrep_kernels::BlockBranch {
+                    conv: None,
+                    bias: None,
+                    gamma: bn.gamma().as_tensor(),
+                    beta: bn.beta().as_tensor(),
+                    then: None,
+                },
+                BranchParts::TwoStage {
+                    conv,
+                    bn1,
+                    pad,
+                    second,
+                    bn2,
+                } => dyrep_kernels::BlockBranch {
+                    conv: Some((conv.weight().as_tensor(), conv_params(conv))),
+                    bias: conv.bias().map(|b| b.as_tensor()),
+                    gamma: bn1.gamma().as_tensor(),
+                    beta: bn1.beta().as_tensor(),
+                    then: Some(dyrep_kernels::BlockStage {
+                        pad,
+                        pad_from: dyrep_kernels::PadFrom {
+                            running_mean: bn1.running_mean().as_tensor(),
+                            running_var: bn1.running_var().as_tensor(),
+                            factor: bn1.next_update_factor(),
                         },
-                    )),
-                    BranchParts::Bn { .. } => None,
+                        op: match second {
+                            SecondStage::Conv(c) => {
+                                dyrep_kernels::StageOp::Conv(c.weight().as_tensor(), conv_params(c))
+                            }
+                            SecondStage::AvgPool { k, stride } => {
+                                dyrep_kernels::StageOp::AvgPool { k, stride }
+                            }
+                        },
+                        gamma: bn2.gamma().as_tensor(),
+                        beta: bn2.beta().as_tensor(),
+                    }),
                 },
-                bias: match p {
-                    BranchParts::ConvBn { conv, .. } => conv.bias().map(|b| b.as_tensor()),
-                    BranchParts::Bn { .. } => None,
-                },
-                gamma: bn.gamma().as_tensor(),
-                beta: bn.beta().as_tensor(),
             })
             .collect();
         let out = dyrep_kernels::block_train(x, &branches, eps)?;
-        let count = {
-            let d = out.y.dims();
-            fused[0].1.batch_count(d)?
-        };
-        // The op's statistics are those of each conv's output with its bias: what the BN saw.
-        for ((_, bn), (mean, var)) in fused.iter().zip(&out.stats) {
-            bn.record_batch_stats(mean, var, count)?;
+        // Each BN records the statistics of what it saw (a conv output with its bias).
+        for (bn, st) in bns.iter().zip(&out.stats) {
+            if st.count < 2 {
+                return Err(crate::Error::SingleValueBatch {
+                    context: format!("{} channels in a block of {}", bn.num_features(), self.geom),
+                });
+            }
+            bn.record_batch_stats(&st.mean, &st.var, st.count)?;
         }
         let mut y = out.y;
         for op in others {
@@ -399,8 +433,9 @@ thread_local! {
     static BRANCHWISE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Runs `f` with every block computing branch by branch even for inference (instead of as its
-/// fused conv): for checks whose reference must not share code with fusion (`dyrep fuse`).
+/// Runs `f` with every block computing branch by branch: for inference instead of as its fused
+/// conv, for training instead of the block op. For checks whose reference must not share code
+/// with fusion (`dyrep fuse`) or with the block op (its gradient tests).
 pub fn branchwise<R>(f: impl FnOnce() -> R) -> R {
     struct Restore(bool);
     impl Drop for Restore {

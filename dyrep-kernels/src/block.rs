@@ -1,11 +1,13 @@
-//! A grown block's conv → BN branches and its BN-only identity branch, summed, as one candle op
-//! in training (issue 5 item 2, "DyRep-aware execution"; paper §4, reference §1.1). All
-//! branches read the same input; the input gradient is accumulated inside the op and handed to
-//! candle once, and none of the per-branch intermediates becomes a graph node (candle would add
-//! each one's gradient through a fresh zero tensor). Each conv branch still lowers the input
-//! itself: sharing the k×k patch matrix with the 1×1/1×k/k×1 branches is the next step.
-//! Arguments `(x, weights, γβ)`: every conv branch's weight (then its bias, if it has one)
-//! flattened and concatenated, and every branch's `[γ; β]` concatenated, in branch order.
+//! A grown block's branches, summed, as one candle op in training (issue 5 item 2, "DyRep-aware
+//! execution"; paper §4, reference §1.1): conv → BN branches (k×k main, 1×1, 1×k, k×1, with
+//! conv biases), the BN-only identity, and DBB's two-stage branches — 1×1 conv → BN → pad with
+//! the BN's constant (reference §1.1 `BNAndPad`; the constant carries no gradient) → k×k conv
+//! or k×k average pool → BN. All branches read the same input; the input gradient is
+//! accumulated inside the op and handed to candle once, and none of the per-branch
+//! intermediates becomes a graph node (candle would add each one's gradient through a fresh
+//! zero tensor). Arguments `(x, weights, γβ)`: every conv's weight (then its bias, if it has
+//! one) flattened and concatenated in branch order (a two-stage branch's first conv, then its
+//! second), and every BN's `[γ; β]` concatenated in the same order.
 
 use std::sync::{Arc, Mutex};
 
@@ -15,32 +17,117 @@ use rayon::prelude::*;
 use crate::bn::{bn_backward, channel_stats, ChannelStats, Planes};
 use crate::conv::ConvShape;
 use crate::cpu::{slice_f32, tensor_like, with_f32};
+use crate::pool::{PoolKind, PoolShape};
 use crate::profile::{Phase, Timer};
 
-/// One branch of the block: a conv (its geometry) or the identity, each followed by a BN.
+/// The second stage of a two-stage branch, after its first BN and the constant padding.
+#[derive(Clone, Debug)]
+pub(crate) enum StageGeom {
+    /// A conv (no padding of its own; no bias) whose weight starts at `weight_offset`.
+    Conv {
+        shape: ConvShape,
+        weight_offset: usize,
+    },
+    /// A k×k average pool (no padding of its own).
+    AvgPool(PoolShape),
+}
+
+/// Pad-then-second-stage of a two-stage branch.
+#[derive(Clone, Debug)]
+pub(crate) struct SecondGeom {
+    /// Padding on every side, filled per channel with the first BN's constants
+    /// (`crate::pad_constants` from these running statistics and update factor).
+    pub pad: usize,
+    pub running_mean: Vec<f32>,
+    pub running_var: Vec<f32>,
+    pub factor: f64,
+    pub stage: StageGeom,
+    /// Offset of the second BN's `[γ; β]` in the flat γβ.
+    pub gb_offset: usize,
+}
+
+/// One branch of the block: a conv (its geometry) or the identity, a BN, and optionally a
+/// second stage with its own BN.
 #[derive(Clone, Debug)]
 pub(crate) struct BranchGeom {
     /// `None` for the identity branch.
     pub conv: Option<ConvShape>,
-    /// Offset of this branch's weight in the flat weights.
+    /// Offset of this branch's (first) conv weight in the flat weights.
     pub weight_offset: usize,
-    /// Offset of the conv's bias (`out` values) in the flat weights, if it has one.
+    /// Offset of the conv's bias (its `out` values) in the flat weights, if it has one.
     pub bias_offset: Option<usize>,
+    /// Offset of the (first) BN's `[γ; β]` in the flat γβ.
+    pub gb_offset: usize,
+    pub second: Option<SecondGeom>,
 }
 
-/// What the forward keeps: per branch, its BN input (None for identity: the block input)
-/// and batch statistics.
+impl BranchGeom {
+    /// Dims of the first stage's output (the first BN's input).
+    fn first_dims(&self, x: &[usize]) -> Vec<usize> {
+        match &self.conv {
+            Some(s) => s.output_dims().to_vec(),
+            None => x.to_vec(),
+        }
+    }
+
+    /// Dims of the branch's output.
+    fn output_dims(&self, x: &[usize]) -> Vec<usize> {
+        match &self.second {
+            None => self.first_dims(x),
+            Some(sg) => match &sg.stage {
+                StageGeom::Conv { shape, .. } => shape.output_dims().to_vec(),
+                StageGeom::AvgPool(p) => {
+                    let d = self.first_dims(x);
+                    vec![d[0], d[1], p.ho, p.wo]
+                }
+            },
+        }
+    }
+}
+
+/// Normalisation of one BN in the forward: statistics and `1/sqrt(σ² + ε)`.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct BnSaved {
+    pub stats: Vec<ChannelStats>,
+    pub inv_std: Vec<f32>,
+}
+
+/// What the forward keeps of one branch.
+#[derive(Debug, Default)]
+pub(crate) struct BranchSaved {
+    /// The first BN's input when it is a conv output (the identity's is the block input).
+    pub z1: Option<Vec<f32>>,
+    pub bn1: BnSaved,
+    /// Two-stage: the padded first-BN output (the second stage's input), the second stage's
+    /// output (the second BN's input) and the second BN's normalisation.
+    pub padded: Option<Vec<f32>>,
+    pub z2: Option<Vec<f32>>,
+    pub bn2: Option<BnSaved>,
+}
+
+/// What the forward keeps, per branch in order.
 #[derive(Debug, Default)]
 pub(crate) struct BlockSaved {
-    pub stats: Vec<Vec<ChannelStats>>,
-    pub inv_std: Vec<Vec<f32>>,
-    pub conv_out: Vec<Option<Vec<f32>>>,
+    pub branches: Vec<BranchSaved>,
+}
+
+impl BlockSaved {
+    /// Every BN's statistics in argument order (a two-stage branch's first BN, then its second).
+    pub fn bn_stats(&self) -> Vec<&[ChannelStats]> {
+        let mut v = Vec::new();
+        for b in &self.branches {
+            v.push(b.bn1.stats.as_slice());
+            if let Some(s) = &b.bn2 {
+                v.push(s.stats.as_slice());
+            }
+        }
+        v
+    }
 }
 
 #[derive(Clone, Debug)]
 pub(crate) struct BlockOp {
     pub branches: Vec<BranchGeom>,
-    pub out: usize,
     pub eps: f64,
     pub keep_for_backward: bool,
     pub saved: Arc<Mutex<BlockSaved>>,
@@ -50,6 +137,20 @@ impl BlockOp {
     fn lock(&self) -> std::sync::MutexGuard<'_, BlockSaved> {
         self.saved.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    fn normalisation(&self, z: &[f32], planes: Planes) -> BnSaved {
+        let stats = channel_stats(z, planes);
+        let inv_std = stats
+            .iter()
+            .map(|s| (1.0 / (s.var as f64 + self.eps).sqrt()) as f32)
+            .collect();
+        BnSaved { stats, inv_std }
+    }
+}
+
+/// The BN's scale `a = γ·istd` per channel.
+fn bn_scale(gamma: &[f32], inv_std: &[f32]) -> Vec<f32> {
+    gamma.iter().zip(inv_std).map(|(g, i)| g * i).collect()
 }
 
 /// Adds `BN(z)` (batch statistics `st`, scale `a = γ·istd`, shift β) into `y`, parallel over
@@ -75,6 +176,55 @@ fn add_normalised(
         });
 }
 
+/// `BN(z)` written into the interior of planes padded by `pad` on every side and filled with
+/// the per-channel `pad_values` around it: `[N, C, H + 2p, W + 2p]`.
+#[allow(clippy::too_many_arguments)]
+fn normalise_padded(
+    z: &[f32],
+    dims: &[usize],
+    pad: usize,
+    pad_values: &[f32],
+    st: &[ChannelStats],
+    a: &[f32],
+    beta: &[f32],
+) -> Vec<f32> {
+    let (c, h, w) = (dims[1], dims[2], dims[3]);
+    let (hp, wp) = (h + 2 * pad, w + 2 * pad);
+    let mut out = vec![0.0f32; dims[0] * c * hp * wp];
+    out.par_chunks_mut((hp * wp).max(1))
+        .zip(z.par_chunks((h * w).max(1)))
+        .enumerate()
+        .for_each(|(i, (op, zp))| {
+            let ch = i % c;
+            let (s, ac, bc) = (st[ch], a[ch], beta[ch]);
+            op.fill(pad_values[ch]);
+            for iy in 0..h {
+                let dst = &mut op[(iy + pad) * wp + pad..(iy + pad) * wp + pad + w];
+                for (o, &v) in dst.iter_mut().zip(&zp[iy * w..(iy + 1) * w]) {
+                    *o = ((v - s.shift) - s.mean_rel) * ac + bc;
+                }
+            }
+        });
+    out
+}
+
+/// The interior `[N, C, H, W]` of planes padded by `pad`.
+fn crop(padded: &[f32], dims: &[usize], pad: usize) -> Vec<f32> {
+    let (c, h, w) = (dims[1], dims[2], dims[3]);
+    let wp = w + 2 * pad;
+    let plane_p = (h + 2 * pad) * wp;
+    let mut out = vec![0.0f32; dims[0] * c * h * w];
+    out.par_chunks_mut((h * w).max(1))
+        .zip(padded.par_chunks(plane_p.max(1)))
+        .for_each(|(op, pp)| {
+            for iy in 0..h {
+                op[iy * w..(iy + 1) * w]
+                    .copy_from_slice(&pp[(iy + pad) * wp + pad..(iy + pad) * wp + pad + w]);
+            }
+        });
+    out
+}
+
 impl CustomOp3 for BlockOp {
     fn name(&self) -> &'static str {
         "dyrep-block-train"
@@ -94,32 +244,82 @@ impl CustomOp3 for BlockOp {
         let gb = slice_f32(s3, l3, self.name())?;
         let dims = output_dims(&self.branches, l1.dims())?;
         let planes = Planes::of(&dims)?;
-        let c = self.out;
         let mut y = vec![0.0f32; dims.iter().product()];
         let mut saved = BlockSaved::default();
-        for (bi, b) in self.branches.iter().enumerate() {
-            let z = b.conv.as_ref().map(|s| {
+        for b in &self.branches {
+            let first_dims = b.first_dims(l1.dims());
+            let p1 = Planes::of(&first_dims)?;
+            let z1 = b.conv.as_ref().map(|s| {
                 let mut z = s.forward(x, &w[b.weight_offset..]);
                 if let Some(off) = b.bias_offset {
-                    add_channel_bias(&mut z, &w[off..off + c], c, planes.hw);
+                    add_channel_bias(&mut z, &w[off..off + p1.c], p1.c, p1.hw);
                 }
                 z
             });
-            let _t = Timer::start(Phase::BnForward);
-            let zs: &[f32] = z.as_deref().unwrap_or(x);
-            let stats = channel_stats(zs, planes);
-            let inv_std: Vec<f32> = stats
-                .iter()
-                .map(|s| (1.0 / (s.var as f64 + self.eps).sqrt()) as f32)
-                .collect();
-            let g = &gb[bi * 2 * c..(bi + 1) * 2 * c];
-            let a: Vec<f32> = (0..c).map(|ch| g[ch] * inv_std[ch]).collect();
-            add_normalised(&mut y, zs, c, planes.hw, &stats, &a, &g[c..]);
-            saved.stats.push(stats);
-            saved.inv_std.push(inv_std);
-            saved
-                .conv_out
-                .push(if self.keep_for_backward { z } else { None });
+            let bn_timer = Timer::start(Phase::BnForward);
+            let z1s: &[f32] = z1.as_deref().unwrap_or(x);
+            let bn1 = self.normalisation(z1s, p1);
+            let g1 = &gb[b.gb_offset..b.gb_offset + 2 * p1.c];
+            let a1 = bn_scale(&g1[..p1.c], &bn1.inv_std);
+            let mut kept = BranchSaved::default();
+            match &b.second {
+                None => {
+                    add_normalised(&mut y, z1s, p1.c, p1.hw, &bn1.stats, &a1, &g1[p1.c..]);
+                    drop(bn_timer);
+                }
+                Some(sg) => {
+                    let mean: Vec<f32> = bn1.stats.iter().map(|s| s.mean()).collect();
+                    let var: Vec<f32> = bn1.stats.iter().map(|s| s.var).collect();
+                    let pad_values = crate::pad_constants(
+                        &g1[..p1.c],
+                        &g1[p1.c..],
+                        (&mean, &var, p1.n * p1.hw),
+                        (&sg.running_mean, &sg.running_var),
+                        sg.factor,
+                        self.eps,
+                    );
+                    let padded = normalise_padded(
+                        z1s,
+                        &first_dims,
+                        sg.pad,
+                        &pad_values,
+                        &bn1.stats,
+                        &a1,
+                        &g1[p1.c..],
+                    );
+                    drop(bn_timer);
+                    let z2 = match &sg.stage {
+                        StageGeom::Conv {
+                            shape,
+                            weight_offset,
+                        } => shape.forward(&padded, &w[*weight_offset..]),
+                        StageGeom::AvgPool(p) => p.forward(PoolKind::Avg, &padded),
+                    };
+                    let _t = Timer::start(Phase::BnForward);
+                    let bn2 = self.normalisation(&z2, planes);
+                    let g2 = &gb[sg.gb_offset..sg.gb_offset + 2 * planes.c];
+                    let a2 = bn_scale(&g2[..planes.c], &bn2.inv_std);
+                    add_normalised(
+                        &mut y,
+                        &z2,
+                        planes.c,
+                        planes.hw,
+                        &bn2.stats,
+                        &a2,
+                        &g2[planes.c..],
+                    );
+                    if self.keep_for_backward {
+                        kept.padded = Some(padded);
+                        kept.z2 = Some(z2);
+                    }
+                    kept.bn2 = Some(bn2);
+                }
+            }
+            kept.bn1 = bn1;
+            if self.keep_for_backward {
+                kept.z1 = z1;
+            }
+            saved.branches.push(kept);
         }
         *self.lock() = saved;
         Ok((CpuStorage::F32(y), Shape::from(dims)))
@@ -135,14 +335,12 @@ impl CustomOp3 for BlockOp {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dims = output_dims(&self.branches, x.dims())?;
         let planes = Planes::of(&dims)?;
-        let c = self.out;
         let gb_v = gb.flatten_all()?.to_vec1::<f32>()?;
         let saved = self.lock();
-        if saved.conv_out.len() != self.branches.len() {
-            return Err(candle_core::Error::Msg(format!(
-                "{}: backward without a kept forward",
-                self.name()
-            )));
+        let missing =
+            || candle_core::Error::Msg(format!("{}: backward without a kept forward", self.name()));
+        if saved.branches.len() != self.branches.len() {
+            return Err(missing());
         }
         let mut dx: Option<Vec<f32>> = None;
         let mut dw = vec![0.0f32; weights.elem_count()];
@@ -150,46 +348,90 @@ impl CustomOp3 for BlockOp {
         with_f32(x, self.name(), |xs| {
             with_f32(weights, self.name(), |ws| {
                 with_f32(dy, self.name(), |g| -> candle_core::Result<()> {
-                    for (bi, b) in self.branches.iter().enumerate() {
-                        let z: &[f32] = match (&b.conv, &saved.conv_out[bi]) {
-                            (Some(_), Some(z)) => z,
-                            (None, _) => xs,
-                            (Some(_), None) => {
-                                return Err(candle_core::Error::Msg(format!(
-                                    "{}: backward without a kept forward",
-                                    self.name()
-                                )))
+                    for (b, kept) in self.branches.iter().zip(&saved.branches) {
+                        let first_dims = b.first_dims(x.dims());
+                        let p1 = Planes::of(&first_dims)?;
+                        // The gradient reaching the first BN's output.
+                        let g1: std::borrow::Cow<'_, [f32]> = match &b.second {
+                            None => std::borrow::Cow::Borrowed(g),
+                            Some(sg) => {
+                                let (Some(padded), Some(z2), Some(bn2)) =
+                                    (&kept.padded, &kept.z2, &kept.bn2)
+                                else {
+                                    return Err(missing());
+                                };
+                                let bn_timer = Timer::start(Phase::BnBackward);
+                                let gamma2 = &gb_v[sg.gb_offset..sg.gb_offset + planes.c];
+                                let (dz2, dgamma2, dbeta2) = bn_backward(
+                                    g,
+                                    None,
+                                    z2,
+                                    planes,
+                                    &bn2.stats,
+                                    &bn2.inv_std,
+                                    gamma2,
+                                );
+                                let o = sg.gb_offset;
+                                dgb[o..o + planes.c].copy_from_slice(&dgamma2);
+                                dgb[o + planes.c..o + 2 * planes.c].copy_from_slice(&dbeta2);
+                                drop(bn_timer);
+                                let dpadded = match &sg.stage {
+                                    StageGeom::Conv {
+                                        shape,
+                                        weight_offset,
+                                    } => {
+                                        let wlen = shape.weight_len();
+                                        let gw = shape.weight_grad(padded, &dz2);
+                                        dw[*weight_offset..*weight_offset + wlen]
+                                            .copy_from_slice(&gw);
+                                        shape.input_grad(
+                                            &ws[*weight_offset..*weight_offset + wlen],
+                                            &dz2,
+                                        )
+                                    }
+                                    StageGeom::AvgPool(p) => {
+                                        p.backward(PoolKind::Avg, padded, &dz2)
+                                    }
+                                };
+                                // The pad constants carry no gradient: keep the interior.
+                                std::borrow::Cow::Owned(crop(&dpadded, &first_dims, sg.pad))
                             }
                         };
+                        let z1: &[f32] = match (&b.conv, &kept.z1) {
+                            (Some(_), Some(z)) => z,
+                            (None, _) => xs,
+                            (Some(_), None) => return Err(missing()),
+                        };
                         let bn_timer = Timer::start(Phase::BnBackward);
-                        let gamma = &gb_v[bi * 2 * c..bi * 2 * c + c];
+                        let gamma1 = &gb_v[b.gb_offset..b.gb_offset + p1.c];
                         let (dz, dgamma, dbeta) = bn_backward(
-                            g,
+                            &g1,
                             None,
-                            z,
-                            planes,
-                            &saved.stats[bi],
-                            &saved.inv_std[bi],
-                            gamma,
+                            z1,
+                            p1,
+                            &kept.bn1.stats,
+                            &kept.bn1.inv_std,
+                            gamma1,
                         );
-                        dgb[bi * 2 * c..bi * 2 * c + c].copy_from_slice(&dgamma);
-                        dgb[bi * 2 * c + c..(bi + 1) * 2 * c].copy_from_slice(&dbeta);
-                        let hw = planes.hw.max(1);
+                        let o = b.gb_offset;
+                        dgb[o..o + p1.c].copy_from_slice(&dgamma);
+                        dgb[o + p1.c..o + 2 * p1.c].copy_from_slice(&dbeta);
+                        let hw = p1.hw.max(1);
                         drop(bn_timer);
                         if let Some(off) = b.bias_offset {
                             // Σ dz per channel: zero up to rounding (the BN subtracts the bias
                             // again), kept so the bias is trained exactly as unfused.
-                            let mut db = vec![0.0f64; c];
+                            let mut db = vec![0.0f64; p1.c];
                             for (pi, p) in dz.chunks(hw).enumerate() {
-                                db[pi % c] += p.iter().map(|&v| v as f64).sum::<f64>();
+                                db[pi % p1.c] += p.iter().map(|&v| v as f64).sum::<f64>();
                             }
-                            for ch in 0..c {
+                            for ch in 0..p1.c {
                                 dw[off + ch] = db[ch] as f32;
                             }
                         }
                         match &b.conv {
                             Some(s) => {
-                                let wlen = s.out * (s.c / s.groups) * s.kh * s.kw;
+                                let wlen = s.weight_len();
                                 let gw = s.weight_grad(xs, &dz);
                                 dw[b.weight_offset..b.weight_offset + wlen].copy_from_slice(&gw);
                                 if x.track_op() {
@@ -250,15 +492,12 @@ fn accumulate(acc: &mut Option<Vec<f32>>, g: Vec<f32>) {
     }
 }
 
-/// The block's output dims: every conv branch's, which must agree (and equal the input's when
-/// there is an identity branch).
+/// The block's output dims: every branch's, which must agree (and equal the input's when there
+/// is an identity branch).
 pub(crate) fn output_dims(branches: &[BranchGeom], x: &[usize]) -> candle_core::Result<Vec<usize>> {
     let mut dims: Option<Vec<usize>> = None;
     for b in branches {
-        let d = match &b.conv {
-            Some(s) => s.output_dims().to_vec(),
-            None => x.to_vec(),
-        };
+        let d = b.output_dims(x);
         match &dims {
             None => dims = Some(d),
             Some(prev) if *prev != d => {

@@ -109,6 +109,11 @@ impl ConvShape {
         self.kh == 1 && self.kw == 1 && self.stride == 1 && self.ph == 0 && self.pw == 0
     }
 
+    /// Elements of the weight `[out, c/groups, kh, kw]`.
+    pub fn weight_len(&self) -> usize {
+        self.out * self.kg()
+    }
+
     pub fn output_dims(&self) -> [usize; 4] {
         [self.n, self.out, self.ho, self.wo]
     }

@@ -410,7 +410,8 @@ pub fn conv_affine_on(
 }
 
 /// One branch of a block for [`block_train`]: a conv (weight `[out, in/groups, kh, kw]` and its
-/// geometry) or the identity (`None`), followed by a batch norm with `gamma`, `beta` (`[out]`).
+/// geometry) or the identity (`None`), followed by a batch norm with `gamma`, `beta`, and
+/// optionally a second stage (`then`) whose BN's output is the branch's.
 #[derive(Clone, Copy, Debug)]
 pub struct BlockBranch<'a> {
     pub conv: Option<(&'a Tensor, ConvParams)>,
@@ -418,39 +419,116 @@ pub struct BlockBranch<'a> {
     pub bias: Option<&'a Tensor>,
     pub gamma: &'a Tensor,
     pub beta: &'a Tensor,
+    pub then: Option<BlockStage<'a>>,
 }
 
-/// The summed output of a block's branches and each branch's batch statistics (mean, biased
-/// variance), in branch order.
+/// The second stage of a two-stage branch (DBB's 1×1→k×k and 1×1→avg, reference §1.1): the
+/// first BN's output padded by `pad` on every side with per-channel constants (`pad_from`; no
+/// gradient flows into them, as `BNAndPad`), then `op`, then a batch norm with `gamma`, `beta`.
+#[derive(Clone, Copy, Debug)]
+pub struct BlockStage<'a> {
+    pub pad: usize,
+    pub pad_from: PadFrom<'a>,
+    pub op: StageOp<'a>,
+    pub gamma: &'a Tensor,
+    pub beta: &'a Tensor,
+}
+
+/// The pad constants of a two-stage branch: what `BNAndPad` computes after its BN's train-mode
+/// forward, the BN's eval output for a zero input with the running statistics already updated
+/// by this batch: `β − γ·μ'/sqrt(σ'² + ε)` with `μ' = (1−f)·μ + f·μ_batch` and
+/// `σ'² = (1−f)·σ² + f·σ²_batch·m/(m−1)` (`m` values per channel).
+#[derive(Clone, Copy, Debug)]
+pub struct PadFrom<'a> {
+    pub running_mean: &'a Tensor,
+    pub running_var: &'a Tensor,
+    /// `f`: the BN's momentum, or `1/(batches + 1)` while calibrating.
+    pub factor: f64,
+}
+
+/// Pad constants from the first BN's `γ`, `β`, its batch statistics `(mean, biased variance,
+/// values per channel)`, its running `(mean, variance)` and the update factor (f64 arithmetic).
+pub(crate) fn pad_constants(
+    gamma: &[f32],
+    beta: &[f32],
+    (batch_mean, batch_var, count): (&[f32], &[f32], usize),
+    (running_mean, running_var): (&[f32], &[f32]),
+    factor: f64,
+    eps: f64,
+) -> Vec<f32> {
+    let unbias = count as f64 / (count.max(2) - 1) as f64;
+    (0..gamma.len())
+        .map(|c| {
+            let m = (1.0 - factor) * running_mean[c] as f64 + factor * batch_mean[c] as f64;
+            let v = (1.0 - factor) * running_var[c] as f64 + factor * batch_var[c] as f64 * unbias;
+            (beta[c] as f64 - gamma[c] as f64 * m / (v + eps).sqrt()) as f32
+        })
+        .collect()
+}
+
+/// What a second stage applies to the padded first-stage output.
+#[derive(Clone, Copy, Debug)]
+pub enum StageOp<'a> {
+    /// A conv without bias (its own padding must be 0: the stage pads).
+    Conv(&'a Tensor, ConvParams),
+    /// A k×k average pool with this stride (no padding of its own).
+    AvgPool { k: usize, stride: usize },
+}
+
+/// One batch norm's batch statistics from [`block_train`]: mean, biased variance and the number
+/// of values per channel they came from.
+#[derive(Debug)]
+pub struct BlockBnStats {
+    pub mean: Tensor,
+    pub var: Tensor,
+    pub count: usize,
+}
+
+/// The summed output of a block's branches and every BN's batch statistics in argument order
+/// (a two-stage branch's first BN, then its second).
 #[derive(Debug)]
 pub struct BlockTrain {
     pub y: Tensor,
-    pub stats: Vec<(Tensor, Tensor)>,
+    pub stats: Vec<BlockBnStats>,
+}
+
+fn n_out_channels(gamma: &Tensor) -> Result<usize> {
+    Ok(gamma.dim(0)?)
+}
+
+fn block_shape_error(detail: String) -> KernelError {
+    KernelError::Shape {
+        op: "block",
+        detail,
+    }
 }
 
 /// `Σ_b BN_b(conv_b(x))` in train mode (batch statistics, gradients through them), the identity
-/// branch being `BN(x)`: on the CPU one op with one input gradient (issue 5 item 2).
+/// branch being `BN(x)` and a two-stage branch `BN₂(stage(pad(BN₁(conv(x)))))`: on the CPU one
+/// op with one input gradient (issue 5 item 2).
 pub fn block_train(x: &Tensor, branches: &[BlockBranch<'_>], eps: f64) -> Result<BlockTrain> {
     block_train_on(Backend::for_tensor(x), x, branches, eps)
 }
 
-/// [`block_train`] on a chosen backend.
-pub fn block_train_on(
-    backend: Backend,
-    x: &Tensor,
-    branches: &[BlockBranch<'_>],
-    eps: f64,
-) -> Result<BlockTrain> {
-    let x = &arg(x);
+/// Validates the branches and lays out their flat weights and γβ.
+fn block_geoms(x: &Tensor, branches: &[BlockBranch<'_>]) -> Result<Vec<block::BranchGeom>> {
     if branches.is_empty() {
-        return Err(KernelError::Shape {
-            op: "block",
-            detail: "a block needs at least one branch".into(),
-        });
+        return Err(block_shape_error(
+            "a block needs at least one branch".into(),
+        ));
     }
+    let check_bn = |o: usize, gamma: &Tensor, beta: &Tensor| {
+        if gamma.dims() != [o] || beta.dims() != [o] {
+            return Err(block_shape_error(format!(
+                "a BN after {o} channels needs gamma and beta of that size; got {:?}, {:?}",
+                gamma.dims(),
+                beta.dims()
+            )));
+        }
+        Ok(())
+    };
     let mut geoms = Vec::with_capacity(branches.len());
-    let mut offset = 0;
-    let mut out = None;
+    let (mut offset, mut gb_offset) = (0usize, 0usize);
     for b in branches {
         let (conv, o) = match b.conv {
             Some((w, p)) => {
@@ -459,18 +537,7 @@ pub fn block_train_on(
             }
             None => (None, x.dims4()?.1),
         };
-        if b.gamma.dims() != [o] || b.beta.dims() != [o] || out.is_some_and(|prev| prev != o) {
-            return Err(KernelError::Shape {
-                op: "block",
-                detail: format!(
-                    "branches must all have {} outputs with gamma and beta of that size; got {o} outputs, gamma {:?}, beta {:?}",
-                    out.unwrap_or(o),
-                    b.gamma.dims(),
-                    b.beta.dims()
-                ),
-            });
-        }
-        out = Some(o);
+        check_bn(o, b.gamma, b.beta)?;
         let weight_offset = offset;
         if let Some((w, _)) = b.conv {
             offset += w.elem_count();
@@ -482,12 +549,78 @@ pub fn block_train_on(
             }
             (_, None) => None,
             _ => {
-                return Err(KernelError::Shape {
-                    op: "block",
-                    detail: format!(
-                        "a bias needs a conv with {o} outputs; got {:?}",
-                        b.bias.map(|t| t.dims().to_vec())
+                return Err(block_shape_error(format!(
+                    "a bias needs a conv with {o} outputs; got {:?}",
+                    b.bias.map(|t| t.dims().to_vec())
+                )))
+            }
+        };
+        let first_gb = gb_offset;
+        gb_offset += 2 * o;
+        let second = match b.then {
+            None => None,
+            Some(st) => {
+                check_per_channel(
+                    "block stage",
+                    &[0, o],
+                    o,
+                    &[
+                        ("running_mean", st.pad_from.running_mean),
+                        ("running_var", st.pad_from.running_var),
+                    ],
+                )?;
+                let first_dims = match &conv {
+                    Some(s) => s.output_dims().to_vec(),
+                    None => x.dims().to_vec(),
+                };
+                let padded = [
+                    first_dims[0],
+                    o,
+                    first_dims[2] + 2 * st.pad,
+                    first_dims[3] + 2 * st.pad,
+                ];
+                let (stage, o2) = match st.op {
+                    StageOp::Conv(w, p) => {
+                        if p.padding != (0, 0) {
+                            return Err(block_shape_error(
+                                "a second-stage conv must not pad (the stage pads)".into(),
+                            ));
+                        }
+                        let s = ConvShape::new(&padded, w.dims(), p.stride, (0, 0), p.groups)?;
+                        let at = offset;
+                        offset += w.elem_count();
+                        (
+                            block::StageGeom::Conv {
+                                shape: s,
+                                weight_offset: at,
+                            },
+                            s.out,
+                        )
+                    }
+                    StageOp::AvgPool { k, stride } => (
+                        block::StageGeom::AvgPool(pool::PoolShape::new(
+                            PoolKind::Avg,
+                            &padded,
+                            k,
+                            stride,
+                            0,
+                        )?),
+                        o,
                     ),
+                };
+                check_bn(o2, st.gamma, st.beta)?;
+                let at = gb_offset;
+                gb_offset += 2 * o2;
+                let host = |t: &Tensor| -> Result<Vec<f32>> {
+                    Ok(t.detach().to_dtype(DType::F32)?.to_vec1()?)
+                };
+                Some(block::SecondGeom {
+                    pad: st.pad,
+                    running_mean: host(st.pad_from.running_mean)?,
+                    running_var: host(st.pad_from.running_var)?,
+                    factor: st.pad_from.factor,
+                    stage,
+                    gb_offset: at,
                 })
             }
         };
@@ -495,14 +628,28 @@ pub fn block_train_on(
             conv,
             weight_offset,
             bias_offset,
+            gb_offset: first_gb,
+            second,
         });
     }
-    let out = out.unwrap_or(0);
     block::output_dims(&geoms, x.dims())?;
+    Ok(geoms)
+}
+
+/// [`block_train`] on a chosen backend.
+pub fn block_train_on(
+    backend: Backend,
+    x: &Tensor,
+    branches: &[BlockBranch<'_>],
+    eps: f64,
+) -> Result<BlockTrain> {
+    let x = &arg(x);
+    let geoms = block_geoms(x, branches)?;
     match backend {
         Backend::Own => {
             check_own(x, "block")?;
             let mut weights: Vec<Tensor> = Vec::new();
+            let mut gbs: Vec<Tensor> = Vec::new();
             for b in branches {
                 if let Some((w, _)) = b.conv {
                     weights.push(arg(w).flatten_all()?);
@@ -510,11 +657,16 @@ pub fn block_train_on(
                         weights.push(arg(bias));
                     }
                 }
+                gbs.push(arg(b.gamma));
+                gbs.push(arg(b.beta));
+                if let Some(st) = b.then {
+                    if let StageOp::Conv(w, _) = st.op {
+                        weights.push(arg(w).flatten_all()?);
+                    }
+                    gbs.push(arg(st.gamma));
+                    gbs.push(arg(st.beta));
+                }
             }
-            let gbs: Vec<Tensor> = branches
-                .iter()
-                .map(|b| Tensor::cat(&[&arg(b.gamma), &arg(b.beta)], 0))
-                .collect::<candle_core::Result<_>>()?;
             let w_flat = if weights.is_empty() {
                 Tensor::zeros(1, DType::F32, x.device())?
             } else {
@@ -526,25 +678,45 @@ pub fn block_train_on(
             let gb_flat = Tensor::cat(&gbs, 0)?;
             let keep = x.track_op() || w_flat.track_op() || gb_flat.track_op();
             let saved = std::sync::Arc::new(std::sync::Mutex::new(block::BlockSaved::default()));
+            // The BN counts, in argument order: each BN's input dims.
+            let mut counts = Vec::new();
+            for g in &geoms {
+                let d1 = match &g.conv {
+                    Some(s) => s.output_dims().to_vec(),
+                    None => x.dims().to_vec(),
+                };
+                counts.push(d1[0] * d1[2] * d1[3]);
+            }
             let op = block::BlockOp {
-                branches: geoms,
-                out,
+                branches: geoms.clone(),
                 eps,
                 keep_for_backward: keep,
                 saved: saved.clone(),
             };
             let y = x.contiguous()?.apply_op3(&w_flat, &gb_flat, op)?;
+            let (_, _, ho, wo) = y.dims4()?;
+            let out_count = y.dim(0)? * ho * wo;
             let guard = saved.lock().unwrap_or_else(|p| p.into_inner());
+            let mut stats = Vec::new();
+            for (g, count) in geoms.iter().zip(&counts) {
+                stats.push(*count);
+                if g.second.is_some() {
+                    stats.push(out_count);
+                }
+            }
             let stats = guard
-                .stats
-                .iter()
-                .map(|st| {
+                .bn_stats()
+                .into_iter()
+                .zip(stats)
+                .map(|(st, count)| {
                     let mean: Vec<f32> = st.iter().map(|s| s.mean()).collect();
                     let var: Vec<f32> = st.iter().map(|s| s.var).collect();
-                    Ok((
-                        Tensor::from_vec(mean, out, x.device())?,
-                        Tensor::from_vec(var, out, x.device())?,
-                    ))
+                    let c = mean.len();
+                    Ok(BlockBnStats {
+                        mean: Tensor::from_vec(mean, c, x.device())?,
+                        var: Tensor::from_vec(var, c, x.device())?,
+                        count,
+                    })
                 })
                 .collect::<Result<Vec<_>>>()?;
             Ok(BlockTrain { y, stats })
@@ -552,17 +724,104 @@ pub fn block_train_on(
         Backend::Candle => {
             let mut y: Option<Tensor> = None;
             let mut stats = Vec::with_capacity(branches.len());
+            let count = |t: &Tensor| -> Result<usize> {
+                let (n, _, h, w) = t.dims4()?;
+                Ok(n * h * w)
+            };
             for b in branches {
-                let o = match b.conv {
+                let (o, n1) = match b.conv {
                     Some((w, p)) => {
-                        conv_bn_train_on(Backend::Candle, x, w, p, b.gamma, b.beta, eps, false)?
+                        let o = conv_bn_train_on(
+                            Backend::Candle,
+                            x,
+                            w,
+                            p,
+                            b.gamma,
+                            b.beta,
+                            eps,
+                            false,
+                        )?;
+                        // The BN saw the conv output with its bias (which it subtracts again).
+                        let o = match b.bias {
+                            Some(bias) => BatchNormTrain {
+                                mean: (&o.mean + bias)?,
+                                ..o
+                            },
+                            None => o,
+                        };
+                        let (n, _, h, w2) = o.y.dims4()?;
+                        (o, n * h * w2)
                     }
-                    None => batch_norm_train_on(Backend::Candle, x, b.gamma, b.beta, eps)?,
+                    None => (
+                        batch_norm_train_on(Backend::Candle, x, b.gamma, b.beta, eps)?,
+                        count(x)?,
+                    ),
                 };
-                stats.push((o.mean, o.var));
-                y = Some(match y {
+                stats.push(BlockBnStats {
+                    mean: o.mean.clone(),
+                    var: o.var.clone(),
+                    count: n1,
+                });
+                let out = match b.then {
                     None => o.y,
-                    Some(acc) => (acc + o.y)?,
+                    Some(st) => {
+                        let host = |t: &Tensor| -> Result<Vec<f32>> {
+                            Ok(t.detach().to_dtype(DType::F32)?.to_vec1()?)
+                        };
+                        let values = pad_constants(
+                            &host(b.gamma)?,
+                            &host(b.beta)?,
+                            (&host(&o.mean)?, &host(&o.var)?, n1),
+                            (
+                                &host(st.pad_from.running_mean)?,
+                                &host(st.pad_from.running_var)?,
+                            ),
+                            st.pad_from.factor,
+                            eps,
+                        );
+                        let values =
+                            Tensor::from_vec(values, n_out_channels(b.gamma)?, o.y.device())?;
+                        let padded = pad_const_on(Backend::Candle, &o.y, st.pad, &values)?;
+                        let o2 = match st.op {
+                            StageOp::Conv(w, p) => conv_bn_train_on(
+                                Backend::Candle,
+                                &padded,
+                                w,
+                                p,
+                                st.gamma,
+                                st.beta,
+                                eps,
+                                false,
+                            )?,
+                            StageOp::AvgPool { k, stride } => {
+                                let pooled = pool2d_on(
+                                    Backend::Candle,
+                                    PoolKind::Avg,
+                                    &padded,
+                                    k,
+                                    stride,
+                                    0,
+                                )?;
+                                batch_norm_train_on(
+                                    Backend::Candle,
+                                    &pooled,
+                                    st.gamma,
+                                    st.beta,
+                                    eps,
+                                )?
+                            }
+                        };
+                        stats.push(BlockBnStats {
+                            mean: o2.mean,
+                            var: o2.var,
+                            count: count(&o2.y)?,
+                        });
+                        o2.y
+                    }
+                };
+                y = Some(match y {
+                    None => out,
+                    Some(acc) => (acc + out)?,
                 });
             }
             Ok(BlockTrain {

@@ -79,7 +79,7 @@ impl PoolShape {
         lo..hi.max(lo)
     }
 
-    fn forward(&self, kind: PoolKind, x: &[f32]) -> Vec<f32> {
+    pub(crate) fn forward(&self, kind: PoolKind, x: &[f32]) -> Vec<f32> {
         let _t = Timer::start(Phase::Pool);
         let (hw, ohw) = (self.h * self.w, self.ho * self.wo);
         let mut y = vec![0.0f32; self.planes * ohw];
@@ -251,7 +251,7 @@ impl PoolShape {
         }
     }
 
-    fn backward(&self, kind: PoolKind, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    pub(crate) fn backward(&self, kind: PoolKind, x: &[f32], dy: &[f32]) -> Vec<f32> {
         let _t = Timer::start(Phase::Pool);
         let (hw, ohw) = (self.h * self.w, self.ho * self.wo);
         let mut dx = vec![0.0f32; self.planes * hw];

@@ -338,6 +338,7 @@ proptest! {
                     bias: conv.and_then(|(wi, _, _)| (main_bias && wi == 1).then(|| &a[bias_arg])),
                     gamma: &a[gi],
                     beta: &a[gi + 1],
+                    then: None,
                 })
                 .collect();
             block_train_on(Backend::Own, &a[0], &branches, 1e-5).unwrap().y

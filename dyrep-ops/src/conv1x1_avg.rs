@@ -100,6 +100,20 @@ impl RepOp for Conv1x1Avg {
         self.avgbn.forward_t(&pooled, train)
     }
 
+    fn conv_bn_parts(&self) -> Option<dyrep_api::BranchParts<'_>> {
+        let (conv, bn) = self.pre.as_ref()?;
+        Some(dyrep_api::BranchParts::TwoStage {
+            conv,
+            bn1: bn.bn(),
+            pad: bn.pad(),
+            second: dyrep_api::SecondStage::AvgPool {
+                k: self.geom.k,
+                stride: self.geom.stride,
+            },
+            bn2: &self.avgbn,
+        })
+    }
+
     fn to_equivalent_kxk(&self) -> Result<Kernel> {
         let g = &self.geom;
         let gamma = self.avgbn.gamma();

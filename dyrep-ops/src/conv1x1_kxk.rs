@@ -123,6 +123,24 @@ impl RepOp for Conv1x1Kxk {
         self.conv2.forward_bn_t(&y, &self.bn2, train, false)
     }
 
+    fn conv_bn_parts(&self) -> Option<dyrep_api::BranchParts<'_>> {
+        // Only while the second conv is plain (a grown one runs as its own block).
+        let Slot::Conv(c) = &self.conv2 else {
+            return None;
+        };
+        let second = c.layer();
+        if second.bias().is_some() || second.padding() != (0, 0) {
+            return None;
+        }
+        Some(dyrep_api::BranchParts::TwoStage {
+            conv: &self.conv1,
+            bn1: self.bn1.bn(),
+            pad: self.bn1.pad(),
+            second: dyrep_api::SecondStage::Conv(second),
+            bn2: &self.bn2,
+        })
+    }
+
     fn to_equivalent_kxk(&self) -> Result<Kernel> {
         let first = self
             .conv1

@@ -33,6 +33,21 @@ pub struct ConvShape {
     pub wo: usize,
 }
 
+/// Zeroes a slice that is usually one or two floats long (a padded border of an im2col row):
+/// a `fill` there compiles to a `memset` call per row, which costs more than the stores.
+#[inline]
+fn zero_short(s: &mut [f32]) {
+    match s {
+        [] => {}
+        [a] => *a = 0.0,
+        [a, b] => {
+            *a = 0.0;
+            *b = 0.0;
+        }
+        _ => s.fill(0.0),
+    }
+}
+
 impl ConvShape {
     /// Validates an input `[n, c, h, w]` and weight `[out, c/groups, kh, kw]` pair.
     pub fn new(
@@ -167,8 +182,8 @@ impl ConvShape {
                         };
                         let src = &plane[iy * self.w..(iy + 1) * self.w];
                         if self.stride == 1 {
-                            out[..lo].fill(0.0);
-                            out[hi..].fill(0.0);
+                            zero_short(&mut out[..lo]);
+                            zero_short(&mut out[hi..]);
                             if hi > lo {
                                 // A plain loop, not copy_from_slice: rows are short (7-56
                                 // floats) and a memmove call per row costs more than the copy.

@@ -164,6 +164,43 @@ impl ConvShape {
             .filter(|&ix| ix < self.w)
     }
 
+    /// One patch-matrix row (kernel tap `(ky, kx)` of one channel) of a stride-1 conv whose
+    /// output is as wide as its input ("same" width): the valid output rows read one contiguous
+    /// block of the plane shifted by `kx − pw`, so the block is copied at once and only the
+    /// `|kx − pw|` values per row that wrapped around from the neighbouring row are zeroed.
+    fn im2col_same_width_row(&self, plane: &[f32], row: &mut [f32], ky: usize, kx: usize) {
+        let w = self.w;
+        let oy_lo = self.ph.saturating_sub(ky).min(self.ho);
+        let oy_hi = (self.h + self.ph)
+            .saturating_sub(ky)
+            .min(self.ho)
+            .max(oy_lo);
+        row[..oy_lo * w].fill(0.0);
+        row[oy_hi * w..].fill(0.0);
+        if oy_hi == oy_lo {
+            return;
+        }
+        let iy_lo = oy_lo + ky - self.ph;
+        let len = (oy_hi - oy_lo) * w;
+        let src = &plane[iy_lo * w..iy_lo * w + len];
+        let dst = &mut row[oy_lo * w..oy_hi * w];
+        if kx >= self.pw {
+            // out[r][ox] = in[r][ox + s]: the last s values of each row wrapped.
+            let s = kx - self.pw;
+            dst[..len - s].copy_from_slice(&src[s..]);
+            for r in dst.chunks_exact_mut(w) {
+                zero_short(&mut r[w - s..]);
+            }
+        } else {
+            // out[r][ox] = in[r][ox − s]: the first s values of each row wrapped.
+            let s = self.pw - kx;
+            dst[s..].copy_from_slice(&src[..len - s]);
+            for r in dst.chunks_exact_mut(w) {
+                zero_short(&mut r[..s]);
+            }
+        }
+    }
+
     /// Lowers one image `[c, h, w]` to its patch matrix `[c·kh·kw, ho·wo]`.
     fn im2col(&self, image: &[f32], cols: &mut [f32]) {
         let (ohw, wo) = (self.ohw(), self.wo);
@@ -173,6 +210,10 @@ impl ConvShape {
                 for kx in 0..self.kw {
                     let row_idx = (c * self.kh + ky) * self.kw + kx;
                     let row = &mut cols[row_idx * ohw..(row_idx + 1) * ohw];
+                    if self.stride == 1 && self.w == self.wo && kx.abs_diff(self.pw) < self.w {
+                        self.im2col_same_width_row(plane, row, ky, kx);
+                        continue;
+                    }
                     let (lo, hi) = self.valid_cols(kx);
                     for oy in 0..self.ho {
                         let out = &mut row[oy * wo..(oy + 1) * wo];

@@ -8,7 +8,8 @@ use anyhow::Result;
 use candle_core::{Device, Tensor, Var};
 use dyrep_kernels::{
     batch_norm_train_on, block_train_on, channel_affine_on, conv2d_on, conv_bn_train_on,
-    pad_const_on, pool2d_on, relu_on, Backend, BlockBranch, ConvParams, ConvShape, PoolKind,
+    pad_const_on, pool2d_on, relu_on, Backend, BlockBranch, BlockStage, ConvParams, ConvShape,
+    PadFrom, PoolKind, StageOp,
 };
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -281,6 +282,125 @@ proptest! {
         check("forward", &fused, &to_f64(&sep))?;
         for (i, what) in ["input", "weight", "gamma", "beta"].iter().enumerate() {
             check(what, &fg[i], &to_f64(&sg[i]))?;
+        }
+    }
+
+    #[test]
+    fn block_op_two_stage_branches_match_their_kernels_run_separately(
+        n in 1usize..3, c in 1usize..4, c1 in 1usize..4, h in 3usize..8, w in 3usize..8,
+        k in prop_oneof![Just(3usize), Just(5)], stride in 1usize..3, groups2 in any::<bool>(),
+        factor in prop_oneof![Just(0.1f64), Just(1.0), Just(0.25)], seed in any::<u64>(),
+    ) {
+        // DBB's two-stage branches beside a k×k main conv: 1×1 → BN → pad k/2 with the BN's
+        // constant → k×k conv (stride) → BN, and 1×1 → BN → pad → k×k average pool → BN. The
+        // block op against the same chain of separately tested kernels (forward, every
+        // gradient, every BN's statistics), and candle's fallback of the block op against it.
+        let groups = if groups2 { 2 } else { 1 };
+        let (cin, cmid, cout) = (c * groups, c1 * groups, (c + 1) * groups);
+        let dev = Device::Cpu;
+        let p = k / 2;
+        let t = |v: Vec<f32>, shape: &[usize]| Tensor::from_vec(v, shape, &dev).unwrap();
+        // Arguments: x; main w; kxk-branch w1, w2; avg-branch w1; then γ, β for the five BNs.
+        let mut args = vec![
+            t(data(seed, n * cin * h * w, 0.3), &[n, cin, h, w]),
+            t(weights(seed ^ 11, cout * (cin / groups) * k * k), &[cout, cin / groups, k, k]),
+            t(weights(seed ^ 12, cmid * (cin / groups)), &[cmid, cin / groups, 1, 1]),
+            t(weights(seed ^ 13, cout * (cmid / groups) * k * k), &[cout, cmid / groups, k, k]),
+            t(weights(seed ^ 14, cout * (cin / groups)), &[cout, cin / groups, 1, 1]),
+        ];
+        let bn_sizes = [cout, cmid, cout, cout, cout];
+        for (i, size) in bn_sizes.iter().enumerate() {
+            args.push(t(data(seed ^ (20 + i as u64), *size, 0.0), &[*size]));
+            args.push(t(data(seed ^ (30 + i as u64), *size, 0.0), &[*size]));
+        }
+        // Running statistics the pad constants start from (no gradient).
+        let rm = [t(data(seed ^ 50, cmid, 0.0), &[cmid]), t(data(seed ^ 51, cout, 0.0), &[cout])];
+        let rv = [t(data(seed ^ 52, cmid, 1.5), &[cmid]), t(data(seed ^ 53, cout, 1.5), &[cout])];
+        let (ho, wo) = ((h - 1) / stride + 1, (w - 1) / stride + 1);
+        prop_assume!(n * ho * wo >= 6);
+        prop_assume!(stride == 1 || (h - 1) % 2 == (w - 1) % 2);
+        let conv = |s: usize, pad: usize| ConvParams { stride: s, padding: (pad, pad), groups };
+        let block = |b: Backend, a: &[Tensor]| {
+            let bs = [
+                BlockBranch { conv: Some((&a[1], conv(stride, p))), bias: None, gamma: &a[5], beta: &a[6], then: None },
+                BlockBranch {
+                    conv: Some((&a[2], conv(1, 0))), bias: None, gamma: &a[7], beta: &a[8],
+                    then: Some(BlockStage {
+                        pad: p,
+                        pad_from: PadFrom { running_mean: &rm[0], running_var: &rv[0], factor },
+                        op: StageOp::Conv(&a[3], conv(stride, 0)),
+                        gamma: &a[9],
+                        beta: &a[10],
+                    }),
+                },
+                BlockBranch {
+                    conv: Some((&a[4], conv(1, 0))), bias: None, gamma: &a[11], beta: &a[12],
+                    then: Some(BlockStage {
+                        pad: p,
+                        pad_from: PadFrom { running_mean: &rm[1], running_var: &rv[1], factor },
+                        op: StageOp::AvgPool { k, stride },
+                        gamma: &a[13],
+                        beta: &a[14],
+                    }),
+                },
+            ];
+            block_train_on(b, &a[0], &bs, 1e-5).unwrap()
+        };
+        // The pad constants BNAndPad uses: the BN's eval output for a zero input with the
+        // running statistics updated by this batch (f64 here).
+        let pad_values = |gamma: &Tensor, beta: &Tensor, mean: &Tensor, var: &Tensor, count: usize, i: usize| {
+            let v = |t: &Tensor| to_f64(t);
+            let (g, be, m, va, r_m, r_v) = (v(gamma), v(beta), v(mean), v(var), v(&rm[i]), v(&rv[i]));
+            let vals: Vec<f32> = (0..g.len()).map(|ch| {
+                let mu = (1.0 - factor) * r_m[ch] + factor * m[ch];
+                let s2 = (1.0 - factor) * r_v[ch] + factor * va[ch] * count as f64 / (count - 1) as f64;
+                (be[ch] - g[ch] * mu / (s2 + 1e-5).sqrt()) as f32
+            }).collect();
+            Tensor::from_vec(vals, g.len(), &Device::Cpu).unwrap()
+        };
+        let separate = |a: &[Tensor]| -> (Tensor, Vec<(Tensor, Tensor)>) {
+            let own = Backend::Own;
+            let main = conv_bn_train_on(own, &a[0], &a[1], conv(stride, p), &a[5], &a[6], 1e-5, false).unwrap();
+            let first = conv_bn_train_on(own, &a[0], &a[2], conv(1, 0), &a[7], &a[8], 1e-5, false).unwrap();
+            let pv = pad_values(&a[7], &a[8], &first.mean, &first.var, n * h * w, 0);
+            let padded = pad_const_on(own, &first.y, p, &pv).unwrap();
+            let second = conv_bn_train_on(own, &padded, &a[3], conv(stride, 0), &a[9], &a[10], 1e-5, false).unwrap();
+            let first_avg = conv_bn_train_on(own, &a[0], &a[4], conv(1, 0), &a[11], &a[12], 1e-5, false).unwrap();
+            let pv = pad_values(&a[11], &a[12], &first_avg.mean, &first_avg.var, n * h * w, 1);
+            let padded = pad_const_on(own, &first_avg.y, p, &pv).unwrap();
+            let pooled = pool2d_on(own, PoolKind::Avg, &padded, k, stride, 0).unwrap();
+            let avg = batch_norm_train_on(own, &pooled, &a[13], &a[14], 1e-5).unwrap();
+            let y = ((main.y + second.y).unwrap() + avg.y).unwrap();
+            let stats = vec![
+                (main.mean, main.var), (first.mean, first.var), (second.mean, second.var),
+                (first_avg.mean, first_avg.var), (avg.mean, avg.var),
+            ];
+            (y, stats)
+        };
+        let (y, g, _) = run_with_grads(&args, seed ^ 5, |a| block(Backend::Own, a).y);
+        let (sy, sg, _) = run_with_grads(&args, seed ^ 5, |a| separate(a).0);
+        check("forward", &y, &to_f64(&sy))?;
+        for (i, (a, b)) in g.iter().zip(&sg).enumerate() {
+            check(&format!("gradient of argument {i}"), a, &to_f64(b))?;
+        }
+        let own = block(Backend::Own, &args);
+        let (_, sep_stats) = separate(&args);
+        prop_assert_eq!(own.stats.len(), 5);
+        for (i, (st, (m, v))) in own.stats.iter().zip(&sep_stats).enumerate() {
+            check(&format!("mean of BN {i}"), &st.mean, &to_f64(m))?;
+            check(&format!("variance of BN {i}"), &st.var, &to_f64(v))?;
+        }
+        let counts: Vec<usize> = own.stats.iter().map(|s| s.count).collect();
+        prop_assert_eq!(counts, vec![n * ho * wo, n * h * w, n * ho * wo, n * h * w, n * ho * wo]);
+        // candle's fallback of the same block (what runs on CUDA), loosely: its f32 BN loses
+        // digits on small channels.
+        let cy = block(Backend::Candle, &args);
+        let e = rel_err(&own.y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), &to_f64(&cy.y));
+        prop_assert!(e <= 1e-3, "forward vs candle: {e:e}");
+        for (i, (a, b)) in own.stats.iter().zip(&cy.stats).enumerate() {
+            prop_assert_eq!(a.count, b.count);
+            let e = rel_err(&a.mean.to_vec1::<f32>().unwrap(), &to_f64(&b.mean));
+            prop_assert!(e <= 1e-3, "mean of BN {} vs candle: {:e}", i, e);
         }
     }
 

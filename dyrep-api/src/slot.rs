@@ -216,7 +216,7 @@ impl RepBlock {
             let bias = k.bias.to_dtype(x.dtype())?.reshape((1, g.out_ch, 1, 1))?;
             return Ok(y.broadcast_add(&bias)?);
         }
-        if let Some(y) = self.forward_fused_train(x, train)? {
+        if let Some((y, _)) = self.forward_fused_train(x, train, None)? {
             return Ok(y);
         }
         let mut y = self.main.forward_t(x, train)?;
@@ -230,7 +230,14 @@ impl RepBlock {
     /// (`kernels::block_train`) and the others added after; `None` when fewer than two branches
     /// qualify or a batch norm is in eval mode (then every branch runs on its own). Conv biases
     /// (the main conv gets one when a grow or cut is absorbed) go into the op too.
-    fn forward_fused_train(&self, x: &Tensor, train: bool) -> Result<Option<Tensor>> {
+    /// With `post = (bn, relu)`, the conv unit's BN (and ReLU) after the block runs in the same
+    /// op when every branch is in it; the flag says whether it did (else the caller applies it).
+    fn forward_fused_train(
+        &self,
+        x: &Tensor,
+        train: bool,
+        post: Option<(&BatchNorm, bool)>,
+    ) -> Result<Option<(Tensor, bool)>> {
         use crate::op::{BranchParts, SecondStage};
         if branchwise_on() {
             return Ok(None);
@@ -307,7 +314,18 @@ impl RepBlock {
                 },
             })
             .collect();
-        let out = dyrep_kernels::block_train(x, &branches, eps)?;
+        let post = post
+            .filter(|(bn, _)| others.is_empty() && bn.uses_batch_stats(train) && bn.eps() == eps);
+        let post_bn = post.map(|(bn, relu)| dyrep_kernels::PostBn {
+            gamma: bn.gamma().as_tensor(),
+            beta: bn.beta().as_tensor(),
+            relu,
+        });
+        let out = dyrep_kernels::block_train(x, &branches, post_bn, eps)?;
+        let mut bns = bns;
+        if let Some((bn, _)) = post {
+            bns.push(bn);
+        }
         // Each BN records the statistics of what it saw (a conv output with its bias).
         for (bn, st) in bns.iter().zip(&out.stats) {
             if st.count < 2 {
@@ -321,7 +339,7 @@ impl RepBlock {
         for op in others {
             y = (y + op.forward_t(x, train)?)?;
         }
-        Ok(Some(y))
+        Ok(Some((y, post.is_some())))
     }
 
     /// Whether any batch norm of the block (nested blocks included) is calibrating.
@@ -551,12 +569,23 @@ impl Slot {
         match self {
             Slot::Conv(c) => crate::layers::conv_bn(&c.conv, bn, x, train, relu),
             Slot::Block(b) => {
-                let y = bn.forward_t(&b.forward_t(x, train)?, train)?;
-                if relu {
-                    crate::layers::relu(&y)
-                } else {
-                    Ok(y)
+                let finish = |y: Tensor| -> Result<Tensor> {
+                    let y = bn.forward_t(&y, train)?;
+                    if relu {
+                        crate::layers::relu(&y)
+                    } else {
+                        Ok(y)
+                    }
+                };
+                if bn.uses_batch_stats(train) {
+                    // Training: the block op takes the unit's BN and ReLU too when it can.
+                    if let Some((y, post_applied)) =
+                        b.forward_fused_train(x, train, Some((bn, relu)))?
+                    {
+                        return if post_applied { Ok(y) } else { finish(y) };
+                    }
                 }
+                finish(b.forward_t(x, train)?)
             }
         }
     }

@@ -5,9 +5,10 @@
 //! or k×k average pool → BN. All branches read the same input; the input gradient is
 //! accumulated inside the op and handed to candle once, and none of the per-branch
 //! intermediates becomes a graph node (candle would add each one's gradient through a fresh
-//! zero tensor). Arguments `(x, weights, γβ)`: every conv's weight (then its bias, if it has
-//! one) flattened and concatenated in branch order (a two-stage branch's first conv, then its
-//! second), and every BN's `[γ; β]` concatenated in the same order.
+//! zero tensor). Optionally the BN (and ReLU) that follows the block in its conv unit runs in
+//! the same op on the sum. Arguments `(x, weights, γβ)`: every conv's weight (then its bias, if
+//! it has one) flattened and concatenated in branch order (a two-stage branch's first conv, then
+//! its second), and every BN's `[γ; β]` concatenated in the same order, the unit's BN last.
 
 use std::sync::{Arc, Mutex};
 
@@ -105,14 +106,18 @@ pub(crate) struct BranchSaved {
     pub bn2: Option<BnSaved>,
 }
 
-/// What the forward keeps, per branch in order.
+/// What the forward keeps, per branch in order, and for the unit's BN after the sum.
 #[derive(Debug, Default)]
 pub(crate) struct BlockSaved {
     pub branches: Vec<BranchSaved>,
+    /// The branches' sum (the unit BN's input) and that BN's normalisation.
+    pub sum: Option<Vec<f32>>,
+    pub post: Option<BnSaved>,
 }
 
 impl BlockSaved {
-    /// Every BN's statistics in argument order (a two-stage branch's first BN, then its second).
+    /// Every BN's statistics in argument order (a two-stage branch's first BN, then its second;
+    /// the unit's BN last).
     pub fn bn_stats(&self) -> Vec<&[ChannelStats]> {
         let mut v = Vec::new();
         for b in &self.branches {
@@ -121,13 +126,25 @@ impl BlockSaved {
                 v.push(s.stats.as_slice());
             }
         }
+        if let Some(p) = &self.post {
+            v.push(p.stats.as_slice());
+        }
         v
     }
+}
+
+/// The unit's BN (and ReLU) applied to the block's sum inside the op.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PostGeom {
+    /// Offset of its `[γ; β]` in the flat γβ.
+    pub gb_offset: usize,
+    pub relu: bool,
 }
 
 #[derive(Clone, Debug)]
 pub(crate) struct BlockOp {
     pub branches: Vec<BranchGeom>,
+    pub post: Option<PostGeom>,
     pub eps: f64,
     pub keep_for_backward: bool,
     pub saved: Arc<Mutex<BlockSaved>>,
@@ -321,6 +338,35 @@ impl CustomOp3 for BlockOp {
             }
             saved.branches.push(kept);
         }
+        if let Some(post) = self.post {
+            let _t = Timer::start(Phase::BnForward);
+            let bn = self.normalisation(&y, planes);
+            let g = &gb[post.gb_offset..post.gb_offset + 2 * planes.c];
+            let a = bn_scale(&g[..planes.c], &bn.inv_std);
+            let mut out = vec![0.0f32; y.len()];
+            add_normalised(
+                &mut out,
+                &y,
+                planes.c,
+                planes.hw,
+                &bn.stats,
+                &a,
+                &g[planes.c..],
+            );
+            if post.relu {
+                out.par_chunks_mut(1 << 14).for_each(|c| {
+                    for v in c {
+                        *v = v.max(0.0);
+                    }
+                });
+            }
+            if self.keep_for_backward {
+                saved.sum = Some(y);
+            }
+            saved.post = Some(bn);
+            *self.lock() = saved;
+            return Ok((CpuStorage::F32(out), Shape::from(dims)));
+        }
         *self.lock() = saved;
         Ok((CpuStorage::F32(y), Shape::from(dims)))
     }
@@ -330,7 +376,7 @@ impl CustomOp3 for BlockOp {
         x: &Tensor,
         weights: &Tensor,
         gb: &Tensor,
-        _y: &Tensor,
+        y: &Tensor,
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dims = output_dims(&self.branches, x.dims())?;
@@ -345,9 +391,38 @@ impl CustomOp3 for BlockOp {
         let mut dx: Option<Vec<f32>> = None;
         let mut dw = vec![0.0f32; weights.elem_count()];
         let mut dgb = vec![0.0f32; gb_v.len()];
+        // Through the unit's ReLU and BN first: the gradient reaching the branches' sum.
+        let dsum: Option<Vec<f32>> = match self.post {
+            None => None,
+            Some(post) => {
+                let (Some(sum), Some(bn)) = (&saved.sum, &saved.post) else {
+                    return Err(missing());
+                };
+                let _t = Timer::start(Phase::BnBackward);
+                let gamma = &gb_v[post.gb_offset..post.gb_offset + planes.c];
+                let (dz, dgamma, dbeta) = with_f32(dy, self.name(), |g| {
+                    with_f32(y, self.name(), |out| {
+                        bn_backward(
+                            g,
+                            post.relu.then_some(out),
+                            sum,
+                            planes,
+                            &bn.stats,
+                            &bn.inv_std,
+                            gamma,
+                        )
+                    })
+                })??;
+                let o = post.gb_offset;
+                dgb[o..o + planes.c].copy_from_slice(&dgamma);
+                dgb[o + planes.c..o + 2 * planes.c].copy_from_slice(&dbeta);
+                Some(dz)
+            }
+        };
         with_f32(x, self.name(), |xs| {
             with_f32(weights, self.name(), |ws| {
-                with_f32(dy, self.name(), |g| -> candle_core::Result<()> {
+                with_f32(dy, self.name(), |g_out| -> candle_core::Result<()> {
+                    let g: &[f32] = dsum.as_deref().unwrap_or(g_out);
                     for (b, kept) in self.branches.iter().zip(&saved.branches) {
                         let first_dims = b.first_dims(x.dims());
                         let p1 = Planes::of(&first_dims)?;

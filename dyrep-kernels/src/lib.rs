@@ -475,6 +475,15 @@ pub enum StageOp<'a> {
     AvgPool { k: usize, stride: usize },
 }
 
+/// The BN (and optional ReLU) that follows a block in its conv unit, run on the branches' sum
+/// inside the block op: `relu(BN(Σ branches))`.
+#[derive(Clone, Copy, Debug)]
+pub struct PostBn<'a> {
+    pub gamma: &'a Tensor,
+    pub beta: &'a Tensor,
+    pub relu: bool,
+}
+
 /// One batch norm's batch statistics from [`block_train`]: mean, biased variance and the number
 /// of values per channel they came from.
 #[derive(Debug)]
@@ -484,8 +493,9 @@ pub struct BlockBnStats {
     pub count: usize,
 }
 
-/// The summed output of a block's branches and every BN's batch statistics in argument order
-/// (a two-stage branch's first BN, then its second).
+/// The summed output of a block's branches (through the [`PostBn`] if one was given) and every
+/// BN's batch statistics in argument order (a two-stage branch's first BN, then its second; the
+/// post BN last).
 #[derive(Debug)]
 pub struct BlockTrain {
     pub y: Tensor,
@@ -506,8 +516,13 @@ fn block_shape_error(detail: String) -> KernelError {
 /// `Σ_b BN_b(conv_b(x))` in train mode (batch statistics, gradients through them), the identity
 /// branch being `BN(x)` and a two-stage branch `BN₂(stage(pad(BN₁(conv(x)))))`: on the CPU one
 /// op with one input gradient (issue 5 item 2).
-pub fn block_train(x: &Tensor, branches: &[BlockBranch<'_>], eps: f64) -> Result<BlockTrain> {
-    block_train_on(Backend::for_tensor(x), x, branches, eps)
+pub fn block_train(
+    x: &Tensor,
+    branches: &[BlockBranch<'_>],
+    post: Option<PostBn<'_>>,
+    eps: f64,
+) -> Result<BlockTrain> {
+    block_train_on(Backend::for_tensor(x), x, branches, post, eps)
 }
 
 /// Validates the branches and lays out their flat weights and γβ.
@@ -641,10 +656,20 @@ pub fn block_train_on(
     backend: Backend,
     x: &Tensor,
     branches: &[BlockBranch<'_>],
+    post: Option<PostBn<'_>>,
     eps: f64,
 ) -> Result<BlockTrain> {
     let x = &arg(x);
     let geoms = block_geoms(x, branches)?;
+    let out_dims = block::output_dims(&geoms, x.dims())?;
+    if let Some(pb) = post {
+        check_per_channel(
+            "block post BN",
+            &out_dims,
+            out_dims[1],
+            &[("gamma", pb.gamma), ("beta", pb.beta)],
+        )?;
+    }
     match backend {
         Backend::Own => {
             check_own(x, "block")?;
@@ -675,6 +700,18 @@ pub fn block_train_on(
             for w in &weights {
                 check_own(w, "block")?;
             }
+            let post_geom = match post {
+                Some(pb) => {
+                    let at: usize = gbs.iter().map(|t| t.elem_count()).sum();
+                    gbs.push(arg(pb.gamma));
+                    gbs.push(arg(pb.beta));
+                    Some(block::PostGeom {
+                        gb_offset: at,
+                        relu: pb.relu,
+                    })
+                }
+                None => None,
+            };
             let gb_flat = Tensor::cat(&gbs, 0)?;
             let keep = x.track_op() || w_flat.track_op() || gb_flat.track_op();
             let saved = std::sync::Arc::new(std::sync::Mutex::new(block::BlockSaved::default()));
@@ -689,6 +726,7 @@ pub fn block_train_on(
             }
             let op = block::BlockOp {
                 branches: geoms.clone(),
+                post: post_geom,
                 eps,
                 keep_for_backward: keep,
                 saved: saved.clone(),
@@ -703,6 +741,9 @@ pub fn block_train_on(
                 if g.second.is_some() {
                     stats.push(out_count);
                 }
+            }
+            if post.is_some() {
+                stats.push(out_count);
             }
             let stats = guard
                 .bn_stats()
@@ -824,10 +865,21 @@ pub fn block_train_on(
                     Some(acc) => (acc + out)?,
                 });
             }
-            Ok(BlockTrain {
-                y: y.unwrap_or_else(|| x.clone()),
-                stats,
-            })
+            let mut y = y.unwrap_or_else(|| x.clone());
+            if let Some(pb) = post {
+                let o = batch_norm_train_on(Backend::Candle, &y, pb.gamma, pb.beta, eps)?;
+                stats.push(BlockBnStats {
+                    mean: o.mean,
+                    var: o.var,
+                    count: count(&o.y)?,
+                });
+                y = if pb.relu {
+                    relu_on(Backend::Candle, &o.y)?
+                } else {
+                    o.y
+                };
+            }
+            Ok(BlockTrain { y, stats })
         }
     }
 }

@@ -9,7 +9,7 @@ use candle_core::{Device, Tensor, Var};
 use dyrep_kernels::{
     batch_norm_train_on, block_train_on, channel_affine_on, conv2d_on, conv_bn_train_on,
     pad_const_on, pool2d_on, relu_on, Backend, BlockBranch, BlockStage, ConvParams, ConvShape,
-    PadFrom, PoolKind, StageOp,
+    PadFrom, PoolKind, PostBn, StageOp,
 };
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -290,6 +290,7 @@ proptest! {
         n in 1usize..3, c in 1usize..4, c1 in 1usize..4, h in 3usize..8, w in 3usize..8,
         k in prop_oneof![Just(3usize), Just(5)], stride in 1usize..3, groups2 in any::<bool>(),
         factor in prop_oneof![Just(0.1f64), Just(1.0), Just(0.25)], seed in any::<u64>(),
+        post in prop_oneof![Just(None), Just(Some(false)), Just(Some(true))],
     ) {
         // DBB's two-stage branches beside a k×k main conv: 1×1 → BN → pad k/2 with the BN's
         // constant → k×k conv (stride) → BN, and 1×1 → BN → pad → k×k average pool → BN. The
@@ -308,10 +309,14 @@ proptest! {
             t(weights(seed ^ 13, cout * (cmid / groups) * k * k), &[cout, cmid / groups, k, k]),
             t(weights(seed ^ 14, cout * (cin / groups)), &[cout, cin / groups, 1, 1]),
         ];
-        let bn_sizes = [cout, cmid, cout, cout, cout];
+        // The fifth BN pair is the unit's BN after the block (used when `post` is set).
+        let bn_sizes = [cout, cmid, cout, cout, cout, cout];
         for (i, size) in bn_sizes.iter().enumerate() {
             args.push(t(data(seed ^ (20 + i as u64), *size, 0.0), &[*size]));
             args.push(t(data(seed ^ (30 + i as u64), *size, 0.0), &[*size]));
+        }
+        if post.is_none() {
+            args.truncate(15);
         }
         // Running statistics the pad constants start from (no gradient).
         let rm = [t(data(seed ^ 50, cmid, 0.0), &[cmid]), t(data(seed ^ 51, cout, 0.0), &[cout])];
@@ -344,7 +349,8 @@ proptest! {
                     }),
                 },
             ];
-            block_train_on(b, &a[0], &bs, 1e-5).unwrap()
+            let pb = post.map(|relu| PostBn { gamma: &a[15], beta: &a[16], relu });
+            block_train_on(b, &a[0], &bs, pb, 1e-5).unwrap()
         };
         // The pad constants BNAndPad uses: the BN's eval output for a zero input with the
         // running statistics updated by this batch (f64 here).
@@ -371,10 +377,18 @@ proptest! {
             let pooled = pool2d_on(own, PoolKind::Avg, &padded, k, stride, 0).unwrap();
             let avg = batch_norm_train_on(own, &pooled, &a[13], &a[14], 1e-5).unwrap();
             let y = ((main.y + second.y).unwrap() + avg.y).unwrap();
-            let stats = vec![
+            let mut stats = vec![
                 (main.mean, main.var), (first.mean, first.var), (second.mean, second.var),
                 (first_avg.mean, first_avg.var), (avg.mean, avg.var),
             ];
+            let y = match post {
+                None => y,
+                Some(relu) => {
+                    let o = batch_norm_train_on(own, &y, &a[15], &a[16], 1e-5).unwrap();
+                    stats.push((o.mean, o.var));
+                    if relu { relu_on(own, &o.y).unwrap() } else { o.y }
+                }
+            };
             (y, stats)
         };
         let (y, g, _) = run_with_grads(&args, seed ^ 5, |a| block(Backend::Own, a).y);
@@ -385,13 +399,17 @@ proptest! {
         }
         let own = block(Backend::Own, &args);
         let (_, sep_stats) = separate(&args);
-        prop_assert_eq!(own.stats.len(), 5);
+        prop_assert_eq!(own.stats.len(), 5 + usize::from(post.is_some()));
         for (i, (st, (m, v))) in own.stats.iter().zip(&sep_stats).enumerate() {
             check(&format!("mean of BN {i}"), &st.mean, &to_f64(m))?;
             check(&format!("variance of BN {i}"), &st.var, &to_f64(v))?;
         }
         let counts: Vec<usize> = own.stats.iter().map(|s| s.count).collect();
-        prop_assert_eq!(counts, vec![n * ho * wo, n * h * w, n * ho * wo, n * h * w, n * ho * wo]);
+        let mut want = vec![n * ho * wo, n * h * w, n * ho * wo, n * h * w, n * ho * wo];
+        if post.is_some() {
+            want.push(n * ho * wo);
+        }
+        prop_assert_eq!(counts, want);
         // candle's fallback of the same block (what runs on CUDA), loosely: its f32 BN loses
         // digits on small channels.
         let cy = block(Backend::Candle, &args);
@@ -461,7 +479,7 @@ proptest! {
                     then: None,
                 })
                 .collect();
-            block_train_on(Backend::Own, &a[0], &branches, 1e-5).unwrap().y
+            block_train_on(Backend::Own, &a[0], &branches, None, 1e-5).unwrap().y
         });
         // Reference: the same branches through the separately tested kernels, summed by candle.
         let separate = |b: Backend| run_with_grads(&args, seed ^ 5, |a| {

@@ -253,10 +253,12 @@ fn fused_block_gradients_match_branch_by_branch() {
     // equal running each branch as separate candle ops. Odd/even sizes, stride 2, groups, a
     // biased main conv.
     let dev = Device::Cpu;
+    // Odd cases run through `forward_bn_t` with the unit's BN and ReLU.
     let cases = [
         (ConvGeom::same(6, 6, 3, 1, 1).unwrap(), false, 7, 6),
         (ConvGeom::same(4, 8, 3, 2, 1).unwrap(), true, 9, 8),
         (ConvGeom::same(6, 6, 5, 1, 2).unwrap(), false, 8, 7),
+        (ConvGeom::same(5, 5, 3, 1, 1).unwrap(), true, 6, 9),
     ];
     for (ci, (geom, bias, h, w)) in cases.into_iter().enumerate() {
         let mut rng = ChaCha8Rng::seed_from_u64(40 + ci as u64);
@@ -305,12 +307,35 @@ fn fused_block_gradients_match_branch_by_branch() {
                 bn.set_running_stats(m, v).unwrap();
             });
         };
+        // The conv unit's BN (random γ, β) and ReLU after the block: the block op takes them in
+        // through `forward_bn_t`.
+        let unit_bn =
+            dyrep_api::BatchNorm::new(geom.out_ch, candle_core::DType::F32, &dev).unwrap();
+        let oc = geom.out_ch;
+        let gamma: Vec<f32> = (0..oc).map(|i| 0.5 + 0.1 * i as f32).collect();
+        let beta: Vec<f32> = (0..oc).map(|i| 0.2 - 0.07 * i as f32).collect();
+        unit_bn
+            .gamma()
+            .set(&candle_core::Tensor::new(gamma, &dev).unwrap())
+            .unwrap();
+        unit_bn
+            .beta()
+            .set(&candle_core::Tensor::new(beta, &dev).unwrap())
+            .unwrap();
+        let unit = ci % 2 == 1;
         let run = |branchwise: bool| {
             restore();
+            let forward = || {
+                if unit {
+                    slot.forward_bn_t(x.as_tensor(), &unit_bn, true, true)
+                } else {
+                    slot.forward_t(x.as_tensor(), true)
+                }
+            };
             let y = if branchwise {
-                dyrep_api::branchwise(|| slot.forward_t(x.as_tensor(), true)).unwrap()
+                dyrep_api::branchwise(forward).unwrap()
             } else {
-                slot.forward_t(x.as_tensor(), true).unwrap()
+                forward().unwrap()
             };
             let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
             let mut g = vec![(
@@ -318,6 +343,11 @@ fn fused_block_gradients_match_branch_by_branch() {
                 grads.get(x.as_tensor()).unwrap().clone(),
             )];
             slot.visit_tensors("", &mut |p, v, _| {
+                if let Some(t) = grads.get(v.as_tensor()) {
+                    g.push((p.to_string(), t.clone()));
+                }
+            });
+            unit_bn.visit("unit_bn", &mut |p, v, _| {
                 if let Some(t) = grads.get(v.as_tensor()) {
                     g.push((p.to_string(), t.clone()));
                 }

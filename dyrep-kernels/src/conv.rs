@@ -4,7 +4,8 @@
 //! input in place); the weight gradient accumulates `dY · colsᵀ` over images in one buffer per
 //! thread; the input gradient is `Wᵀ · dY` followed by col2im, and is skipped when the input
 //! carries no gradient (the network's first layer). Images run in parallel with single-threaded
-//! gemms; a batch smaller than the thread count uses gemm's own threads instead.
+//! gemms; a batch smaller than the thread count uses gemm's own threads instead. Depthwise convs
+//! (one input channel per output channel) skip the lowering: `depthwise.rs`.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -296,6 +297,9 @@ impl ConvShape {
     /// Forward: `y[n] = W · cols(x[n])` per group.
     pub fn forward(&self, x: &[f32], weight: &[f32]) -> Vec<f32> {
         let _t = Timer::start(Phase::ConvForward);
+        if self.is_depthwise_direct() {
+            return self.depthwise_forward(x, weight);
+        }
         self.forward_untimed(x, weight)
     }
 
@@ -415,6 +419,9 @@ impl ConvShape {
     /// col2im(`Wᵀ · dy[n]`) per image and group.
     pub fn input_grad(&self, weight: &[f32], dy: &[f32]) -> Vec<f32> {
         let _t = Timer::start(Phase::ConvInputGrad);
+        if self.is_depthwise_direct() {
+            return self.depthwise_input_grad(weight, dy);
+        }
         match self.transposed() {
             Some(t) => t.forward_untimed(dy, &self.flipped_weight(weight)),
             None => self.input_grad_col2im(weight, dy),

@@ -12,6 +12,7 @@ mod bn;
 pub mod check;
 mod conv;
 mod cpu;
+mod depthwise;
 mod error;
 mod fused;
 mod pool;

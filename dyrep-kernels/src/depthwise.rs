@@ -59,52 +59,62 @@ impl ConvShape {
         (shift, lo, hi.max(lo), wrapped)
     }
 
-    /// `dst[k] += wv · src[k + shift]` over the tap's range, less the wrapped columns.
-    fn dw_axpy_plane(&self, dst: &mut [f32], src: &[f32], wv: f32, ky: usize, kx: usize) {
-        let (shift, lo, hi, wrapped) = self.dw_tap(ky, kx);
-        if hi == lo {
-            // The tap lies wholly outside the plane (kernel taller or wider than the input).
-            return;
-        }
-        let s0 = (lo as isize + shift) as usize;
-        let src_block = &src[s0..s0 + (hi - lo)];
-        for (d, &v) in dst[lo..hi].iter_mut().zip(src_block) {
-            *d += wv * v;
-        }
-        // The columns whose input column left the row read the neighbouring row: take them out.
-        for oy in 0..self.h {
-            for ox in wrapped.clone() {
-                let k = oy * self.w + ox;
-                if (lo..hi).contains(&k) {
-                    dst[k] -= wv * src[(k as isize + shift) as usize];
-                }
+    /// Adds every kernel tap of one channel's weights `wc` between an output plane and an input
+    /// plane: the forward (`dst` = output, `src` = input, `out[o] += w·in[i]`) or, `transposed`,
+    /// the input gradient (`dst` = input gradient, `src` = output gradient, `in[i] += w·out[o]`).
+    fn dw_plane(&self, dst: &mut [f32], src: &[f32], wc: &[f32], transposed: bool) {
+        // (dst index, src index) of an (output, input) pair.
+        let pick = |o: usize, i: usize| if transposed { (i, o) } else { (o, i) };
+        let axpy = |dst: &mut [f32], src: &[f32], wv: f32| {
+            for (d, &v) in dst.iter_mut().zip(src) {
+                *d += wv * v;
             }
-        }
-    }
-
-    /// The transpose of [`Self::dw_axpy_plane`]: `dst[k + shift] += wv · src[k]`.
-    fn dw_axpy_plane_transposed(
-        &self,
-        dst: &mut [f32],
-        src: &[f32],
-        wv: f32,
-        ky: usize,
-        kx: usize,
-    ) {
-        let (shift, lo, hi, wrapped) = self.dw_tap(ky, kx);
-        if hi == lo {
-            // The tap lies wholly outside the plane (kernel taller or wider than the input).
-            return;
-        }
-        let s0 = (lo as isize + shift) as usize;
-        for (d, &v) in dst[s0..s0 + (hi - lo)].iter_mut().zip(&src[lo..hi]) {
-            *d += wv * v;
-        }
-        for oy in 0..self.h {
-            for ox in wrapped.clone() {
-                let k = oy * self.w + ox;
-                if (lo..hi).contains(&k) {
-                    dst[(k as isize + shift) as usize] -= wv * src[k];
+        };
+        for ky in 0..self.kh {
+            for kx in 0..self.kw {
+                let wv = wc[ky * self.kw + kx];
+                if self.dw_same_size() {
+                    let (shift, lo, hi, wrapped) = self.dw_tap(ky, kx);
+                    if hi == lo {
+                        // The tap lies wholly outside the plane.
+                        continue;
+                    }
+                    let (d0, s0) = pick(lo, (lo as isize + shift) as usize);
+                    axpy(&mut dst[d0..d0 + (hi - lo)], &src[s0..s0 + (hi - lo)], wv);
+                    // Columns whose input column left the row read the neighbouring row: take
+                    // them out again.
+                    for oy in 0..self.h {
+                        for ox in wrapped.clone() {
+                            let k = oy * self.w + ox;
+                            if (lo..hi).contains(&k) {
+                                let (d, s) = pick(k, (k as isize + shift) as usize);
+                                dst[d] -= wv * src[s];
+                            }
+                        }
+                    }
+                    continue;
+                }
+                let (lo, hi) = self.dw_cols(kx);
+                if hi == lo {
+                    continue;
+                }
+                for oy in 0..self.ho {
+                    let Some(iy) = self.dw_row(oy, ky) else {
+                        continue;
+                    };
+                    let (o0, i0) = (
+                        oy * self.wo + lo,
+                        iy * self.w + lo * self.stride + kx - self.pw,
+                    );
+                    if self.stride == 1 {
+                        let (d0, s0) = pick(o0, i0);
+                        axpy(&mut dst[d0..d0 + (hi - lo)], &src[s0..s0 + (hi - lo)], wv);
+                    } else {
+                        for j in 0..hi - lo {
+                            let (d, s) = pick(o0 + j, i0 + j * self.stride);
+                            dst[d] += wv * src[s];
+                        }
+                    }
                 }
             }
         }
@@ -118,37 +128,7 @@ impl ConvShape {
             .zip(x.par_chunks(hw.max(1)))
             .enumerate()
             .for_each(|(plane, (yp, xp))| {
-                let wc = &weight[(plane % self.c) * kk..][..kk];
-                for ky in 0..self.kh {
-                    for kx in 0..self.kw {
-                        let wv = wc[ky * self.kw + kx];
-                        if self.dw_same_size() {
-                            self.dw_axpy_plane(yp, xp, wv, ky, kx);
-                            continue;
-                        }
-                        let (lo, hi) = self.dw_cols(kx);
-                        if hi == lo {
-                            continue;
-                        }
-                        for oy in 0..self.ho {
-                            let Some(iy) = self.dw_row(oy, ky) else {
-                                continue;
-                            };
-                            let out = &mut yp[oy * self.wo + lo..oy * self.wo + hi];
-                            let src = &xp[iy * self.w..(iy + 1) * self.w];
-                            if self.stride == 1 {
-                                let src = &src[lo + kx - self.pw..hi + kx - self.pw];
-                                for (o, &v) in out.iter_mut().zip(src) {
-                                    *o += wv * v;
-                                }
-                            } else {
-                                for (i, o) in out.iter_mut().enumerate() {
-                                    *o += wv * src[(lo + i) * self.stride + kx - self.pw];
-                                }
-                            }
-                        }
-                    }
-                }
+                self.dw_plane(yp, xp, &weight[(plane % self.c) * kk..][..kk], false)
             });
         y
     }
@@ -161,37 +141,7 @@ impl ConvShape {
             .zip(dy.par_chunks(ohw.max(1)))
             .enumerate()
             .for_each(|(plane, (dxp, gp))| {
-                let wc = &weight[(plane % self.c) * kk..][..kk];
-                for ky in 0..self.kh {
-                    for kx in 0..self.kw {
-                        let wv = wc[ky * self.kw + kx];
-                        if self.dw_same_size() {
-                            self.dw_axpy_plane_transposed(dxp, gp, wv, ky, kx);
-                            continue;
-                        }
-                        let (lo, hi) = self.dw_cols(kx);
-                        if hi == lo {
-                            continue;
-                        }
-                        for oy in 0..self.ho {
-                            let Some(iy) = self.dw_row(oy, ky) else {
-                                continue;
-                            };
-                            let g = &gp[oy * self.wo + lo..oy * self.wo + hi];
-                            let dst = &mut dxp[iy * self.w..(iy + 1) * self.w];
-                            if self.stride == 1 {
-                                let dst = &mut dst[lo + kx - self.pw..hi + kx - self.pw];
-                                for (d, &v) in dst.iter_mut().zip(g) {
-                                    *d += wv * v;
-                                }
-                            } else {
-                                for (i, &v) in g.iter().enumerate() {
-                                    dst[(lo + i) * self.stride + kx - self.pw] += wv * v;
-                                }
-                            }
-                        }
-                    }
-                }
+                self.dw_plane(dxp, gp, &weight[(plane % self.c) * kk..][..kk], true)
             });
         dx
     }

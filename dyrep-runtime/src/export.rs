@@ -391,7 +391,8 @@ pub fn plain_export(model: &Model) -> Result<PlainExport> {
     Ok(PlainExport { arch, tensors })
 }
 
-/// Writes bytes to `path` atomically (a temp file beside it, then a rename).
+/// Writes bytes to `path` atomically (a temp file beside it, then a rename): run-directory
+/// files, exports and charts.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),

@@ -513,9 +513,7 @@ impl RunDir {
     }
 
     fn write_atomic(&self, name: &str, text: &str) -> Result<()> {
-        let tmp = self.dir.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, text).map_err(io(&tmp))?;
-        std::fs::rename(&tmp, self.dir.join(name)).map_err(io(self.dir.join(name)))
+        crate::export::write_atomic(&self.dir.join(name), text.as_bytes())
     }
 }
 

@@ -11,7 +11,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::cpu::{
-    sgemm, slice_f32, split_range, tensor_like, threads, with_f32, with_scratch, Mat,
+    sgemm, sgemm_strided, slice_f32, split_range, tensor_like, threads, with_f32, with_scratch, Mat,
 };
 use crate::error::{KernelError, Result};
 use crate::profile::{Phase, Timer};
@@ -355,7 +355,10 @@ impl ConvShape {
         }
     }
 
-    /// Weight gradient: `Σₙ dy[n] · cols(x[n])ᵀ` per group.
+    /// Weight gradient: `Σₙ dy[n] · cols(x[n])ᵀ` per group. Each thread accumulates its images
+    /// into a column-major buffer (group `g`'s element `(o, r)` at `g·og·kg + r·og + o`), which
+    /// lets the gemm read the patch matrix without transposing it; the sum is transposed back
+    /// to `[out, c/groups, kh, kw]` once at the end.
     pub fn weight_grad(&self, x: &[f32], dy: &[f32]) -> Vec<f32> {
         let _t = Timer::start(Phase::ConvWeightGrad);
         let (ohw, kg, og) = (self.ohw(), self.kg(), self.og());
@@ -363,15 +366,16 @@ impl ConvShape {
         let per_image_out = self.out * ohw;
         let wlen = self.out * kg;
         let accumulate_images = |range: std::ops::Range<usize>, parallel_gemm: bool| {
-            let mut dw = vec![0.0f32; wlen];
+            let mut dw_cm = vec![0.0f32; wlen];
             for (i, img) in range.enumerate() {
                 let image = &x[img * per_image_in..(img + 1) * per_image_in];
                 let dy_img = &dy[img * per_image_out..(img + 1) * per_image_out];
                 self.with_cols(image, |cols| {
                     for g in 0..self.groups {
-                        sgemm(
-                            &mut dw[g * og * kg..(g + 1) * og * kg],
-                            kg,
+                        sgemm_strided(
+                            &mut dw_cm[g * og * kg..(g + 1) * og * kg],
+                            1,
+                            og,
                             Mat {
                                 data: &dy_img[g * og * ohw..(g + 1) * og * ohw],
                                 rows: og,
@@ -393,20 +397,32 @@ impl ConvShape {
                     }
                 });
             }
-            dw
+            dw_cm
         };
-        if !self.parallel_images() {
-            return accumulate_images(0..self.n, true);
-        }
-        let partials: Vec<Vec<f32>> = split_range(self.n, threads())
-            .into_par_iter()
-            .map(|r| accumulate_images(r, false))
-            .collect();
-        let mut parts = partials.into_iter();
-        let mut dw = parts.next().unwrap_or_else(|| vec![0.0; wlen]);
-        for p in parts {
-            for (a, b) in dw.iter_mut().zip(&p) {
-                *a += b;
+        let dw_cm = if self.parallel_images() {
+            let partials: Vec<Vec<f32>> = split_range(self.n, threads())
+                .into_par_iter()
+                .map(|r| accumulate_images(r, false))
+                .collect();
+            let mut parts = partials.into_iter();
+            let mut sum = parts.next().unwrap_or_else(|| vec![0.0; wlen]);
+            for p in parts {
+                for (a, b) in sum.iter_mut().zip(&p) {
+                    *a += b;
+                }
+            }
+            sum
+        } else {
+            accumulate_images(0..self.n, true)
+        };
+        let mut dw = vec![0.0f32; wlen];
+        for g in 0..self.groups {
+            let src = &dw_cm[g * og * kg..(g + 1) * og * kg];
+            let dst = &mut dw[g * og * kg..(g + 1) * og * kg];
+            for (r, col) in src.chunks_exact(og).enumerate() {
+                for (o, &v) in col.iter().enumerate() {
+                    dst[o * kg + r] = v;
+                }
             }
         }
         dw

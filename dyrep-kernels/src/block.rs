@@ -18,6 +18,7 @@ use rayon::prelude::*;
 use crate::bn::{bn_backward, channel_stats, ChannelStats, Planes};
 use crate::conv::ConvShape;
 use crate::cpu::{slice_f32, tensor_like, with_f32};
+use crate::patches::PatchShare;
 use crate::pool::{PoolKind, PoolShape};
 use crate::profile::{Phase, Timer};
 
@@ -155,6 +156,24 @@ impl BlockOp {
         self.saved.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The shared patch matrix of the branches' first convs, if two or more can share it,
+    /// and per branch its member index.
+    fn patch_share(&self) -> Option<(PatchShare, Vec<Option<usize>>)> {
+        let convs: Vec<(usize, ConvShape)> = self
+            .branches
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| b.conv.map(|s| (i, s)))
+            .collect();
+        let shapes: Vec<ConvShape> = convs.iter().map(|&(_, s)| s).collect();
+        let (plan, index) = PatchShare::plan(&shapes)?;
+        let mut of_branch = vec![None; self.branches.len()];
+        for (&(i, _), m) in convs.iter().zip(index) {
+            of_branch[i] = m;
+        }
+        Some((plan, of_branch))
+    }
+
     fn normalisation(&self, z: &[f32], planes: Planes) -> BnSaved {
         let stats = channel_stats(z, planes);
         let inv_std = stats
@@ -170,27 +189,62 @@ fn bn_scale(gamma: &[f32], inv_std: &[f32]) -> Vec<f32> {
     gamma.iter().zip(inv_std).map(|(g, i)| g * i).collect()
 }
 
-/// Adds `BN(z)` (batch statistics `st`, scale `a = γ·istd`, shift β) into `y`, parallel over
-/// planes of `hw` values.
-fn add_normalised(
-    y: &mut [f32],
-    z: &[f32],
+/// One branch's normalised output in the block's sum: `BN(z)` with batch statistics `stats`,
+/// scale `a = γ·istd` and shift β.
+struct Term<'a> {
+    z: &'a [f32],
+    stats: &'a [ChannelStats],
+    a: Vec<f32>,
+    beta: &'a [f32],
+}
+
+/// `Σ BN(z)` over every branch, in one pass over `[N, C, H, W]` planes of `hw` values: each
+/// plane of the sum is written once instead of read and written again per branch.
+fn sum_normalised(terms: &[Term<'_>], c: usize, hw: usize, len: usize) -> Vec<f32> {
+    let mut y = vec![0.0f32; len];
+    y.par_chunks_mut(hw.max(1)).enumerate().for_each(|(i, yp)| {
+        let ch = i % c;
+        let at = i * hw;
+        for (t, term) in terms.iter().enumerate() {
+            let (s, ac, bc) = (term.stats[ch], term.a[ch], term.beta[ch]);
+            let zp = &term.z[at..at + yp.len()];
+            if t == 0 {
+                for (o, &v) in yp.iter_mut().zip(zp) {
+                    *o = ((v - s.shift) - s.mean_rel) * ac + bc;
+                }
+            } else {
+                for (o, &v) in yp.iter_mut().zip(zp) {
+                    *o += ((v - s.shift) - s.mean_rel) * ac + bc;
+                }
+            }
+        }
+    });
+    y
+}
+
+/// `BN(y)` (then ReLU) into a new buffer, parallel over planes.
+fn normalised(
+    y: &[f32],
     c: usize,
     hw: usize,
     st: &[ChannelStats],
     a: &[f32],
     beta: &[f32],
-) {
-    y.par_chunks_mut(hw.max(1))
-        .zip(z.par_chunks(hw.max(1)))
+    relu: bool,
+) -> Vec<f32> {
+    let mut out = vec![0.0f32; y.len()];
+    out.par_chunks_mut(hw.max(1))
+        .zip(y.par_chunks(hw.max(1)))
         .enumerate()
-        .for_each(|(i, (yp, zp))| {
+        .for_each(|(i, (op, yp))| {
             let ch = i % c;
             let (s, ac, bc) = (st[ch], a[ch], beta[ch]);
-            for (o, &v) in yp.iter_mut().zip(zp) {
-                *o += ((v - s.shift) - s.mean_rel) * ac + bc;
+            for (o, &v) in op.iter_mut().zip(yp) {
+                let n = ((v - s.shift) - s.mean_rel) * ac + bc;
+                *o = if relu { n.max(0.0) } else { n };
             }
         });
+    out
 }
 
 /// `BN(z)` written into the interior of planes padded by `pad` on every side and filled with
@@ -261,13 +315,37 @@ impl CustomOp3 for BlockOp {
         let gb = slice_f32(s3, l3, self.name())?;
         let dims = output_dims(&self.branches, l1.dims())?;
         let planes = Planes::of(&dims)?;
-        let mut y = vec![0.0f32; dims.iter().product()];
         let mut saved = BlockSaved::default();
-        for b in &self.branches {
+        // The first convs that read one shared patch matrix run together.
+        let share = self.patch_share();
+        let mut shared_z: Vec<Option<Vec<f32>>> = vec![None; self.branches.len()];
+        if let Some((plan, of_branch)) = &share {
+            let mut member_ws: Vec<&[f32]> = vec![&[]; plan.members.len()];
+            for (b, m) in self.branches.iter().zip(of_branch) {
+                if let Some(j) = m {
+                    member_ws[*j] = &w[b.weight_offset..];
+                }
+            }
+            let mut outs = plan
+                .forward(x, &member_ws)
+                .into_iter()
+                .map(Some)
+                .collect::<Vec<_>>();
+            for (z, m) in shared_z.iter_mut().zip(of_branch) {
+                if let Some(j) = m {
+                    *z = outs[*j].take();
+                }
+            }
+        }
+        // Per branch, the scale `γ·istd` of the BN whose output enters the sum.
+        let mut scales: Vec<Vec<f32>> = Vec::with_capacity(self.branches.len());
+        for (bi, b) in self.branches.iter().enumerate() {
             let first_dims = b.first_dims(l1.dims());
             let p1 = Planes::of(&first_dims)?;
             let z1 = b.conv.as_ref().map(|s| {
-                let mut z = s.forward(x, &w[b.weight_offset..]);
+                let mut z = shared_z[bi]
+                    .take()
+                    .unwrap_or_else(|| s.forward(x, &w[b.weight_offset..]));
                 if let Some(off) = b.bias_offset {
                     add_channel_bias(&mut z, &w[off..off + p1.c], p1.c, p1.hw);
                 }
@@ -281,7 +359,7 @@ impl CustomOp3 for BlockOp {
             let mut kept = BranchSaved::default();
             match &b.second {
                 None => {
-                    add_normalised(&mut y, z1s, p1.c, p1.hw, &bn1.stats, &a1, &g1[p1.c..]);
+                    scales.push(a1);
                     drop(bn_timer);
                 }
                 Some(sg) => {
@@ -315,51 +393,68 @@ impl CustomOp3 for BlockOp {
                     let _t = Timer::start(Phase::BnForward);
                     let bn2 = self.normalisation(&z2, planes);
                     let g2 = &gb[sg.gb_offset..sg.gb_offset + 2 * planes.c];
-                    let a2 = bn_scale(&g2[..planes.c], &bn2.inv_std);
-                    add_normalised(
-                        &mut y,
-                        &z2,
-                        planes.c,
-                        planes.hw,
-                        &bn2.stats,
-                        &a2,
-                        &g2[planes.c..],
-                    );
+                    scales.push(bn_scale(&g2[..planes.c], &bn2.inv_std));
                     if self.keep_for_backward {
                         kept.padded = Some(padded);
-                        kept.z2 = Some(z2);
                     }
+                    kept.z2 = Some(z2);
                     kept.bn2 = Some(bn2);
                 }
             }
             kept.bn1 = bn1;
-            if self.keep_for_backward {
-                kept.z1 = z1;
-            }
+            kept.z1 = z1;
             saved.branches.push(kept);
         }
+        // Every branch's normalised output, summed in one pass.
+        let bn_timer = Timer::start(Phase::BnForward);
+        let terms: Vec<Term<'_>> = self
+            .branches
+            .iter()
+            .zip(&saved.branches)
+            .zip(scales)
+            .map(|((b, kept), a)| match (&b.second, &kept.bn2, &kept.z2) {
+                (Some(sg), Some(bn2), Some(z2)) => Ok(Term {
+                    z: z2,
+                    stats: &bn2.stats,
+                    a,
+                    beta: &gb[sg.gb_offset + planes.c..sg.gb_offset + 2 * planes.c],
+                }),
+                (None, _, _) => Ok(Term {
+                    z: kept.z1.as_deref().unwrap_or(x),
+                    stats: &kept.bn1.stats,
+                    a,
+                    beta: &gb[b.gb_offset + planes.c..b.gb_offset + 2 * planes.c],
+                }),
+                _ => Err(candle_core::Error::Msg(format!(
+                    "{}: a two-stage branch lost its second stage",
+                    self.name()
+                ))),
+            })
+            .collect::<candle_core::Result<_>>()?;
+        let len = dims.iter().product();
+        let y = sum_normalised(&terms, planes.c, planes.hw, len);
+        drop(terms);
+        if !self.keep_for_backward {
+            for kept in &mut saved.branches {
+                kept.z1 = None;
+                kept.z2 = None;
+            }
+        }
+        drop(bn_timer);
         if let Some(post) = self.post {
             let _t = Timer::start(Phase::BnForward);
             let bn = self.normalisation(&y, planes);
             let g = &gb[post.gb_offset..post.gb_offset + 2 * planes.c];
             let a = bn_scale(&g[..planes.c], &bn.inv_std);
-            let mut out = vec![0.0f32; y.len()];
-            add_normalised(
-                &mut out,
+            let out = normalised(
                 &y,
                 planes.c,
                 planes.hw,
                 &bn.stats,
                 &a,
                 &g[planes.c..],
+                post.relu,
             );
-            if post.relu {
-                out.par_chunks_mut(1 << 14).for_each(|c| {
-                    for v in c {
-                        *v = v.max(0.0);
-                    }
-                });
-            }
             if self.keep_for_backward {
                 saved.sum = Some(y);
             }
@@ -423,7 +518,14 @@ impl CustomOp3 for BlockOp {
             with_f32(weights, self.name(), |ws| {
                 with_f32(dy, self.name(), |g_out| -> candle_core::Result<()> {
                     let g: &[f32] = dsum.as_deref().unwrap_or(g_out);
-                    for (b, kept) in self.branches.iter().zip(&saved.branches) {
+                    // Members of the shared patch matrix get their weight gradients together
+                    // after the loop, from their first BN's input gradients kept here.
+                    let share = self.patch_share();
+                    let mut member_dz: Vec<Option<Vec<f32>>> = match &share {
+                        Some((plan, _)) => vec![None; plan.members.len()],
+                        None => Vec::new(),
+                    };
+                    for (bi, (b, kept)) in self.branches.iter().zip(&saved.branches).enumerate() {
                         let first_dims = b.first_dims(x.dims());
                         let p1 = Planes::of(&first_dims)?;
                         // The gradient reaching the first BN's output.
@@ -507,8 +609,12 @@ impl CustomOp3 for BlockOp {
                         match &b.conv {
                             Some(s) => {
                                 let wlen = s.weight_len();
-                                let gw = s.weight_grad(xs, &dz);
-                                dw[b.weight_offset..b.weight_offset + wlen].copy_from_slice(&gw);
+                                let member = share.as_ref().and_then(|(_, of)| of[bi]);
+                                if member.is_none() {
+                                    let gw = s.weight_grad(xs, &dz);
+                                    dw[b.weight_offset..b.weight_offset + wlen]
+                                        .copy_from_slice(&gw);
+                                }
                                 if x.track_op() {
                                     let gx = s.input_grad(
                                         &ws[b.weight_offset..b.weight_offset + wlen],
@@ -516,11 +622,27 @@ impl CustomOp3 for BlockOp {
                                     );
                                     accumulate(&mut dx, gx);
                                 }
+                                if let Some(j) = member {
+                                    member_dz[j] = Some(dz);
+                                }
                             }
                             None => {
                                 if x.track_op() {
                                     accumulate(&mut dx, dz);
                                 }
+                            }
+                        }
+                    }
+                    if let Some((plan, of_branch)) = &share {
+                        let dzs: Vec<&[f32]> = member_dz
+                            .iter()
+                            .map(|d| d.as_deref().ok_or_else(missing))
+                            .collect::<candle_core::Result<_>>()?;
+                        let grads = plan.weight_grads(xs, &dzs);
+                        for (b, m) in self.branches.iter().zip(of_branch) {
+                            if let Some(j) = m {
+                                let gw = &grads[*j];
+                                dw[b.weight_offset..b.weight_offset + gw.len()].copy_from_slice(gw);
                             }
                         }
                     }

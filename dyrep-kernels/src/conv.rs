@@ -112,16 +112,16 @@ impl ConvShape {
         self.cg() * self.kh * self.kw
     }
 
-    fn ohw(&self) -> usize {
+    pub(crate) fn ohw(&self) -> usize {
         self.ho * self.wo
     }
 
-    fn hw(&self) -> usize {
+    pub(crate) fn hw(&self) -> usize {
         self.h * self.w
     }
 
     /// A 1×1, stride-1, unpadded conv reads its input as the patch matrix.
-    fn is_pointwise(&self) -> bool {
+    pub(crate) fn is_pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.stride == 1 && self.ph == 0 && self.pw == 0
     }
 
@@ -140,7 +140,7 @@ impl ConvShape {
     }
 
     /// Whether images run in parallel (else each gemm is threaded).
-    fn parallel_images(&self) -> bool {
+    pub(crate) fn parallel_images(&self) -> bool {
         self.n >= threads()
     }
 
@@ -202,58 +202,116 @@ impl ConvShape {
         }
     }
 
-    /// Lowers one image `[c, h, w]` to its patch matrix `[c·kh·kw, ho·wo]`.
-    fn im2col(&self, image: &[f32], cols: &mut [f32]) {
-        let (ohw, wo) = (self.ohw(), self.wo);
-        for c in 0..self.c {
-            let plane = &image[c * self.hw()..(c + 1) * self.hw()];
-            for ky in 0..self.kh {
-                for kx in 0..self.kw {
-                    let row_idx = (c * self.kh + ky) * self.kw + kx;
-                    let row = &mut cols[row_idx * ohw..(row_idx + 1) * ohw];
-                    if self.stride == 1 && self.w == self.wo && kx.abs_diff(self.pw) < self.w {
-                        self.im2col_same_width_row(plane, row, ky, kx);
-                        continue;
-                    }
-                    let (lo, hi) = self.valid_cols(kx);
-                    for oy in 0..self.ho {
-                        let out = &mut row[oy * wo..(oy + 1) * wo];
-                        let Some(iy) = self.input_row(oy, ky) else {
-                            out.fill(0.0);
-                            continue;
-                        };
-                        let src = &plane[iy * self.w..(iy + 1) * self.w];
-                        if self.stride == 1 {
-                            zero_short(&mut out[..lo]);
-                            zero_short(&mut out[hi..]);
-                            if hi > lo {
-                                // A plain loop, not copy_from_slice: rows are short (7-56
-                                // floats) and a memmove call per row costs more than the copy.
-                                let src = &src[lo + kx - self.pw..hi + kx - self.pw];
-                                for (o, &v) in out[lo..hi].iter_mut().zip(src) {
-                                    *o = v;
-                                }
-                            }
-                        } else {
-                            for (ox, o) in out.iter_mut().enumerate() {
-                                *o = self.input_col(ox, kx).map_or(0.0, |ix| src[ix]);
-                            }
-                        }
-                    }
+    /// Lowers one image `[c, h, w]` to its patch matrix: per group, one row per kernel tap (in
+    /// [`tap_order`]) and input channel, `[groups, taps, c/groups, ho·wo]`.
+    pub(crate) fn im2col(&self, image: &[f32], cols: &mut [f32]) {
+        let (ohw, hw, cg) = (self.ohw(), self.hw(), self.cg());
+        for g in 0..self.groups {
+            for (t, &(ky, kx)) in self.taps().iter().enumerate() {
+                for c in 0..cg {
+                    let row = (g * self.kg() + t * cg + c) * ohw;
+                    let ch = g * cg + c;
+                    self.im2col_row(
+                        &image[ch * hw..(ch + 1) * hw],
+                        &mut cols[row..row + ohw],
+                        ky,
+                        kx,
+                    );
                 }
             }
         }
     }
 
-    /// Adds a patch-matrix gradient `[c·kh·kw, ho·wo]` back into an image gradient `[c, h, w]`.
+    /// The kernel taps in patch-matrix row order ([`tap_order`]).
+    pub(crate) fn taps(&self) -> Vec<(usize, usize)> {
+        tap_order(self.kh, self.kw)
+    }
+
+    /// A weight `[out, c/groups, kh, kw]` in patch-matrix order `[out, tap, c/groups]`.
+    pub(crate) fn patch_weight(&self, weight: &[f32]) -> Vec<f32> {
+        let (cg, kg, kw) = (self.cg(), self.kg(), self.kw);
+        let kk = self.kh * kw;
+        if kk == 1 {
+            return weight[..self.weight_len()].to_vec();
+        }
+        let taps = self.taps();
+        let mut out = vec![0.0f32; self.weight_len()];
+        for (src, dst) in weight.chunks_exact(kg).zip(out.chunks_exact_mut(kg)) {
+            for (t, &(ky, kx)) in taps.iter().enumerate() {
+                for c in 0..cg {
+                    dst[t * cg + c] = src[c * kk + ky * kw + kx];
+                }
+            }
+        }
+        out
+    }
+
+    /// A weight gradient accumulated column-major in patch-matrix order (group `g`'s element
+    /// `(o, r)` at `g·og·kg + r·og + o`, `r = tap·cg + c`) as `[out, c/groups, kh, kw]`.
+    pub(crate) fn weight_from_patch_cm(&self, cm: &[f32]) -> Vec<f32> {
+        let (cg, kg, og, kw) = (self.cg(), self.kg(), self.og(), self.kw);
+        let kk = self.kh * kw;
+        let taps = self.taps();
+        let mut dw = vec![0.0f32; self.weight_len()];
+        for g in 0..self.groups {
+            let src = &cm[g * og * kg..(g + 1) * og * kg];
+            let dst = &mut dw[g * og * kg..(g + 1) * og * kg];
+            for (r, col) in src.chunks_exact(og).enumerate() {
+                let (ky, kx) = taps[r / cg];
+                let at = (r % cg) * kk + ky * kw + kx;
+                for (o, &v) in col.iter().enumerate() {
+                    dst[o * kg + at] = v;
+                }
+            }
+        }
+        dw
+    }
+
+    /// One patch-matrix row `[ho·wo]`: kernel tap `(ky, kx)` of one input plane `[h, w]`.
+    pub(crate) fn im2col_row(&self, plane: &[f32], row: &mut [f32], ky: usize, kx: usize) {
+        let wo = self.wo;
+        if self.stride == 1 && self.w == self.wo && kx.abs_diff(self.pw) < self.w {
+            self.im2col_same_width_row(plane, row, ky, kx);
+            return;
+        }
+        let (lo, hi) = self.valid_cols(kx);
+        for oy in 0..self.ho {
+            let out = &mut row[oy * wo..(oy + 1) * wo];
+            let Some(iy) = self.input_row(oy, ky) else {
+                out.fill(0.0);
+                continue;
+            };
+            let src = &plane[iy * self.w..(iy + 1) * self.w];
+            if self.stride == 1 {
+                zero_short(&mut out[..lo]);
+                zero_short(&mut out[hi..]);
+                if hi > lo {
+                    // A plain loop, not copy_from_slice: rows are short (7-56 floats) and a
+                    // memmove call per row costs more than the copy.
+                    let src = &src[lo + kx - self.pw..hi + kx - self.pw];
+                    for (o, &v) in out[lo..hi].iter_mut().zip(src) {
+                        *o = v;
+                    }
+                }
+            } else {
+                for (ox, o) in out.iter_mut().enumerate() {
+                    *o = self.input_col(ox, kx).map_or(0.0, |ix| src[ix]);
+                }
+            }
+        }
+    }
+
+    /// Adds a patch-matrix gradient (rows as in [`Self::im2col`]) back into an image gradient
+    /// `[c, h, w]`.
     fn col2im(&self, cols: &[f32], image: &mut [f32]) {
-        let (ohw, wo) = (self.ohw(), self.wo);
-        for c in 0..self.c {
-            let plane = &mut image[c * self.hw()..(c + 1) * self.hw()];
-            for ky in 0..self.kh {
-                for kx in 0..self.kw {
-                    let row_idx = (c * self.kh + ky) * self.kw + kx;
+        let (ohw, wo, cg) = (self.ohw(), self.wo, self.cg());
+        for g in 0..self.groups {
+            for (t, &(ky, kx)) in self.taps().iter().enumerate() {
+                for c in 0..cg {
+                    let row_idx = g * self.kg() + t * cg + c;
                     let row = &cols[row_idx * ohw..(row_idx + 1) * ohw];
+                    let ch = g * cg + c;
+                    let plane = &mut image[ch * self.hw()..(ch + 1) * self.hw()];
                     let (lo, hi) = self.valid_cols(kx);
                     for oy in 0..self.ho {
                         let Some(iy) = self.input_row(oy, ky) else {
@@ -309,6 +367,7 @@ impl ConvShape {
         let per_image_out = self.out * ohw;
         let mut y = vec![0.0f32; self.n * per_image_out];
         let parallel_gemm = !self.parallel_images();
+        let weight = &self.patch_weight(weight)[..];
         let one = |(img, y_img): (usize, &mut [f32])| {
             let image = &x[img * per_image_in..(img + 1) * per_image_in];
             self.with_cols(image, |cols| {
@@ -357,8 +416,8 @@ impl ConvShape {
 
     /// Weight gradient: `Σₙ dy[n] · cols(x[n])ᵀ` per group. Each thread accumulates its images
     /// into a column-major buffer (group `g`'s element `(o, r)` at `g·og·kg + r·og + o`), which
-    /// lets the gemm read the patch matrix without transposing it; the sum is transposed back
-    /// to `[out, c/groups, kh, kw]` once at the end.
+    /// lets the gemm read the patch matrix without transposing it; the sum is put back in
+    /// `[out, c/groups, kh, kw]` order once at the end.
     pub fn weight_grad(&self, x: &[f32], dy: &[f32]) -> Vec<f32> {
         let _t = Timer::start(Phase::ConvWeightGrad);
         let (ohw, kg, og) = (self.ohw(), self.kg(), self.og());
@@ -415,17 +474,7 @@ impl ConvShape {
         } else {
             accumulate_images(0..self.n, true)
         };
-        let mut dw = vec![0.0f32; wlen];
-        for g in 0..self.groups {
-            let src = &dw_cm[g * og * kg..(g + 1) * og * kg];
-            let dst = &mut dw[g * og * kg..(g + 1) * og * kg];
-            for (r, col) in src.chunks_exact(og).enumerate() {
-                for (o, &v) in col.iter().enumerate() {
-                    dst[o * kg + r] = v;
-                }
-            }
-        }
-        dw
+        self.weight_from_patch_cm(&dw_cm)
     }
 
     /// Input gradient. At stride 1 (with padding below the kernel size) it is the forward conv
@@ -486,6 +535,7 @@ impl ConvShape {
         let mut dx = vec![0.0f32; self.n * per_image_in];
         let parallel_gemm = !self.parallel_images();
         let pointwise = self.is_pointwise();
+        let weight = &self.patch_weight(weight)[..];
         let one = |(img, dx_img): (usize, &mut [f32])| {
             let dy_img = &dy[img * per_image_out..(img + 1) * per_image_out];
             let lowered = |dcols: &mut [f32]| {
@@ -527,6 +577,26 @@ impl ConvShape {
         self.for_each_image(&mut dx, per_image_in, one);
         dx
     }
+}
+
+/// The taps of a `kh × kw` kernel in patch-matrix row order: the middle row left and right
+/// of the centre, the centre, the middle column above and below it, then the other taps
+/// row-major. The taps of a centred 1×k, 1×1, k×1 and k×k kernel are then each one contiguous
+/// block in the same order as their own kernel's (`patches.rs`), so a grown block's convs can
+/// share one patch matrix and compute exactly what each computes on its own.
+pub(crate) fn tap_order(kh: usize, kw: usize) -> Vec<(usize, usize)> {
+    let (cy, cx) = (kh / 2, kw / 2);
+    let mut order: Vec<(usize, usize)> = (0..kw).filter(|&x| x != cx).map(|x| (cy, x)).collect();
+    order.push((cy, cx));
+    order.extend((0..kh).filter(|&y| y != cy).map(|y| (y, cx)));
+    for y in 0..kh {
+        for x in 0..kw {
+            if y != cy && x != cx {
+                order.push((y, x));
+            }
+        }
+    }
+    order
 }
 
 /// Input and weight gradients of a conv for the gradient `dz` of its output, each only for an

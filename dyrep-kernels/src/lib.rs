@@ -15,6 +15,7 @@ mod cpu;
 mod depthwise;
 mod error;
 mod fused;
+mod patches;
 mod pool;
 pub mod profile;
 mod relu;

@@ -1,0 +1,369 @@
+//! One patch matrix per block (issue 5 item 2, "DyRep-aware execution"; paper §4, reference
+//! §1.1): the k×k, 1×k, k×1 (and 1×1) convs of a grown block read the same input with the same
+//! stride, and each one's kernel taps are a subset of the k×k conv's, centred the way the
+//! branches pad. With the patch matrix's rows grouped by tap in the order
+//!
+//! ```text
+//!   middle row left of centre | middle row right of centre | centre | middle column above |
+//!   middle column below | the other taps (row-major)
+//! ```
+//!
+//! every such branch reads one contiguous block of rows — 1×k the first k taps, 1×1 tap k−1,
+//! k×1 taps k−1 .. 2k−1, k×k all of them — so the forward and the weight gradient lower each
+//! image once for all of them instead of once per branch. Every conv lowers in this order
+//! (`conv::tap_order`), and each block lists its taps in the order of the branch's own kernel,
+//! so a branch computes here exactly (bit for bit) what it computes on its own.
+
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use crate::conv::{tap_order, ConvShape};
+use crate::cpu::{sgemm, sgemm_strided, split_range, threads, with_scratch, Mat};
+use crate::profile::{Phase, Timer};
+
+/// A conv reading the shared patch matrix: its geometry and its block of taps.
+#[derive(Clone, Debug)]
+pub(crate) struct Member {
+    pub shape: ConvShape,
+    /// Its taps' positions in the shared tap order.
+    pub taps: Range<usize>,
+}
+
+/// The shared patch matrix of a set of convs, planned once per op call.
+#[derive(Clone, Debug)]
+pub(crate) struct PatchShare {
+    /// The geometry whose lowering is shared (the largest kernel).
+    main: ConvShape,
+    /// Main-kernel taps `(ky, kx)` in row-block order.
+    order: Vec<(usize, usize)>,
+    pub members: Vec<Member>,
+}
+
+impl PatchShare {
+    /// Plans the sharing among `shapes`, or `None` when fewer than two of them can share (the
+    /// others keep their own lowering). A conv shares when it is not pointwise (those read
+    /// their input in place), has one group, the same input, stride and output size as the
+    /// largest kernel, and its taps form one of the blocks above. Returns the plan and, per
+    /// shape, its index in `members`.
+    pub fn plan(shapes: &[ConvShape]) -> Option<(Self, Vec<Option<usize>>)> {
+        let candidates: Vec<usize> = (0..shapes.len())
+            .filter(|&i| !shapes[i].is_pointwise() && shapes[i].groups == 1)
+            .collect();
+        let &main_i = candidates
+            .iter()
+            .max_by_key(|&&i| (shapes[i].kh * shapes[i].kw, shapes[i].kh))?;
+        let main = shapes[main_i];
+        let order = tap_order(main.kh, main.kw);
+        let mut members = Vec::new();
+        let mut index = vec![None; shapes.len()];
+        for &i in &candidates {
+            let s = shapes[i];
+            let same_input = (s.n, s.c, s.h, s.w) == (main.n, main.c, main.h, main.w);
+            let same_output = (s.stride, s.ho, s.wo) == (main.stride, main.ho, main.wo);
+            if !same_input || !same_output || s.ph > main.ph || s.pw > main.pw {
+                continue;
+            }
+            let offset = (main.ph - s.ph, main.pw - s.pw);
+            if offset.0 + s.kh > main.kh || offset.1 + s.kw > main.kw {
+                continue;
+            }
+            let Some(taps) = block_of(&order, s.kh, s.kw, offset) else {
+                continue;
+            };
+            index[i] = Some(members.len());
+            members.push(Member { shape: s, taps });
+        }
+        (members.len() >= 2).then_some((
+            Self {
+                main,
+                order,
+                members,
+            },
+            index,
+        ))
+    }
+
+    /// Rows of the shared patch matrix: taps · channels.
+    fn rows(&self) -> usize {
+        self.order.len() * self.main.c
+    }
+
+    /// Lowers one image into the shared patch matrix: the main conv's own, `[tap, c, ho·wo]`.
+    fn im2col(&self, image: &[f32], cols: &mut [f32]) {
+        self.main.im2col(image, cols);
+    }
+
+    /// Image ranges run in parallel (each with single-threaded gemms), or one range with
+    /// threaded gemms when the batch is smaller than the thread count.
+    fn image_ranges(&self) -> (Vec<Range<usize>>, bool) {
+        if self.main.parallel_images() {
+            (split_range(self.main.n, threads()), false)
+        } else {
+            (std::iter::once(0..self.main.n).collect(), true)
+        }
+    }
+
+    /// Every member's forward `[n, out, ho, wo]` (no bias), lowering each image once.
+    pub fn forward(&self, x: &[f32], weights: &[&[f32]]) -> Vec<Vec<f32>> {
+        let _t = Timer::start(Phase::ConvForward);
+        let (c, ohw) = (self.main.c, self.main.ohw());
+        let per_in = c * self.main.hw();
+        let perm: Vec<Vec<f32>> = self
+            .members
+            .iter()
+            .zip(weights)
+            .map(|(m, w)| m.shape.patch_weight(w))
+            .collect();
+        let mut outs: Vec<Vec<f32>> = self
+            .members
+            .iter()
+            .map(|m| vec![0.0f32; m.shape.n * m.shape.out * ohw])
+            .collect();
+        let (ranges, parallel_gemm) = self.image_ranges();
+        // Per range, every member's slice of outputs for those images.
+        let mut jobs: Vec<(Range<usize>, Vec<&mut [f32]>)> =
+            ranges.iter().map(|r| (r.clone(), Vec::new())).collect();
+        for (m, out) in self.members.iter().zip(outs.iter_mut()) {
+            let per_out = m.shape.out * ohw;
+            let mut rest: &mut [f32] = out;
+            for (r, slices) in jobs.iter_mut() {
+                let (head, tail) = rest.split_at_mut(r.len() * per_out);
+                slices.push(head);
+                rest = tail;
+            }
+        }
+        let run = |(range, mut slices): (Range<usize>, Vec<&mut [f32]>)| {
+            with_scratch(self.rows() * ohw, |cols| {
+                for (i, img) in range.enumerate() {
+                    self.im2col(&x[img * per_in..(img + 1) * per_in], cols);
+                    for ((m, w), out) in self.members.iter().zip(&perm).zip(slices.iter_mut()) {
+                        let k = m.taps.len() * c;
+                        let per_out = m.shape.out * ohw;
+                        sgemm(
+                            &mut out[i * per_out..(i + 1) * per_out],
+                            ohw,
+                            Mat {
+                                data: w,
+                                rows: m.shape.out,
+                                cols: k,
+                                rs: k,
+                                cs: 1,
+                            },
+                            Mat {
+                                data: &cols[m.taps.start * c * ohw..m.taps.end * c * ohw],
+                                rows: k,
+                                cols: ohw,
+                                rs: ohw,
+                                cs: 1,
+                            },
+                            false,
+                            parallel_gemm,
+                        );
+                    }
+                }
+            })
+        };
+        jobs.into_par_iter().for_each(run);
+        outs
+    }
+
+    /// Every member's weight gradient `[out, c, kh, kw]` for its output gradient `dz`,
+    /// lowering each image once (accumulated column-major per thread, as `ConvShape` does).
+    pub fn weight_grads(&self, x: &[f32], dzs: &[&[f32]]) -> Vec<Vec<f32>> {
+        let _t = Timer::start(Phase::ConvWeightGrad);
+        let (c, ohw) = (self.main.c, self.main.ohw());
+        let per_in = c * self.main.hw();
+        let (ranges, parallel_gemm) = self.image_ranges();
+        let accumulate = |range: Range<usize>| -> Vec<Vec<f32>> {
+            let mut acc: Vec<Vec<f32>> = self
+                .members
+                .iter()
+                .map(|m| vec![0.0f32; m.shape.out * m.taps.len() * c])
+                .collect();
+            with_scratch(self.rows() * ohw, |cols| {
+                for (i, img) in range.enumerate() {
+                    self.im2col(&x[img * per_in..(img + 1) * per_in], cols);
+                    for ((m, dz), a) in self.members.iter().zip(dzs).zip(acc.iter_mut()) {
+                        let (out, k) = (m.shape.out, m.taps.len() * c);
+                        sgemm_strided(
+                            a,
+                            1,
+                            out,
+                            Mat {
+                                data: &dz[img * out * ohw..(img + 1) * out * ohw],
+                                rows: out,
+                                cols: ohw,
+                                rs: ohw,
+                                cs: 1,
+                            },
+                            Mat {
+                                data: &cols[m.taps.start * c * ohw..m.taps.end * c * ohw],
+                                rows: ohw,
+                                cols: k,
+                                rs: 1,
+                                cs: ohw,
+                            },
+                            i > 0,
+                            parallel_gemm,
+                        );
+                    }
+                }
+            });
+            acc
+        };
+        let partials: Vec<Vec<Vec<f32>>> = ranges.into_par_iter().map(accumulate).collect();
+        let mut parts = partials.into_iter();
+        let mut sum = parts.next().unwrap_or_default();
+        for p in parts {
+            for (a, b) in sum.iter_mut().zip(&p) {
+                for (x, y) in a.iter_mut().zip(b) {
+                    *x += y;
+                }
+            }
+        }
+        self.members
+            .iter()
+            .zip(sum)
+            .map(|(m, cm)| m.shape.weight_from_patch_cm(&cm))
+            .collect()
+    }
+}
+
+/// Where the taps of a `kh × kw` kernel placed at `offset` sit in `order`, if they form one
+/// contiguous block listed in the kernel's own tap order.
+fn block_of(
+    order: &[(usize, usize)],
+    kh: usize,
+    kw: usize,
+    offset: (usize, usize),
+) -> Option<Range<usize>> {
+    let own: Vec<(usize, usize)> = tap_order(kh, kw)
+        .into_iter()
+        .map(|(y, x)| (y + offset.0, x + offset.1))
+        .collect();
+    let start = order.iter().position(|t| *t == own[0])?;
+    let block = start..start + own.len();
+    (block.end <= order.len() && order[block.clone()] == own[..]).then_some(block)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn shape(x: [usize; 4], out: usize, k: (usize, usize), stride: usize) -> ConvShape {
+        ConvShape::new(&x, &[out, x[1], k.0, k.1], stride, (k.0 / 2, k.1 / 2), 1)
+            .expect("test shape")
+    }
+
+    /// Bit for bit: a shared lowering must compute what each conv computes on its own.
+    fn same(a: &[f32], b: &[f32], what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}");
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert_eq!(x.to_bits(), y.to_bits(), "{what}[{i}]: {x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn tap_blocks_of_the_dyrep_branches_are_contiguous() {
+        for k in [3, 5, 7] {
+            let order = tap_order(k, k);
+            assert_eq!(order.len(), k * k);
+            let c = k / 2;
+            assert_eq!(block_of(&order, 1, k, (c, 0)), Some(0..k));
+            assert_eq!(block_of(&order, 1, 1, (c, c)), Some(k - 1..k));
+            assert_eq!(block_of(&order, k, 1, (0, c)), Some(k - 1..2 * k - 1));
+            assert_eq!(block_of(&order, k, k, (0, 0)), Some(0..k * k));
+            // A 2×2 corner is not a block.
+            assert_eq!(block_of(&order, 2, 2, (0, 0)), None);
+        }
+    }
+
+    #[test]
+    fn shared_lowering_matches_each_conv_on_its_own() {
+        // Odd and even, non-square, stride 1 and 2, 3×3 and 5×5, batch above and below the
+        // thread count.
+        let cases = [
+            ([3, 5, 7, 6], 4, 3, 1),
+            ([1, 3, 8, 5], 6, 3, 2),
+            ([4, 2, 9, 9], 3, 5, 1),
+            ([2, 4, 6, 11], 5, 5, 2),
+        ];
+        for (seed, (x, out, k, stride)) in cases.into_iter().enumerate() {
+            let shapes = [
+                shape(x, out, (k, k), stride),
+                shape(x, out, (1, k), stride),
+                shape(x, out, (k, 1), stride),
+                shape(x, out, (1, 1), stride),
+            ];
+            let (plan, index) = PatchShare::plan(&shapes).expect("the branches share");
+            // Pointwise convs at stride 1 read in place and are left out.
+            let want_members = if stride == 1 { 3 } else { 4 };
+            assert_eq!(plan.members.len(), want_members, "case {seed}");
+            let xs = values(x.iter().product(), seed as u64);
+            let ws: Vec<Vec<f32>> = shapes
+                .iter()
+                .enumerate()
+                .map(|(i, s)| values(s.weight_len(), 100 + i as u64))
+                .collect();
+            let member_ws: Vec<&[f32]> = (0..shapes.len())
+                .filter(|&i| index[i].is_some())
+                .map(|i| ws[i].as_slice())
+                .collect();
+            let outs = plan.forward(&xs, &member_ws);
+            let dzs: Vec<Vec<f32>> = plan
+                .members
+                .iter()
+                .enumerate()
+                .map(|(j, m)| values(m.shape.output_dims().iter().product(), 200 + j as u64))
+                .collect();
+            let dz_refs: Vec<&[f32]> = dzs.iter().map(|d| d.as_slice()).collect();
+            let dws = plan.weight_grads(&xs, &dz_refs);
+            for (i, s) in shapes.iter().enumerate() {
+                let Some(j) = index[i] else { continue };
+                same(
+                    &outs[j],
+                    &s.forward(&xs, &ws[i]),
+                    &format!("case {seed} forward {i}"),
+                );
+                same(
+                    &dws[j],
+                    &s.weight_grad(&xs, &dzs[j]),
+                    &format!("case {seed} weight grad {i}"),
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn convs_that_do_not_line_up_do_not_share() {
+        let x = [2, 3, 8, 8];
+        let main = shape(x, 4, (3, 3), 1);
+        // Other stride, other input, a 1×3 padded as if it were centred elsewhere, groups.
+        let strided = shape(x, 4, (1, 3), 2);
+        let other_input = shape([2, 3, 8, 9], 4, (1, 3), 1);
+        let shifted = ConvShape::new(&x, &[4, 3, 1, 3], 1, (0, 2), 1).expect("shape");
+        let grouped = ConvShape::new(&x, &[3, 1, 3, 1], 1, (1, 0), 3).expect("shape");
+        assert!(PatchShare::plan(&[main, strided, other_input, grouped]).is_none());
+        // The shifted 1×3 has a different output width: not a member either.
+        assert!(PatchShare::plan(&[main, shifted]).is_none());
+        let (plan, index) =
+            PatchShare::plan(&[main, strided, shape(x, 4, (3, 1), 1)]).expect("main and 3×1 share");
+        assert_eq!(index, vec![Some(0), None, Some(1)]);
+        assert_eq!(plan.members.len(), 2);
+    }
+}

@@ -58,6 +58,24 @@ fn convs(c: &mut Criterion) {
         1,
         1,
     );
+    // Small planes (bench-small's and bench-cifar's later layers): the direct kernel computes
+    // the padded width too, so these show its waste.
+    conv_layer(
+        c,
+        "conv3x3_64to64_14x14_b128",
+        [128, 64, 14, 14],
+        [64, 64, 3, 3],
+        1,
+        1,
+    );
+    conv_layer(
+        c,
+        "conv3x3_128to256_8x8_b64",
+        [64, 128, 8, 8],
+        [256, 128, 3, 3],
+        1,
+        1,
+    );
     conv_layer(
         c,
         "conv1x1_64to64_32x32_b64",

@@ -319,7 +319,7 @@ impl CustomOp3 for BlockOp {
         // The first convs that read one shared patch matrix run together.
         let share = self.patch_share();
         let mut shared_z: Vec<Option<Vec<f32>>> = vec![None; self.branches.len()];
-        if let Some((plan, of_branch)) = &share {
+        if let Some((plan, of_branch)) = share.as_ref().filter(|(p, _)| p.lowers_forward()) {
             let mut member_ws: Vec<&[f32]> = vec![&[]; plan.members.len()];
             for (b, m) in self.branches.iter().zip(of_branch) {
                 if let Some(j) = m {

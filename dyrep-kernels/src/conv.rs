@@ -362,6 +362,30 @@ impl ConvShape {
     }
 
     fn forward_untimed(&self, x: &[f32], weight: &[f32]) -> Vec<f32> {
+        if self.is_direct() {
+            return self.forward_direct(x, weight);
+        }
+        self.forward_lowered(x, weight)
+    }
+
+    /// The forward on the direct kernel (`direct.rs`), images in parallel.
+    pub(crate) fn forward_direct(&self, x: &[f32], weight: &[f32]) -> Vec<f32> {
+        let per_image_in = self.c * self.hw();
+        let per_image_out = self.out * self.ohw();
+        let packed = self.direct_weight(weight);
+        let mut y = vec![0.0f32; self.n * per_image_out];
+        let one = |(img, y_img): (usize, &mut [f32])| {
+            with_scratch(self.direct_scratch_len(), |scratch| {
+                let image = &x[img * per_image_in..(img + 1) * per_image_in];
+                self.direct_image(image, &packed, y_img, scratch);
+            });
+        };
+        self.for_each_image(&mut y, per_image_out, one);
+        y
+    }
+
+    /// The forward through im2col + gemm.
+    pub(crate) fn forward_lowered(&self, x: &[f32], weight: &[f32]) -> Vec<f32> {
         let (ohw, kg, og) = (self.ohw(), self.kg(), self.og());
         let per_image_in = self.c * self.hw();
         let per_image_out = self.out * ohw;

@@ -13,6 +13,7 @@ pub mod check;
 mod conv;
 mod cpu;
 mod depthwise;
+mod direct;
 mod error;
 mod fused;
 mod patches;

@@ -84,6 +84,12 @@ impl PatchShare {
         ))
     }
 
+    /// Whether the forward lowers at all: convs on the direct kernel (`direct.rs`) read the
+    /// input in place, so then only the weight gradients share the patch matrix.
+    pub fn lowers_forward(&self) -> bool {
+        !self.main.is_direct()
+    }
+
     /// Rows of the shared patch matrix: taps · channels.
     fn rows(&self) -> usize {
         self.order.len() * self.main.c
@@ -337,7 +343,7 @@ mod tests {
                 let Some(j) = index[i] else { continue };
                 same(
                     &outs[j],
-                    &s.forward(&xs, &ws[i]),
+                    &s.forward_lowered(&xs, &ws[i]),
                     &format!("case {seed} forward {i}"),
                 );
                 same(

@@ -198,6 +198,35 @@ fn conv_case() -> impl Strategy<Value = (ConvShape, u64)> {
         )
 }
 
+/// Convs the direct AVX-512 kernel takes (stride 1, one group, 8 or 16 outputs, planes of
+/// 12-30): its forward, and its input gradient when the input has 8 or 16 channels.
+fn direct_conv_case() -> impl Strategy<Value = (ConvShape, u64)> {
+    (
+        2usize..4,
+        prop_oneof![Just(1usize), Just(3), Just(8), Just(16)],
+        prop_oneof![Just(8usize), Just(16)],
+        prop_oneof![
+            Just((3usize, 3usize)),
+            Just((1, 3)),
+            Just((3, 1)),
+            Just((5, 5)),
+            Just((1, 5))
+        ],
+        (0usize..3, 0usize..3),
+        (12usize..31, 12usize..31),
+        any::<u64>(),
+    )
+        .prop_filter_map(
+            "shape must fit",
+            |(n, c, out, (kh, kw), (ph, pw), (h, w), seed)| {
+                let (ph, pw) = (ph.min(kh - 1), pw.min(kw - 1));
+                ConvShape::new(&[n, c, h, w], &[out, c, kh, kw], 1, (ph, pw), 1)
+                    .ok()
+                    .map(|s| (s, seed))
+            },
+        )
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(96),
@@ -218,6 +247,23 @@ proptest! {
         });
         let (ny, ndx, ndw) = naive_conv(&s, &x, &w, &g);
         prop_assert_eq!(y.dims(), &s.output_dims()[..]);
+        check_scaled("forward", &y, &ny)?;
+        check_scaled("input gradient", &grads[0], &ndx)?;
+        check_scaled("weight gradient", &grads[1], &ndw)?;
+    }
+
+    #[test]
+    fn direct_conv_matches_naive_reference((s, seed) in direct_conv_case()) {
+        prop_assume!(s.runs_direct());
+        let dev = Device::Cpu;
+        let x = data(seed, s.n * s.c * s.h * s.w, 0.0);
+        let w = data(seed ^ 1, s.out * s.c * s.kh * s.kw, 0.0);
+        let xt = Tensor::from_vec(x.clone(), (s.n, s.c, s.h, s.w), &dev).unwrap();
+        let wt = Tensor::from_vec(w.clone(), (s.out, s.c, s.kh, s.kw), &dev).unwrap();
+        let (y, grads, g) = run_with_grads(&[xt, wt], seed ^ 2, |a| {
+            conv2d_on(Backend::Own, &a[0], &a[1], 1, (s.ph, s.pw), 1).unwrap()
+        });
+        let (ny, ndx, ndw) = naive_conv(&s, &x, &w, &g);
         check_scaled("forward", &y, &ny)?;
         check_scaled("input gradient", &grads[0], &ndx)?;
         check_scaled("weight gradient", &grads[1], &ndw)?;

@@ -1,0 +1,318 @@
+//! Direct stride-1 convolution with AVX-512 (issue 5: conv forward and input gradient at the
+//! machine's f32 rate; peer-bench.md: oneDNN's direct convs are what PyTorch is fast with).
+//! im2col writes nine copies of the input per 3×3 conv and the gemm then packs them again; on
+//! this machine that lowering cost a third of the conv time. Here the input image is copied
+//! once into a zero-padded buffer `[c, hp, wp]`, and outputs are computed on the padded-width
+//! grid `[out, ho, wp]` (each output row has `wp − wo` extra columns, computed and dropped):
+//! there, kernel tap `(ky, kx)` of every output is the input at the output's own flat index
+//! plus `ky·wp + kx`, so a block of 48 consecutive outputs reads 48 consecutive inputs per tap
+//! and channel — three vector loads, no lowering. The register block is 48 outputs × 8 output
+//! channels (24 accumulators; 3 loads and 8 broadcasts per 24 FMAs, as a gemm microkernel).
+//! Used for stride-1 convs with one group and a multiple of 8 output channels on CPUs with
+//! AVX-512F, for the forward and (as the forward of the flipped kernel) the input gradient;
+//! `DYREP_CONV_DIRECT=0` turns it off. The weight gradient stays on im2col + gemm.
+
+use std::sync::OnceLock;
+
+use crate::conv::ConvShape;
+
+/// Output channels per register block.
+const NR: usize = 8;
+/// Vectors of 16 outputs per register block.
+const MRV: usize = 3;
+/// Floats read past the last padded plane by the last block's taps (at most `kw − 1`, and
+/// whole vectors are loaded): kept allocated and zero.
+const TAIL: usize = 64;
+
+/// Whether the CPU has AVX-512F and the direct path is not turned off.
+fn enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        let wanted = std::env::var("DYREP_CONV_DIRECT").map_or(true, |v| v != "0");
+        wanted && avx512_available()
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx512_available() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn avx512_available() -> bool {
+    false
+}
+
+impl ConvShape {
+    /// Whether this conv runs on the direct kernel: stride 1, one group, whole register
+    /// blocks of output channels, and a plane large enough that the padded-width grid, rounded
+    /// up to whole blocks of 48, computes at most 30 % more outputs than there are (14×14 with
+    /// padding 1: 22 %, measured 1.25× faster than im2col + gemm; 8×8: 50 %, measured 1.4×
+    /// slower — BENCHMARKS.md).
+    pub(crate) fn is_direct(&self) -> bool {
+        let (_, wp) = self.padded_dims();
+        let computed = (self.ho * wp).div_ceil(MRV * 16) * MRV * 16;
+        self.stride == 1
+            && self.groups == 1
+            && self.out.is_multiple_of(NR)
+            && !self.is_pointwise()
+            && self.kw <= TAIL
+            && self.parallel_images()
+            && computed * 10 <= self.ohw() * 13
+            && enabled()
+    }
+
+    /// Whether the forward runs on the direct AVX-512 kernel on this machine (else im2col +
+    /// gemm): for tests and diagnostics.
+    pub fn runs_direct(&self) -> bool {
+        self.is_direct()
+    }
+
+    fn padded_dims(&self) -> (usize, usize) {
+        (self.h + 2 * self.ph, self.w + 2 * self.pw)
+    }
+
+    /// Scratch floats per image: the padded input (with its tail) and the padded-width output.
+    pub(crate) fn direct_scratch_len(&self) -> usize {
+        let (hp, wp) = self.padded_dims();
+        self.c * hp * wp + TAIL + self.out * self.ho * wp
+    }
+
+    /// The weight `[out, c, kh, kw]` as register blocks `[out/8, c, kh·kw, 8]`.
+    pub(crate) fn direct_weight(&self, weight: &[f32]) -> Vec<f32> {
+        let (c, taps) = (self.c, self.kh * self.kw);
+        let mut packed = vec![0.0f32; self.weight_len()];
+        for o in 0..self.out {
+            let (block, lane) = (o / NR, o % NR);
+            for ch in 0..c {
+                for t in 0..taps {
+                    packed[((block * c + ch) * taps + t) * NR + lane] =
+                        weight[(o * c + ch) * taps + t];
+                }
+            }
+        }
+        packed
+    }
+
+    /// One image `[c, h, w]` → `[out, ho, wo]` with the packed weight, in `scratch`
+    /// (`direct_scratch_len` floats).
+    pub(crate) fn direct_image(
+        &self,
+        image: &[f32],
+        packed: &[f32],
+        out: &mut [f32],
+        scratch: &mut [f32],
+    ) {
+        let (hp, wp) = self.padded_dims();
+        let plane = hp * wp;
+        let (xp, yp) = scratch.split_at_mut(self.c * plane + TAIL);
+        // The padded input: zero borders, rows copied in.
+        for (ch, dst) in xp[..self.c * plane].chunks_exact_mut(plane).enumerate() {
+            let src = &image[ch * self.hw()..(ch + 1) * self.hw()];
+            dst[..self.ph * wp].fill(0.0);
+            dst[(self.ph + self.h) * wp..].fill(0.0);
+            for iy in 0..self.h {
+                let row = &mut dst[(self.ph + iy) * wp..(self.ph + iy + 1) * wp];
+                row[..self.pw].fill(0.0);
+                row[self.pw..self.pw + self.w]
+                    .copy_from_slice(&src[iy * self.w..(iy + 1) * self.w]);
+                row[self.pw + self.w..].fill(0.0);
+            }
+        }
+        xp[self.c * plane..].fill(0.0);
+        let grid = self.ho * wp;
+        assert!(
+            packed.len() >= self.weight_len() && yp.len() >= self.out * grid,
+            "direct conv buffers"
+        );
+        // SAFETY: `enabled()` checked AVX-512F; the kernel reads `xp` at most at
+        // `(c − 1)·plane + grid − 1 + (kh − 1)·wp + kw − 1 < c·plane + kw ≤ xp.len()` (grid =
+        // (hp − kh + 1)·wp), `packed` within `weight_len`, and writes `yp` within `out·grid`.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            direct_kernel(
+                xp.as_ptr(),
+                self.c,
+                plane,
+                wp,
+                self.kh,
+                self.kw,
+                packed.as_ptr(),
+                self.out,
+                grid,
+                yp.as_mut_ptr(),
+            );
+        }
+        // Drop the extra columns of each output row.
+        let (ho, wo) = (self.ho, self.wo);
+        for (o, dst) in out.chunks_exact_mut(ho * wo).enumerate() {
+            let src = &yp[o * grid..(o + 1) * grid];
+            for oy in 0..ho {
+                dst[oy * wo..(oy + 1) * wo].copy_from_slice(&src[oy * wp..oy * wp + wo]);
+            }
+        }
+    }
+}
+
+/// `y[o, p] = Σ_{c, ky, kx} w[o, c, ky, kx] · x[c, p + ky·wp + kx]` for `p < grid`, register
+/// blocks of 48 outputs × 8 channels; the last block of each channel group uses masked loads
+/// and stores.
+///
+/// # Safety
+/// AVX-512F must be available; `x` must hold `(c − 1)·plane + grid + (kh − 1)·wp + kw` floats,
+/// `w` `out·c·kh·kw` and `y` `out·grid`; `out` a multiple of 8.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn direct_kernel(
+    x: *const f32,
+    c: usize,
+    plane: usize,
+    wp: usize,
+    kh: usize,
+    kw: usize,
+    w: *const f32,
+    out: usize,
+    grid: usize,
+    y: *mut f32,
+) {
+    use std::arch::x86_64::*;
+    let taps = kh * kw;
+    let mut p0 = 0;
+    while p0 < grid {
+        let rem = grid - p0;
+        let full = rem >= MRV * 16;
+        let mut masks = [0u16; MRV];
+        for (i, m) in masks.iter_mut().enumerate() {
+            let start = i * 16;
+            *m = if rem >= start + 16 {
+                0xffff
+            } else if rem > start {
+                ((1u32 << (rem - start)) - 1) as u16
+            } else {
+                0
+            };
+        }
+        for block in 0..out / NR {
+            let mut acc = [[_mm512_setzero_ps(); NR]; MRV];
+            let mut wptr = w.add(block * c * taps * NR);
+            for ch in 0..c {
+                let base = x.add(ch * plane + p0);
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        let src = base.add(ky * wp + kx);
+                        let mut xv = [_mm512_setzero_ps(); MRV];
+                        for (i, v) in xv.iter_mut().enumerate() {
+                            *v = if full {
+                                _mm512_loadu_ps(src.add(16 * i))
+                            } else {
+                                _mm512_maskz_loadu_ps(masks[i], src.add(16 * i))
+                            };
+                        }
+                        for j in 0..NR {
+                            let wv = _mm512_set1_ps(*wptr.add(j));
+                            for (row, &v) in acc.iter_mut().zip(&xv) {
+                                row[j] = _mm512_fmadd_ps(v, wv, row[j]);
+                            }
+                        }
+                        wptr = wptr.add(NR);
+                    }
+                }
+            }
+            for j in 0..NR {
+                let dst = y.add((block * NR + j) * grid + p0);
+                for (i, a) in acc.iter().enumerate() {
+                    if full {
+                        _mm512_storeu_ps(dst.add(16 * i), a[j]);
+                    } else {
+                        _mm512_mask_storeu_ps(dst.add(16 * i), masks[i], a[j]);
+                    }
+                }
+            }
+        }
+        p0 += MRV * 16;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// `max |got − want|` relative to the largest sum of the terms' magnitudes `Σ|w·x|` of any
+    /// output (what f32 rounding of a different summation order is proportional to).
+    fn check(s: &ConvShape, x: &[f32], w: &[f32], what: &str) {
+        let got = s.forward_direct(x, w);
+        let want = s.forward_lowered(x, w);
+        let abs_x: Vec<f32> = x.iter().map(|v| v.abs()).collect();
+        let abs_w: Vec<f32> = w.iter().map(|v| v.abs()).collect();
+        let scale = s
+            .forward_lowered(&abs_x, &abs_w)
+            .into_iter()
+            .fold(1e-3f32, f32::max);
+        let err = got
+            .iter()
+            .zip(&want)
+            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(err <= 1e-5 * scale, "{what}: error {err:e}, scale {scale}");
+    }
+
+    #[test]
+    fn direct_conv_matches_the_lowered_conv_on_awkward_shapes() {
+        if !enabled() {
+            eprintln!("no AVX-512F here (or DYREP_CONV_DIRECT=0): the direct kernel is not used");
+            return;
+        }
+        // Odd/even, non-square, planes smaller than one block of 48, 1×k / k×1 / 5×5 kernels,
+        // padding 0 to k−1 per axis, 8 and 16 output channels, a single input channel.
+        type Case = ([usize; 4], usize, (usize, usize), (usize, usize));
+        let cases: [Case; 9] = [
+            ([3, 5, 7, 6], 8, (3, 3), (1, 1)),
+            ([2, 1, 28, 28], 16, (3, 3), (1, 1)),
+            ([4, 3, 9, 13], 8, (1, 3), (0, 1)),
+            ([2, 4, 11, 5], 16, (3, 1), (1, 0)),
+            ([3, 2, 10, 9], 8, (5, 5), (2, 2)),
+            ([2, 3, 6, 4], 8, (3, 3), (0, 0)),
+            ([2, 2, 5, 8], 8, (3, 3), (2, 2)),
+            ([5, 3, 3, 3], 16, (3, 3), (1, 1)),
+            ([2, 6, 17, 15], 24, (5, 3), (1, 2)),
+        ];
+        for (i, (x, out, k, pad)) in cases.into_iter().enumerate() {
+            let s = ConvShape::new(&x, &[out, x[1], k.0, k.1], 1, pad, 1).expect("test shape");
+            let xs = values(x.iter().product(), 1 + i as u64);
+            let ws = values(s.weight_len(), 100 + i as u64);
+            check(&s, &xs, &ws, &format!("case {i} {x:?} k {k:?} pad {pad:?}"));
+        }
+    }
+
+    #[test]
+    fn small_planes_stay_on_the_lowered_path() {
+        // 8×8 with padding 1: the padded-width grid rounds to 96 outputs per 64.
+        let s = ConvShape::new(&[4, 8, 8, 8], &[16, 8, 3, 3], 1, (1, 1), 1).expect("shape");
+        assert!(!s.is_direct());
+        let s = ConvShape::new(&[4, 8, 28, 28], &[16, 8, 3, 3], 1, (1, 1), 1).expect("shape");
+        assert_eq!(s.is_direct(), enabled());
+        // Stride 2, groups and a channel count off the register block never are.
+        for (w, stride, groups) in [
+            ([16, 8, 3, 3], 2, 1),
+            ([16, 4, 3, 3], 1, 2),
+            ([12, 8, 3, 3], 1, 1),
+        ] {
+            let s = ConvShape::new(&[4, 8, 28, 28], &w, stride, (1, 1), groups).expect("shape");
+            assert!(!s.is_direct(), "{w:?} stride {stride} groups {groups}");
+        }
+    }
+}

@@ -7,7 +7,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::cpu::{slice_f32, tensor_like, with_f32};
+use crate::cpu::{assume_init_vec, slice_f32, tensor_like, uninit_vec, with_f32};
 use crate::profile::{Phase, Timer};
 
 /// `[N, C, H, W]` as (images, channels, plane size).
@@ -109,28 +109,32 @@ pub(crate) fn bn_backward(
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (c, hw) = (p.c, p.hw.max(1));
     let m = p.count().max(1) as f64;
-    let mut dz = vec![0.0f32; z.len()];
+    assert!(
+        dy.len() == z.len() && relu_out.is_none_or(|y| y.len() == z.len()),
+        "bn_backward: gradient, input and output lengths differ"
+    );
+    let mut dz = uninit_vec(z.len());
     let plane_sums: Vec<(f32, f32)> = dz
         .par_chunks_mut(hw)
         .enumerate()
         .map(|(pi, out)| {
             let st = stats[pi % c];
-            let at = pi * p.hw;
-            let (gp, zp) = (&dy[at..at + p.hw], &z[at..at + p.hw]);
+            let at = pi * hw;
+            let (gp, zp) = (&dy[at..at + out.len()], &z[at..at + out.len()]);
             let (mut a, mut b) = (0.0f32, 0.0f32);
             match relu_out {
                 Some(y) => {
-                    let yp = &y[at..at + p.hw];
+                    let yp = &y[at..at + out.len()];
                     for (((o, &d), &zv), &v) in out.iter_mut().zip(gp).zip(zp).zip(yp) {
                         let d = if v <= 0.0 { 0.0 } else { d };
-                        *o = d;
+                        o.write(d);
                         a += d;
                         b += d * ((zv - st.shift) - st.mean_rel);
                     }
                 }
                 None => {
                     for ((o, &d), &zv) in out.iter_mut().zip(gp).zip(zp) {
-                        *o = d;
+                        o.write(d);
                         a += d;
                         b += d * ((zv - st.shift) - st.mean_rel);
                     }
@@ -139,6 +143,9 @@ pub(crate) fn bn_backward(
             (a, b)
         })
         .collect();
+    // SAFETY: `dy`, `z` (and `relu_out`) have `dz`'s length (asserted), so each chunk of `dz`
+    // is zipped with slices of its own length and every element is written.
+    let mut dz = unsafe { assume_init_vec(dz) };
     let mut sums = vec![(0.0f64, 0.0f64); c];
     for (pi, (a, b)) in plane_sums.into_iter().enumerate() {
         sums[pi % c].0 += a as f64;

@@ -7,11 +7,14 @@
 //! gemms; a batch smaller than the thread count uses gemm's own threads instead. Depthwise convs
 //! (one input channel per output channel) skip the lowering: `depthwise.rs`.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::cpu::{
-    sgemm, sgemm_strided, slice_f32, split_range, tensor_like, threads, with_f32, with_scratch, Mat,
+    assume_init_vec, sgemm, sgemm_strided, sgemm_uninit, slice_f32, split_range, tensor_like,
+    threads, uninit_vec, with_f32, with_scratch, Mat,
 };
 use crate::error::{KernelError, Result};
 use crate::profile::{Phase, Timer};
@@ -373,15 +376,17 @@ impl ConvShape {
         let per_image_in = self.c * self.hw();
         let per_image_out = self.out * self.ohw();
         let packed = self.direct_weight(weight);
-        let mut y = vec![0.0f32; self.n * per_image_out];
-        let one = |(img, y_img): (usize, &mut [f32])| {
+        let mut y = uninit_vec(self.n * per_image_out);
+        let one = |(img, y_img): (usize, &mut [MaybeUninit<f32>])| {
             with_scratch(self.direct_scratch_len(), |scratch| {
                 let image = &x[img * per_image_in..(img + 1) * per_image_in];
                 self.direct_image(image, &packed, y_img, scratch);
             });
         };
         self.for_each_image(&mut y, per_image_out, one);
-        y
+        // SAFETY: `direct_image` writes every output of its image (all `out` planes, every row
+        // and column), and the chunks cover `y`.
+        unsafe { assume_init_vec(y) }
     }
 
     /// The forward through im2col + gemm.
@@ -389,14 +394,14 @@ impl ConvShape {
         let (ohw, kg, og) = (self.ohw(), self.kg(), self.og());
         let per_image_in = self.c * self.hw();
         let per_image_out = self.out * ohw;
-        let mut y = vec![0.0f32; self.n * per_image_out];
+        let mut y = uninit_vec(self.n * per_image_out);
         let parallel_gemm = !self.parallel_images();
         let weight = &self.patch_weight(weight)[..];
-        let one = |(img, y_img): (usize, &mut [f32])| {
+        let one = |(img, y_img): (usize, &mut [MaybeUninit<f32>])| {
             let image = &x[img * per_image_in..(img + 1) * per_image_in];
             self.with_cols(image, |cols| {
                 for g in 0..self.groups {
-                    sgemm(
+                    sgemm_uninit(
                         &mut y_img[g * og * ohw..(g + 1) * og * ohw],
                         ohw,
                         Mat {
@@ -413,23 +418,24 @@ impl ConvShape {
                             rs: ohw,
                             cs: 1,
                         },
-                        false,
                         parallel_gemm,
                     );
                 }
             });
         };
         self.for_each_image(&mut y, per_image_out, one);
-        y
+        // SAFETY: per image, the gemms of the groups write all `og` rows × `ohw` columns of
+        // their group: every output; the chunks cover `y`.
+        unsafe { assume_init_vec(y) }
     }
 
     /// Runs `f(image, chunk)` over the per-image chunks of `out`: images in parallel when there
     /// are at least as many as threads (then each gemm runs single-threaded), else in order.
-    fn for_each_image(
+    fn for_each_image<T: Send>(
         &self,
-        out: &mut [f32],
+        out: &mut [T],
         per_image: usize,
-        f: impl Fn((usize, &mut [f32])) + Sync + Send,
+        f: impl Fn((usize, &mut [T])) + Sync + Send,
     ) {
         if self.parallel_images() {
             out.par_chunks_mut(per_image.max(1)).enumerate().for_each(f);

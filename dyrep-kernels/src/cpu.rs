@@ -4,6 +4,7 @@
 //! (candle-notes.md §6: candle's pool is rayon's, sized by `RAYON_NUM_THREADS`).
 
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 
 use candle_core::{CpuStorage, Layout, Storage, Tensor};
 use gemm::Parallelism;
@@ -132,6 +133,85 @@ pub(crate) fn sgemm_strided(
             dst_cs as isize,
             dst_rs as isize,
             accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// `len` floats to be written through `MaybeUninit` and then taken with [`assume_init_vec`]:
+/// skips the zero fill of `vec![0.0; len]` (calloc of reused heap memory is a memset pass,
+/// 5-7 % of a training step, over outputs that are written in full next).
+pub(crate) fn uninit_vec(len: usize) -> Vec<MaybeUninit<f32>> {
+    let mut v = Vec::with_capacity(len);
+    // SAFETY: `MaybeUninit` values need no initialisation; the capacity is `len`.
+    unsafe { v.set_len(len) };
+    v
+}
+
+/// The floats of a buffer from [`uninit_vec`].
+///
+/// # Safety
+/// Every element of `v` has been written.
+pub(crate) unsafe fn assume_init_vec(v: Vec<MaybeUninit<f32>>) -> Vec<f32> {
+    let mut v = std::mem::ManuallyDrop::new(v);
+    // SAFETY: same allocation, length and capacity; `MaybeUninit<f32>` has `f32`'s layout and
+    // the caller guarantees every element is initialised.
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<f32>(), v.len(), v.capacity()) }
+}
+
+/// [`sgemm`] without accumulation into a destination that may be uninitialised: the gemm
+/// writes every element of the `m×n` block and reads none.
+pub(crate) fn sgemm_uninit(
+    dst: &mut [MaybeUninit<f32>],
+    dst_rs: usize,
+    a: Mat<'_>,
+    b: Mat<'_>,
+    parallel: bool,
+) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(b.rows, k, "sgemm inner dimensions");
+    assert!(a.fits() && b.fits(), "sgemm operand out of bounds");
+    assert!(
+        m == 0 || n == 0 || (m - 1) * dst_rs + n <= dst.len(),
+        "sgemm destination out of bounds"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        for r in 0..m {
+            for v in &mut dst[r * dst_rs..r * dst_rs + n] {
+                v.write(0.0);
+            }
+        }
+        return;
+    }
+    let parallelism = if parallel && threads() > 1 {
+        Parallelism::Rayon(threads())
+    } else {
+        Parallelism::None
+    };
+    // SAFETY: bounds checked above; with `read_dst = false` the gemm only writes `dst`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr().cast::<f32>(),
+            1,
+            dst_rs as isize,
+            false,
             a.data.as_ptr(),
             a.cs as isize,
             a.rs as isize,

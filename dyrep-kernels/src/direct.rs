@@ -12,6 +12,7 @@
 //! AVX-512F, for the forward and (as the forward of the flipped kernel) the input gradient;
 //! `DYREP_CONV_DIRECT=0` turns it off. The weight gradient stays on im2col + gemm.
 
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 use crate::conv::ConvShape;
@@ -100,7 +101,7 @@ impl ConvShape {
         &self,
         image: &[f32],
         packed: &[f32],
-        out: &mut [f32],
+        out: &mut [MaybeUninit<f32>],
         scratch: &mut [f32],
     ) {
         let (hp, wp) = self.padded_dims();
@@ -148,7 +149,10 @@ impl ConvShape {
         for (o, dst) in out.chunks_exact_mut(ho * wo).enumerate() {
             let src = &yp[o * grid..(o + 1) * grid];
             for oy in 0..ho {
-                dst[oy * wo..(oy + 1) * wo].copy_from_slice(&src[oy * wp..oy * wp + wo]);
+                let row = &mut dst[oy * wo..(oy + 1) * wo];
+                for (d, &v) in row.iter_mut().zip(&src[oy * wp..oy * wp + wo]) {
+                    d.write(v);
+                }
             }
         }
     }

@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use crate::bn::{bn_backward, channel_stats, ChannelStats, Planes};
 use crate::conv::conv_backward;
-use crate::cpu::{slice_f32, tensor_like, with_f32};
+use crate::cpu::{assume_init_vec, slice_f32, tensor_like, uninit_vec, with_f32};
 use crate::profile::{Phase, Timer};
 use crate::ConvParams;
 
@@ -67,7 +67,7 @@ impl CustomOp3 for ConvBnReluOp {
             .iter()
             .map(|s| (1.0 / (s.var as f64 + self.eps).sqrt()) as f32)
             .collect();
-        let mut y = vec![0.0f32; z.len()];
+        let mut y = uninit_vec(z.len());
         let hw = planes.hw.max(1);
         y.par_chunks_mut(hw)
             .zip(z.par_chunks(hw))
@@ -78,14 +78,17 @@ impl CustomOp3 for ConvBnReluOp {
                 let (a, b) = (gb[ch] * inv_std[ch], gb[c + ch]);
                 if self.relu {
                     for (o, &v) in yp.iter_mut().zip(zp) {
-                        *o = (((v - st.shift) - st.mean_rel) * a + b).max(0.0);
+                        o.write((((v - st.shift) - st.mean_rel) * a + b).max(0.0));
                     }
                 } else {
                     for (o, &v) in yp.iter_mut().zip(zp) {
-                        *o = ((v - st.shift) - st.mean_rel) * a + b;
+                        o.write(((v - st.shift) - st.mean_rel) * a + b);
                     }
                 }
             });
+        // SAFETY: `y` and `z` have the same length and are split into the same planes; every
+        // plane of `y` is written element by element from its plane of `z`.
+        let y = unsafe { assume_init_vec(y) };
         let mut saved = self.lock();
         saved.stats = stats;
         saved.inv_std = inv_std;

@@ -175,7 +175,10 @@ impl BlockOp {
     }
 
     fn normalisation(&self, z: &[f32], planes: Planes) -> BnSaved {
-        let stats = channel_stats(z, planes);
+        self.saved_from(channel_stats(z, planes))
+    }
+
+    fn saved_from(&self, stats: Vec<ChannelStats>) -> BnSaved {
         let inv_std = stats
             .iter()
             .map(|s| (1.0 / (s.var as f64 + self.eps).sqrt()) as f32)
@@ -342,10 +345,20 @@ impl CustomOp3 for BlockOp {
         for (bi, b) in self.branches.iter().enumerate() {
             let first_dims = b.first_dims(l1.dims());
             let p1 = Planes::of(&first_dims)?;
+            // A conv without bias that does not read the shared patch matrix takes its BN's
+            // statistics while it writes its output (`ConvShape::forward_stats`).
+            let mut stats1 = None;
             let z1 = b.conv.as_ref().map(|s| {
-                let mut z = shared_z[bi]
-                    .take()
-                    .unwrap_or_else(|| s.forward(x, &w[b.weight_offset..]));
+                let w1 = &w[b.weight_offset..];
+                let mut z = match (shared_z[bi].take(), b.bias_offset) {
+                    (Some(z), _) => z,
+                    (None, None) => {
+                        let (z, st) = s.forward_stats(x, w1);
+                        stats1 = Some(st);
+                        z
+                    }
+                    (None, Some(_)) => s.forward(x, w1),
+                };
                 if let Some(off) = b.bias_offset {
                     add_channel_bias(&mut z, &w[off..off + p1.c], p1.c, p1.hw);
                 }
@@ -353,7 +366,10 @@ impl CustomOp3 for BlockOp {
             });
             let bn_timer = Timer::start(Phase::BnForward);
             let z1s: &[f32] = z1.as_deref().unwrap_or(x);
-            let bn1 = self.normalisation(z1s, p1);
+            let bn1 = match stats1 {
+                Some(st) => self.saved_from(st),
+                None => self.normalisation(z1s, p1),
+            };
             let g1 = &gb[b.gb_offset..b.gb_offset + 2 * p1.c];
             let a1 = bn_scale(&g1[..p1.c], &bn1.inv_std);
             let mut kept = BranchSaved::default();
@@ -383,15 +399,21 @@ impl CustomOp3 for BlockOp {
                         &g1[p1.c..],
                     );
                     drop(bn_timer);
-                    let z2 = match &sg.stage {
+                    let (z2, stats2) = match &sg.stage {
                         StageGeom::Conv {
                             shape,
                             weight_offset,
-                        } => shape.forward(&padded, &w[*weight_offset..]),
-                        StageGeom::AvgPool(p) => p.forward(PoolKind::Avg, &padded),
+                        } => {
+                            let (z, st) = shape.forward_stats(&padded, &w[*weight_offset..]);
+                            (z, Some(st))
+                        }
+                        StageGeom::AvgPool(p) => (p.forward(PoolKind::Avg, &padded), None),
                     };
                     let _t = Timer::start(Phase::BnForward);
-                    let bn2 = self.normalisation(&z2, planes);
+                    let bn2 = match stats2 {
+                        Some(st) => self.saved_from(st),
+                        None => self.normalisation(&z2, planes),
+                    };
                     let g2 = &gb[sg.gb_offset..sg.gb_offset + 2 * planes.c];
                     scales.push(bn_scale(&g2[..planes.c], &bn2.inv_std));
                     if self.keep_for_backward {

@@ -66,31 +66,49 @@ impl ChannelStats {
 
 /// Per-channel mean and biased variance of `x` (`[N, C, H, W]`, contiguous f32).
 pub(crate) fn channel_stats(x: &[f32], p: Planes) -> Vec<ChannelStats> {
-    let count = p.count().max(1) as f64;
     p.per_channel(|c| {
         let shift = if p.count() > 0 {
             p.plane(x, 0, c)[0]
         } else {
             0.0
         };
-        let (mut s, mut ss) = (0.0f64, 0.0f64);
-        for n in 0..p.n {
-            let (mut ps, mut pss) = (0.0f32, 0.0f32);
-            for &v in p.plane(x, n, c) {
-                let d = v - shift;
-                ps += d;
-                pss += d * d;
-            }
-            s += ps as f64;
-            ss += pss as f64;
-        }
-        let mean_rel = s / count;
-        ChannelStats {
-            shift,
-            mean_rel: mean_rel as f32,
-            var: (ss / count - mean_rel * mean_rel).max(0.0) as f32,
-        }
+        let sums: Vec<(f32, f32)> = (0..p.n)
+            .map(|n| plane_sums(p.plane(x, n, c), shift))
+            .collect();
+        stats_from_plane_sums(shift, sums.into_iter(), p.count())
     })
+}
+
+/// `(Σ (v − shift), Σ (v − shift)²)` over one plane, in f32.
+pub(crate) fn plane_sums(plane: &[f32], shift: f32) -> (f32, f32) {
+    let (mut ps, mut pss) = (0.0f32, 0.0f32);
+    for &v in plane {
+        let d = v - shift;
+        ps += d;
+        pss += d * d;
+    }
+    (ps, pss)
+}
+
+/// One channel's statistics from its planes' [`plane_sums`] (in image order, summed in f64)
+/// over `count` values.
+pub(crate) fn stats_from_plane_sums(
+    shift: f32,
+    sums: impl Iterator<Item = (f32, f32)>,
+    count: usize,
+) -> ChannelStats {
+    let (mut s, mut ss) = (0.0f64, 0.0f64);
+    for (ps, pss) in sums {
+        s += ps as f64;
+        ss += pss as f64;
+    }
+    let count = count.max(1) as f64;
+    let mean_rel = s / count;
+    ChannelStats {
+        shift,
+        mean_rel: mean_rel as f32,
+        var: (ss / count - mean_rel * mean_rel).max(0.0) as f32,
+    }
 }
 
 /// Train-mode batch-norm backward over `[N, C, H, W]` data `z` (the BN input) with the batch

@@ -12,9 +12,10 @@ use std::mem::MaybeUninit;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::bn::{channel_stats, plane_sums, stats_from_plane_sums, ChannelStats, Planes};
 use crate::cpu::{
-    assume_init_vec, sgemm, sgemm_strided, sgemm_uninit, slice_f32, split_range, tensor_like,
-    threads, uninit_vec, with_f32, with_scratch, Mat,
+    assume_init_slice, assume_init_vec, sgemm, sgemm_strided, sgemm_uninit, slice_f32, split_range,
+    tensor_like, threads, uninit_vec, with_f32, with_scratch, Mat,
 };
 use crate::error::{KernelError, Result};
 use crate::profile::{Phase, Timer};
@@ -373,60 +374,73 @@ impl ConvShape {
 
     /// The forward on the direct kernel (`direct.rs`), images in parallel.
     pub(crate) fn forward_direct(&self, x: &[f32], weight: &[f32]) -> Vec<f32> {
-        let per_image_in = self.c * self.hw();
-        let per_image_out = self.out * self.ohw();
-        let packed = self.direct_weight(weight);
-        let mut y = uninit_vec(self.n * per_image_out);
-        let one = |(img, y_img): (usize, &mut [MaybeUninit<f32>])| {
-            with_scratch(self.direct_scratch_len(), |scratch| {
-                let image = &x[img * per_image_in..(img + 1) * per_image_in];
-                self.direct_image(image, &packed, y_img, scratch);
-            });
-        };
-        self.for_each_image(&mut y, per_image_out, one);
-        // SAFETY: `direct_image` writes every output of its image (all `out` planes, every row
-        // and column), and the chunks cover `y`.
-        unsafe { assume_init_vec(y) }
+        self.forward_with(&ImageForward::new(self, weight, true), x)
     }
 
     /// The forward through im2col + gemm.
     pub(crate) fn forward_lowered(&self, x: &[f32], weight: &[f32]) -> Vec<f32> {
-        let (ohw, kg, og) = (self.ohw(), self.kg(), self.og());
-        let per_image_in = self.c * self.hw();
-        let per_image_out = self.out * ohw;
-        let mut y = uninit_vec(self.n * per_image_out);
-        let parallel_gemm = !self.parallel_images();
-        let weight = &self.patch_weight(weight)[..];
-        let one = |(img, y_img): (usize, &mut [MaybeUninit<f32>])| {
-            let image = &x[img * per_image_in..(img + 1) * per_image_in];
-            self.with_cols(image, |cols| {
-                for g in 0..self.groups {
-                    sgemm_uninit(
-                        &mut y_img[g * og * ohw..(g + 1) * og * ohw],
-                        ohw,
-                        Mat {
-                            data: &weight[g * og * kg..(g + 1) * og * kg],
-                            rows: og,
-                            cols: kg,
-                            rs: kg,
-                            cs: 1,
-                        },
-                        Mat {
-                            data: &cols[g * kg * ohw..(g + 1) * kg * ohw],
-                            rows: kg,
-                            cols: ohw,
-                            rs: ohw,
-                            cs: 1,
-                        },
-                        parallel_gemm,
-                    );
-                }
-            });
-        };
-        self.for_each_image(&mut y, per_image_out, one);
-        // SAFETY: per image, the gemms of the groups write all `og` rows × `ohw` columns of
-        // their group: every output; the chunks cover `y`.
+        self.forward_with(&ImageForward::new(self, weight, false), x)
+    }
+
+    fn forward_with(&self, f: &ImageForward<'_>, x: &[f32]) -> Vec<f32> {
+        let (per_in, per_out) = (self.c * self.hw(), self.out * self.ohw());
+        let mut y = uninit_vec(self.n * per_out);
+        self.for_each_image(&mut y, per_out, |(img, y_img)| {
+            f.run(&x[img * per_in..(img + 1) * per_in], y_img)
+        });
+        // SAFETY: `ImageForward::run` writes every output of its image; the chunks cover `y`.
         unsafe { assume_init_vec(y) }
+    }
+
+    /// The forward and its output's batch statistics per channel — what
+    /// [`crate::bn::channel_stats`] returns, bit for bit — taken from each image's output right
+    /// after it is written, while it is in cache, instead of in another pass over the batch
+    /// (the BN after a conv reads its input once less). Image 0 runs first: its first value per
+    /// channel is the statistics' shift.
+    pub(crate) fn forward_stats(&self, x: &[f32], weight: &[f32]) -> (Vec<f32>, Vec<ChannelStats>) {
+        let planes = Planes {
+            n: self.n,
+            c: self.out,
+            hw: self.ohw(),
+        };
+        if self.is_depthwise_direct() || !self.parallel_images() || self.ohw() == 0 {
+            let y = self.forward(x, weight);
+            let stats = channel_stats(&y, planes);
+            return (y, stats);
+        }
+        let _t = Timer::start(Phase::ConvForward);
+        let f = ImageForward::new(self, weight, self.is_direct());
+        let (ohw, per_in, per_out) = (self.ohw(), self.c * self.hw(), self.out * self.ohw());
+        let mut y = uninit_vec(self.n * per_out);
+        let (first, rest) = y.split_at_mut(per_out);
+        f.run(&x[..per_in], first);
+        // SAFETY: `run` wrote every output of image 0.
+        let first = unsafe { assume_init_slice(first) };
+        let shifts: Vec<f32> = (0..self.out).map(|c| first[c * ohw]).collect();
+        let sums_of = |out: &[f32]| -> Vec<(f32, f32)> {
+            (0..self.out)
+                .map(|c| plane_sums(&out[c * ohw..(c + 1) * ohw], shifts[c]))
+                .collect()
+        };
+        let first_sums = sums_of(first);
+        let rest_sums: Vec<Vec<(f32, f32)>> = rest
+            .par_chunks_mut(per_out)
+            .enumerate()
+            .map(|(i, chunk)| {
+                let img = i + 1;
+                f.run(&x[img * per_in..(img + 1) * per_in], chunk);
+                // SAFETY: `run` wrote every output of this image.
+                sums_of(unsafe { assume_init_slice(chunk) })
+            })
+            .collect();
+        let stats = (0..self.out)
+            .map(|c| {
+                let sums = std::iter::once(first_sums[c]).chain(rest_sums.iter().map(|s| s[c]));
+                stats_from_plane_sums(shifts[c], sums, planes.n * planes.hw)
+            })
+            .collect();
+        // SAFETY: image 0 and every other image were written in full above.
+        (unsafe { assume_init_vec(y) }, stats)
     }
 
     /// Runs `f(image, chunk)` over the per-image chunks of `out`: images in parallel when there
@@ -606,6 +620,65 @@ impl ConvShape {
         };
         self.for_each_image(&mut dx, per_image_in, one);
         dx
+    }
+}
+
+/// One image's forward with its weight prepared once per call: the direct kernel (packed
+/// weight) or im2col + gemm (weight in patch-matrix order).
+struct ImageForward<'a> {
+    shape: &'a ConvShape,
+    weight: Vec<f32>,
+    direct: bool,
+    parallel_gemm: bool,
+}
+
+impl<'a> ImageForward<'a> {
+    fn new(shape: &'a ConvShape, weight: &[f32], direct: bool) -> Self {
+        Self {
+            shape,
+            weight: if direct {
+                shape.direct_weight(weight)
+            } else {
+                shape.patch_weight(weight)
+            },
+            direct,
+            parallel_gemm: !shape.parallel_images(),
+        }
+    }
+
+    /// Writes every output `[out, ho, wo]` of one image `[c, h, w]`.
+    fn run(&self, image: &[f32], out: &mut [MaybeUninit<f32>]) {
+        let s = self.shape;
+        if self.direct {
+            with_scratch(s.direct_scratch_len(), |scratch| {
+                s.direct_image(image, &self.weight, out, scratch)
+            });
+            return;
+        }
+        let (ohw, kg, og) = (s.ohw(), s.kg(), s.og());
+        s.with_cols(image, |cols| {
+            for g in 0..s.groups {
+                sgemm_uninit(
+                    &mut out[g * og * ohw..(g + 1) * og * ohw],
+                    ohw,
+                    Mat {
+                        data: &self.weight[g * og * kg..(g + 1) * og * kg],
+                        rows: og,
+                        cols: kg,
+                        rs: kg,
+                        cs: 1,
+                    },
+                    Mat {
+                        data: &cols[g * kg * ohw..(g + 1) * kg * ohw],
+                        rows: kg,
+                        cols: ohw,
+                        rs: ohw,
+                        cs: 1,
+                    },
+                    self.parallel_gemm,
+                );
+            }
+        });
     }
 }
 

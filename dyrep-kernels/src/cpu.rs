@@ -170,6 +170,15 @@ pub(crate) unsafe fn assume_init_vec(v: Vec<MaybeUninit<f32>>) -> Vec<f32> {
     unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<f32>(), v.len(), v.capacity()) }
 }
 
+/// A written part of a buffer from [`uninit_vec`], as floats.
+///
+/// # Safety
+/// Every element of `s` has been written.
+pub(crate) unsafe fn assume_init_slice(s: &[MaybeUninit<f32>]) -> &[f32] {
+    // SAFETY: `MaybeUninit<f32>` has `f32`'s layout; the caller guarantees initialisation.
+    unsafe { &*(s as *const [MaybeUninit<f32>] as *const [f32]) }
+}
+
 /// [`sgemm`] without accumulation into a destination that may be uninitialised: the gemm
 /// writes every element of the `m×n` block and reads none.
 pub(crate) fn sgemm_uninit(

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::bn::{bn_backward, channel_stats, ChannelStats, Planes};
+use crate::bn::{bn_backward, ChannelStats, Planes};
 use crate::conv::conv_backward;
 use crate::cpu::{assume_init_vec, slice_f32, tensor_like, uninit_vec, with_f32};
 use crate::profile::{Phase, Timer};
@@ -59,10 +59,10 @@ impl CustomOp3 for ConvBnReluOp {
         let w = slice_f32(s2, l2, self.name())?;
         let gb = slice_f32(s3, l3, self.name())?;
         let c = shape.out;
-        let z = shape.forward(x, w);
+        // The BN's statistics are taken while the conv writes its output.
+        let (z, stats) = shape.forward_stats(x, w);
         let _t = Timer::start(Phase::BnForward);
         let planes = Planes::of(&shape.output_dims())?;
-        let stats = channel_stats(&z, planes);
         let inv_std: Vec<f32> = stats
             .iter()
             .map(|s| (1.0 / (s.var as f64 + self.eps).sqrt()) as f32)

@@ -1,11 +1,15 @@
 //! 2-D convolution on the CPU (issue 5; candle-notes.md §1, §6; peer-bench.md "Observations"):
-//! per-axis zero padding (1×k, k×1), any stride, groups. The forward lowers each image with
-//! im2col into a per-thread buffer and runs one gemm per group (a 1×1 stride-1 conv reads the
-//! input in place); the weight gradient accumulates `dY · colsᵀ` over images in one buffer per
-//! thread; the input gradient is `Wᵀ · dY` followed by col2im, and is skipped when the input
+//! per-axis zero padding (1×k, k×1), any stride, groups. Stride-1 convs that fill the direct
+//! kernel's register blocks run it (`direct.rs`); otherwise the forward lowers each image with
+//! im2col into a per-thread buffer (rows ordered by kernel tap, [`tap_order`], so a grown
+//! block's convs can share one: `patches.rs`) and runs one gemm per group (a 1×1 stride-1 conv
+//! reads the input in place). The weight gradient accumulates `dY · colsᵀ` over images into one
+//! column-major buffer per thread; the input gradient is, at stride 1, the forward conv of `dY`
+//! with the flipped kernel, else `Wᵀ · dY` followed by col2im, and is skipped when the input
 //! carries no gradient (the network's first layer). Images run in parallel with single-threaded
 //! gemms; a batch smaller than the thread count uses gemm's own threads instead. Depthwise convs
-//! (one input channel per output channel) skip the lowering: `depthwise.rs`.
+//! (one input channel per output channel) skip the lowering: `depthwise.rs`. Outputs that are
+//! written in full are allocated uninitialised (no zero-fill pass).
 
 use std::mem::MaybeUninit;
 

@@ -108,6 +108,10 @@ fn gemm_ceiling(c: &mut Criterion) {
     g.finish();
 }
 
+/// BN, ReLU and pools at bench-cifar's first-layer size, forward and backward through candle's
+/// graph. The backward starts from the output itself (candle seeds it with a contiguous
+/// ones-like gradient); through `sum_all` it would get a broadcast gradient, and candle's
+/// strided copy of it to contiguous memory cost more than the kernels.
 fn elementwise(c: &mut Criterion) {
     let dev = Device::Cpu;
     let dims = (64usize, 64usize, 32usize, 32usize);
@@ -122,25 +126,16 @@ fn elementwise(c: &mut Criterion) {
     g.bench_function("batch_norm_train_fwd_bwd", |b| {
         b.iter(|| {
             let y = batch_norm_train(&x, &gamma, &beta, 1e-5).expect("bn").y;
-            y.sum_all().expect("sum").backward().expect("backward")
+            y.backward().expect("backward")
         })
     });
     g.bench_function("relu_fwd_bwd", |b| {
-        b.iter(|| {
-            relu(&x)
-                .expect("relu")
-                .sum_all()
-                .expect("sum")
-                .backward()
-                .expect("bwd")
-        })
+        b.iter(|| relu(&x).expect("relu").backward().expect("bwd"))
     });
     g.bench_function("max_pool2_fwd_bwd", |b| {
         b.iter(|| {
             max_pool2d(&x, 2, 2, 0)
                 .expect("pool")
-                .sum_all()
-                .expect("sum")
                 .backward()
                 .expect("bwd")
         })
@@ -149,8 +144,6 @@ fn elementwise(c: &mut Criterion) {
         b.iter(|| {
             avg_pool2d(&x, 3, 1, 1)
                 .expect("pool")
-                .sum_all()
-                .expect("sum")
                 .backward()
                 .expect("bwd")
         })
@@ -158,5 +151,18 @@ fn elementwise(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, gemm_ceiling, convs, elementwise);
+/// The allocator policy `dyrep` trains with (`dyrep_runtime::alloc::keep_freed_memory`):
+/// without it every activation-sized buffer is a fresh mmap whose pages fault in zeroed, which
+/// costs more than the elementwise kernels themselves.
+fn keep_freed_memory(_: &mut Criterion) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only adjusts allocator tunables; criterion runs the benches on this thread.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+criterion_group!(benches, keep_freed_memory, gemm_ceiling, convs, elementwise);
 criterion_main!(benches);

@@ -98,38 +98,63 @@ pub(crate) fn sgemm_strided(
     accumulate: bool,
     parallel: bool,
 ) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert_eq!(b.rows, k, "sgemm inner dimensions");
-    assert!(a.fits() && b.fits(), "sgemm operand out of bounds");
-    assert!(
-        m == 0 || n == 0 || (m - 1) * dst_rs + (n - 1) * dst_cs < dst.len(),
-        "sgemm destination out of bounds"
-    );
-    if m == 0 || n == 0 {
+    if !check_gemm(dst.len(), dst_rs, dst_cs, a, b) {
         return;
     }
-    if k == 0 {
+    if a.cols == 0 {
         if !accumulate {
-            for r in 0..m {
-                for c in 0..n {
+            for r in 0..a.rows {
+                for c in 0..b.cols {
                     dst[r * dst_rs + c * dst_cs] = 0.0;
                 }
             }
         }
         return;
     }
+    // SAFETY: `check_gemm` checked every operand against its slice; `dst` is exclusively
+    // borrowed.
+    unsafe { run_gemm(dst.as_mut_ptr(), dst_rs, dst_cs, a, b, accumulate, parallel) }
+}
+
+/// Checks a gemm's views against their slices and a destination of `dst_len` floats (panics:
+/// a bug, callers size everything from validated shapes); false when the product is empty.
+fn check_gemm(dst_len: usize, dst_rs: usize, dst_cs: usize, a: Mat<'_>, b: Mat<'_>) -> bool {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(b.rows, k, "sgemm inner dimensions");
+    assert!(a.fits() && b.fits(), "sgemm operand out of bounds");
+    assert!(
+        m == 0 || n == 0 || (m - 1) * dst_rs + (n - 1) * dst_cs < dst_len,
+        "sgemm destination out of bounds"
+    );
+    m > 0 && n > 0
+}
+
+/// The gemm crate's call for `dst (m×n) = (accumulate ? dst : 0) + a · b`.
+///
+/// # Safety
+/// [`check_gemm`] passed for these views and a destination of at least the checked length at
+/// `dst`, writable and not aliased; `a.cols > 0`.
+unsafe fn run_gemm(
+    dst: *mut f32,
+    dst_rs: usize,
+    dst_cs: usize,
+    a: Mat<'_>,
+    b: Mat<'_>,
+    accumulate: bool,
+    parallel: bool,
+) {
     let parallelism = if parallel && threads() > 1 {
         Parallelism::Rayon(threads())
     } else {
         Parallelism::None
     };
-    // SAFETY: the bounds of every operand were checked above; `dst` is exclusively borrowed.
+    // SAFETY: the caller's contract; with `accumulate` false the gemm only writes `dst`.
     unsafe {
         gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
+            a.rows,
+            b.cols,
+            a.cols,
+            dst,
             dst_cs as isize,
             dst_rs as isize,
             accumulate,
@@ -188,52 +213,29 @@ pub(crate) fn sgemm_uninit(
     b: Mat<'_>,
     parallel: bool,
 ) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert_eq!(b.rows, k, "sgemm inner dimensions");
-    assert!(a.fits() && b.fits(), "sgemm operand out of bounds");
-    assert!(
-        m == 0 || n == 0 || (m - 1) * dst_rs + n <= dst.len(),
-        "sgemm destination out of bounds"
-    );
-    if m == 0 || n == 0 {
+    if !check_gemm(dst.len(), dst_rs, 1, a, b) {
         return;
     }
-    if k == 0 {
-        for r in 0..m {
-            for v in &mut dst[r * dst_rs..r * dst_rs + n] {
+    if a.cols == 0 {
+        for r in 0..a.rows {
+            for v in &mut dst[r * dst_rs..r * dst_rs + b.cols] {
                 v.write(0.0);
             }
         }
         return;
     }
-    let parallelism = if parallel && threads() > 1 {
-        Parallelism::Rayon(threads())
-    } else {
-        Parallelism::None
-    };
-    // SAFETY: bounds checked above; with `read_dst = false` the gemm only writes `dst`.
+    // SAFETY: `check_gemm` checked every operand; without accumulation the gemm writes the
+    // destination and reads none of it, so it may be uninitialised.
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
+        run_gemm(
             dst.as_mut_ptr().cast::<f32>(),
+            dst_rs,
             1,
-            dst_rs as isize,
+            a,
+            b,
             false,
-            a.data.as_ptr(),
-            a.cs as isize,
-            a.rs as isize,
-            b.data.as_ptr(),
-            b.cs as isize,
-            b.rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
+            parallel,
+        )
     }
 }
 
@@ -274,6 +276,22 @@ pub(crate) fn split_range(n: usize, parts: usize) -> Vec<std::ops::Range<usize>>
         start += len;
     }
     out
+}
+
+/// Deterministic pseudo-random floats in [-1, 1) for unit tests (xorshift).
+#[cfg(test)]
+pub(crate) fn test_values(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
 }
 
 #[cfg(test)]

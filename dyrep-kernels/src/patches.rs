@@ -257,19 +257,7 @@ fn block_of(
 mod tests {
     use super::*;
 
-    fn values(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::cpu::test_values as values;
 
     fn shape(x: [usize; 4], out: usize, k: (usize, usize), stride: usize) -> ConvShape {
         ConvShape::new(&x, &[out, x[1], k.0, k.1], stride, (k.0 / 2, k.1 / 2), 1)

@@ -76,6 +76,56 @@ fn convs(c: &mut Criterion) {
         1,
         1,
     );
+    // bench-cifar's remaining layers, so a step's conv time can be read layer by layer.
+    conv_layer(
+        c,
+        "conv3x3_3to64_32x32_b64",
+        [64, 3, 32, 32],
+        [64, 3, 3, 3],
+        1,
+        1,
+    );
+    conv_layer(
+        c,
+        "conv3x3_64to128_16x16_b64",
+        [64, 64, 16, 16],
+        [128, 64, 3, 3],
+        1,
+        1,
+    );
+    conv_layer(
+        c,
+        "conv3x3_128to128_16x16_b64",
+        [64, 128, 16, 16],
+        [128, 128, 3, 3],
+        1,
+        1,
+    );
+    // bench-small's remaining layers.
+    conv_layer(
+        c,
+        "conv3x3_1to32_28x28_b128",
+        [128, 1, 28, 28],
+        [32, 1, 3, 3],
+        1,
+        1,
+    );
+    conv_layer(
+        c,
+        "conv3x3_32to64_14x14_b128",
+        [128, 32, 14, 14],
+        [64, 32, 3, 3],
+        1,
+        1,
+    );
+    conv_layer(
+        c,
+        "conv3x3_64to128_7x7_b128",
+        [128, 64, 7, 7],
+        [128, 64, 3, 3],
+        1,
+        1,
+    );
     conv_layer(
         c,
         "conv1x1_64to64_32x32_b64",

@@ -8,6 +8,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::cpu::{assume_init_vec, slice_f32, tensor_like, uninit_vec, with_f32};
+use crate::lanes::{shifted_sums, GradPass};
 use crate::profile::{Phase, Timer};
 
 /// `[N, C, H, W]` as (images, channels, plane size).
@@ -79,15 +80,9 @@ pub(crate) fn channel_stats(x: &[f32], p: Planes) -> Vec<ChannelStats> {
     })
 }
 
-/// `(Σ (v − shift), Σ (v − shift)²)` over one plane, in f32.
+/// `(Σ (v − shift), Σ (v − shift)²)` over one plane, in f32 (lane-parallel: `lanes.rs`).
 pub(crate) fn plane_sums(plane: &[f32], shift: f32) -> (f32, f32) {
-    let (mut ps, mut pss) = (0.0f32, 0.0f32);
-    for &v in plane {
-        let d = v - shift;
-        ps += d;
-        pss += d * d;
-    }
-    (ps, pss)
+    shifted_sums(plane, shift)
 }
 
 /// One channel's statistics from its planes' [`plane_sums`] (in image order, summed in f64)
@@ -139,26 +134,15 @@ pub(crate) fn bn_backward(
             let st = stats[pi % c];
             let at = pi * hw;
             let (gp, zp) = (&dy[at..at + out.len()], &z[at..at + out.len()]);
-            let (mut a, mut b) = (0.0f32, 0.0f32);
-            match relu_out {
-                Some(y) => {
-                    let yp = &y[at..at + out.len()];
-                    for (((o, &d), &zv), &v) in out.iter_mut().zip(gp).zip(zp).zip(yp) {
-                        let d = if v <= 0.0 { 0.0 } else { d };
-                        o.write(d);
-                        a += d;
-                        b += d * ((zv - st.shift) - st.mean_rel);
-                    }
-                }
-                None => {
-                    for ((o, &d), &zv) in out.iter_mut().zip(gp).zip(zp) {
-                        o.write(d);
-                        a += d;
-                        b += d * ((zv - st.shift) - st.mean_rel);
-                    }
-                }
+            GradPass {
+                dy: gp,
+                z: zp,
+                relu_out: relu_out.map(|y| &y[at..at + out.len()]),
+                shift: st.shift,
+                mean_rel: st.mean_rel,
+                out_scale: 1.0,
             }
-            (a, b)
+            .run(Some(out))
         })
         .collect();
     // SAFETY: `dy`, `z` (and `relu_out`) have `dz`'s length (asserted), so each chunk of `dz`
@@ -337,11 +321,15 @@ impl CustomOp3 for ChannelAffineOp {
                 let sums = p.per_channel(|c| {
                     let (mut s1, mut s2) = (0.0f64, 0.0f64);
                     for n in 0..p.n {
-                        let (mut a, mut b) = (0.0f32, 0.0f32);
-                        for (&d, &v) in p.plane(g, n, c).iter().zip(p.plane(xs, n, c)) {
-                            a += d;
-                            b += d * v;
+                        let (a, b) = GradPass {
+                            dy: p.plane(g, n, c),
+                            z: p.plane(xs, n, c),
+                            relu_out: None,
+                            shift: 0.0,
+                            mean_rel: 0.0,
+                            out_scale: 1.0,
                         }
+                        .run(None);
                         s1 += a as f64;
                         s2 += b as f64;
                     }

@@ -13,6 +13,7 @@ use rayon::prelude::*;
 use crate::bn::{bn_backward, ChannelStats, Planes};
 use crate::conv::conv_backward;
 use crate::cpu::{assume_init_vec, slice_f32, tensor_like, uninit_vec, with_f32};
+use crate::lanes::GradPass;
 use crate::profile::{Phase, Timer};
 use crate::ConvParams;
 
@@ -242,27 +243,29 @@ impl CustomOp3 for ConvAffineReluOp {
         };
         let bn_timer = Timer::start(Phase::BnBackward);
         // dz = dy·mask·scale, with per-plane Σ dy·mask (→ shift) and Σ dy·mask·z (→ scale).
-        let mut dz = vec![0.0f32; z.len()];
+        let mut dz = uninit_vec(z.len());
         let plane_sums: Vec<(f32, f32)> = with_f32(dy, self.name(), |g| {
             with_f32(y, self.name(), |ys| {
                 dz.par_chunks_mut(hw)
                     .enumerate()
                     .map(|(pi, out)| {
-                        let scale = ss_v[pi % c];
                         let at = pi * hw;
-                        let (gp, yp, zp) = (&g[at..at + hw], &ys[at..at + hw], &z[at..at + hw]);
-                        let (mut a, mut b) = (0.0f32, 0.0f32);
-                        for (((o, &d), &v), &zv) in out.iter_mut().zip(gp).zip(yp).zip(zp) {
-                            let d = if self.relu && v <= 0.0 { 0.0 } else { d };
-                            *o = d * scale;
-                            a += d;
-                            b += d * zv;
+                        let end = at + out.len();
+                        GradPass {
+                            dy: &g[at..end],
+                            z: &z[at..end],
+                            relu_out: self.relu.then(|| &ys[at..end]),
+                            shift: 0.0,
+                            mean_rel: 0.0,
+                            out_scale: ss_v[pi % c],
                         }
-                        (a, b)
+                        .run(Some(out))
                     })
                     .collect()
             })
         })??;
+        // SAFETY: the chunks cover `dz` and `GradPass::run` wrote each in full.
+        let dz = unsafe { assume_init_vec(dz) };
         let mut dss = vec![0.0f32; 2 * c];
         for (pi, (a, b)) in plane_sums.into_iter().enumerate() {
             dss[pi % c] += b;

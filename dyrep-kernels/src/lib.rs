@@ -18,6 +18,7 @@ mod depthwise;
 mod direct;
 mod error;
 mod fused;
+mod lanes;
 mod patches;
 mod pool;
 pub mod profile;

@@ -298,6 +298,50 @@ pub fn conv_bn(
     }
 }
 
+/// conv → `bn` with batch statistics → optional ReLU → max pool as one fused op
+/// ([`dyrep_kernels::conv_bn_max_pool_train`]: the unpooled activation is never stored), for a
+/// conv without bias whose BN normalises with batch statistics in this mode. `None` when the
+/// unit does not fit that; the caller then runs [`conv_bn`] and [`max_pool2d`].
+pub fn conv_bn_max_pool(
+    conv: &Conv2dLayer,
+    bn: &BatchNorm,
+    x: &Tensor,
+    train: bool,
+    relu: bool,
+    pool: dyrep_kernels::MaxPoolParams,
+) -> Result<Option<Tensor>> {
+    let w = conv.weight().as_tensor();
+    let (out_ch, _, _, _) = w.dims4()?;
+    if conv.bias().is_some() || out_ch != bn.num_features() || !bn.uses_batch_stats(train) {
+        return Ok(None);
+    }
+    let params = dyrep_kernels::ConvParams {
+        stride: conv.stride(),
+        padding: conv.padding(),
+        groups: conv.groups(),
+    };
+    let shape = dyrep_kernels::ConvShape::new(
+        x.dims(),
+        w.dims(),
+        params.stride,
+        params.padding,
+        params.groups,
+    )?;
+    let count = bn.batch_count(&shape.output_dims())?;
+    let out = dyrep_kernels::conv_bn_max_pool_train(
+        x,
+        w,
+        params,
+        bn.gamma().as_tensor(),
+        bn.beta().as_tensor(),
+        bn.eps(),
+        relu,
+        pool,
+    )?;
+    bn.record_batch_stats(&out.mean, &out.var, count)?;
+    Ok(Some(out.y))
+}
+
 /// `max(x, 0)` with a one-pass backward (dyrep-kernels on the CPU).
 pub fn relu(x: &Tensor) -> Result<Tensor> {
     Ok(dyrep_kernels::relu(x)?)

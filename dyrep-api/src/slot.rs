@@ -590,6 +590,23 @@ impl Slot {
         }
     }
 
+    /// [`Self::forward_bn_t`] followed by a max pool, fused into one op when the slot is a
+    /// plain conv and `bn` uses batch statistics ([`crate::layers::conv_bn_max_pool`]); `None`
+    /// otherwise (the caller runs the two).
+    pub fn forward_bn_max_pool_t(
+        &self,
+        x: &Tensor,
+        bn: &BatchNorm,
+        train: bool,
+        relu: bool,
+        pool: dyrep_kernels::MaxPoolParams,
+    ) -> Result<Option<Tensor>> {
+        match self {
+            Slot::Conv(c) => crate::layers::conv_bn_max_pool(&c.conv, bn, x, train, relu, pool),
+            Slot::Block(_) => Ok(None),
+        }
+    }
+
     /// The exact eval-mode equivalent kernel of the whole tree (a detached copy).
     pub fn equivalent(&self) -> Result<Kernel> {
         match self {

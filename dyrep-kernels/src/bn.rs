@@ -4,6 +4,8 @@
 //! writing dx, dγ, dβ, with the gradient through the batch statistics included. Eval mode is a
 //! per-channel affine op with its own backward. Replaces ~10 candle ops and their autograd.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -120,33 +122,54 @@ pub(crate) fn bn_backward(
     inv_std: &[f32],
     gamma: &[f32],
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let (c, hw) = (p.c, p.hw.max(1));
-    let m = p.count().max(1) as f64;
     assert!(
         dy.len() == z.len() && relu_out.is_none_or(|y| y.len() == z.len()),
         "bn_backward: gradient, input and output lengths differ"
     );
-    let mut dz = uninit_vec(z.len());
-    let plane_sums: Vec<(f32, f32)> = dz
-        .par_chunks_mut(hw)
-        .enumerate()
-        .map(|(pi, out)| {
-            let st = stats[pi % c];
-            let at = pi * hw;
-            let (gp, zp) = (&dy[at..at + out.len()], &z[at..at + out.len()]);
+    // SAFETY: `GradPass::run` writes all of `out` (its slices have `out`'s length: `dy` and
+    // `relu_out` have `z`'s, asserted above).
+    unsafe {
+        bn_backward_with(z, p, stats, inv_std, gamma, |pi, range, out| {
+            let st = stats[pi % p.c];
             GradPass {
-                dy: gp,
-                z: zp,
-                relu_out: relu_out.map(|y| &y[at..at + out.len()]),
+                dy: &dy[range.clone()],
+                z: &z[range.clone()],
+                relu_out: relu_out.map(|y| &y[range]),
                 shift: st.shift,
                 mean_rel: st.mean_rel,
                 out_scale: 1.0,
             }
             .run(Some(out))
         })
+    }
+}
+
+/// [`bn_backward`] with its first pass given: `first_pass(plane, range, out)` writes plane
+/// `plane`'s (masked) output gradient `d` — `range` is the plane's place in `z` — into `out`
+/// in full and returns `(Σ d, Σ d·(z − μ))` for it (a [`GradPass`]); then the statistics'
+/// gradient and the second pass as in [`bn_backward`]. For callers whose `d` comes from
+/// somewhere else than a stored gradient (the fused max pool recomputes it per plane).
+///
+/// # Safety
+/// `first_pass` must write every element of the `out` it is given.
+pub(crate) unsafe fn bn_backward_with(
+    z: &[f32],
+    p: Planes,
+    stats: &[ChannelStats],
+    inv_std: &[f32],
+    gamma: &[f32],
+    first_pass: impl Fn(usize, std::ops::Range<usize>, &mut [MaybeUninit<f32>]) -> (f32, f32) + Sync,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (c, hw) = (p.c, p.hw.max(1));
+    let m = p.count().max(1) as f64;
+    let mut dz = uninit_vec(z.len());
+    let plane_sums: Vec<(f32, f32)> = dz
+        .par_chunks_mut(hw)
+        .enumerate()
+        .map(|(pi, out)| first_pass(pi, pi * hw..pi * hw + out.len(), out))
         .collect();
-    // SAFETY: `dy`, `z` (and `relu_out`) have `dz`'s length (asserted), so each chunk of `dz`
-    // is zipped with slices of its own length and every element is written.
+    // SAFETY: `first_pass` writes every element of its plane (the caller's contract), and the
+    // planes cover `dz`.
     let mut dz = unsafe { assume_init_vec(dz) };
     let mut sums = vec![(0.0f64, 0.0f64); c];
     for (pi, (a, b)) in plane_sums.into_iter().enumerate() {

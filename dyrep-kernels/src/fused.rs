@@ -10,12 +10,13 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::bn::{bn_backward, ChannelStats, Planes};
+use crate::bn::{bn_backward, bn_backward_with, ChannelStats, Planes};
 use crate::conv::conv_backward;
-use crate::cpu::{assume_init_vec, slice_f32, tensor_like, uninit_vec, with_f32};
+use crate::cpu::{assume_init_vec, slice_f32, tensor_like, uninit_vec, with_f32, with_scratch};
 use crate::lanes::GradPass;
+use crate::pool::{PoolKind, PoolShape};
 use crate::profile::{Phase, Timer};
-use crate::ConvParams;
+use crate::{ConvParams, MaxPoolParams};
 
 /// What the forward leaves for the caller (batch statistics) and for the backward.
 #[derive(Debug, Default)]
@@ -31,6 +32,8 @@ pub(crate) struct ConvBnReluOp {
     pub conv: ConvParams,
     pub eps: f64,
     pub relu: bool,
+    /// A max pool after the ReLU, fused in: the unpooled activation is never stored.
+    pub pool: Option<MaxPoolParams>,
     pub keep_for_backward: bool,
     pub saved: Arc<Mutex<Saved>>,
 }
@@ -38,6 +41,25 @@ pub(crate) struct ConvBnReluOp {
 impl ConvBnReluOp {
     fn lock(&self) -> std::sync::MutexGuard<'_, Saved> {
         self.saved.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The fused pool's geometry on the conv output `dims`.
+    fn pool_shape(&self, pool: MaxPoolParams, dims: &[usize]) -> candle_core::Result<PoolShape> {
+        PoolShape::new(PoolKind::Max, dims, pool.k, pool.stride, pool.padding)
+            .map_err(candle_core::Error::wrap)
+    }
+}
+
+/// The BN (+ReLU) output of one conv output value: `((v − shift) − mean_rel)·a + b`, then
+/// `max(·, 0)` with the ReLU. One definition for the forward and for the backward that
+/// recomputes it (fused pool), so both see the same bits.
+#[inline]
+fn normalised(v: f32, st: ChannelStats, a: f32, b: f32, relu: bool) -> f32 {
+    let t = ((v - st.shift) - st.mean_rel) * a + b;
+    if relu {
+        t.max(0.0)
+    } else {
+        t
     }
 }
 
@@ -68,36 +90,50 @@ impl CustomOp3 for ConvBnReluOp {
             .iter()
             .map(|s| (1.0 / (s.var as f64 + self.eps).sqrt()) as f32)
             .collect();
-        let mut y = uninit_vec(z.len());
         let hw = planes.hw.max(1);
-        y.par_chunks_mut(hw)
-            .zip(z.par_chunks(hw))
-            .enumerate()
-            .for_each(|(i, (yp, zp))| {
-                let ch = i % c;
-                let st = stats[ch];
-                let (a, b) = (gb[ch] * inv_std[ch], gb[c + ch]);
-                if self.relu {
-                    for (o, &v) in yp.iter_mut().zip(zp) {
-                        o.write((((v - st.shift) - st.mean_rel) * a + b).max(0.0));
-                    }
-                } else {
-                    for (o, &v) in yp.iter_mut().zip(zp) {
-                        o.write(((v - st.shift) - st.mean_rel) * a + b);
-                    }
-                }
-            });
-        // SAFETY: `y` and `z` have the same length and are split into the same planes; every
-        // plane of `y` is written element by element from its plane of `z`.
-        let y = unsafe { assume_init_vec(y) };
+        let coef = |ch: usize| (stats[ch], gb[ch] * inv_std[ch], gb[c + ch]);
+        let (y, dims) = match self.pool {
+            None => {
+                let mut y = uninit_vec(z.len());
+                y.par_chunks_mut(hw)
+                    .zip(z.par_chunks(hw))
+                    .enumerate()
+                    .for_each(|(i, (yp, zp))| {
+                        let (st, a, b) = coef(i % c);
+                        for (o, &v) in yp.iter_mut().zip(zp) {
+                            o.write(normalised(v, st, a, b, self.relu));
+                        }
+                    });
+                // SAFETY: `y` and `z` have the same length and are split into the same
+                // planes; every plane of `y` is written element by element from its plane of
+                // `z`.
+                (unsafe { assume_init_vec(y) }, shape.output_dims().to_vec())
+            }
+            Some(pool) => {
+                // Each plane is normalised into a scratch buffer and pooled from there.
+                let ps = self.pool_shape(pool, &shape.output_dims())?;
+                let ohw = (ps.ho * ps.wo).max(1);
+                let mut y = vec![0.0f32; ps.planes * ps.ho * ps.wo];
+                y.par_chunks_mut(ohw)
+                    .zip(z.par_chunks(hw))
+                    .enumerate()
+                    .for_each(|(i, (yp, zp))| {
+                        let (st, a, b) = coef(i % c);
+                        with_scratch(zp.len(), |unpooled| {
+                            for (o, &v) in unpooled.iter_mut().zip(zp) {
+                                *o = normalised(v, st, a, b, self.relu);
+                            }
+                            ps.max_plane(unpooled, yp);
+                        });
+                    });
+                (y, vec![planes.n, c, ps.ho, ps.wo])
+            }
+        };
         let mut saved = self.lock();
         saved.stats = stats;
         saved.inv_std = inv_std;
         saved.conv_out = self.keep_for_backward.then_some(z);
-        Ok((
-            CpuStorage::F32(y),
-            Shape::from(shape.output_dims().to_vec()),
-        ))
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
     }
 
     fn bwd(
@@ -120,29 +156,83 @@ impl CustomOp3 for ConvBnReluOp {
             )));
         };
         let bn_timer = Timer::start(Phase::BnBackward);
-        let relu_out = self.relu.then_some(y);
-        let (dz, dgamma, dbeta) = with_f32(dy, self.name(), |g| match relu_out {
-            Some(y) => with_f32(y, self.name(), |ys| {
-                bn_backward(
-                    g,
-                    Some(ys),
-                    z,
-                    planes,
-                    &saved.stats,
-                    &saved.inv_std,
-                    &gb_v[..c],
-                )
-            }),
-            None => Ok(bn_backward(
-                g,
-                None,
-                z,
-                planes,
-                &saved.stats,
-                &saved.inv_std,
-                &gb_v[..c],
-            )),
-        })??;
+        let (dz, dgamma, dbeta) = match self.pool {
+            None => {
+                let relu_out = self.relu.then_some(y);
+                with_f32(dy, self.name(), |g| match relu_out {
+                    Some(y) => with_f32(y, self.name(), |ys| {
+                        bn_backward(
+                            g,
+                            Some(ys),
+                            z,
+                            planes,
+                            &saved.stats,
+                            &saved.inv_std,
+                            &gb_v[..c],
+                        )
+                    }),
+                    None => Ok(bn_backward(
+                        g,
+                        None,
+                        z,
+                        planes,
+                        &saved.stats,
+                        &saved.inv_std,
+                        &gb_v[..c],
+                    )),
+                })??
+            }
+            Some(pool) => {
+                let ps = self.pool_shape(pool, &shape.output_dims())?;
+                let ohw = ps.ho * ps.wo;
+                let (stats, inv_std) = (&saved.stats, &saved.inv_std);
+                with_f32(dy, self.name(), |g| {
+                    if g.len() != ps.planes * ohw {
+                        return Err(candle_core::Error::Msg(format!(
+                            "{}: pooled gradient of {} values for {} planes of {}×{}",
+                            self.name(),
+                            g.len(),
+                            ps.planes,
+                            ps.ho,
+                            ps.wo
+                        )));
+                    }
+                    let first_pass = |pi: usize, range: std::ops::Range<usize>, out: &mut _| {
+                        let ch = pi % c;
+                        let (st, a, b) = (stats[ch], gb_v[ch] * inv_std[ch], gb_v[c + ch]);
+                        let zp = &z[range];
+                        with_scratch(2 * zp.len(), |buf| {
+                            // The forward's unpooled activation again, and the pool's gradient
+                            // spread back over it.
+                            let (unpooled, d_unpooled) = buf.split_at_mut(zp.len());
+                            for (o, &v) in unpooled.iter_mut().zip(zp) {
+                                *o = normalised(v, st, a, b, self.relu);
+                            }
+                            d_unpooled.fill(0.0);
+                            ps.max_plane_backward(
+                                unpooled,
+                                &g[pi * ohw..(pi + 1) * ohw],
+                                d_unpooled,
+                            );
+                            GradPass {
+                                dy: d_unpooled,
+                                z: zp,
+                                relu_out: self.relu.then_some(&*unpooled),
+                                shift: st.shift,
+                                mean_rel: st.mean_rel,
+                                out_scale: 1.0,
+                            }
+                            .run(Some(out))
+                        })
+                    };
+                    // SAFETY: `GradPass::run` writes all of `out`: its slices are the plane's
+                    // (`range`'s) length, as `out`.
+                    Ok(unsafe {
+                        bn_backward_with(z, planes, stats, inv_std, &gb_v[..c], first_pass)
+                    })
+                })??
+            }
+        };
         let dgb: Vec<f32> = dgamma.into_iter().chain(dbeta).collect();
         drop(saved);
         drop(bn_timer);

@@ -300,6 +300,74 @@ pub fn conv_bn_train_on(
     eps: f64,
     relu: bool,
 ) -> Result<BatchNormTrain> {
+    conv_bn_train_with(backend, x, weight, conv, gamma, beta, eps, relu, None)
+}
+
+/// A max pool's window, stride and padding (as [`max_pool2d`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaxPoolParams {
+    pub k: usize,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+/// [`conv_bn_train`] followed by a max pool, as one op on the CPU: the unit's unpooled
+/// activation is never stored — each plane is normalised and pooled while in cache, and the
+/// backward recomputes it per plane instead of reading a stored one, so neither the activation
+/// nor its gradient passes through memory (or through candle's gradient store). Same values as
+/// [`conv_bn_train`] then [`max_pool2d`]; `y` is the pooled output.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_bn_max_pool_train(
+    x: &Tensor,
+    weight: &Tensor,
+    conv: ConvParams,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    relu: bool,
+    pool: MaxPoolParams,
+) -> Result<BatchNormTrain> {
+    conv_bn_max_pool_train_on(
+        Backend::for_tensor(x),
+        x,
+        weight,
+        conv,
+        gamma,
+        beta,
+        eps,
+        relu,
+        pool,
+    )
+}
+
+/// [`conv_bn_max_pool_train`] on a chosen backend.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_bn_max_pool_train_on(
+    backend: Backend,
+    x: &Tensor,
+    weight: &Tensor,
+    conv: ConvParams,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    relu: bool,
+    pool: MaxPoolParams,
+) -> Result<BatchNormTrain> {
+    conv_bn_train_with(backend, x, weight, conv, gamma, beta, eps, relu, Some(pool))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv_bn_train_with(
+    backend: Backend,
+    x: &Tensor,
+    weight: &Tensor,
+    conv: ConvParams,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    relu: bool,
+    pool: Option<MaxPoolParams>,
+) -> Result<BatchNormTrain> {
     let x = &arg(x);
     let weight = &arg(weight);
     let gamma = &arg(gamma);
@@ -317,6 +385,16 @@ pub fn conv_bn_train_on(
         shape.out,
         &[("gamma", gamma), ("beta", beta)],
     )?;
+    if let Some(p) = pool {
+        // Validates the pool on the conv's output before anything runs.
+        PoolShape::new(
+            PoolKind::Max,
+            &shape.output_dims(),
+            p.k,
+            p.stride,
+            p.padding,
+        )?;
+    }
     match backend {
         Backend::Own => {
             check_own(x, "conv_bn")?;
@@ -327,6 +405,7 @@ pub fn conv_bn_train_on(
                 conv,
                 eps,
                 relu,
+                pool,
                 keep_for_backward: keep,
                 saved: saved.clone(),
             };
@@ -347,6 +426,16 @@ pub fn conv_bn_train_on(
             let mut out = batch_norm_train_on(Backend::Candle, &z, gamma, beta, eps)?;
             if relu {
                 out.y = out.y.relu()?;
+            }
+            if let Some(p) = pool {
+                out.y = pool2d_on(
+                    Backend::Candle,
+                    PoolKind::Max,
+                    &out.y,
+                    p.k,
+                    p.stride,
+                    p.padding,
+                )?;
             }
             Ok(out)
         }

@@ -220,7 +220,8 @@ impl PoolShape {
         best
     }
 
-    fn max_plane(&self, xp: &[f32], yp: &mut [f32]) {
+    /// Max pool of one plane `xp` (`h·w`) into `yp` (`ho·wo`).
+    pub(crate) fn max_plane(&self, xp: &[f32], yp: &mut [f32]) {
         if self.k == 2 && self.stride == 2 && self.padding == 0 {
             // The common 2×2/2 pool: two rows at a time, no window arithmetic.
             for oy in 0..self.ho {
@@ -260,23 +261,23 @@ impl PoolShape {
             .zip(dy.par_chunks(ohw.max(1)))
             .for_each(|((dxp, xp), dyp)| match kind {
                 PoolKind::Avg => self.avg_plane_backward(dyp, dxp),
-                PoolKind::Max
-                    if self.k == 2
-                        && self.stride == 2
-                        && self.padding == 0
-                        && !xp.iter().any(|v| v.is_nan()) =>
-                {
-                    self.max2x2_backward(xp, dyp, dxp)
-                }
-                PoolKind::Max => {
-                    for oy in 0..self.ho {
-                        for ox in 0..self.wo {
-                            dxp[self.argmax(xp, oy, ox)] += dyp[oy * self.wo + ox];
-                        }
-                    }
-                }
+                PoolKind::Max => self.max_plane_backward(xp, dyp, dxp),
             });
         dx
+    }
+
+    /// Max pool backward of one plane: adds each output's gradient (`dyp`) to the first
+    /// maximum of its window in the input plane `xp`, into `dxp` (`h·w`, zeroed by the caller).
+    pub(crate) fn max_plane_backward(&self, xp: &[f32], dyp: &[f32], dxp: &mut [f32]) {
+        if self.k == 2 && self.stride == 2 && self.padding == 0 && !xp.iter().any(|v| v.is_nan()) {
+            self.max2x2_backward(xp, dyp, dxp);
+            return;
+        }
+        for oy in 0..self.ho {
+            for ox in 0..self.wo {
+                dxp[self.argmax(xp, oy, ox)] += dyp[oy * self.wo + ox];
+            }
+        }
     }
 }
 

@@ -7,9 +7,9 @@
 use anyhow::Result;
 use candle_core::{Device, Tensor, Var};
 use dyrep_kernels::{
-    batch_norm_train_on, block_train_on, channel_affine_on, conv2d_on, conv_bn_train_on,
-    pad_const_on, pool2d_on, relu_on, Backend, BlockBranch, BlockStage, ConvParams, ConvShape,
-    PadFrom, PoolKind, PostBn, StageOp,
+    batch_norm_train_on, block_train_on, channel_affine_on, conv2d_on, conv_bn_max_pool_train_on,
+    conv_bn_train_on, pad_const_on, pool2d_on, relu_on, Backend, BlockBranch, BlockStage,
+    ConvParams, ConvShape, MaxPoolParams, PadFrom, PoolKind, PostBn, StageOp,
 };
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -334,6 +334,46 @@ proptest! {
         for (i, what) in ["input", "weight", "gamma", "beta"].iter().enumerate() {
             check(what, &fg[i], &to_f64(&sg[i]))?;
         }
+    }
+
+    #[test]
+    fn fused_conv_bn_max_pool_matches_the_separate_kernels(
+        (s, seed) in conv_case(), relu in any::<bool>(),
+        k in 1usize..4, pool_stride in 1usize..4, pool_padding in 0usize..2,
+    ) {
+        prop_assume!(s.n * s.ho * s.wo >= 2);
+        prop_assume!(2 * pool_padding <= k && s.ho + 2 * pool_padding >= k && s.wo + 2 * pool_padding >= k);
+        let dev = Device::Cpu;
+        let xt = Tensor::from_vec(data(seed, s.n * s.c * s.h * s.w, 0.0), (s.n, s.c, s.h, s.w), &dev).unwrap();
+        let wt = Tensor::from_vec(
+            data(seed ^ 1, s.out * (s.c / s.groups) * s.kh * s.kw, 0.0),
+            (s.out, s.c / s.groups, s.kh, s.kw),
+            &dev,
+        ).unwrap();
+        let gamma = Tensor::from_vec(data(seed ^ 3, s.out, 0.0), s.out, &dev).unwrap();
+        let beta = Tensor::from_vec(data(seed ^ 4, s.out, 0.0), s.out, &dev).unwrap();
+        let params = ConvParams { stride: s.stride, padding: (s.ph, s.pw), groups: s.groups };
+        let pool = MaxPoolParams { k, stride: pool_stride, padding: pool_padding };
+        let args = [xt, wt, gamma, beta];
+        let (y, g, _) = run_with_grads(&args, seed ^ 5, |a| {
+            conv_bn_max_pool_train_on(Backend::Own, &a[0], &a[1], params, &a[2], &a[3], 1e-5, relu, pool)
+                .unwrap()
+                .y
+        });
+        let (sep, sg, _) = run_with_grads(&args, seed ^ 5, |a| {
+            let y = conv_bn_train_on(Backend::Own, &a[0], &a[1], params, &a[2], &a[3], 1e-5, relu).unwrap().y;
+            pool2d_on(Backend::Own, PoolKind::Max, &y, k, pool_stride, pool_padding).unwrap()
+        });
+        check("forward", &y, &to_f64(&sep))?;
+        for (i, what) in ["input", "weight", "gamma", "beta"].iter().enumerate() {
+            check(what, &g[i], &to_f64(&sg[i]))?;
+        }
+        // candle's composition (the CUDA path) gives the same forward.
+        let a = &args;
+        let cy = conv_bn_max_pool_train_on(Backend::Candle, &a[0], &a[1], params, &a[2], &a[3], 1e-5, relu, pool)
+            .unwrap()
+            .y;
+        check("candle forward", &cy, &to_f64(&sep))?;
     }
 
     #[test]

@@ -56,6 +56,26 @@ impl ConvUnit {
         }
     }
 
+    /// This unit followed by a max pool: one fused op where the unit is a plain conv with a BN
+    /// that normalises with batch statistics (training), else the unit then the pool.
+    pub fn forward_max_pool_t(
+        &self,
+        x: &Tensor,
+        train: bool,
+        pool: dyrep_api::kernels::MaxPoolParams,
+    ) -> Result<Tensor> {
+        if let Some(bn) = &self.bn {
+            if let Some(y) = self
+                .slot
+                .forward_bn_max_pool_t(x, bn, train, self.relu, pool)?
+            {
+                return Ok(y);
+            }
+        }
+        let y = self.forward_t(x, train)?;
+        Ok(max_pool2d(&y, pool.k, pool.stride, pool.padding)?)
+    }
+
     pub fn visit_tensors(&self, f: &mut dyn FnMut(&str, &Var, TensorRole)) {
         self.slot.visit_tensors(&self.conv_path, f);
         if let Some(bn) = &self.bn {

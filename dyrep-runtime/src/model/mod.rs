@@ -72,11 +72,20 @@ impl Model {
         &self.config.name
     }
 
-    /// Logits `[N, classes]`.
+    /// Logits `[N, classes]`. A conv unit directly followed by a max pool runs as one op
+    /// ([`ConvUnit::forward_max_pool_t`]).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut h = x.clone();
-        for l in &self.layers {
-            h = l.forward_t(&h, train)?;
+        let mut layers = self.layers.iter().peekable();
+        while let Some(l) = layers.next() {
+            h = match (l, layers.peek()) {
+                (Layer::Conv(unit), Some(&&Layer::MaxPool { k, stride, padding })) => {
+                    layers.next();
+                    let pool = dyrep_api::kernels::MaxPoolParams { k, stride, padding };
+                    unit.forward_max_pool_t(&h, train, pool)?
+                }
+                _ => l.forward_t(&h, train)?,
+            };
         }
         Ok(h)
     }
@@ -460,6 +469,41 @@ mod tests {
         }
         let e = find_model("vgg-tny").unwrap_err().to_string();
         assert!(e.contains("did you mean `vgg-tiny`"), "{e}");
+    }
+
+    #[test]
+    fn conv_units_followed_by_max_pool_train_as_the_separate_layers() {
+        // bench-small has two conv → max pool pairs: the model runs each as one fused op.
+        let m = build("bench-small", [1, 28, 28]);
+        let mut rng = SeededRng::new(5);
+        let x = dyrep_api::init::normal_tensor(&mut rng, &[3, 1, 28, 28], 0.0, 1.0, &Device::Cpu)
+            .unwrap();
+        let upstream =
+            dyrep_api::init::normal_tensor(&mut rng, &[3, 10], 0.0, 1.0, &Device::Cpu).unwrap();
+        let grads_of = |y: &Tensor| {
+            let grads = (y * &upstream)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            m.tensors()
+                .into_iter()
+                .filter(|(_, _, r)| r.is_trainable())
+                .map(|(p, v, _)| (p, grads.get(&v).expect("gradient").clone()))
+                .collect::<Vec<_>>()
+        };
+        let fused = m.forward_t(&x, true).unwrap();
+        let mut separate = x.clone();
+        for l in &m.layers {
+            separate = l.forward_t(&separate, true).unwrap();
+        }
+        let c = dyrep_api::equivalence::compare(&fused, &separate).unwrap();
+        assert!(c.rel < 1e-6, "logits: {c:?}");
+        for ((path, gf), (_, gs)) in grads_of(&fused).iter().zip(&grads_of(&separate)) {
+            let c = dyrep_api::equivalence::compare(gf, gs).unwrap();
+            assert!(c.rel < 1e-5, "{path}: {c:?}");
+        }
     }
 
     #[test]

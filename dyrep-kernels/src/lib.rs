@@ -19,6 +19,7 @@ mod direct;
 mod error;
 mod fused;
 mod lanes;
+mod maxpool2;
 mod patches;
 mod pool;
 pub mod profile;

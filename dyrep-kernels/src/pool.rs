@@ -71,6 +71,11 @@ impl PoolShape {
         })
     }
 
+    /// The common 2×2 window, stride 2, no padding (`maxpool2.rs` has vector kernels for it).
+    fn is_2x2(&self) -> bool {
+        self.k == 2 && self.stride == 2 && self.padding == 0
+    }
+
     /// The input index range covered along one axis by output position `o`.
     fn window(&self, o: usize, size: usize) -> std::ops::Range<usize> {
         let start = o * self.stride;
@@ -222,7 +227,10 @@ impl PoolShape {
 
     /// Max pool of one plane `xp` (`h·w`) into `yp` (`ho·wo`).
     pub(crate) fn max_plane(&self, xp: &[f32], yp: &mut [f32]) {
-        if self.k == 2 && self.stride == 2 && self.padding == 0 {
+        if self.is_2x2() && crate::maxpool2::forward(xp, (self.h, self.w), yp) {
+            return;
+        }
+        if self.is_2x2() {
             // The common 2×2/2 pool: two rows at a time, no window arithmetic.
             for oy in 0..self.ho {
                 let r0 = &xp[2 * oy * self.w..][..self.w];
@@ -269,7 +277,14 @@ impl PoolShape {
     /// Max pool backward of one plane: adds each output's gradient (`dyp`) to the first
     /// maximum of its window in the input plane `xp`, into `dxp` (`h·w`, zeroed by the caller).
     pub(crate) fn max_plane_backward(&self, xp: &[f32], dyp: &[f32], dxp: &mut [f32]) {
-        if self.k == 2 && self.stride == 2 && self.padding == 0 && !xp.iter().any(|v| v.is_nan()) {
+        if self.is_2x2() {
+            if crate::maxpool2::backward(xp, (self.h, self.w), dyp, dxp) {
+                return;
+            }
+            // A NaN, or no AVX-512: the scalar rules below, on a zeroed gradient again.
+            dxp.fill(0.0);
+        }
+        if self.is_2x2() && !xp.iter().any(|v| v.is_nan()) {
             self.max2x2_backward(xp, dyp, dxp);
             return;
         }

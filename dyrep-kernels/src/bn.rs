@@ -70,34 +70,45 @@ impl ChannelStats {
 /// Per-channel mean and biased variance of `x` (`[N, C, H, W]`, contiguous f32).
 pub(crate) fn channel_stats(x: &[f32], p: Planes) -> Vec<ChannelStats> {
     p.per_channel(|c| {
-        let shift = if p.count() > 0 {
-            p.plane(x, 0, c)[0]
-        } else {
-            0.0
-        };
-        let sums: Vec<(f32, f32)> = (0..p.n)
-            .map(|n| plane_sums(p.plane(x, n, c), shift))
-            .collect();
-        stats_from_plane_sums(shift, sums.into_iter(), p.count())
+        let sums: Vec<PlaneSums> = (0..p.n).map(|n| plane_sums(p.plane(x, n, c))).collect();
+        stats_from_plane_sums(sums.into_iter(), p.hw)
     })
 }
 
-/// `(Σ (v − shift), Σ (v − shift)²)` over one plane, in f32 (lane-parallel: `lanes.rs`).
-pub(crate) fn plane_sums(plane: &[f32], shift: f32) -> (f32, f32) {
-    shifted_sums(plane, shift)
+/// One plane's sums relative to its own first value (`shift`), in f32 (lane-parallel:
+/// `lanes.rs`). Each plane has its own shift so that planes can be summed in any order and in
+/// parallel — no plane has to be seen before the others.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PlaneSums {
+    pub shift: f32,
+    /// `Σ (v − shift)`.
+    pub s: f32,
+    /// `Σ (v − shift)²`.
+    pub ss: f32,
 }
 
-/// One channel's statistics from its planes' [`plane_sums`] (in image order, summed in f64)
-/// over `count` values.
+pub(crate) fn plane_sums(plane: &[f32]) -> PlaneSums {
+    let shift = plane.first().copied().unwrap_or(0.0);
+    let (s, ss) = shifted_sums(plane, shift);
+    PlaneSums { shift, s, ss }
+}
+
+/// One channel's statistics from its planes' [`plane_sums`] (in image order, `hw` values each):
+/// every plane's sums are moved to the first plane's shift and added in f64
+/// (`Σ(v − s₀) = S + n·δ`, `Σ(v − s₀)² = Q + 2δ·S + n·δ²` with `δ = shift − s₀`).
 pub(crate) fn stats_from_plane_sums(
-    shift: f32,
-    sums: impl Iterator<Item = (f32, f32)>,
-    count: usize,
+    sums: impl Iterator<Item = PlaneSums>,
+    hw: usize,
 ) -> ChannelStats {
-    let (mut s, mut ss) = (0.0f64, 0.0f64);
-    for (ps, pss) in sums {
-        s += ps as f64;
-        ss += pss as f64;
+    let mut sums = sums.peekable();
+    let shift = sums.peek().map_or(0.0, |p| p.shift);
+    let n = hw as f64;
+    let (mut s, mut ss, mut count) = (0.0f64, 0.0f64, 0usize);
+    for p in sums {
+        let d = p.shift as f64 - shift as f64;
+        s += p.s as f64 + n * d;
+        ss += p.ss as f64 + 2.0 * d * p.s as f64 + n * d * d;
+        count += hw;
     }
     let count = count.max(1) as f64;
     let mean_rel = s / count;
@@ -377,5 +388,44 @@ impl CustomOp3 for ChannelAffineOp {
                 .then(|| tensor_like(dshift, &[p.c], shift))
                 .transpose()?,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::test_values;
+
+    /// Batch statistics of data far from zero with a small spread, and a different level per
+    /// image (so every plane's own shift differs from the channel's): against f64.
+    #[test]
+    fn channel_stats_of_offset_data_match_f64() {
+        let p = Planes { n: 5, c: 3, hw: 37 };
+        let noise = test_values(p.n * p.c * p.hw, 9);
+        let x: Vec<f32> = noise
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let (n, c) = (i / (p.c * p.hw), (i / p.hw) % p.c);
+                1000.0 + 0.5 * n as f32 + 3.0 * c as f32 + 0.01 * v
+            })
+            .collect();
+        for (c, st) in channel_stats(&x, p).iter().enumerate() {
+            let vals: Vec<f64> = (0..p.n)
+                .flat_map(|n| p.plane(&x, n, c).iter().map(|&v| v as f64))
+                .collect();
+            let mean = vals.iter().sum::<f64>() / vals.len() as f64;
+            let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / vals.len() as f64;
+            let got_mean = st.shift as f64 + st.mean_rel as f64;
+            assert!(
+                (got_mean - mean).abs() <= 1e-6 * mean.abs(),
+                "{c}: mean {got_mean} vs {mean}"
+            );
+            assert!(
+                (st.var as f64 - var).abs() <= 1e-4 * var,
+                "{c}: var {} vs {var}",
+                st.var
+            );
+        }
     }
 }

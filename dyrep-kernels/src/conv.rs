@@ -16,7 +16,9 @@ use std::mem::MaybeUninit;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::bn::{channel_stats, plane_sums, stats_from_plane_sums, ChannelStats, Planes};
+use crate::bn::{
+    channel_stats, plane_sums, stats_from_plane_sums, ChannelStats, PlaneSums, Planes,
+};
 use crate::cpu::{
     assume_init_slice, assume_init_vec, sgemm, sgemm_strided, sgemm_uninit, slice_f32, split_range,
     tensor_like, threads, uninit_vec, with_f32, with_scratch, Mat,
@@ -423,8 +425,8 @@ impl ConvShape {
     /// The forward and its output's batch statistics per channel — what
     /// [`crate::bn::channel_stats`] returns, bit for bit — taken from each image's output right
     /// after it is written, while it is in cache, instead of in another pass over the batch
-    /// (the BN after a conv reads its input once less). Image 0 runs first: its first value per
-    /// channel is the statistics' shift.
+    /// (the BN after a conv reads its input once less). All images in parallel: each plane's
+    /// sums are relative to its own first value (`bn::PlaneSums`).
     pub(crate) fn forward_stats(&self, x: &[f32], weight: &[f32]) -> (Vec<f32>, Vec<ChannelStats>) {
         let planes = Planes {
             n: self.n,
@@ -440,34 +442,20 @@ impl ConvShape {
         let f = ImageForward::new(self, weight, self.is_direct());
         let (ohw, per_in, per_out) = (self.ohw(), self.c * self.hw(), self.out * self.ohw());
         let mut y = uninit_vec(self.n * per_out);
-        let (first, rest) = y.split_at_mut(per_out);
-        f.run(&x[..per_in], first);
-        // SAFETY: `run` wrote every output of image 0.
-        let first = unsafe { assume_init_slice(first) };
-        let shifts: Vec<f32> = (0..self.out).map(|c| first[c * ohw]).collect();
-        let sums_of = |out: &[f32]| -> Vec<(f32, f32)> {
-            (0..self.out)
-                .map(|c| plane_sums(&out[c * ohw..(c + 1) * ohw], shifts[c]))
-                .collect()
-        };
-        let first_sums = sums_of(first);
-        let rest_sums: Vec<Vec<(f32, f32)>> = rest
+        let image_sums: Vec<Vec<PlaneSums>> = y
             .par_chunks_mut(per_out)
             .enumerate()
-            .map(|(i, chunk)| {
-                let img = i + 1;
+            .map(|(img, chunk)| {
                 f.run(&x[img * per_in..(img + 1) * per_in], chunk);
                 // SAFETY: `run` wrote every output of this image.
-                sums_of(unsafe { assume_init_slice(chunk) })
+                let out = unsafe { assume_init_slice(chunk) };
+                out.chunks_exact(ohw).map(plane_sums).collect()
             })
             .collect();
         let stats = (0..self.out)
-            .map(|c| {
-                let sums = std::iter::once(first_sums[c]).chain(rest_sums.iter().map(|s| s[c]));
-                stats_from_plane_sums(shifts[c], sums, planes.n * planes.hw)
-            })
+            .map(|c| stats_from_plane_sums(image_sums.iter().map(|s| s[c]), ohw))
             .collect();
-        // SAFETY: image 0 and every other image were written in full above.
+        // SAFETY: every image was written in full above.
         (unsafe { assume_init_vec(y) }, stats)
     }
 
@@ -892,6 +880,36 @@ mod tests {
                 assert!(
                     (got - want).abs() <= 1e-4 * want.abs().max(1.0),
                     "{x_dims:?} {o} {c} {ky} {kx}: {got} vs {want}"
+                );
+            }
+        }
+    }
+
+    /// The conv epilogue's statistics are the separate pass's, bit for bit (images run in
+    /// parallel, each plane summed relative to its own first value).
+    #[test]
+    fn forward_stats_equal_channel_stats_of_the_output() {
+        for (x_dims, w_dims, padding) in [
+            ([8, 16, 14, 14], [16, 16, 3, 3], (1, 1)),
+            ([6, 3, 9, 11], [5, 3, 1, 3], (0, 1)),
+        ] {
+            let s = ConvShape::new(&x_dims, &w_dims, 1, padding, 1).unwrap();
+            let x: Vec<f32> = crate::cpu::test_values(s.n * s.c * s.hw(), 3)
+                .iter()
+                .map(|v| v + 40.0)
+                .collect();
+            let w = crate::cpu::test_values(s.out * s.c * s.kh * s.kw, 4);
+            let (y, stats) = s.forward_stats(&x, &w);
+            assert_eq!(y, s.forward(&x, &w));
+            let planes = Planes {
+                n: s.n,
+                c: s.out,
+                hw: s.ohw(),
+            };
+            for (a, b) in stats.iter().zip(channel_stats(&y, planes)) {
+                assert_eq!(
+                    (a.shift.to_bits(), a.mean_rel.to_bits(), a.var.to_bits()),
+                    (b.shift.to_bits(), b.mean_rel.to_bits(), b.var.to_bits())
                 );
             }
         }

@@ -2,8 +2,9 @@
 //! machine's f32 rate; peer-bench.md: oneDNN's direct convs are what PyTorch is fast with).
 //! im2col writes nine copies of the input per 3×3 conv and the gemm then packs them again; on
 //! this machine that lowering cost a third of the conv time. Here the input image is copied
-//! once into a zero-padded buffer `[c, hp, wp]`, and outputs are computed on the padded-width
-//! grid `[out, ho, wp]` (each output row has `wp − wo` extra columns, computed and dropped):
+//! once into a zero-padded buffer `[c, hp, wp]` (consecutive rows share their zero padding:
+//! `padded_dims`), and outputs are computed on the padded-width grid `[out, ho, wp]` (each
+//! output row has `wp − wo` extra columns, computed and dropped):
 //! there, kernel tap `(ky, kx)` of every output is the input at the output's own flat index
 //! plus `ky·wp + kx`, so a block of 48 consecutive outputs reads 48 consecutive inputs per tap
 //! and channel — three vector loads, no lowering. The register block is 48 outputs × 8 output
@@ -69,8 +70,20 @@ impl ConvShape {
         self.is_direct()
     }
 
+    /// The padded planes: `ph` zero rows above and below; rows `g = max(pw, kw − 1 − pw)`
+    /// floats longer than the input's, laid out as `pw` zeros, the row, `g − pw` zeros. One run
+    /// of `g` zeros then separates consecutive rows (and planes), which is all that the taps
+    /// reaching past either side of a row need: the left padding of a row is the right padding
+    /// of the row above. Each output row computes `g` extra columns (32 × 32, 3 × 3: one, not
+    /// two, so 22 blocks of 48 instead of 23).
     fn padded_dims(&self) -> (usize, usize) {
-        (self.h + 2 * self.ph, self.w + 2 * self.pw)
+        // (The last term keeps every output row inside a padded row, `wo ≤ wp`, for padding
+        // as wide as the kernel.)
+        let gap = self
+            .pw
+            .max((self.kw - 1).saturating_sub(self.pw))
+            .max((2 * self.pw + 1).saturating_sub(self.kw));
+        (self.h + 2 * self.ph, self.w + gap)
     }
 
     /// Scratch floats per image: the padded input (with its tail) and the padded-width output.
@@ -269,9 +282,13 @@ mod tests {
             return;
         }
         // Odd/even, non-square, planes smaller than one block of 48, 1×k / k×1 / 5×5 kernels,
-        // padding 0 to k−1 per axis, 8 and 16 output channels, a single input channel.
+        // padding 0 to k−1 per axis (and as wide as the kernel), 8 and 16 output channels, a
+        // single input channel.
         type Case = ([usize; 4], usize, (usize, usize), (usize, usize));
-        let cases: [Case; 9] = [
+        let cases: [Case; 12] = [
+            ([2, 3, 12, 11], 8, (1, 1), (1, 1)),
+            ([2, 3, 9, 14], 8, (1, 3), (0, 3)),
+            ([2, 2, 13, 10], 16, (3, 2), (1, 2)),
             ([3, 5, 7, 6], 8, (3, 3), (1, 1)),
             ([2, 1, 28, 28], 16, (3, 3), (1, 1)),
             ([4, 3, 9, 13], 8, (1, 3), (0, 1)),

@@ -1,8 +1,10 @@
 //! dyrep-kernels: the CPU kernels dyrep trains with (issue 5), as candle custom ops with their
 //! own backward passes: conv2d (a direct AVX-512 kernel for stride-1 convs that fill its
 //! register blocks, im2col + `gemm` otherwise; per-axis padding, any stride, groups), a grown
-//! block's branches as one op with one shared patch matrix, fused batch norm (train and eval),
-//! ReLU, and average/max pooling with padding and any stride.
+//! block's branches as one op with one shared patch matrix, fused conv → batch norm → ReLU
+//! (train and eval; in training optionally → max pool, the unpooled activation never stored),
+//! batch norm with lane-parallel reductions, ReLU, and average/max pooling with padding and any
+//! stride (2×2/2 max pools vectorised).
 //!
 //! Every public function picks the backend from its input: f32 tensors on the CPU use the own
 //! kernels, anything else (CUDA, other dtypes) uses candle's ops composed to the same maths, so

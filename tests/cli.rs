@@ -245,8 +245,9 @@ fn verify_kernels_checks_every_kernel_against_the_cpu_reference() {
         .iter()
         .map(|c| c["kernel"].as_str().unwrap())
         .collect();
-    assert_eq!(kernels.len(), 6, "{v}");
+    assert_eq!(kernels.len(), 7, "{v}");
     assert!(kernels.contains(&"conv+bn+relu (train)"), "{v}");
+    assert!(kernels.contains(&"conv+bn+relu+pool (fused)"), "{v}");
     // --kernels and --op are exclusive.
     assert_eq!(
         dyrep(&["verify", "--kernels", "--op", "conv1x1"])

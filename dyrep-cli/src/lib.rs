@@ -247,7 +247,8 @@ enum Command {
         #[arg(long, value_name = "NAME", conflicts_with_all = ["all", "kernels"])]
         op: Option<String>,
         /// Instead of fusion: check the compute kernels (conv, fused conv+BN+ReLU, BN, pools,
-        /// ReLU; forward and gradients) of --device against the own CPU kernels.
+        /// ReLU; forward and gradients) of --device against the own CPU kernels, and the fused
+        /// conv+BN+ReLU+max pool against the unfused ones.
         #[arg(long, conflicts_with = "all")]
         kernels: bool,
         /// Check every op and the block scenarios (the default).

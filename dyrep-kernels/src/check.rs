@@ -7,8 +7,8 @@
 use candle_core::{Device, Tensor, Var};
 
 use crate::{
-    batch_norm_train_on, conv2d_on, conv_affine_on, conv_bn_train_on, pool2d_on, relu_on, Backend,
-    ConvParams, ConvShape, PoolKind, Result,
+    batch_norm_train_on, conv2d_on, conv_affine_on, conv_bn_max_pool_train_on, conv_bn_train_on,
+    pool2d_on, relu_on, Backend, ConvParams, ConvShape, MaxPoolParams, PoolKind, Result,
 };
 
 /// The worst relative error a kernel check accepts (f32, different summation orders).
@@ -191,6 +191,7 @@ pub fn check_kernels(device: &Device, cases: usize, seed: u64) -> Result<Vec<Ker
     let on = |t: &Tensor| t.to_device(device);
     let mut conv = Tally::new("conv2d");
     let mut conv_bn = Tally::new("conv+bn+relu (train)");
+    let mut conv_bn_pool = Tally::new("conv+bn+relu+pool (fused)");
     let mut conv_aff = Tally::new("conv+affine+relu (eval)");
     let mut bn = Tally::new("batch_norm (train)");
     let mut pools = Tally::new("avg/max pool");
@@ -304,6 +305,62 @@ pub fn check_kernels(device: &Device, cases: usize, seed: u64) -> Result<Vec<Ker
         }
         conv_bn.case(what.clone(), &errs);
 
+        // The fused max pool against the unfused own kernels (which the other tallies check
+        // against candle; candle's max pool has no backward for most geometries).
+        let (pk, pool_stride) = (1 + r.below(3), 1 + r.below(2));
+        let pool = MaxPoolParams {
+            k: pk,
+            stride: pool_stride,
+            padding: r.below(pk / 2 + 1),
+        };
+        if s.ho + 2 * pool.padding >= pk && s.wo + 2 * pool.padding >= pk {
+            let args = [x.clone(), w.clone(), gamma.clone(), beta.clone()];
+            let fused = with_grads(&args, &up, &|a| {
+                Ok(conv_bn_max_pool_train_on(
+                    Backend::Own,
+                    &a[0],
+                    &a[1],
+                    params,
+                    &a[2],
+                    &a[3],
+                    1e-5,
+                    relu_on_case,
+                    pool,
+                )?
+                .y)
+            })?;
+            let unfused = with_grads(&args, &up, &|a| {
+                let y = conv_bn_train_on(
+                    Backend::Own,
+                    &a[0],
+                    &a[1],
+                    params,
+                    &a[2],
+                    &a[3],
+                    1e-5,
+                    relu_on_case,
+                )?
+                .y;
+                pool2d_on(
+                    Backend::Own,
+                    PoolKind::Max,
+                    &y,
+                    pool.k,
+                    pool.stride,
+                    pool.padding,
+                )
+            })?;
+            let mut errs = names
+                .iter()
+                .zip(unfused.iter().zip(&fused))
+                .map(|(n, (a, b))| Ok((*n, rel_err(a, b)?)))
+                .collect::<Result<Vec<(&str, f64)>>>()?;
+            if (s.c / s.groups) * s.kh * s.kw == 1 {
+                errs.retain(|(n, _)| *n != "weight grad");
+            }
+            conv_bn_pool.case(format!("{what}, max pool {pool:?}"), &errs);
+        }
+
         let own = with_grads(
             &[x.clone(), w.clone(), gamma.clone(), beta.clone()],
             &up,
@@ -400,6 +457,7 @@ pub fn check_kernels(device: &Device, cases: usize, seed: u64) -> Result<Vec<Ker
     Ok(vec![
         conv.report,
         conv_bn.report,
+        conv_bn_pool.report,
         conv_aff.report,
         bn.report,
         pools.report,
@@ -414,7 +472,7 @@ mod tests {
     #[test]
     fn own_kernels_agree_with_candle_on_the_cpu() {
         let reports = check_kernels(&Device::Cpu, 40, 7).unwrap();
-        assert_eq!(reports.len(), 6);
+        assert_eq!(reports.len(), 7);
         for r in &reports {
             assert!(r.cases > 0, "{r:?}");
             assert_eq!(r.failures, 0, "{r:?}");

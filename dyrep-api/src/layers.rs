@@ -256,39 +256,15 @@ pub fn conv_bn(
     train: bool,
     relu: bool,
 ) -> Result<Tensor> {
-    let w = conv.weight().as_tensor();
-    let (out_ch, _, _, _) = w.dims4()?;
-    if conv.bias().is_none() && out_ch == bn.num_features() {
-        let params = dyrep_kernels::ConvParams {
-            stride: conv.stride(),
-            padding: conv.padding(),
-            groups: conv.groups(),
-        };
+    if let Some(params) = fusable(conv, bn)? {
         if !bn.uses_batch_stats(train) {
             let (scale, shift) = bn.eval_affine()?;
+            let w = conv.weight().as_tensor();
             return Ok(dyrep_kernels::conv_affine(
                 x, w, params, &scale, &shift, relu,
             )?);
         }
-        let shape = dyrep_kernels::ConvShape::new(
-            x.dims(),
-            w.dims(),
-            params.stride,
-            params.padding,
-            params.groups,
-        )?;
-        let count = bn.batch_count(&shape.output_dims())?;
-        let out = dyrep_kernels::conv_bn_train(
-            x,
-            w,
-            params,
-            bn.gamma().as_tensor(),
-            bn.beta().as_tensor(),
-            bn.eps(),
-            relu,
-        )?;
-        bn.record_batch_stats(&out.mean, &out.var, count)?;
-        return Ok(out.y);
+        return conv_bn_batch_stats(conv, bn, x, params, relu, None);
     }
     let y = bn.forward_t(&conv.forward(x)?, train)?;
     if relu {
@@ -310,16 +286,37 @@ pub fn conv_bn_max_pool(
     relu: bool,
     pool: dyrep_kernels::MaxPoolParams,
 ) -> Result<Option<Tensor>> {
-    let w = conv.weight().as_tensor();
-    let (out_ch, _, _, _) = w.dims4()?;
-    if conv.bias().is_some() || out_ch != bn.num_features() || !bn.uses_batch_stats(train) {
-        return Ok(None);
+    match fusable(conv, bn)? {
+        Some(params) if bn.uses_batch_stats(train) => {
+            conv_bn_batch_stats(conv, bn, x, params, relu, Some(pool)).map(Some)
+        }
+        _ => Ok(None),
     }
-    let params = dyrep_kernels::ConvParams {
-        stride: conv.stride(),
-        padding: conv.padding(),
-        groups: conv.groups(),
-    };
+}
+
+/// The conv's geometry when it can be fused with `bn` (no bias, one BN channel per output).
+fn fusable(conv: &Conv2dLayer, bn: &BatchNorm) -> Result<Option<dyrep_kernels::ConvParams>> {
+    let (out_ch, _, _, _) = conv.weight().as_tensor().dims4()?;
+    Ok(
+        (conv.bias().is_none() && out_ch == bn.num_features()).then(|| dyrep_kernels::ConvParams {
+            stride: conv.stride(),
+            padding: conv.padding(),
+            groups: conv.groups(),
+        }),
+    )
+}
+
+/// The fused train-mode conv → BN (→ ReLU) (→ max pool) op; records the batch statistics in
+/// `bn`.
+fn conv_bn_batch_stats(
+    conv: &Conv2dLayer,
+    bn: &BatchNorm,
+    x: &Tensor,
+    params: dyrep_kernels::ConvParams,
+    relu: bool,
+    pool: Option<dyrep_kernels::MaxPoolParams>,
+) -> Result<Tensor> {
+    let w = conv.weight().as_tensor();
     let shape = dyrep_kernels::ConvShape::new(
         x.dims(),
         w.dims(),
@@ -328,18 +325,15 @@ pub fn conv_bn_max_pool(
         params.groups,
     )?;
     let count = bn.batch_count(&shape.output_dims())?;
-    let out = dyrep_kernels::conv_bn_max_pool_train(
-        x,
-        w,
-        params,
-        bn.gamma().as_tensor(),
-        bn.beta().as_tensor(),
-        bn.eps(),
-        relu,
-        pool,
-    )?;
+    let (gamma, beta) = (bn.gamma().as_tensor(), bn.beta().as_tensor());
+    let out = match pool {
+        None => dyrep_kernels::conv_bn_train(x, w, params, gamma, beta, bn.eps(), relu)?,
+        Some(pool) => {
+            dyrep_kernels::conv_bn_max_pool_train(x, w, params, gamma, beta, bn.eps(), relu, pool)?
+        }
+    };
     bn.record_batch_stats(&out.mean, &out.var, count)?;
-    Ok(Some(out.y))
+    Ok(out.y)
 }
 
 /// `max(x, 0)` with a one-pass backward (dyrep-kernels on the CPU).

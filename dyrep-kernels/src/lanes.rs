@@ -154,7 +154,7 @@ fn total(lanes: &[f32; LANES]) -> f32 {
 
 /// The first `n` lanes of a vector (all of them for `n ≥ LANES`).
 #[cfg(target_arch = "x86_64")]
-fn first_lanes(n: usize) -> u16 {
+pub(crate) fn first_lanes(n: usize) -> u16 {
     if n >= LANES {
         u16::MAX
     } else {

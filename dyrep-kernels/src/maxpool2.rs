@@ -10,6 +10,9 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
+#[cfg(target_arch = "x86_64")]
+use crate::lanes::first_lanes;
+
 /// Forward of one `h × w` plane into `ho × wo = (h/2) × (w/2)` outputs (`yp`). Returns `false`
 /// (and leaves `yp` partly written) when the CPU lacks AVX-512F or a pooled value is NaN.
 pub(crate) fn forward(xp: &[f32], (h, w): (usize, usize), yp: &mut [f32]) -> bool {
@@ -52,14 +55,11 @@ pub(crate) fn backward(xp: &[f32], (h, w): (usize, usize), dyp: &[f32], dxp: &mu
 /// its `2n` input columns.
 #[cfg(target_arch = "x86_64")]
 fn chunk_masks(n: usize) -> (u16, u16, u16) {
-    let first = |k: usize| -> u16 {
-        if k >= 16 {
-            u16::MAX
-        } else {
-            ((1u32 << k) - 1) as u16
-        }
-    };
-    (first(n), first(2 * n), first((2 * n).saturating_sub(16)))
+    (
+        first_lanes(n),
+        first_lanes(2 * n),
+        first_lanes((2 * n).saturating_sub(16)),
+    )
 }
 
 /// The even and odd columns of 32 consecutive floats (`lo` = columns 0..16, `hi` = 16..32).

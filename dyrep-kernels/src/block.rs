@@ -15,11 +15,13 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::bn::{bn_backward, channel_stats, ChannelStats, Planes};
+use crate::bn::{
+    bn_backward, channel_stats, plane_sums, stats_from_plane_sums, ChannelStats, PlaneSums, Planes,
+};
 use crate::conv::ConvShape;
-use crate::cpu::{slice_f32, tensor_like, with_f32};
+use crate::cpu::{slice_f32, tensor_like, with_f32, with_scratch};
 use crate::patches::PatchShare;
-use crate::pool::{PoolKind, PoolShape};
+use crate::pool::{box_sums, pad_plane, PoolKind, PoolShape};
 use crate::profile::{Phase, Timer};
 
 /// The second stage of a two-stage branch, after its first BN and the constant padding.
@@ -252,15 +254,12 @@ fn normalised(
 
 /// `BN(z)` written into the interior of planes padded by `pad` on every side and filled with
 /// the per-channel `pad_values` around it: `[N, C, H + 2p, W + 2p]`.
-#[allow(clippy::too_many_arguments)]
 fn normalise_padded(
     z: &[f32],
     dims: &[usize],
     pad: usize,
     pad_values: &[f32],
-    st: &[ChannelStats],
-    a: &[f32],
-    beta: &[f32],
+    (st, a, beta): Norm<'_>,
 ) -> Vec<f32> {
     let (c, h, w) = (dims[1], dims[2], dims[3]);
     let (hp, wp) = (h + 2 * pad, w + 2 * pad);
@@ -280,6 +279,55 @@ fn normalise_padded(
             }
         });
     out
+}
+
+/// A BN's batch statistics, scale `γ·istd` and shift β per channel.
+type Norm<'a> = (&'a [ChannelStats], &'a [f32], &'a [f32]);
+
+/// The two-stage average branch's middle, per plane while it is in cache: `BN(z)` padded by
+/// `pad` with the per-channel `pad_values` (in scratch: the average pool's backward does not
+/// need its input), the stride-1 `pool` of it (no padding of its own), and the pooled plane's
+/// sums for the second BN's statistics — the same values, bit for bit, as
+/// [`normalise_padded`], [`PoolShape::forward`] and [`channel_stats`] in three passes.
+fn normalise_pad_avg(
+    z: &[f32],
+    dims: &[usize],
+    pad: usize,
+    pad_values: &[f32],
+    (st, a, beta): Norm<'_>,
+    pool: &PoolShape,
+) -> (Vec<f32>, Vec<ChannelStats>) {
+    let _t = Timer::start(Phase::Pool);
+    let (c, h, w) = (dims[1], dims[2], dims[3]);
+    let (hp, wp) = (h + 2 * pad, w + 2 * pad);
+    let ohw = pool.ho * pool.wo;
+    let inv = 1.0 / (pool.k * pool.k) as f32;
+    let rows_len = hp * wp + 1 - pool.k;
+    let mut out = vec![0.0f32; dims[0] * c * ohw];
+    let sums: Vec<PlaneSums> = out
+        .par_chunks_mut(ohw.max(1))
+        .zip(z.par_chunks((h * w).max(1)))
+        .enumerate()
+        .map(|(i, (op, zp))| {
+            let ch = i % c;
+            let (s, ac, bc) = (st[ch], a[ch], beta[ch]);
+            with_scratch(hp * wp + rows_len, |scratch| {
+                let (padded, rows) = scratch.split_at_mut(hp * wp);
+                pad_plane(zp, (h, w), pad, pad_values[ch], padded);
+                for iy in 0..h {
+                    for v in &mut padded[(iy + pad) * wp + pad..][..w] {
+                        *v = ((*v - s.shift) - s.mean_rel) * ac + bc;
+                    }
+                }
+                box_sums(padded, (hp, wp), pool.k, inv, rows, op);
+            });
+            plane_sums(op)
+        })
+        .collect();
+    let stats = (0..c)
+        .map(|ch| stats_from_plane_sums(sums.iter().skip(ch).step_by(c).copied(), ohw))
+        .collect();
+    (out, stats)
 }
 
 /// The interior `[N, C, H, W]` of planes padded by `pad`.
@@ -389,25 +437,33 @@ impl CustomOp3 for BlockOp {
                         sg.factor,
                         self.eps,
                     );
-                    let padded = normalise_padded(
-                        z1s,
-                        &first_dims,
-                        sg.pad,
-                        &pad_values,
-                        &bn1.stats,
-                        &a1,
-                        &g1[p1.c..],
-                    );
-                    drop(bn_timer);
-                    let (z2, stats2) = match &sg.stage {
-                        StageGeom::Conv {
-                            shape,
-                            weight_offset,
-                        } => {
-                            let (z, st) = shape.forward_stats(&padded, &w[*weight_offset..]);
-                            (z, Some(st))
+                    let norm = (bn1.stats.as_slice(), a1.as_slice(), &g1[p1.c..]);
+                    let (padded, z2, stats2) = match &sg.stage {
+                        StageGeom::AvgPool(p) if p.stride == 1 && p.padding == 0 => {
+                            drop(bn_timer);
+                            let (z, st) =
+                                normalise_pad_avg(z1s, &first_dims, sg.pad, &pad_values, norm, p);
+                            (None, z, Some(st))
                         }
-                        StageGeom::AvgPool(p) => (p.forward(PoolKind::Avg, &padded), None),
+                        stage => {
+                            let padded =
+                                normalise_padded(z1s, &first_dims, sg.pad, &pad_values, norm);
+                            drop(bn_timer);
+                            let (z, st) = match stage {
+                                StageGeom::Conv {
+                                    shape,
+                                    weight_offset,
+                                } => {
+                                    let (z, st) =
+                                        shape.forward_stats(&padded, &w[*weight_offset..]);
+                                    (z, Some(st))
+                                }
+                                StageGeom::AvgPool(p) => (p.forward(PoolKind::Avg, &padded), None),
+                            };
+                            // Only the conv's weight gradient reads the padded input again.
+                            let keep = matches!(stage, StageGeom::Conv { .. });
+                            (keep.then_some(padded), z, st)
+                        }
                     };
                     let _t = Timer::start(Phase::BnForward);
                     let bn2 = match stats2 {
@@ -417,7 +473,7 @@ impl CustomOp3 for BlockOp {
                     let g2 = &gb[sg.gb_offset..sg.gb_offset + 2 * planes.c];
                     scales.push(bn_scale(&g2[..planes.c], &bn2.inv_std));
                     if self.keep_for_backward {
-                        kept.padded = Some(padded);
+                        kept.padded = padded;
                     }
                     kept.z2 = Some(z2);
                     kept.bn2 = Some(bn2);
@@ -505,7 +561,8 @@ impl CustomOp3 for BlockOp {
         if saved.branches.len() != self.branches.len() {
             return Err(missing());
         }
-        let mut dx: Option<Vec<f32>> = None;
+        // Every branch adds its input gradient into one buffer where it is made.
+        let mut dx: Option<Vec<f32>> = x.track_op().then(|| vec![0.0f32; x.elem_count()]);
         let mut dw = vec![0.0f32; weights.elem_count()];
         let mut dgb = vec![0.0f32; gb_v.len()];
         // Through the unit's ReLU and BN first: the gradient reaching the branches' sum.
@@ -554,9 +611,7 @@ impl CustomOp3 for BlockOp {
                         let g1: std::borrow::Cow<'_, [f32]> = match &b.second {
                             None => std::borrow::Cow::Borrowed(g),
                             Some(sg) => {
-                                let (Some(padded), Some(z2), Some(bn2)) =
-                                    (&kept.padded, &kept.z2, &kept.bn2)
-                                else {
+                                let (Some(z2), Some(bn2)) = (&kept.z2, &kept.bn2) else {
                                     return Err(missing());
                                 };
                                 let bn_timer = Timer::start(Phase::BnBackward);
@@ -574,26 +629,34 @@ impl CustomOp3 for BlockOp {
                                 dgb[o..o + planes.c].copy_from_slice(&dgamma2);
                                 dgb[o + planes.c..o + 2 * planes.c].copy_from_slice(&dbeta2);
                                 drop(bn_timer);
-                                let dpadded = match &sg.stage {
+                                // The pad constants carry no gradient: only the interior
+                                // of the padded input's gradient goes on.
+                                let interior = match &sg.stage {
                                     StageGeom::Conv {
                                         shape,
                                         weight_offset,
                                     } => {
+                                        let Some(padded) = &kept.padded else {
+                                            return Err(missing());
+                                        };
                                         let wlen = shape.weight_len();
                                         let gw = shape.weight_grad(padded, &dz2);
                                         dw[*weight_offset..*weight_offset + wlen]
                                             .copy_from_slice(&gw);
-                                        shape.input_grad(
+                                        let dpadded = shape.input_grad(
                                             &ws[*weight_offset..*weight_offset + wlen],
                                             &dz2,
-                                        )
+                                        );
+                                        crop(&dpadded, &first_dims, sg.pad)
                                     }
+                                    // A stride-1 pool computes just the interior.
                                     StageGeom::AvgPool(p) => {
-                                        p.backward(PoolKind::Avg, padded, &dz2)
+                                        p.avg_backward_interior(&dz2, sg.pad).unwrap_or_else(|| {
+                                            crop(&p.avg_backward(&dz2), &first_dims, sg.pad)
+                                        })
                                     }
                                 };
-                                // The pad constants carry no gradient: keep the interior.
-                                std::borrow::Cow::Owned(crop(&dpadded, &first_dims, sg.pad))
+                                std::borrow::Cow::Owned(interior)
                             }
                         };
                         let z1: &[f32] = match (&b.conv, &kept.z1) {
@@ -637,20 +700,20 @@ impl CustomOp3 for BlockOp {
                                     dw[b.weight_offset..b.weight_offset + wlen]
                                         .copy_from_slice(&gw);
                                 }
-                                if x.track_op() {
-                                    let gx = s.input_grad(
+                                if let Some(dx) = dx.as_mut() {
+                                    s.input_grad_add(
                                         &ws[b.weight_offset..b.weight_offset + wlen],
                                         &dz,
+                                        dx,
                                     );
-                                    accumulate(&mut dx, gx);
                                 }
                                 if let Some(j) = member {
                                     member_dz[j] = Some(dz);
                                 }
                             }
                             None => {
-                                if x.track_op() {
-                                    accumulate(&mut dx, dz);
+                                if let Some(dx) = dx.as_mut() {
+                                    add_into(dx, &dz);
                                 }
                             }
                         }
@@ -696,19 +759,15 @@ fn add_channel_bias(z: &mut [f32], bias: &[f32], c: usize, hw: usize) {
     });
 }
 
-/// Adds `g` into the running input gradient (taking it over if there is none yet).
-fn accumulate(acc: &mut Option<Vec<f32>>, g: Vec<f32>) {
-    match acc {
-        None => *acc = Some(g),
-        Some(a) => a
-            .par_chunks_mut(1 << 14)
-            .zip(g.par_chunks(1 << 14))
-            .for_each(|(a, g)| {
-                for (a, b) in a.iter_mut().zip(g) {
-                    *a += b;
-                }
-            }),
-    }
+/// `acc += g`, in parallel.
+fn add_into(acc: &mut [f32], g: &[f32]) {
+    acc.par_chunks_mut(1 << 14)
+        .zip(g.par_chunks(1 << 14))
+        .for_each(|(a, g)| {
+            for (a, b) in a.iter_mut().zip(g) {
+                *a += b;
+            }
+        });
 }
 
 /// The block's output dims: every branch's, which must agree (and equal the input's when there

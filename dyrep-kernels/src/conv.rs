@@ -574,6 +574,31 @@ impl ConvShape {
         }
     }
 
+    /// [`Self::input_grad`] added into `dx` (`[n, c, h, w]`) where it is made, instead of
+    /// returned: a grown block's branches read the same input, and summing their gradients
+    /// this way saves a fresh buffer and a pass over it per branch (the direct kernel adds while
+    /// it crops its output rows, the gemms accumulate, col2im adds anyway).
+    pub(crate) fn input_grad_add(&self, weight: &[f32], dy: &[f32], dx: &mut [f32]) {
+        let _t = Timer::start(Phase::ConvInputGrad);
+        if self.is_depthwise_direct() {
+            let g = self.depthwise_input_grad(weight, dy);
+            for (d, v) in dx.iter_mut().zip(g) {
+                *d += v;
+            }
+            return;
+        }
+        match self.transposed() {
+            Some(t) => {
+                let f = ImageForward::new(&t, &self.flipped_weight(weight), t.is_direct());
+                let (per_in, per_out) = (t.c * t.hw(), t.out * t.ohw());
+                t.for_each_image(dx, per_out, |(img, dx_img)| {
+                    f.run_add(&dy[img * per_in..(img + 1) * per_in], dx_img)
+                });
+            }
+            None => self.input_grad_col2im_into(weight, dy, dx, true),
+        }
+    }
+
     /// The stride-1 conv whose forward is this conv's input gradient, if there is one.
     fn transposed(&self) -> Option<ConvShape> {
         if self.stride != 1 || self.ph >= self.kh || self.pw >= self.kw || self.is_pointwise() {
@@ -610,16 +635,23 @@ impl ConvShape {
 
     /// Input gradient as col2im(`Wᵀ · dy[n]`) per image and group (any stride).
     fn input_grad_col2im(&self, weight: &[f32], dy: &[f32]) -> Vec<f32> {
+        let mut dx = vec![0.0f32; self.n * self.c * self.hw()];
+        self.input_grad_col2im_into(weight, dy, &mut dx, false);
+        dx
+    }
+
+    /// [`Self::input_grad_col2im`] into `dx`: added to it when `accumulate`, else written (a
+    /// pointwise conv's gemm overwrites; col2im always adds, so `dx` must then be zero).
+    fn input_grad_col2im_into(&self, weight: &[f32], dy: &[f32], dx: &mut [f32], accumulate: bool) {
         let (ohw, kg, og, cg) = (self.ohw(), self.kg(), self.og(), self.cg());
         let per_image_in = self.c * self.hw();
         let per_image_out = self.out * ohw;
-        let mut dx = vec![0.0f32; self.n * per_image_in];
         let parallel_gemm = !self.parallel_images();
         let pointwise = self.is_pointwise();
         let weight = &self.patch_weight(weight)[..];
         let one = |(img, dx_img): (usize, &mut [f32])| {
             let dy_img = &dy[img * per_image_out..(img + 1) * per_image_out];
-            let lowered = |dcols: &mut [f32]| {
+            let lowered = |dcols: &mut [f32], accumulate: bool| {
                 for g in 0..self.groups {
                     sgemm(
                         &mut dcols[g * kg * ohw..(g + 1) * kg * ohw],
@@ -639,7 +671,7 @@ impl ConvShape {
                             rs: ohw,
                             cs: 1,
                         },
-                        false,
+                        accumulate,
                         parallel_gemm,
                     );
                 }
@@ -647,16 +679,15 @@ impl ConvShape {
             if pointwise {
                 // kg = c/groups and ohw = h·w: the lowered gradient is the image gradient.
                 debug_assert_eq!(kg, cg);
-                lowered(dx_img);
+                lowered(dx_img, accumulate);
             } else {
                 with_scratch(self.c * self.kh * self.kw * ohw, |dcols| {
-                    lowered(dcols);
+                    lowered(dcols, false);
                     self.col2im(dcols, dx_img);
                 });
             }
         };
-        self.for_each_image(&mut dx, per_image_in, one);
-        dx
+        self.for_each_image(dx, per_image_in, one);
     }
 }
 
@@ -712,6 +743,44 @@ impl<'a> ImageForward<'a> {
                         rs: ohw,
                         cs: 1,
                     },
+                    self.parallel_gemm,
+                );
+            }
+        });
+    }
+}
+
+impl ImageForward<'_> {
+    /// [`Self::run`], adding the outputs into `out` instead of writing them.
+    fn run_add(&self, image: &[f32], out: &mut [f32]) {
+        let s = self.shape;
+        if self.direct {
+            with_scratch(s.direct_scratch_len(), |scratch| {
+                s.direct_image_add(image, &self.weight, out, scratch)
+            });
+            return;
+        }
+        let (ohw, kg, og) = (s.ohw(), s.kg(), s.og());
+        s.with_cols(image, |cols| {
+            for g in 0..s.groups {
+                sgemm(
+                    &mut out[g * og * ohw..(g + 1) * og * ohw],
+                    ohw,
+                    Mat {
+                        data: &self.weight[g * og * kg..(g + 1) * og * kg],
+                        rows: og,
+                        cols: kg,
+                        rs: kg,
+                        cs: 1,
+                    },
+                    Mat {
+                        data: &cols[g * kg * ohw..(g + 1) * kg * ohw],
+                        rows: kg,
+                        cols: ohw,
+                        rs: ohw,
+                        cs: 1,
+                    },
+                    true,
                     self.parallel_gemm,
                 );
             }
@@ -835,6 +904,7 @@ pub(crate) fn conv2d_candle(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::test_values;
 
     #[test]
     fn shape_rejects_bad_groups_and_small_inputs() {
@@ -843,6 +913,58 @@ mod tests {
         assert!(ConvShape::new(&[1, 6, 5, 5], &[5, 3, 3, 3], 1, (1, 1), 2).is_err());
         assert!(ConvShape::new(&[1, 6, 2, 5], &[4, 6, 3, 3], 1, (0, 1), 1).is_err());
         assert!(ConvShape::new(&[1, 6, 5], &[4, 6, 3, 3], 1, (0, 1), 1).is_err());
+    }
+
+    /// `input_grad_add` adds exactly what `input_grad` returns, on every path: the direct
+    /// kernel (32 channels out of the transposed conv, 16×16 plane), the lowered gemm (small
+    /// plane), pointwise, col2im (stride 2), grouped, depthwise.
+    #[test]
+    fn input_grad_add_adds_the_input_gradient_on_every_path() {
+        // Input, weight, stride, padding, groups.
+        type Case = ([usize; 4], [usize; 4], usize, (usize, usize), usize);
+        let cases: [Case; 7] = [
+            ([4, 32, 16, 16], [24, 32, 3, 3], 1, (1, 1), 1),
+            ([3, 5, 6, 7], [4, 5, 3, 3], 1, (1, 1), 1),
+            ([4, 32, 16, 16], [16, 32, 1, 3], 1, (0, 1), 1),
+            ([3, 6, 9, 8], [5, 6, 1, 1], 1, (0, 0), 1),
+            ([2, 4, 9, 8], [6, 4, 3, 3], 2, (1, 1), 1),
+            ([2, 4, 7, 7], [6, 2, 3, 3], 1, (1, 1), 2),
+            ([2, 4, 7, 7], [4, 1, 3, 3], 1, (1, 1), 4),
+        ];
+        for (i, (x, w, stride, pad, groups)) in cases.into_iter().enumerate() {
+            let s = ConvShape::new(&x, &w, stride, pad, groups).expect("test shape");
+            let weight = test_values(s.weight_len(), 10 + i as u64);
+            let dy = test_values(s.output_dims().iter().product(), 20 + i as u64);
+            let start = test_values(x.iter().product(), 30 + i as u64);
+            let mut dx = start.clone();
+            s.input_grad_add(&weight, &dy, &mut dx);
+            let g = s.input_grad(&weight, &dy);
+            // col2im adds tap by tap onto what is there: the same sum in another order.
+            let exact = s.transposed().is_some() || s.is_pointwise() || s.is_depthwise_direct();
+            for (j, ((&got, &a), &b)) in dx.iter().zip(&start).zip(&g).enumerate() {
+                let want = a + b;
+                if exact {
+                    assert_eq!(
+                        got.to_bits(),
+                        want.to_bits(),
+                        "case {i} [{j}]: {got} vs {a} + {b}"
+                    );
+                } else {
+                    let tol = 1e-6 * (a.abs() + b.abs() + 1.0);
+                    assert!(
+                        (got - want).abs() <= tol,
+                        "case {i} [{j}]: {got} vs {a} + {b}"
+                    );
+                }
+            }
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            let t = ConvShape::new(&[4, 24, 16, 16], &[32, 24, 3, 3], 1, (1, 1), 1).expect("shape");
+            assert!(
+                t.is_direct(),
+                "case 0's transposed conv runs on the direct kernel"
+            );
+        }
     }
 
     /// Regression: the weight gradient lowers large patch matrices a few output rows at a time;

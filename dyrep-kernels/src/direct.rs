@@ -108,15 +108,15 @@ impl ConvShape {
         packed
     }
 
-    /// One image `[c, h, w]` → `[out, ho, wo]` with the packed weight, in `scratch`
-    /// (`direct_scratch_len` floats).
-    pub(crate) fn direct_image(
+    /// One image `[c, h, w]` → `[out, ho, wp]` (each output row followed by `wp − wo` extra
+    /// columns) with the packed weight, in `scratch` (`direct_scratch_len` floats); returns that
+    /// output grid and `wp`.
+    fn direct_grid<'s>(
         &self,
         image: &[f32],
         packed: &[f32],
-        out: &mut [MaybeUninit<f32>],
-        scratch: &mut [f32],
-    ) {
+        scratch: &'s mut [f32],
+    ) -> (&'s [f32], usize) {
         let (hp, wp) = self.padded_dims();
         let plane = hp * wp;
         let (xp, yp) = scratch.split_at_mut(self.c * plane + TAIL);
@@ -157,14 +157,52 @@ impl ConvShape {
                 yp.as_mut_ptr(),
             );
         }
+        (&yp[..self.out * grid], wp)
+    }
+
+    /// One image `[c, h, w]` → `[out, ho, wo]` with the packed weight, in `scratch`
+    /// (`direct_scratch_len` floats).
+    pub(crate) fn direct_image(
+        &self,
+        image: &[f32],
+        packed: &[f32],
+        out: &mut [MaybeUninit<f32>],
+        scratch: &mut [f32],
+    ) {
+        let (grid, wp) = self.direct_grid(image, packed, scratch);
         // Drop the extra columns of each output row.
         let (ho, wo) = (self.ho, self.wo);
-        for (o, dst) in out.chunks_exact_mut(ho * wo).enumerate() {
-            let src = &yp[o * grid..(o + 1) * grid];
+        for (dst, src) in out
+            .chunks_exact_mut(ho * wo)
+            .zip(grid.chunks_exact(ho * wp))
+        {
             for oy in 0..ho {
                 let row = &mut dst[oy * wo..(oy + 1) * wo];
                 for (d, &v) in row.iter_mut().zip(&src[oy * wp..oy * wp + wo]) {
                     d.write(v);
+                }
+            }
+        }
+    }
+
+    /// [`Self::direct_image`], adding the outputs into `out` instead of writing them.
+    pub(crate) fn direct_image_add(
+        &self,
+        image: &[f32],
+        packed: &[f32],
+        out: &mut [f32],
+        scratch: &mut [f32],
+    ) {
+        let (grid, wp) = self.direct_grid(image, packed, scratch);
+        let (ho, wo) = (self.ho, self.wo);
+        for (dst, src) in out
+            .chunks_exact_mut(ho * wo)
+            .zip(grid.chunks_exact(ho * wp))
+        {
+            for oy in 0..ho {
+                let row = &mut dst[oy * wo..(oy + 1) * wo];
+                for (d, &v) in row.iter_mut().zip(&src[oy * wp..oy * wp + wo]) {
+                    *d += v;
                 }
             }
         }

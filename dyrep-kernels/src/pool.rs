@@ -97,29 +97,40 @@ impl PoolShape {
         y
     }
 
-    /// Separable: window sums along each input row first (`h × wo`), then along columns, so
-    /// an output costs about 2k adds instead of k².
-    fn avg_plane(&self, xp: &[f32], yp: &mut [f32]) {
+    /// Stride 1 with a padding the transpose can mirror (`p < k`): the backward is itself a
+    /// stride-1 average pool (see [`Self::avg_plane_backward`]), and both run [`box_sums`].
+    fn box_path(&self) -> bool {
+        self.stride == 1 && self.padding < self.k
+    }
+
+    /// Average pool of one plane. Stride 1: the zero-padded plane (or the plane itself) through
+    /// [`box_sums`]. Other strides: window sums along each input row first (`h × wo`), then
+    /// along columns, so an output costs about 2k adds instead of k².
+    pub(crate) fn avg_plane(&self, xp: &[f32], yp: &mut [f32]) {
         let inv = 1.0 / (self.k * self.k) as f32;
+        if self.stride == 1 {
+            let p = self.padding;
+            let (hp, wp) = (self.h + 2 * p, self.w + 2 * p);
+            let rows_len = hp * wp + 1 - self.k;
+            if p == 0 {
+                with_scratch(rows_len, |rows| {
+                    box_sums(xp, (hp, wp), self.k, inv, rows, yp)
+                });
+                return;
+            }
+            with_scratch(hp * wp + rows_len, |scratch| {
+                let (padded, rows) = scratch.split_at_mut(hp * wp);
+                pad_plane(xp, (self.h, self.w), p, 0.0, padded);
+                box_sums(padded, (hp, wp), self.k, inv, rows, yp);
+            });
+            return;
+        }
         let wo = self.wo;
         with_scratch(self.h * wo, |row_sums| {
             for iy in 0..self.h {
                 let row = &xp[iy * self.w..(iy + 1) * self.w];
-                let sums = &mut row_sums[iy * wo..(iy + 1) * wo];
-                if self.stride == 1 {
-                    // One contiguous, vectorisable add per kernel column.
-                    sums.fill(0.0);
-                    for kx in 0..self.k {
-                        let (lo, hi) = self.tap_range(kx);
-                        let src = &row[lo + kx - self.padding..hi + kx - self.padding];
-                        for (r, &v) in sums[lo..hi].iter_mut().zip(src) {
-                            *r += v;
-                        }
-                    }
-                } else {
-                    for (ox, r) in sums.iter_mut().enumerate() {
-                        *r = row[self.window(ox, self.w)].iter().sum::<f32>();
-                    }
+                for (ox, r) in row_sums[iy * wo..(iy + 1) * wo].iter_mut().enumerate() {
+                    *r = row[self.window(ox, self.w)].iter().sum::<f32>();
                 }
             }
             for oy in 0..self.ho {
@@ -137,9 +148,23 @@ impl PoolShape {
         });
     }
 
-    /// The transpose of [`Self::avg_plane`]: column spreads into `h × wo`, then row spreads.
+    /// The transpose of [`Self::avg_plane`]. On the box path it is the same pool again: input
+    /// pixel `i` collects the outputs `i + p − (k−1) ..= i + p`, i.e. a stride-1 k×k average of
+    /// the output gradient zero-padded by `k − 1 − p`. Otherwise column spreads into `h × wo`,
+    /// then row spreads.
     fn avg_plane_backward(&self, dyp: &[f32], dxp: &mut [f32]) {
         let inv = 1.0 / (self.k * self.k) as f32;
+        if self.box_path() {
+            let q = self.k - 1 - self.padding;
+            let (hq, wq) = (self.ho + 2 * q, self.wo + 2 * q);
+            let rows_len = hq * wq + 1 - self.k;
+            with_scratch(hq * wq + rows_len, |scratch| {
+                let (padded, rows) = scratch.split_at_mut(hq * wq);
+                pad_plane(dyp, (self.ho, self.wo), q, 0.0, padded);
+                box_sums(padded, (hq, wq), self.k, inv, rows, dxp);
+            });
+            return;
+        }
         let wo = self.wo;
         with_scratch(self.h * wo, |spread| {
             spread.fill(0.0);
@@ -153,16 +178,13 @@ impl PoolShape {
             }
             for iy in 0..self.h {
                 let row = &mut dxp[iy * self.w..(iy + 1) * self.w];
-                let spread_row = &mut spread[iy * wo..(iy + 1) * wo];
+                let spread_row = &spread[iy * wo..(iy + 1) * wo];
                 if self.stride == 1 {
-                    for t in spread_row.iter_mut() {
-                        *t *= inv;
-                    }
                     for kx in 0..self.k {
                         let (lo, hi) = self.tap_range(kx);
                         let dst = &mut row[lo + kx - self.padding..hi + kx - self.padding];
                         for (d, &t) in dst.iter_mut().zip(&spread_row[lo..hi]) {
-                            *d += t;
+                            *d += t * inv;
                         }
                     }
                 } else {
@@ -261,17 +283,48 @@ impl PoolShape {
     }
 
     pub(crate) fn backward(&self, kind: PoolKind, x: &[f32], dy: &[f32]) -> Vec<f32> {
+        if kind == PoolKind::Avg {
+            return self.avg_backward(dy);
+        }
         let _t = Timer::start(Phase::Pool);
         let (hw, ohw) = (self.h * self.w, self.ho * self.wo);
         let mut dx = vec![0.0f32; self.planes * hw];
         dx.par_chunks_mut(hw.max(1))
             .zip(x.par_chunks(hw.max(1)))
             .zip(dy.par_chunks(ohw.max(1)))
-            .for_each(|((dxp, xp), dyp)| match kind {
-                PoolKind::Avg => self.avg_plane_backward(dyp, dxp),
-                PoolKind::Max => self.max_plane_backward(xp, dyp, dxp),
-            });
+            .for_each(|((dxp, xp), dyp)| self.max_plane_backward(xp, dyp, dxp));
         dx
+    }
+
+    /// The average pool's input gradient (which does not depend on the input).
+    pub(crate) fn avg_backward(&self, dy: &[f32]) -> Vec<f32> {
+        let _t = Timer::start(Phase::Pool);
+        let (hw, ohw) = (self.h * self.w, self.ho * self.wo);
+        let mut dx = vec![0.0f32; self.planes * hw];
+        dx.par_chunks_mut(hw.max(1))
+            .zip(dy.par_chunks(ohw.max(1)))
+            .for_each(|(dxp, dyp)| self.avg_plane_backward(dyp, dxp));
+        dx
+    }
+
+    /// The interior `[p, h − p) × [p, w − p)` of [`Self::avg_backward`] for a stride-1 pool
+    /// without padding of its own, read as a plane of `(h − 2p) × (w − 2p)`: the input gradient
+    /// of data that was padded by `p` before this pool (DBB's BN-and-pad, reference §1.1),
+    /// without the border that is thrown away. `None` where that is not a stride-1 average
+    /// pool of the zero-padded output gradient (`p ≥ k`, another stride, own padding).
+    pub(crate) fn avg_backward_interior(&self, dy: &[f32], p: usize) -> Option<Vec<f32>> {
+        if self.stride != 1 || self.padding != 0 || p >= self.k || 2 * p >= self.h.min(self.w) {
+            return None;
+        }
+        let inner = PoolShape::new(
+            PoolKind::Avg,
+            &[self.planes, 1, self.ho, self.wo],
+            self.k,
+            1,
+            self.k - 1 - p,
+        )
+        .ok()?;
+        Some(inner.forward(PoolKind::Avg, dy))
     }
 
     /// Max pool backward of one plane: adds each output's gradient (`dyp`) to the first
@@ -291,6 +344,69 @@ impl PoolShape {
         for oy in 0..self.ho {
             for ox in 0..self.wo {
                 dxp[self.argmax(xp, oy, ox)] += dyp[oy * self.wo + ox];
+            }
+        }
+    }
+}
+
+/// `src` (`h × w`) into the middle of `dst` (`(h + 2p) × (w + 2p)`), the border set to `fill`.
+pub(crate) fn pad_plane(src: &[f32], (h, w): (usize, usize), p: usize, fill: f32, dst: &mut [f32]) {
+    let wp = w + 2 * p;
+    dst[..p * wp + p].fill(fill);
+    for iy in 0..h {
+        let row = (iy + p) * wp;
+        dst[row + p..row + p + w].copy_from_slice(&src[iy * w..(iy + 1) * w]);
+        let next = if iy + 1 < h { row + wp + p } else { dst.len() };
+        dst[row + p + w..next].fill(fill);
+    }
+    if h == 0 {
+        dst.fill(fill);
+    }
+}
+
+/// `scale ·` the sum of every k×k window (stride 1) of the plane `src` (`hp × wp`) into `out`
+/// (`(hp − k + 1) × (wp − k + 1)`). Both passes run over the flat plane so the loops are long
+/// even when rows are short: `rows[j] = Σ_t src[j + t]` (values straddling a row end are never
+/// read), then each output row `Σ_t rows[(oy + t)·wp ..]`. `rows` holds `hp·wp − k + 1` values.
+pub(crate) fn box_sums(
+    src: &[f32],
+    (hp, wp): (usize, usize),
+    k: usize,
+    scale: f32,
+    rows: &mut [f32],
+    out: &mut [f32],
+) {
+    let (ho, wo) = (hp + 1 - k, wp + 1 - k);
+    let m = hp * wp + 1 - k;
+    let rows = &mut rows[..m];
+    if k == 3 {
+        let (s0, s1, s2) = (&src[..m], &src[1..m + 1], &src[2..m + 2]);
+        for (r, (&a, (&b, &c))) in rows.iter_mut().zip(s0.iter().zip(s1.iter().zip(s2))) {
+            *r = a + b + c;
+        }
+    } else {
+        rows.copy_from_slice(&src[..m]);
+        for t in 1..k {
+            for (r, &v) in rows.iter_mut().zip(&src[t..t + m]) {
+                *r += v;
+            }
+        }
+    }
+    for (oy, o) in out[..ho * wo].chunks_exact_mut(wo.max(1)).enumerate() {
+        let at = |t: usize| &rows[(oy + t) * wp..(oy + t) * wp + wo];
+        if k == 3 {
+            for ((o, &a), (&b, &c)) in o.iter_mut().zip(at(0)).zip(at(1).iter().zip(at(2))) {
+                *o = (a + b + c) * scale;
+            }
+        } else {
+            o.copy_from_slice(at(0));
+            for t in 1..k {
+                for (o, &v) in o.iter_mut().zip(at(t)) {
+                    *o += v;
+                }
+            }
+            for o in o.iter_mut() {
+                *o *= scale;
             }
         }
     }

@@ -14,6 +14,7 @@ use rayon::prelude::*;
 
 use crate::bn::{bn_backward, bn_backward_with, ChannelStats, Planes};
 use crate::conv::conv_backward;
+use crate::conv::ConvShape;
 use crate::cpu::{assume_init_vec, slice_f32, tensor_like, uninit_vec, with_f32, with_scratch};
 use crate::lanes::GradPass;
 use crate::pool::{PoolKind, PoolShape};
@@ -44,12 +45,12 @@ impl ConvBnReluOp {
     fn lock(&self) -> std::sync::MutexGuard<'_, Saved> {
         self.saved.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
 
-    /// The fused pool's geometry on the conv output `dims`.
-    fn pool_shape(&self, pool: MaxPoolParams, dims: &[usize]) -> candle_core::Result<PoolShape> {
-        PoolShape::new(PoolKind::Max, dims, pool.k, pool.stride, pool.padding)
-            .map_err(candle_core::Error::wrap)
-    }
+/// The fused pool's geometry on the conv output `dims`.
+fn pool_shape(pool: MaxPoolParams, dims: &[usize]) -> candle_core::Result<PoolShape> {
+    PoolShape::new(PoolKind::Max, dims, pool.k, pool.stride, pool.padding)
+        .map_err(candle_core::Error::wrap)
 }
 
 /// The BN (+ReLU) output of one conv output value: `((v − shift) − mean_rel)·a + b`, then
@@ -62,6 +63,172 @@ fn normalised(v: f32, st: ChannelStats, a: f32, b: f32, relu: bool) -> f32 {
         t.max(0.0)
     } else {
         t
+    }
+}
+
+/// What one conv → BN → ReLU (→ max pool) unit does after its conv: BN `eps`, ReLU, pool.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct UnitTail {
+    pub eps: f64,
+    pub relu: bool,
+    pub pool: Option<MaxPoolParams>,
+}
+
+/// One unit's forward on slices: the conv (taking the BN's batch statistics as it writes its
+/// output), the BN, ReLU and pool. Returns the output and its dims, and what the backward
+/// needs (the conv output only when `keep`).
+pub(crate) fn unit_forward(
+    shape: &ConvShape,
+    tail: UnitTail,
+    keep: bool,
+    x: &[f32],
+    w: &[f32],
+    gb: &[f32],
+) -> candle_core::Result<(Vec<f32>, Vec<usize>, Saved)> {
+    let c = shape.out;
+    let (z, stats) = shape.forward_stats(x, w);
+    let _t = Timer::start(Phase::BnForward);
+    let planes = Planes::of(&shape.output_dims())?;
+    let inv_std: Vec<f32> = stats
+        .iter()
+        .map(|s| (1.0 / (s.var as f64 + tail.eps).sqrt()) as f32)
+        .collect();
+    let hw = planes.hw.max(1);
+    let coef = |ch: usize| (stats[ch], gb[ch] * inv_std[ch], gb[c + ch]);
+    let (y, dims) = match tail.pool {
+        None => {
+            let mut y = uninit_vec(z.len());
+            y.par_chunks_mut(hw)
+                .zip(z.par_chunks(hw))
+                .enumerate()
+                .for_each(|(i, (yp, zp))| {
+                    let (st, a, b) = coef(i % c);
+                    for (o, &v) in yp.iter_mut().zip(zp) {
+                        o.write(normalised(v, st, a, b, tail.relu));
+                    }
+                });
+            // SAFETY: `y` and `z` have the same length and are split into the same planes;
+            // every plane of `y` is written element by element from its plane of `z`.
+            (unsafe { assume_init_vec(y) }, shape.output_dims().to_vec())
+        }
+        Some(pool) => {
+            // Each plane is normalised into a scratch buffer and pooled from there.
+            let ps = pool_shape(pool, &shape.output_dims())?;
+            let ohw = (ps.ho * ps.wo).max(1);
+            let mut y = vec![0.0f32; ps.planes * ps.ho * ps.wo];
+            y.par_chunks_mut(ohw)
+                .zip(z.par_chunks(hw))
+                .enumerate()
+                .for_each(|(i, (yp, zp))| {
+                    let (st, a, b) = coef(i % c);
+                    with_scratch(zp.len(), |unpooled| {
+                        for (o, &v) in unpooled.iter_mut().zip(zp) {
+                            *o = normalised(v, st, a, b, tail.relu);
+                        }
+                        ps.max_plane(unpooled, yp);
+                    });
+                });
+            (y, vec![planes.n, c, ps.ho, ps.wo])
+        }
+    };
+    let saved = Saved {
+        stats,
+        inv_std,
+        conv_out: keep.then_some(z),
+    };
+    Ok((y, dims, saved))
+}
+
+/// The BN (+ReLU, +pool) part of one unit's backward on slices: from the gradient `dy` of the
+/// unit's output `y` to the conv output's gradient, and `[dγ; dβ]`.
+pub(crate) fn unit_bn_backward(
+    shape: &ConvShape,
+    tail: UnitTail,
+    saved: &Saved,
+    gb: &[f32],
+    y: &[f32],
+    dy: &[f32],
+    op: &'static str,
+) -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
+    let planes = Planes::of(&shape.output_dims())?;
+    let c = shape.out;
+    let Some(z) = saved.conv_out.as_ref() else {
+        return Err(candle_core::Error::Msg(format!(
+            "{op}: backward without a kept forward (the op was built for inference)"
+        )));
+    };
+    let _t = Timer::start(Phase::BnBackward);
+    let (stats, inv_std) = (&saved.stats, &saved.inv_std);
+    let (dz, dgamma, dbeta) = match tail.pool {
+        None => {
+            if dy.len() != z.len() || (tail.relu && y.len() != z.len()) {
+                return Err(candle_core::Error::Msg(format!(
+                    "{op}: gradient of {} values for a conv output of {}",
+                    dy.len(),
+                    z.len()
+                )));
+            }
+            bn_backward(
+                dy,
+                tail.relu.then_some(y),
+                z,
+                planes,
+                stats,
+                inv_std,
+                &gb[..c],
+            )
+        }
+        Some(pool) => {
+            let ps = pool_shape(pool, &shape.output_dims())?;
+            let ohw = ps.ho * ps.wo;
+            if dy.len() != ps.planes * ohw {
+                return Err(candle_core::Error::Msg(format!(
+                    "{op}: pooled gradient of {} values for {} planes of {}×{}",
+                    dy.len(),
+                    ps.planes,
+                    ps.ho,
+                    ps.wo
+                )));
+            }
+            let first_pass = |pi: usize, range: std::ops::Range<usize>, out: &mut _| {
+                let ch = pi % c;
+                let (st, a, b) = (stats[ch], gb[ch] * inv_std[ch], gb[c + ch]);
+                let zp = &z[range];
+                with_scratch(2 * zp.len(), |buf| {
+                    // The forward's unpooled activation again, and the pool's gradient spread
+                    // back over it.
+                    let (unpooled, d_unpooled) = buf.split_at_mut(zp.len());
+                    for (o, &v) in unpooled.iter_mut().zip(zp) {
+                        *o = normalised(v, st, a, b, tail.relu);
+                    }
+                    d_unpooled.fill(0.0);
+                    ps.max_plane_backward(unpooled, &dy[pi * ohw..(pi + 1) * ohw], d_unpooled);
+                    GradPass {
+                        dy: d_unpooled,
+                        z: zp,
+                        relu_out: tail.relu.then_some(&*unpooled),
+                        shift: st.shift,
+                        mean_rel: st.mean_rel,
+                        out_scale: 1.0,
+                    }
+                    .run(Some(out))
+                })
+            };
+            // SAFETY: `GradPass::run` writes all of `out`: its slices are the plane's
+            // (`range`'s) length, as `out`.
+            unsafe { bn_backward_with(z, planes, stats, inv_std, &gb[..c], first_pass) }
+        }
+    };
+    Ok((dz, dgamma.into_iter().chain(dbeta).collect()))
+}
+
+impl ConvBnReluOp {
+    fn tail(&self) -> UnitTail {
+        UnitTail {
+            eps: self.eps,
+            relu: self.relu,
+            pool: self.pool,
+        }
     }
 }
 
@@ -83,58 +250,8 @@ impl CustomOp3 for ConvBnReluOp {
         let x = slice_f32(s1, l1, self.name())?;
         let w = slice_f32(s2, l2, self.name())?;
         let gb = slice_f32(s3, l3, self.name())?;
-        let c = shape.out;
-        // The BN's statistics are taken while the conv writes its output.
-        let (z, stats) = shape.forward_stats(x, w);
-        let _t = Timer::start(Phase::BnForward);
-        let planes = Planes::of(&shape.output_dims())?;
-        let inv_std: Vec<f32> = stats
-            .iter()
-            .map(|s| (1.0 / (s.var as f64 + self.eps).sqrt()) as f32)
-            .collect();
-        let hw = planes.hw.max(1);
-        let coef = |ch: usize| (stats[ch], gb[ch] * inv_std[ch], gb[c + ch]);
-        let (y, dims) = match self.pool {
-            None => {
-                let mut y = uninit_vec(z.len());
-                y.par_chunks_mut(hw)
-                    .zip(z.par_chunks(hw))
-                    .enumerate()
-                    .for_each(|(i, (yp, zp))| {
-                        let (st, a, b) = coef(i % c);
-                        for (o, &v) in yp.iter_mut().zip(zp) {
-                            o.write(normalised(v, st, a, b, self.relu));
-                        }
-                    });
-                // SAFETY: `y` and `z` have the same length and are split into the same
-                // planes; every plane of `y` is written element by element from its plane of
-                // `z`.
-                (unsafe { assume_init_vec(y) }, shape.output_dims().to_vec())
-            }
-            Some(pool) => {
-                // Each plane is normalised into a scratch buffer and pooled from there.
-                let ps = self.pool_shape(pool, &shape.output_dims())?;
-                let ohw = (ps.ho * ps.wo).max(1);
-                let mut y = vec![0.0f32; ps.planes * ps.ho * ps.wo];
-                y.par_chunks_mut(ohw)
-                    .zip(z.par_chunks(hw))
-                    .enumerate()
-                    .for_each(|(i, (yp, zp))| {
-                        let (st, a, b) = coef(i % c);
-                        with_scratch(zp.len(), |unpooled| {
-                            for (o, &v) in unpooled.iter_mut().zip(zp) {
-                                *o = normalised(v, st, a, b, self.relu);
-                            }
-                            ps.max_plane(unpooled, yp);
-                        });
-                    });
-                (y, vec![planes.n, c, ps.ho, ps.wo])
-            }
-        };
-        let mut saved = self.lock();
-        saved.stats = stats;
-        saved.inv_std = inv_std;
-        saved.conv_out = self.keep_for_backward.then_some(z);
+        let (y, dims, saved) = unit_forward(&shape, self.tail(), self.keep_for_backward, x, w, gb)?;
+        *self.lock() = saved;
         Ok((CpuStorage::F32(y), Shape::from(dims)))
     }
 
@@ -147,97 +264,14 @@ impl CustomOp3 for ConvBnReluOp {
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let shape = self.conv.shape(x.dims(), weight.dims())?;
-        let planes = Planes::of(&shape.output_dims())?;
-        let c = shape.out;
         let gb_v = gb.flatten_all()?.to_vec1::<f32>()?;
         let saved = self.lock();
-        let Some(z) = saved.conv_out.as_ref() else {
-            return Err(candle_core::Error::Msg(format!(
-                "{}: backward without a kept forward (the op was built for inference)",
-                self.name()
-            )));
-        };
-        let bn_timer = Timer::start(Phase::BnBackward);
-        let (dz, dgamma, dbeta) = match self.pool {
-            None => {
-                let relu_out = self.relu.then_some(y);
-                with_f32(dy, self.name(), |g| match relu_out {
-                    Some(y) => with_f32(y, self.name(), |ys| {
-                        bn_backward(
-                            g,
-                            Some(ys),
-                            z,
-                            planes,
-                            &saved.stats,
-                            &saved.inv_std,
-                            &gb_v[..c],
-                        )
-                    }),
-                    None => Ok(bn_backward(
-                        g,
-                        None,
-                        z,
-                        planes,
-                        &saved.stats,
-                        &saved.inv_std,
-                        &gb_v[..c],
-                    )),
-                })??
-            }
-            Some(pool) => {
-                let ps = self.pool_shape(pool, &shape.output_dims())?;
-                let ohw = ps.ho * ps.wo;
-                let (stats, inv_std) = (&saved.stats, &saved.inv_std);
-                with_f32(dy, self.name(), |g| {
-                    if g.len() != ps.planes * ohw {
-                        return Err(candle_core::Error::Msg(format!(
-                            "{}: pooled gradient of {} values for {} planes of {}×{}",
-                            self.name(),
-                            g.len(),
-                            ps.planes,
-                            ps.ho,
-                            ps.wo
-                        )));
-                    }
-                    let first_pass = |pi: usize, range: std::ops::Range<usize>, out: &mut _| {
-                        let ch = pi % c;
-                        let (st, a, b) = (stats[ch], gb_v[ch] * inv_std[ch], gb_v[c + ch]);
-                        let zp = &z[range];
-                        with_scratch(2 * zp.len(), |buf| {
-                            // The forward's unpooled activation again, and the pool's gradient
-                            // spread back over it.
-                            let (unpooled, d_unpooled) = buf.split_at_mut(zp.len());
-                            for (o, &v) in unpooled.iter_mut().zip(zp) {
-                                *o = normalised(v, st, a, b, self.relu);
-                            }
-                            d_unpooled.fill(0.0);
-                            ps.max_plane_backward(
-                                unpooled,
-                                &g[pi * ohw..(pi + 1) * ohw],
-                                d_unpooled,
-                            );
-                            GradPass {
-                                dy: d_unpooled,
-                                z: zp,
-                                relu_out: self.relu.then_some(&*unpooled),
-                                shift: st.shift,
-                                mean_rel: st.mean_rel,
-                                out_scale: 1.0,
-                            }
-                            .run(Some(out))
-                        })
-                    };
-                    // SAFETY: `GradPass::run` writes all of `out`: its slices are the plane's
-                    // (`range`'s) length, as `out`.
-                    Ok(unsafe {
-                        bn_backward_with(z, planes, stats, inv_std, &gb_v[..c], first_pass)
-                    })
-                })??
-            }
-        };
-        let dgb: Vec<f32> = dgamma.into_iter().chain(dbeta).collect();
+        let (dz, dgb) = with_f32(dy, self.name(), |g| {
+            with_f32(y, self.name(), |ys| {
+                unit_bn_backward(&shape, self.tail(), &saved, &gb_v, ys, g, self.name())
+            })
+        })???;
         drop(saved);
-        drop(bn_timer);
         let (dx, dw) = conv_backward(&shape, x, weight, &dz, self.name())?;
         let dgb = gb
             .track_op()

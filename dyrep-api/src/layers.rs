@@ -336,6 +336,79 @@ fn conv_bn_batch_stats(
     Ok(out.y)
 }
 
+/// One unit of [`conv_bn_stack`]: the conv, its BN, whether a ReLU follows, and the max pool
+/// after it, if any.
+pub type StackUnit<'a> = (
+    &'a Conv2dLayer,
+    &'a BatchNorm,
+    bool,
+    Option<dyrep_kernels::MaxPoolParams>,
+);
+
+/// Whether `conv` → `bn` can be a unit of [`conv_bn_stack`] in this mode: a conv without bias
+/// whose BN normalises with batch statistics.
+pub fn fits_conv_bn_stack(conv: &Conv2dLayer, bn: &BatchNorm, train: bool) -> Result<bool> {
+    Ok(fusable(conv, bn)?.is_some() && bn.uses_batch_stats(train))
+}
+
+/// A run of units that each [`fits_conv_bn_stack`] as one op
+/// ([`dyrep_kernels::conv_bn_stack_train`]: the same arithmetic as [`conv_bn`] /
+/// [`conv_bn_max_pool`] unit by unit, without candle's gradient bookkeeping between them);
+/// records every BN's batch statistics.
+pub fn conv_bn_stack(units: &[StackUnit<'_>], x: &Tensor, train: bool) -> Result<Tensor> {
+    let mut args = Vec::with_capacity(units.len());
+    let mut dims = x.dims().to_vec();
+    let mut counts = Vec::with_capacity(units.len());
+    for &(conv, bn, relu, pool) in units {
+        let params = fusable(conv, bn)?
+            .filter(|_| bn.uses_batch_stats(train))
+            .ok_or_else(|| Error::Unsupported {
+                op: "conv_bn_stack".into(),
+                what: format!(
+                    "a unit with a conv bias or a BN without batch statistics (input {dims:?}); \
+                     check `fits_conv_bn_stack` first"
+                ),
+            })?;
+        let w = conv.weight().as_tensor();
+        let shape = dyrep_kernels::ConvShape::new(
+            &dims,
+            w.dims(),
+            params.stride,
+            params.padding,
+            params.groups,
+        )?;
+        let out = shape.output_dims();
+        counts.push(bn.batch_count(&out)?);
+        dims = match pool {
+            None => out.to_vec(),
+            Some(p) => {
+                let ps = dyrep_kernels::PoolShape::new(
+                    dyrep_kernels::PoolKind::Max,
+                    &out,
+                    p.k,
+                    p.stride,
+                    p.padding,
+                )?;
+                vec![out[0], out[1], ps.ho, ps.wo]
+            }
+        };
+        args.push(dyrep_kernels::StackUnitArgs {
+            weight: w,
+            conv: params,
+            gamma: bn.gamma().as_tensor(),
+            beta: bn.beta().as_tensor(),
+            eps: bn.eps(),
+            relu,
+            pool,
+        });
+    }
+    let out = dyrep_kernels::conv_bn_stack_train(x, &args)?;
+    for ((&(_, bn, _, _), (mean, var)), count) in units.iter().zip(&out.stats).zip(counts) {
+        bn.record_batch_stats(mean, var, count)?;
+    }
+    Ok(out.y)
+}
+
 /// `max(x, 0)` with a one-pass backward (dyrep-kernels on the CPU).
 pub fn relu(x: &Tensor) -> Result<Tensor> {
     Ok(dyrep_kernels::relu(x)?)

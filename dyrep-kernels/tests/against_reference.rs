@@ -8,8 +8,9 @@ use anyhow::Result;
 use candle_core::{Device, Tensor, Var};
 use dyrep_kernels::{
     batch_norm_train_on, block_train_on, channel_affine_on, conv2d_on, conv_bn_max_pool_train_on,
-    conv_bn_train_on, pad_const_on, pool2d_on, relu_on, Backend, BlockBranch, BlockStage,
-    ConvParams, ConvShape, MaxPoolParams, PadFrom, PoolKind, PostBn, StageOp,
+    conv_bn_stack_train_on, conv_bn_train_on, pad_const_on, pool2d_on, relu_on, Backend,
+    BlockBranch, BlockStage, ConvParams, ConvShape, MaxPoolParams, PadFrom, PoolKind, PostBn,
+    StackUnitArgs, StageOp,
 };
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -373,6 +374,91 @@ proptest! {
         let cy = conv_bn_max_pool_train_on(Backend::Candle, &a[0], &a[1], params, &a[2], &a[3], 1e-5, relu, pool)
             .unwrap()
             .y;
+        check("candle forward", &cy, &to_f64(&sep))?;
+    }
+
+    #[test]
+    fn conv_unit_stack_matches_its_units_run_one_by_one(
+        n in 1usize..4, c0 in 1usize..4, h in 4usize..10, w in 4usize..10, seed in any::<u64>(),
+        units in prop::collection::vec(
+            (1usize..6, prop_oneof![Just(1usize), Just(3)], 1usize..3, any::<bool>(), any::<bool>(), any::<bool>()),
+            1..4,
+        ),
+    ) {
+        // Each unit: out channels, kernel, stride, padding k/2 or 0, ReLU, a 2×2 max pool.
+        let dev = Device::Cpu;
+        let mut args = vec![Tensor::from_vec(data(seed, n * c0 * h * w, 0.2), (n, c0, h, w), &dev).unwrap()];
+        let mut geo = Vec::new();
+        let (mut c, mut hh, mut ww) = (c0, h, w);
+        for (i, &(out, k, stride, pad, relu, pool)) in units.iter().enumerate() {
+            let p = if pad { k / 2 } else { 0 };
+            let params = ConvParams { stride, padding: (p, p), groups: 1 };
+            let Ok(shape) = ConvShape::new(&[n, c, hh, ww], &[out, c, k, k], stride, (p, p), 1) else {
+                break;
+            };
+            let pool = (pool && shape.ho >= 2 && shape.wo >= 2)
+                .then_some(MaxPoolParams { k: 2, stride: 2, padding: 0 });
+            let s = seed ^ (16 * (i as u64 + 1));
+            args.push(Tensor::from_vec(data(s, out * c * k * k, 0.0), (out, c, k, k), &dev).unwrap());
+            args.push(Tensor::from_vec(data(s ^ 1, out, 0.5), out, &dev).unwrap());
+            args.push(Tensor::from_vec(data(s ^ 2, out, 0.0), out, &dev).unwrap());
+            geo.push((params, relu, pool));
+            (c, hh, ww) = match pool {
+                Some(_) => (out, shape.ho / 2, shape.wo / 2),
+                None => (out, shape.ho, shape.wo),
+            };
+        }
+        prop_assume!(!geo.is_empty() && n * hh * ww >= 2);
+        // Per unit: the index of its weight argument (γ, β follow), conv, ReLU, pool.
+        let unit_args: Vec<(usize, ConvParams, bool, Option<MaxPoolParams>)> = geo
+            .iter()
+            .enumerate()
+            .map(|(i, &(params, relu, pool))| (1 + 3 * i, params, relu, pool))
+            .collect();
+        let stack = |a: &[Tensor]| {
+            let units: Vec<StackUnitArgs<'_>> = unit_args
+                .iter()
+                .copied()
+                .map(|(j, conv, relu, pool)| StackUnitArgs {
+                    weight: &a[j], conv, gamma: &a[j + 1], beta: &a[j + 2], eps: 1e-5, relu, pool,
+                })
+                .collect();
+            conv_bn_stack_train_on(Backend::Own, &a[0], &units).unwrap()
+        };
+        let one_by_one = |a: &[Tensor]| {
+            let mut h = a[0].clone();
+            let mut stats = Vec::new();
+            for &(j, conv, relu, pool) in &unit_args {
+                let out = match pool {
+                    None => conv_bn_train_on(Backend::Own, &h, &a[j], conv, &a[j + 1], &a[j + 2], 1e-5, relu),
+                    Some(p) => conv_bn_max_pool_train_on(Backend::Own, &h, &a[j], conv, &a[j + 1], &a[j + 2], 1e-5, relu, p),
+                }
+                .unwrap();
+                stats.push((out.mean, out.var));
+                h = out.y;
+            }
+            (h, stats)
+        };
+        let (y, g, _) = run_with_grads(&args, seed ^ 5, |a| stack(a).y);
+        let (sep, sg, _) = run_with_grads(&args, seed ^ 5, |a| one_by_one(a).0);
+        check("forward", &y, &to_f64(&sep))?;
+        for (i, (got, want)) in g.iter().zip(&sg).enumerate() {
+            check(&format!("gradient of argument {i}"), got, &to_f64(want))?;
+        }
+        let (got_stats, want_stats) = (stack(&args).stats, one_by_one(&args).1);
+        for (i, ((m, v), (wm, wv))) in got_stats.iter().zip(&want_stats).enumerate() {
+            check(&format!("mean {i}"), m, &to_f64(wm))?;
+            check(&format!("var {i}"), v, &to_f64(wv))?;
+        }
+        // candle's path (the units one after the other through candle's ops) agrees.
+        let candle_units: Vec<StackUnitArgs<'_>> = unit_args
+            .iter()
+            .copied()
+            .map(|(j, conv, relu, pool)| StackUnitArgs {
+                weight: &args[j], conv, gamma: &args[j + 1], beta: &args[j + 2], eps: 1e-5, relu, pool,
+            })
+            .collect();
+        let cy = conv_bn_stack_train_on(Backend::Candle, &args[0], &candle_units).unwrap().y;
         check("candle forward", &cy, &to_f64(&sep))?;
     }
 

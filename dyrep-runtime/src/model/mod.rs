@@ -76,18 +76,55 @@ impl Model {
     /// ([`ConvUnit::forward_max_pool_t`]).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut h = x.clone();
-        let mut layers = self.layers.iter().peekable();
-        while let Some(l) = layers.next() {
-            h = match (l, layers.peek()) {
-                (Layer::Conv(unit), Some(&&Layer::MaxPool { k, stride, padding })) => {
-                    layers.next();
+        let mut i = 0;
+        while i < self.layers.len() {
+            // Two or more plain conv units in a row (each with its max pool, if one follows)
+            // train as one op: no gradient bookkeeping between them.
+            let (run, next) = self.stack_run(i, train)?;
+            if run.len() >= 2 {
+                h = dyrep_api::layers::conv_bn_stack(&run, &h, train)?;
+                i = next;
+                continue;
+            }
+            h = match (&self.layers[i], self.layers.get(i + 1)) {
+                (Layer::Conv(unit), Some(&Layer::MaxPool { k, stride, padding })) => {
+                    i += 1;
                     let pool = dyrep_api::kernels::MaxPoolParams { k, stride, padding };
                     unit.forward_max_pool_t(&h, train, pool)?
                 }
-                _ => l.forward_t(&h, train)?,
+                (l, _) => l.forward_t(&h, train)?,
             };
+            i += 1;
         }
         Ok(h)
+    }
+
+    /// The plain conv units from layer `i` on that can train as one op
+    /// ([`dyrep_api::layers::conv_bn_stack`]: a conv without bias, a BN with batch statistics;
+    /// a max pool right after a unit goes with it), and the index of the layer after them.
+    fn stack_run(
+        &self,
+        mut i: usize,
+        train: bool,
+    ) -> Result<(Vec<dyrep_api::layers::StackUnit<'_>>, usize)> {
+        let mut run = Vec::new();
+        while let Some(Layer::Conv(unit)) = self.layers.get(i) {
+            let (Slot::Conv(conv), Some(bn)) = (&unit.slot, &unit.bn) else {
+                break;
+            };
+            if !dyrep_api::layers::fits_conv_bn_stack(conv.layer(), bn, train)? {
+                break;
+            }
+            let pool = match self.layers.get(i + 1) {
+                Some(&Layer::MaxPool { k, stride, padding }) => {
+                    Some(dyrep_api::kernels::MaxPoolParams { k, stride, padding })
+                }
+                _ => None,
+            };
+            run.push((conv.layer(), bn, unit.relu, pool));
+            i += if pool.is_some() { 2 } else { 1 };
+        }
+        Ok((run, i))
     }
 
     /// Eval-mode logits without a graph: no activation is kept for a backward (inference,
@@ -472,37 +509,75 @@ mod tests {
     }
 
     #[test]
-    fn conv_units_followed_by_max_pool_train_as_the_separate_layers() {
-        // bench-small has two conv → max pool pairs: the model runs each as one fused op.
-        let m = build("bench-small", [1, 28, 28]);
-        let mut rng = SeededRng::new(5);
-        let x = dyrep_api::init::normal_tensor(&mut rng, &[3, 1, 28, 28], 0.0, 1.0, &Device::Cpu)
-            .unwrap();
-        let upstream =
-            dyrep_api::init::normal_tensor(&mut rng, &[3, 10], 0.0, 1.0, &Device::Cpu).unwrap();
-        let grads_of = |y: &Tensor| {
-            let grads = (y * &upstream)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            m.tensors()
-                .into_iter()
-                .filter(|(_, _, r)| r.is_trainable())
-                .map(|(p, v, _)| (p, grads.get(&v).expect("gradient").clone()))
-                .collect::<Vec<_>>()
-        };
-        let fused = m.forward_t(&x, true).unwrap();
-        let mut separate = x.clone();
-        for l in &m.layers {
-            separate = l.forward_t(&separate, true).unwrap();
-        }
-        let c = dyrep_api::equivalence::compare(&fused, &separate).unwrap();
-        assert!(c.rel < 1e-6, "logits: {c:?}");
-        for ((path, gf), (_, gs)) in grads_of(&fused).iter().zip(&grads_of(&separate)) {
-            let c = dyrep_api::equivalence::compare(gf, gs).unwrap();
-            assert!(c.rel < 1e-5, "{path}: {c:?}");
+    fn stacked_conv_units_train_as_the_separate_layers() {
+        // bench-small's five conv units (two with their max pools) run as one stack op. With its
+        // second unit grown the run breaks there: unit 0 alone (one fused op), the block and its
+        // max pool, then units 2..4 as a stack of three (one conv → max pool pair inside).
+        for grow in [false, true] {
+            let build_one = || {
+                let mut m = build("bench-small", [1, 28, 28]);
+                if grow {
+                    let path = m.units()[1].conv_path.clone();
+                    let (slot, _) = m.slot_mut(&path).unwrap();
+                    let mut rng = SeededRng::new(9);
+                    let mut ctx = InitCtx::new(&mut rng, &Device::Cpu);
+                    let specs = crate::dynamics::DyrepConfig::default()
+                        .branch_specs()
+                        .unwrap();
+                    let g = *slot.geom();
+                    let ok: Vec<Box<dyn OpSpec>> =
+                        specs.into_iter().filter(|s| s.check(&g).is_ok()).collect();
+                    slot.grow(&*dyrep_ops::main_spec(), &ok, &mut ctx).unwrap();
+                }
+                m
+            };
+            let (stacked_model, separate_model) = (build_one(), build_one());
+            let mut rng = SeededRng::new(5);
+            let x =
+                dyrep_api::init::normal_tensor(&mut rng, &[3, 1, 28, 28], 0.0, 1.0, &Device::Cpu)
+                    .unwrap();
+            let upstream =
+                dyrep_api::init::normal_tensor(&mut rng, &[3, 10], 0.0, 1.0, &Device::Cpu).unwrap();
+            let grads_of = |m: &Model, y: &Tensor| {
+                let grads = (y * &upstream)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                m.tensors()
+                    .into_iter()
+                    .filter(|(_, _, r)| r.is_trainable())
+                    .map(|(p, v, _)| (p, grads.get(&v).expect("gradient").clone()))
+                    .collect::<Vec<_>>()
+            };
+            let stacked = stacked_model.forward_t(&x, true).unwrap();
+            let mut separate = x.clone();
+            for l in &separate_model.layers {
+                separate = l.forward_t(&separate, true).unwrap();
+            }
+            let c = dyrep_api::equivalence::compare(&stacked, &separate).unwrap();
+            assert!(c.rel < 1e-6, "grow {grow}: logits: {c:?}");
+            let gs = grads_of(&separate_model, &separate);
+            for ((path, gf), (_, gs)) in grads_of(&stacked_model, &stacked).iter().zip(&gs) {
+                let c = dyrep_api::equivalence::compare(gf, gs).unwrap();
+                assert!(c.rel < 1e-5, "grow {grow}: {path}: {c:?}");
+            }
+            // Every BN recorded its batch statistics into its running statistics.
+            let running = |m: &Model| {
+                m.tensors()
+                    .into_iter()
+                    .filter(|(_, _, r)| !r.is_trainable())
+                    .map(|(p, v, _)| (p, v.as_tensor().clone()))
+                    .collect::<Vec<_>>()
+            };
+            for ((path, a), (_, b)) in running(&stacked_model)
+                .iter()
+                .zip(&running(&separate_model))
+            {
+                let c = dyrep_api::equivalence::compare(a, b).unwrap();
+                assert!(c.rel < 1e-6, "grow {grow}: {path}: {c:?}");
+            }
         }
     }
 

@@ -458,8 +458,11 @@ proptest! {
                 weight: &args[j], conv, gamma: &args[j + 1], beta: &args[j + 2], eps: 1e-5, relu, pool,
             })
             .collect();
+        // Its convs sum in another order, and each BN divides that rounding by the batch's
+        // spread: over up to three units it grows past 1e-5 of the result (1.3e-5 seen).
         let cy = conv_bn_stack_train_on(Backend::Candle, &args[0], &candle_units).unwrap().y;
-        check("candle forward", &cy, &to_f64(&sep))?;
+        let e = rel_err(&cy.flatten_all().unwrap().to_vec1::<f32>().unwrap(), &to_f64(&sep));
+        prop_assert!(e <= 10.0 * TOL, "candle forward: relative error {e:e}");
     }
 
     #[test]

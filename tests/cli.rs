@@ -245,9 +245,10 @@ fn verify_kernels_checks_every_kernel_against_the_cpu_reference() {
         .iter()
         .map(|c| c["kernel"].as_str().unwrap())
         .collect();
-    assert_eq!(kernels.len(), 7, "{v}");
+    assert_eq!(kernels.len(), 8, "{v}");
     assert!(kernels.contains(&"conv+bn+relu (train)"), "{v}");
     assert!(kernels.contains(&"conv+bn+relu+pool (fused)"), "{v}");
+    assert!(kernels.contains(&"conv unit stack (fused)"), "{v}");
     // --kernels and --op are exclusive.
     assert_eq!(
         dyrep(&["verify", "--kernels", "--op", "conv1x1"])

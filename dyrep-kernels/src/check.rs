@@ -7,8 +7,9 @@
 use candle_core::{Device, Tensor, Var};
 
 use crate::{
-    batch_norm_train_on, conv2d_on, conv_affine_on, conv_bn_max_pool_train_on, conv_bn_train_on,
-    pool2d_on, relu_on, Backend, ConvParams, ConvShape, MaxPoolParams, PoolKind, Result,
+    batch_norm_train_on, conv2d_on, conv_affine_on, conv_bn_max_pool_train_on,
+    conv_bn_stack_train_on, conv_bn_train_on, pool2d_on, relu_on, Backend, ConvParams, ConvShape,
+    MaxPoolParams, PoolKind, Result, StackUnitArgs,
 };
 
 /// The worst relative error a kernel check accepts (f32, different summation orders).
@@ -192,6 +193,7 @@ pub fn check_kernels(device: &Device, cases: usize, seed: u64) -> Result<Vec<Ker
     let mut conv = Tally::new("conv2d");
     let mut conv_bn = Tally::new("conv+bn+relu (train)");
     let mut conv_bn_pool = Tally::new("conv+bn+relu+pool (fused)");
+    let mut conv_bn_stack = Tally::new("conv unit stack (fused)");
     let mut conv_aff = Tally::new("conv+affine+relu (eval)");
     let mut bn = Tally::new("batch_norm (train)");
     let mut pools = Tally::new("avg/max pool");
@@ -361,6 +363,92 @@ pub fn check_kernels(device: &Device, cases: usize, seed: u64) -> Result<Vec<Ker
             conv_bn_pool.case(format!("{what}, max pool {pool:?}"), &errs);
         }
 
+        // Two units as one stack op (the case's conv, then a 3×3 conv with its own BN)
+        // against the same units run one by one by the own kernels.
+        let out2 = 1 + r.below(4);
+        let w2 = Tensor::from_vec(r.weights(out2 * s.out * 9), (out2, s.out, 3, 3), &cpu)?;
+        let gamma2 = Tensor::from_vec(r.values(out2), out2, &cpu)?;
+        let beta2 = Tensor::from_vec(r.values(out2), out2, &cpu)?;
+        let first_pool = (s.ho >= 2 && s.wo >= 2 && r.below(2) == 0).then_some(MaxPoolParams {
+            k: 2,
+            stride: 2,
+            padding: 0,
+        });
+        let second = ConvParams {
+            stride: 1,
+            padding: (1, 1),
+            groups: 1,
+        };
+        let stack_args = [
+            x.clone(),
+            w.clone(),
+            gamma.clone(),
+            beta.clone(),
+            w2,
+            gamma2,
+            beta2,
+        ];
+        // Per unit: its weight's argument index (γ, β follow), conv, pool.
+        let units = [(1, params, first_pool), (4, second, None)];
+        let stacked = with_grads(&stack_args, &up, &|a| {
+            let args: Vec<StackUnitArgs<'_>> = units
+                .iter()
+                .map(|&(j, conv, pool)| StackUnitArgs {
+                    weight: &a[j],
+                    conv,
+                    gamma: &a[j + 1],
+                    beta: &a[j + 2],
+                    eps: 1e-5,
+                    relu: relu_on_case,
+                    pool,
+                })
+                .collect();
+            Ok(conv_bn_stack_train_on(Backend::Own, &a[0], &args)?.y)
+        })?;
+        let one_by_one = with_grads(&stack_args, &up, &|a| {
+            let mut h = a[0].clone();
+            for &(j, conv, pool) in &units {
+                h = match pool {
+                    None => {
+                        let (g, b) = (&a[j + 1], &a[j + 2]);
+                        conv_bn_train_on(Backend::Own, &h, &a[j], conv, g, b, 1e-5, relu_on_case)?.y
+                    }
+                    Some(p) => {
+                        let (g, b) = (&a[j + 1], &a[j + 2]);
+                        conv_bn_max_pool_train_on(
+                            Backend::Own,
+                            &h,
+                            &a[j],
+                            conv,
+                            g,
+                            b,
+                            1e-5,
+                            relu_on_case,
+                            p,
+                        )?
+                        .y
+                    }
+                };
+            }
+            Ok(h)
+        })?;
+        let stack_names = [
+            "output",
+            "input grad",
+            "weight grad",
+            "gamma grad",
+            "beta grad",
+            "second weight grad",
+            "second gamma grad",
+            "second beta grad",
+        ];
+        let errs = stack_names
+            .iter()
+            .zip(one_by_one.iter().zip(&stacked))
+            .map(|(n, (a, b))| Ok((*n, rel_err(a, b)?)))
+            .collect::<Result<Vec<(&str, f64)>>>()?;
+        conv_bn_stack.case(format!("{what}, then 3x3 to {out2}"), &errs);
+
         let own = with_grads(
             &[x.clone(), w.clone(), gamma.clone(), beta.clone()],
             &up,
@@ -458,6 +546,7 @@ pub fn check_kernels(device: &Device, cases: usize, seed: u64) -> Result<Vec<Ker
         conv.report,
         conv_bn.report,
         conv_bn_pool.report,
+        conv_bn_stack.report,
         conv_aff.report,
         bn.report,
         pools.report,
@@ -472,7 +561,7 @@ mod tests {
     #[test]
     fn own_kernels_agree_with_candle_on_the_cpu() {
         let reports = check_kernels(&Device::Cpu, 40, 7).unwrap();
-        assert_eq!(reports.len(), 7);
+        assert_eq!(reports.len(), 8);
         for r in &reports {
             assert!(r.cases > 0, "{r:?}");
             assert_eq!(r.failures, 0, "{r:?}");

@@ -3,7 +3,8 @@
 //! no backward unless kernel == stride). Average pooling counts the zero padding
 //! (`count_include_pad`, as DBB's 1×1→avg branch, reference §1.1); max pooling ignores it and
 //! sends each output's gradient to the first maximum of its window, as PyTorch does.
-//! Parallel over (image, channel) planes.
+//! Parallel over (image, channel) planes; stride-1 averages (and their backward, itself a
+//! stride-1 average) as flat box sums over the whole plane ([`box_sums`]).
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;

@@ -8,9 +8,10 @@
 //! zero tensor); the branches add their input gradients into one buffer where they are made.
 //! A stride-1 average branch never stores its padded input: each plane is normalised, padded
 //! and pooled in cache. Optionally the BN (and ReLU) that follows the block in its conv unit
-//! runs in the same op on the sum. Arguments `(x, weights, γβ)`: every conv's weight (then its bias, if
-//! it has one) flattened and concatenated in branch order (a two-stage branch's first conv, then
-//! its second), and every BN's `[γ; β]` concatenated in the same order, the unit's BN last.
+//! runs in the same op on the sum. Arguments `(x, weights, γβ)`: every conv's weight (then its
+//! bias, if it has one) flattened and concatenated in branch order (a two-stage branch's first
+//! conv, then its second), and every BN's `[γ; β]` concatenated in the same order, the unit's
+//! BN last.
 
 use std::sync::{Arc, Mutex};
 

@@ -723,34 +723,16 @@ impl<'a> ImageForward<'a> {
             });
             return;
         }
-        let (ohw, kg, og) = (s.ohw(), s.kg(), s.og());
+        let per_group = s.og() * s.ohw();
         s.with_cols(image, |cols| {
             for g in 0..s.groups {
-                sgemm_uninit(
-                    &mut out[g * og * ohw..(g + 1) * og * ohw],
-                    ohw,
-                    Mat {
-                        data: &self.weight[g * og * kg..(g + 1) * og * kg],
-                        rows: og,
-                        cols: kg,
-                        rs: kg,
-                        cs: 1,
-                    },
-                    Mat {
-                        data: &cols[g * kg * ohw..(g + 1) * kg * ohw],
-                        rows: kg,
-                        cols: ohw,
-                        rs: ohw,
-                        cs: 1,
-                    },
-                    self.parallel_gemm,
-                );
+                let (w, c) = self.group_operands(cols, g);
+                let dst = &mut out[g * per_group..(g + 1) * per_group];
+                sgemm_uninit(dst, s.ohw(), w, c, self.parallel_gemm);
             }
         });
     }
-}
 
-impl ImageForward<'_> {
     /// [`Self::run`], adding the outputs into `out` instead of writing them.
     fn run_add(&self, image: &[f32], out: &mut [f32]) {
         let s = self.shape;
@@ -760,31 +742,37 @@ impl ImageForward<'_> {
             });
             return;
         }
-        let (ohw, kg, og) = (s.ohw(), s.kg(), s.og());
+        let per_group = s.og() * s.ohw();
         s.with_cols(image, |cols| {
             for g in 0..s.groups {
-                sgemm(
-                    &mut out[g * og * ohw..(g + 1) * og * ohw],
-                    ohw,
-                    Mat {
-                        data: &self.weight[g * og * kg..(g + 1) * og * kg],
-                        rows: og,
-                        cols: kg,
-                        rs: kg,
-                        cs: 1,
-                    },
-                    Mat {
-                        data: &cols[g * kg * ohw..(g + 1) * kg * ohw],
-                        rows: kg,
-                        cols: ohw,
-                        rs: ohw,
-                        cs: 1,
-                    },
-                    true,
-                    self.parallel_gemm,
-                );
+                let (w, c) = self.group_operands(cols, g);
+                let dst = &mut out[g * per_group..(g + 1) * per_group];
+                sgemm(dst, s.ohw(), w, c, true, self.parallel_gemm);
             }
         });
+    }
+
+    /// Group `g`'s gemm operands on the lowered path: its weight rows `(og × kg)` and its
+    /// block of the patch matrix `cols` `(kg × ho·wo)`.
+    fn group_operands<'b>(&'b self, cols: &'b [f32], g: usize) -> (Mat<'b>, Mat<'b>) {
+        let s = self.shape;
+        let (ohw, kg, og) = (s.ohw(), s.kg(), s.og());
+        (
+            Mat {
+                data: &self.weight[g * og * kg..(g + 1) * og * kg],
+                rows: og,
+                cols: kg,
+                rs: kg,
+                cs: 1,
+            },
+            Mat {
+                data: &cols[g * kg * ohw..(g + 1) * kg * ohw],
+                rows: kg,
+                cols: ohw,
+                rs: ohw,
+                cs: 1,
+            },
+        )
     }
 }
 

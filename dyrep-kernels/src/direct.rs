@@ -169,20 +169,9 @@ impl ConvShape {
         out: &mut [MaybeUninit<f32>],
         scratch: &mut [f32],
     ) {
-        let (grid, wp) = self.direct_grid(image, packed, scratch);
-        // Drop the extra columns of each output row.
-        let (ho, wo) = (self.ho, self.wo);
-        for (dst, src) in out
-            .chunks_exact_mut(ho * wo)
-            .zip(grid.chunks_exact(ho * wp))
-        {
-            for oy in 0..ho {
-                let row = &mut dst[oy * wo..(oy + 1) * wo];
-                for (d, &v) in row.iter_mut().zip(&src[oy * wp..oy * wp + wo]) {
-                    d.write(v);
-                }
-            }
-        }
+        self.direct_rows(image, packed, out, scratch, |d, v| {
+            d.write(v);
+        });
     }
 
     /// [`Self::direct_image`], adding the outputs into `out` instead of writing them.
@@ -193,6 +182,19 @@ impl ConvShape {
         out: &mut [f32],
         scratch: &mut [f32],
     ) {
+        self.direct_rows(image, packed, out, scratch, |d, v| *d += v);
+    }
+
+    /// The output grid's rows without their extra columns, each value handed to `put` with
+    /// its place in `out` (`[out, ho, wo]`).
+    fn direct_rows<T>(
+        &self,
+        image: &[f32],
+        packed: &[f32],
+        out: &mut [T],
+        scratch: &mut [f32],
+        put: impl Fn(&mut T, f32),
+    ) {
         let (grid, wp) = self.direct_grid(image, packed, scratch);
         let (ho, wo) = (self.ho, self.wo);
         for (dst, src) in out
@@ -202,7 +204,7 @@ impl ConvShape {
             for oy in 0..ho {
                 let row = &mut dst[oy * wo..(oy + 1) * wo];
                 for (d, &v) in row.iter_mut().zip(&src[oy * wp..oy * wp + wo]) {
-                    *d += v;
+                    put(d, v);
                 }
             }
         }

@@ -370,28 +370,9 @@ pub fn conv_bn_stack(units: &[StackUnit<'_>], x: &Tensor, train: bool) -> Result
                 ),
             })?;
         let w = conv.weight().as_tensor();
-        let shape = dyrep_kernels::ConvShape::new(
-            &dims,
-            w.dims(),
-            params.stride,
-            params.padding,
-            params.groups,
-        )?;
-        let out = shape.output_dims();
-        counts.push(bn.batch_count(&out)?);
-        dims = match pool {
-            None => out.to_vec(),
-            Some(p) => {
-                let ps = dyrep_kernels::PoolShape::new(
-                    dyrep_kernels::PoolKind::Max,
-                    &out,
-                    p.k,
-                    p.stride,
-                    p.padding,
-                )?;
-                vec![out[0], out[1], ps.ho, ps.wo]
-            }
-        };
+        let (shape, next) = dyrep_kernels::conv_unit_dims(&dims, w.dims(), params, pool)?;
+        counts.push(bn.batch_count(&shape.output_dims())?);
+        dims = next;
         args.push(dyrep_kernels::StackUnitArgs {
             weight: w,
             conv: params,

@@ -446,6 +446,26 @@ fn conv_bn_train_with(
     }
 }
 
+/// A conv unit's geometry on input dims `x` with weight dims `w`, and its output dims after
+/// the max pool that follows it, if any (validating both).
+pub fn conv_unit_dims(
+    x: &[usize],
+    w: &[usize],
+    conv: ConvParams,
+    pool: Option<MaxPoolParams>,
+) -> Result<(ConvShape, Vec<usize>)> {
+    let shape = ConvShape::new(x, w, conv.stride, conv.padding, conv.groups)?;
+    let out = shape.output_dims();
+    let dims = match pool {
+        None => out.to_vec(),
+        Some(p) => {
+            let ps = PoolShape::new(PoolKind::Max, &out, p.k, p.stride, p.padding)?;
+            vec![out[0], out[1], ps.ho, ps.wo]
+        }
+    };
+    Ok((shape, dims))
+}
+
 /// One unit of [`conv_bn_stack_train`]: a conv without bias, its train-mode BN (affine `gamma`,
 /// `beta`, `eps`), an optional ReLU and an optional max pool.
 #[derive(Clone, Copy, Debug)]
@@ -516,27 +536,14 @@ pub fn conv_bn_stack_train_on(
     for u in units {
         let (w, gamma, beta) = (arg(u.weight), arg(u.gamma), arg(u.beta));
         check_own(&w, "conv_bn_stack")?;
-        let shape = ConvShape::new(
-            &dims,
-            w.dims(),
-            u.conv.stride,
-            u.conv.padding,
-            u.conv.groups,
-        )?;
+        let (shape, next) = conv_unit_dims(&dims, w.dims(), u.conv, u.pool)?;
         check_per_channel(
             "conv_bn_stack",
             &dims,
             shape.out,
             &[("gamma", &gamma), ("beta", &beta)],
         )?;
-        let out = shape.output_dims();
-        dims = match u.pool {
-            None => out.to_vec(),
-            Some(p) => {
-                let ps = PoolShape::new(PoolKind::Max, &out, p.k, p.stride, p.padding)?;
-                vec![out[0], out[1], ps.ho, ps.wo]
-            }
-        };
+        dims = next;
         let weight_dims: [usize; 4] = [shape.out, w.dims()[1], shape.kh, shape.kw];
         geoms.push(stack::StackUnit {
             conv: u.conv,

@@ -63,23 +63,9 @@ impl StackOp {
         let mut dims = Vec::with_capacity(self.units.len());
         let mut d = x.to_vec();
         for u in &self.units {
-            let shape = u.conv.shape(&d, &u.weight_dims)?;
-            dims.push(d);
-            let out = shape.output_dims();
-            d = match u.tail.pool {
-                None => out.to_vec(),
-                Some(p) => {
-                    let ps = crate::pool::PoolShape::new(
-                        crate::pool::PoolKind::Max,
-                        &out,
-                        p.k,
-                        p.stride,
-                        p.padding,
-                    )
-                    .map_err(candle_core::Error::wrap)?;
-                    vec![out[0], out[1], ps.ho, ps.wo]
-                }
-            };
+            let (_, next) = crate::conv_unit_dims(&d, &u.weight_dims, u.conv, u.tail.pool)
+                .map_err(candle_core::Error::wrap)?;
+            dims.push(std::mem::replace(&mut d, next));
         }
         Ok(dims)
     }

@@ -72,7 +72,9 @@ impl Model {
         &self.config.name
     }
 
-    /// Logits `[N, classes]`. A conv unit directly followed by a max pool runs as one op
+    /// Logits `[N, classes]`. In training, two or more plain conv units in a row (with the max
+    /// pools right after them) run as one op ([`dyrep_api::layers::conv_bn_stack`]); otherwise
+    /// a conv unit directly followed by a max pool runs as one op
     /// ([`ConvUnit::forward_max_pool_t`]).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut h = x.clone();

@@ -175,6 +175,20 @@ fn bench_prints_the_json_keys() {
 }
 
 #[test]
+fn bench_reports_the_capped_instruction_set_tier() {
+    let o = Command::new(env!("CARGO_BIN_EXE_dyrep"))
+        .args(["bench", "eval", "--model", "bench-small", "--batch", "4"])
+        .args(["--iters", "1", "--json"])
+        .env("DYREP_ISA", "scalar")
+        .output()
+        .expect("run the dyrep binary");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["isa"], "scalar", "{v}");
+    assert_eq!(v["direct_conv"], "none", "{v}");
+}
+
+#[test]
 fn bench_train_reports_the_step_split_and_the_kernels() {
     let o = dyrep(&[
         "bench",
@@ -190,6 +204,13 @@ fn bench_train_reports_the_step_split_and_the_kernels() {
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["kernels"], "own", "{v}");
+    assert!(
+        ["avx512", "avx2", "scalar"].contains(&v["isa"].as_str().unwrap()),
+        "{v}"
+    );
+    // A tier names its direct conv kernel or `none`; the portable tier has none.
+    let direct = v["direct_conv"].as_str().unwrap();
+    assert!(direct == "none" || direct == v["isa"], "{v}");
     assert_eq!(v["macs_per_image"].as_u64().unwrap(), 21_903_104, "{v}");
     for k in ["forward_ms", "backward_ms", "optimizer_ms"] {
         assert!(v[k].as_f64().unwrap() > 0.0, "{k}: {v}");
@@ -226,6 +247,19 @@ fn bench_grow_ops_grows_every_conv_and_refuses_unknown_ops() {
 }
 
 #[test]
+fn an_unknown_dyrep_isa_is_refused_with_the_values_it_takes() {
+    let o = Command::new(env!("CARGO_BIN_EXE_dyrep"))
+        .args(["bench", "eval", "--model", "bench-small", "--iters", "1"])
+        .env("DYREP_ISA", "sse9")
+        .output()
+        .expect("run the dyrep binary");
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("DYREP_ISA=sse9") && e.contains("avx2"), "{e}");
+    assert_eq!(e.lines().count(), 1, "{e}");
+}
+
+#[test]
 fn verify_kernels_checks_every_kernel_against_the_cpu_reference() {
     let o = dyrep(&[
         "verify",
@@ -239,16 +273,31 @@ fn verify_kernels_checks_every_kernel_against_the_cpu_reference() {
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["passed"], true, "{v}");
-    let kernels: Vec<&str> = v["checks"]
+    // Every instruction-set tier of this CPU (at most DYREP_ISA's), highest first, down to
+    // the portable one; the direct conv kernel wherever the tier has one.
+    let tiers: Vec<&str> = v["tiers"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|c| c["kernel"].as_str().unwrap())
+        .map(|t| t.as_str().unwrap())
         .collect();
-    assert_eq!(kernels.len(), 8, "{v}");
-    assert!(kernels.contains(&"conv+bn+relu (train)"), "{v}");
-    assert!(kernels.contains(&"conv+bn+relu+pool (fused)"), "{v}");
-    assert!(kernels.contains(&"conv unit stack (fused)"), "{v}");
+    assert_eq!(tiers.last(), Some(&"scalar"), "{v}");
+    let direct_off = std::env::var("DYREP_CONV_DIRECT").is_ok_and(|v| v == "0");
+    for tier in &tiers {
+        let kernels: Vec<&str> = v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["isa"] == *tier)
+            .map(|c| c["kernel"].as_str().unwrap())
+            .collect();
+        let direct = *tier != "scalar" && !direct_off;
+        assert_eq!(kernels.len(), if direct { 9 } else { 8 }, "{tier}: {v}");
+        assert_eq!(kernels.contains(&"conv2d (direct kernel)"), direct, "{v}");
+        assert!(kernels.contains(&"conv+bn+relu (train)"), "{v}");
+        assert!(kernels.contains(&"conv+bn+relu+pool (fused)"), "{v}");
+        assert!(kernels.contains(&"conv unit stack (fused)"), "{v}");
+    }
     // --kernels and --op are exclusive.
     assert_eq!(
         dyrep(&["verify", "--kernels", "--op", "conv1x1"])

@@ -5,6 +5,9 @@
 #   cargo build --release -p dyrep-cli
 #   ROUNDS=5 PYTHON=/tmp/torchvenv/bin/python benches/peer/interleave.sh
 # Run it on a quiet machine: two CPU-heavy jobs at once each run half as fast.
+# ISA=avx2 runs both sides at the AVX2 tier on an AVX-512 CPU: DYREP_ISA=avx2 for dyrep (its
+# own SIMD kernels; the gemm crate keeps its own dispatch) and ATEN_CPU_CAPABILITY=avx2
+# ONEDNN_MAX_CPU_ISA=AVX2 for PyTorch. ISA=scalar caps dyrep only (PyTorch has no such tier).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROUNDS=${ROUNDS:-5}
@@ -12,6 +15,14 @@ PYTHON=${PYTHON:-python3}
 THREADS=${THREADS:-2}
 BIN=${DYREP_BIN:-target/release/dyrep}
 export RAYON_NUM_THREADS=$THREADS
+ISA=${ISA:-}
+if [ -n "$ISA" ]; then
+    export DYREP_ISA=$ISA
+    if [ "$ISA" = avx2 ]; then
+        export ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
+    fi
+fi
+echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs); dyrep tier: $("$BIN" bench eval --model bench-small --batch 2 --iters 1 --json | "$PYTHON" -c 'import json,sys; d=json.load(sys.stdin); print(d["isa"], "direct conv", d["direct_conv"])'); torch: $("$PYTHON" -c 'import torch; print(torch.__version__, torch.backends.cpu.get_cpu_capability())')" >&2
 out=$(mktemp)
 for round in $(seq "$ROUNDS"); do
     for model in bench-small bench-cifar; do

@@ -18,28 +18,18 @@ use std::sync::Arc;
 
 use candle_core::Device;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError};
+use proptest::test_runner::{Config, TestCaseError};
 
 use crate::equivalence::{
     check_block, check_op, BlockReport, FusionCase, NestPlan, RawCase, FUSION_TOLERANCE,
 };
 use crate::op::OpSpec;
 
-/// Proptest config with the case count from `PROPTEST_CASES` (default 64).
+/// Proptest config: 64 cases (`PROPTEST_CASES`), a fixed seed unless `PROPTEST_RNG_SEED`
+/// says otherwise (printed at the start of each test, so a failure shows how to replay it),
+/// failing cases kept beside the test source (`dyrep_kernels::testing`).
 pub fn proptest_config() -> Config {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(64);
-    Config {
-        cases,
-        // Failing cases are kept beside the test source (`<test>.proptest-regressions`) and
-        // replayed first; commit them.
-        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
-            "proptest-regressions",
-        ))),
-        ..Config::default()
-    }
+    dyrep_kernels::testing::proptest_config(64)
 }
 
 /// Raw draws (shrinkable) for a case.

@@ -575,6 +575,8 @@ fn install_interrupt_handler() -> Option<std::sync::Arc<std::sync::atomic::Atomi
 
 fn dispatch(cli: Cli, verbosity: Verbosity) -> Result<u8> {
     let mut out = io::stdout().lock();
+    // A bad DYREP_ISA is refused before any kernel runs (the kernels would ignore it).
+    dyrep_runtime::api::kernels::isa::requested()?;
     let device = parse_device(&cli.device)?;
     match cli.command {
         Command::Ops { json } => {
@@ -623,8 +625,8 @@ fn dispatch(cli: Cli, verbosity: Verbosity) -> Result<u8> {
             } else {
                 writeln!(
                     out,
-                    "{} {} {} batch {} x{} ({} kernels): {:.1} images/s, {:.2} GFLOP/s, {:.2} M MACs/image, peak RSS {:.0} MB; per iteration: forward {:.1} ms, backward {:.1} ms, optimizer {:.1} ms",
-                    r.what, r.model, r.mode, r.batch, r.iters, r.kernels, r.images_per_sec, r.gflops,
+                    "{} {} {} batch {} x{} ({} kernels, {} tier): {:.1} images/s, {:.2} GFLOP/s, {:.2} M MACs/image, peak RSS {:.0} MB; per iteration: forward {:.1} ms, backward {:.1} ms, optimizer {:.1} ms",
+                    r.what, r.model, r.mode, r.batch, r.iters, r.kernels, r.isa, r.images_per_sec, r.gflops,
                     r.macs_per_image as f64 / 1e6, r.peak_rss_bytes as f64 / 1e6,
                     r.forward_ms, r.backward_ms, r.optimizer_ms
                 )?;
@@ -890,9 +892,20 @@ fn dispatch(cli: Cli, verbosity: Verbosity) -> Result<u8> {
             json,
             ..
         } => {
-            let reports =
-                dyrep_runtime::api::kernels::check::check_kernels(&device, cases as usize, seed)?;
-            let passed = reports.iter().all(|r| r.failures == 0);
+            use dyrep_runtime::api::kernels::{check::check_kernels, isa};
+            // Every tier this CPU has (at most the DYREP_ISA cap), highest first.
+            let cap = isa::requested()?.unwrap_or(isa::Isa::Avx512);
+            let mut reports = Vec::new();
+            for tier in isa::Isa::supported_tiers()
+                .into_iter()
+                .filter(|&t| t <= cap)
+            {
+                let tier = isa::set_active(tier);
+                reports.push((tier, check_kernels(&device, cases as usize, seed)?));
+            }
+            let passed = reports
+                .iter()
+                .all(|(_, rs)| rs.iter().all(|r| r.failures == 0));
             print_kernel_checks(&mut out, &reports, &cli.device, cases, seed, json, passed)?;
             if !passed {
                 return Ok(EXIT_VERIFY_FAILED);
@@ -939,9 +952,15 @@ fn print_listing(out: &mut impl Write, rows: &[Listed], json: bool) -> Result<()
     Ok(())
 }
 
+/// The kernel checks of each instruction-set tier that ran.
+type TierReports = [(
+    dyrep_runtime::api::kernels::isa::Isa,
+    Vec<dyrep_runtime::api::kernels::check::KernelReport>,
+)];
+
 fn print_kernel_checks(
     out: &mut impl Write,
-    reports: &[dyrep_runtime::api::kernels::check::KernelReport],
+    reports: &TierReports,
     device: &str,
     cases: u32,
     seed: u64,
@@ -949,19 +968,22 @@ fn print_kernel_checks(
     passed: bool,
 ) -> Result<()> {
     use dyrep_runtime::api::kernels::check::KERNEL_TOLERANCE;
+    let tiers: Vec<&str> = reports.iter().map(|(t, _)| t.name()).collect();
     if json {
         let checks: Vec<serde_json::Value> = reports
             .iter()
-            .map(|r| {
+            .flat_map(|(tier, rs)| rs.iter().map(move |r| (tier, r)))
+            .map(|(tier, r)| {
                 serde_json::json!({
-                    "kernel": r.kernel, "cases": r.cases, "failures": r.failures,
-                    "worst_rel": r.worst_rel, "first_failure": r.first_failure,
+                    "kernel": r.kernel, "isa": tier.name(), "cases": r.cases,
+                    "failures": r.failures, "worst_rel": r.worst_rel,
+                    "first_failure": r.first_failure,
                 })
             })
             .collect();
         let v = serde_json::json!({
             "device": device, "cases": cases, "seed": seed, "tolerance": KERNEL_TOLERANCE,
-            "passed": passed, "checks": checks,
+            "tiers": tiers, "passed": passed, "checks": checks,
         });
         serde_json::to_writer_pretty(&mut *out, &v)?;
         writeln!(out)?;
@@ -969,28 +991,36 @@ fn print_kernel_checks(
     }
     writeln!(
         out,
-        "kernels on {device} (candle ops) vs own CPU kernels, forward and gradients, f32: {cases} random cases, seed {seed}, limit rel {KERNEL_TOLERANCE:.0e}\n"
+        "kernels on {device} (candle ops) vs own CPU kernels, forward and gradients, f32: {cases} random cases, seed {seed}, limit rel {KERNEL_TOLERANCE:.0e}; own kernels at each instruction-set tier of this CPU: {}\n",
+        tiers.join(", ")
     )?;
     writeln!(
         out,
-        "{:26} {:>6} {:>10}  RESULT",
-        "KERNEL", "CASES", "WORST REL"
+        "{:7} {:26} {:>6} {:>10}  RESULT",
+        "TIER", "KERNEL", "CASES", "WORST REL"
     )?;
-    for r in reports {
-        let result = if r.failures == 0 {
-            "ok".to_string()
-        } else {
-            format!("FAILED ({} of {})", r.failures, r.cases)
-        };
-        writeln!(
-            out,
-            "{:26} {:>6} {:>10.2e}  {result}",
-            r.kernel, r.cases, r.worst_rel
-        )?;
+    for (tier, rs) in reports {
+        for r in rs {
+            let result = if r.failures == 0 {
+                "ok".to_string()
+            } else {
+                format!("FAILED ({} of {})", r.failures, r.cases)
+            };
+            writeln!(
+                out,
+                "{:7} {:26} {:>6} {:>10.2e}  {result}",
+                tier.name(),
+                r.kernel,
+                r.cases,
+                r.worst_rel
+            )?;
+        }
     }
-    for r in reports {
-        if let Some(f) = &r.first_failure {
-            writeln!(out, "\n{}: first failure: {f}", r.kernel)?;
+    for (tier, rs) in reports {
+        for r in rs {
+            if let Some(f) = &r.first_failure {
+                writeln!(out, "\n{tier} {}: first failure: {f}", r.kernel)?;
+            }
         }
     }
     Ok(())

@@ -144,6 +144,31 @@ fn conv_case(r: &mut Lcg) -> ConvShape {
     }
 }
 
+/// A conv the direct kernel of the active tier takes (stride 1, one group, 8 or 16 outputs,
+/// planes of 12-24, at least as many images as threads), or `None` where the tier has none.
+fn direct_case(r: &mut Lcg) -> Option<ConvShape> {
+    crate::direct_conv_tier()?;
+    // Most draws fit; the bound only guards against a geometry rule that rejects them all.
+    for _ in 0..1000 {
+        let (kh, kw) = [(3, 3), (1, 3), (3, 1), (5, 5)][r.below(4)];
+        let (h, w) = (12 + r.below(13), 12 + r.below(13));
+        let n = crate::compute_threads().max(2) + r.below(2);
+        let c = 1 + r.below(16);
+        if let Ok(s) = ConvShape::new(
+            &[n, c, h, w],
+            &[8 * (1 + r.below(2)), c, kh, kw],
+            1,
+            (kh / 2, kw / 2),
+            1,
+        ) {
+            if s.runs_direct() {
+                return Some(s);
+            }
+        }
+    }
+    None
+}
+
 /// Whether candle's conv backward is right for this geometry: it takes its transposed conv's
 /// output padding from H alone (candle-notes.md §1).
 fn candle_conv_backward_ok(s: &ConvShape) -> bool {
@@ -542,7 +567,43 @@ pub fn check_kernels(device: &Device, cases: usize, seed: u64) -> Result<Vec<Ker
             );
         }
     }
-    Ok(vec![
+    let mut direct = Tally::new("conv2d (direct kernel)");
+    let mut rd = Lcg(seed.wrapping_mul(0xD1B5_4A32_D192_ED03) | 1);
+    for _ in 0..cases {
+        let Some(s) = direct_case(&mut rd) else {
+            break;
+        };
+        let what = format!(
+            "input {}x{}x{}x{}, weight {}x{}x{}x{}, padding {:?}",
+            s.n,
+            s.c,
+            s.h,
+            s.w,
+            s.out,
+            s.c,
+            s.kh,
+            s.kw,
+            (s.ph, s.pw)
+        );
+        let x = Tensor::from_vec(rd.values(s.n * s.c * s.h * s.w), (s.n, s.c, s.h, s.w), &cpu)?;
+        let w = Tensor::from_vec(
+            rd.weights(s.out * s.c * s.kh * s.kw),
+            (s.out, s.c, s.kh, s.kw),
+            &cpu,
+        )?;
+        let up = rd.values(s.n * s.out * s.ho * s.wo);
+        let conv = |b: Backend| move |a: &[Tensor]| conv2d_on(b, &a[0], &a[1], 1, (s.ph, s.pw), 1);
+        let own = with_grads(&[x.clone(), w.clone()], &up, &conv(Backend::Own))?;
+        let other = run_other(true, &[on(&x)?, on(&w)?], &up, &conv(Backend::Candle))?;
+        let errs = own
+            .iter()
+            .zip(&other)
+            .zip(["output", "input grad", "weight grad"])
+            .map(|((a, b), n)| Ok((n, rel_err(b, a)?)))
+            .collect::<Result<Vec<(&str, f64)>>>()?;
+        direct.case(what, &errs);
+    }
+    let mut reports = vec![
         conv.report,
         conv_bn.report,
         conv_bn_pool.report,
@@ -551,7 +612,12 @@ pub fn check_kernels(device: &Device, cases: usize, seed: u64) -> Result<Vec<Ker
         bn.report,
         pools.report,
         relu.report,
-    ])
+    ];
+    // Only where the active tier has a direct kernel (AVX2 or AVX-512).
+    if direct.report.cases > 0 {
+        reports.insert(1, direct.report);
+    }
+    Ok(reports)
 }
 
 #[cfg(test)]
@@ -561,7 +627,13 @@ mod tests {
     #[test]
     fn own_kernels_agree_with_candle_on_the_cpu() {
         let reports = check_kernels(&Device::Cpu, 40, 7).unwrap();
-        assert_eq!(reports.len(), 8);
+        // The direct conv's row where the active tier has the kernel.
+        let direct = crate::direct_conv_tier().is_some();
+        assert_eq!(reports.len(), if direct { 9 } else { 8 });
+        assert_eq!(
+            reports.iter().any(|r| r.kernel == "conv2d (direct kernel)"),
+            direct
+        );
         for r in &reports {
             assert!(r.cases > 0, "{r:?}");
             assert_eq!(r.failures, 0, "{r:?}");

@@ -24,6 +24,7 @@ use crate::cpu::{
     tensor_like, threads, uninit_vec, with_f32, with_scratch, Mat,
 };
 use crate::error::{KernelError, Result};
+use crate::isa::Isa;
 use crate::profile::{Phase, Timer};
 
 /// Geometry of one conv call, validated at construction.
@@ -396,20 +397,20 @@ impl ConvShape {
     }
 
     fn forward_untimed(&self, x: &[f32], weight: &[f32]) -> Vec<f32> {
-        if self.is_direct() {
-            return self.forward_direct(x, weight);
+        match self.direct_path() {
+            Some(tier) => self.forward_direct(tier, x, weight),
+            None => self.forward_lowered(x, weight),
         }
-        self.forward_lowered(x, weight)
     }
 
-    /// The forward on the direct kernel (`direct.rs`), images in parallel.
-    pub(crate) fn forward_direct(&self, x: &[f32], weight: &[f32]) -> Vec<f32> {
-        self.forward_with(&ImageForward::new(self, weight, true), x)
+    /// The forward on `tier`'s direct kernel (`direct.rs`), images in parallel.
+    pub(crate) fn forward_direct(&self, tier: Isa, x: &[f32], weight: &[f32]) -> Vec<f32> {
+        self.forward_with(&ImageForward::new(self, weight, Some(tier)), x)
     }
 
     /// The forward through im2col + gemm.
     pub(crate) fn forward_lowered(&self, x: &[f32], weight: &[f32]) -> Vec<f32> {
-        self.forward_with(&ImageForward::new(self, weight, false), x)
+        self.forward_with(&ImageForward::new(self, weight, None), x)
     }
 
     fn forward_with(&self, f: &ImageForward<'_>, x: &[f32]) -> Vec<f32> {
@@ -439,7 +440,7 @@ impl ConvShape {
             return (y, stats);
         }
         let _t = Timer::start(Phase::ConvForward);
-        let f = ImageForward::new(self, weight, self.is_direct());
+        let f = ImageForward::new(self, weight, self.direct_path());
         let (ohw, per_in, per_out) = (self.ohw(), self.c * self.hw(), self.out * self.ohw());
         let mut y = uninit_vec(self.n * per_out);
         let image_sums: Vec<Vec<PlaneSums>> = y
@@ -589,7 +590,7 @@ impl ConvShape {
         }
         match self.transposed() {
             Some(t) => {
-                let f = ImageForward::new(&t, &self.flipped_weight(weight), t.is_direct());
+                let f = ImageForward::new(&t, &self.flipped_weight(weight), t.direct_path());
                 let (per_in, per_out) = (t.c * t.hw(), t.out * t.ohw());
                 t.for_each_image(dx, per_out, |(img, dx_img)| {
                     f.run_add(&dy[img * per_in..(img + 1) * per_in], dx_img)
@@ -696,18 +697,18 @@ impl ConvShape {
 struct ImageForward<'a> {
     shape: &'a ConvShape,
     weight: Vec<f32>,
-    direct: bool,
+    /// The direct kernel's tier, `None` for im2col + gemm.
+    direct: Option<Isa>,
     parallel_gemm: bool,
 }
 
 impl<'a> ImageForward<'a> {
-    fn new(shape: &'a ConvShape, weight: &[f32], direct: bool) -> Self {
+    fn new(shape: &'a ConvShape, weight: &[f32], direct: Option<Isa>) -> Self {
         Self {
             shape,
-            weight: if direct {
-                shape.direct_weight(weight)
-            } else {
-                shape.patch_weight(weight)
+            weight: match direct {
+                Some(_) => shape.direct_weight(weight),
+                None => shape.patch_weight(weight),
             },
             direct,
             parallel_gemm: !shape.parallel_images(),
@@ -717,9 +718,9 @@ impl<'a> ImageForward<'a> {
     /// Writes every output `[out, ho, wo]` of one image `[c, h, w]`.
     fn run(&self, image: &[f32], out: &mut [MaybeUninit<f32>]) {
         let s = self.shape;
-        if self.direct {
+        if let Some(tier) = self.direct {
             with_scratch(s.direct_scratch_len(), |scratch| {
-                s.direct_image(image, &self.weight, out, scratch)
+                s.direct_image(tier, image, &self.weight, out, scratch)
             });
             return;
         }
@@ -736,9 +737,9 @@ impl<'a> ImageForward<'a> {
     /// [`Self::run`], adding the outputs into `out` instead of writing them.
     fn run_add(&self, image: &[f32], out: &mut [f32]) {
         let s = self.shape;
-        if self.direct {
+        if let Some(tier) = self.direct {
             with_scratch(s.direct_scratch_len(), |scratch| {
-                s.direct_image_add(image, &self.weight, out, scratch)
+                s.direct_image_add(tier, image, &self.weight, out, scratch)
             });
             return;
         }
@@ -946,7 +947,7 @@ mod tests {
                 }
             }
         }
-        if std::arch::is_x86_feature_detected!("avx512f") {
+        if crate::isa::active() >= Isa::Avx2 {
             let t = ConvShape::new(&[4, 24, 16, 16], &[32, 24, 3, 3], 1, (1, 1), 1).expect("shape");
             assert!(
                 t.is_direct(),

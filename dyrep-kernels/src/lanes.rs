@@ -1,36 +1,56 @@
-//! Lane-parallel f32 reductions for the batch-norm passes (issue 5; reference §2, BN in train
-//! mode). A plain `s += v` loop is one add chain: 4 cycles per value, since the compiler may
-//! not reorder float adds — several times slower than reading the values from cache, and most
-//! of the cost of the BN statistics taken in a conv's epilogue. Here value `i` goes into partial
-//! sum `i mod LANES`, and the lanes are added in order at the end: one AVX-512 vector of
-//! partial sums where the CPU has AVX-512F (detected at run time), the same sums lane by lane
-//! otherwise. Both paths add the same values in the same order with separate multiplies and
-//! adds (no FMA), so they return the same bits.
+//! Lane-parallel f32 reductions for the batch-norm passes (BN in train mode,
+//! docs/REFERENCE.md). A plain `s += v` loop is one add chain: 4 cycles per value, since the
+//! compiler may not reorder float adds — several times slower than reading the values from
+//! cache, and most of the cost of the BN statistics taken in a conv's epilogue. Here value `i`
+//! goes into partial sum `i mod LANES`, and the lanes are added in order at the end. Three
+//! tiers (`crate::isa`): one AVX-512 vector of partial sums, two AVX2 vectors (lanes 0-7 and
+//! 8-15) with the tail finished lane by lane, and the same sums lane by lane in portable code.
+//! Every tier adds the same values in the same order with separate multiplies and adds (no
+//! FMA), so all return the same bits.
 
 use std::mem::MaybeUninit;
+
+use crate::isa::{self, Isa};
 
 /// Partial sums per reduction: one 512-bit vector of f32.
 pub(crate) const LANES: usize = 16;
 
 /// `(Σ (v − shift), Σ (v − shift)²)` over `x`.
 pub(crate) fn shifted_sums(x: &[f32], shift: f32) -> (f32, f32) {
-    #[cfg(target_arch = "x86_64")]
-    if avx512() {
-        // SAFETY: AVX-512F is available; the pointer is valid for `x.len()` reads.
-        return unsafe { shifted_sums_avx512(x.as_ptr(), x.len(), shift) };
-    }
-    shifted_sums_portable(x, shift)
+    shifted_sums_on(isa::active(), x, shift)
 }
 
-/// [`shifted_sums`] without vector instructions (same sums, same order).
-fn shifted_sums_portable(x: &[f32], shift: f32) -> (f32, f32) {
+/// [`shifted_sums`] on a given tier (one the CPU supports; lower tiers otherwise).
+fn shifted_sums_on(tier: Isa, x: &[f32], shift: f32) -> (f32, f32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if tier >= Isa::Avx512 && Isa::Avx512.supported() {
+            // SAFETY: AVX-512F is available; the pointer is valid for `x.len()` reads.
+            return unsafe { shifted_sums_avx512(x.as_ptr(), x.len(), shift) };
+        }
+        if tier >= Isa::Avx2 && Isa::Avx2.supported() {
+            // SAFETY: AVX2 is available (checked just above).
+            return unsafe { shifted_sums_avx2(x, shift) };
+        }
+    }
     let (mut s, mut ss) = ([0.0f32; LANES], [0.0f32; LANES]);
-    for (i, &v) in x.iter().enumerate() {
+    shifted_sums_lanes(x, 0, shift, &mut s, &mut ss);
+    (total(&s), total(&ss))
+}
+
+/// The portable lane loop from value `start` on: value `i` into lane `i mod LANES`.
+fn shifted_sums_lanes(
+    x: &[f32],
+    start: usize,
+    shift: f32,
+    s: &mut [f32; LANES],
+    ss: &mut [f32; LANES],
+) {
+    for (i, &v) in x.iter().enumerate().skip(start) {
         let d = v - shift;
         s[i % LANES] += d;
         ss[i % LANES] += d * d;
     }
-    (total(&s), total(&ss))
 }
 
 /// The gradient pass of a batch norm (optionally behind a ReLU) over one plane:
@@ -54,21 +74,39 @@ impl GradPass<'_> {
                 && out.as_ref().is_none_or(|o| o.len() == n),
             "gradient pass: plane lengths differ"
         );
-        #[cfg(target_arch = "x86_64")]
-        if avx512() {
-            let out = out.map(|o| o.as_mut_ptr().cast::<f32>());
-            // SAFETY: AVX-512F is available; every slice holds `n` values (asserted).
-            return unsafe { self.run_avx512(out) };
-        }
-        self.run_portable(out)
+        self.run_on(isa::active(), out)
     }
 
-    /// [`Self::run`] without vector instructions (same sums, same order).
-    fn run_portable(&self, out: Option<&mut [MaybeUninit<f32>]>) -> (f32, f32) {
-        let n = self.dy.len();
+    /// [`Self::run`] on a given tier (one the CPU supports; lower tiers otherwise).
+    fn run_on(&self, tier: Isa, out: Option<&mut [MaybeUninit<f32>]>) -> (f32, f32) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if tier >= Isa::Avx512 && Isa::Avx512.supported() {
+                let out = out.map(|o| o.as_mut_ptr().cast::<f32>());
+                // SAFETY: AVX-512F is available; every slice holds `n` values (asserted).
+                return unsafe { self.run_avx512(out) };
+            }
+            if tier >= Isa::Avx2 && Isa::Avx2.supported() {
+                // SAFETY: AVX2 is available (checked just above).
+                return unsafe { self.run_avx2(out) };
+            }
+        }
         let (mut a, mut b) = ([0.0f32; LANES], [0.0f32; LANES]);
+        self.run_lanes(0, out, &mut a, &mut b);
+        (total(&a), total(&b))
+    }
+
+    /// The portable lane loop from value `start` on (value `i` into lane `i mod LANES`).
+    fn run_lanes(
+        &self,
+        start: usize,
+        out: Option<&mut [MaybeUninit<f32>]>,
+        a: &mut [f32; LANES],
+        b: &mut [f32; LANES],
+    ) {
+        let n = self.dy.len();
         let mut out = out;
-        for i in 0..n {
+        for i in start..n {
             let d = match self.relu_out {
                 Some(y) if y[i] <= 0.0 => 0.0,
                 _ => self.dy[i],
@@ -79,7 +117,52 @@ impl GradPass<'_> {
             a[i % LANES] += d;
             b[i % LANES] += d * ((self.z[i] - self.shift) - self.mean_rel);
         }
-        (total(&a), total(&b))
+    }
+
+    /// The whole vectors of 16 values as two AVX2 vectors of partial sums (lanes 0-7 and
+    /// 8-15), the tail by [`Self::run_lanes`]: the portable path's sums in its order.
+    ///
+    /// # Safety
+    /// AVX2 must be available.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn run_avx2(&self, out: Option<&mut [MaybeUninit<f32>]>) -> (f32, f32) {
+        use std::arch::x86_64::*;
+        let n = self.dy.len();
+        let whole = n - n % LANES;
+        let (shift, mean_rel) = (_mm256_set1_ps(self.shift), _mm256_set1_ps(self.mean_rel));
+        let (scale, zero) = (_mm256_set1_ps(self.out_scale), _mm256_setzero_ps());
+        let (mut a, mut b) = ([zero; 2], [zero; 2]);
+        let mut out = out;
+        let mut i = 0;
+        while i < whole {
+            for (half, (a, b)) in a.iter_mut().zip(b.iter_mut()).enumerate() {
+                let at = i + 8 * half;
+                // SAFETY: `at + 8 ≤ whole ≤ n`: every slice holds `n` values (asserted in run).
+                let mut d = unsafe { _mm256_loadu_ps(self.dy.as_ptr().add(at)) };
+                if let Some(y) = self.relu_out {
+                    // Keep d where y is not ≤ 0 (NaN included), as the scalar path.
+                    // SAFETY: as above.
+                    let yv = unsafe { _mm256_loadu_ps(y.as_ptr().add(at)) };
+                    d = _mm256_and_ps(d, _mm256_cmp_ps::<_CMP_NLE_UQ>(yv, zero));
+                }
+                if let Some(o) = out.as_deref_mut() {
+                    // SAFETY: as above; `o` holds `n` values.
+                    unsafe {
+                        _mm256_storeu_ps(o.as_mut_ptr().add(at).cast(), _mm256_mul_ps(d, scale))
+                    };
+                }
+                // SAFETY: as above.
+                let zv = unsafe { _mm256_loadu_ps(self.z.as_ptr().add(at)) };
+                let zc = _mm256_sub_ps(_mm256_sub_ps(zv, shift), mean_rel);
+                *a = _mm256_add_ps(*a, d);
+                *b = _mm256_add_ps(*b, _mm256_mul_ps(d, zc));
+            }
+            i += LANES;
+        }
+        let (mut la, mut lb) = (lanes_of(a), lanes_of(b));
+        self.run_lanes(whole, out, &mut la, &mut lb);
+        (total(&la), total(&lb))
     }
 
     /// # Safety
@@ -117,6 +200,43 @@ impl GradPass<'_> {
         }
         (total_vector(a), total_vector(b))
     }
+}
+
+/// [`shifted_sums`] with two AVX2 vectors of partial sums for the whole vectors of 16 values
+/// and the portable lane loop for the tail.
+///
+/// # Safety
+/// AVX2 must be available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn shifted_sums_avx2(x: &[f32], shift: f32) -> (f32, f32) {
+    use std::arch::x86_64::*;
+    let whole = x.len() - x.len() % LANES;
+    let sh = _mm256_set1_ps(shift);
+    let (mut s, mut ss) = ([_mm256_setzero_ps(); 2], [_mm256_setzero_ps(); 2]);
+    for chunk in x[..whole].chunks_exact(LANES) {
+        for (half, (s, ss)) in s.iter_mut().zip(ss.iter_mut()).enumerate() {
+            // SAFETY: `chunk` holds 16 values; this reads 8 of them.
+            let d = _mm256_sub_ps(unsafe { _mm256_loadu_ps(chunk.as_ptr().add(8 * half)) }, sh);
+            *s = _mm256_add_ps(*s, d);
+            *ss = _mm256_add_ps(*ss, _mm256_mul_ps(d, d));
+        }
+    }
+    let (mut ls, mut lss) = (lanes_of(s), lanes_of(ss));
+    shifted_sums_lanes(x, whole, shift, &mut ls, &mut lss);
+    (total(&ls), total(&lss))
+}
+
+/// Two AVX2 vectors of partial sums as the 16 lanes (first vector = lanes 0-7).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn lanes_of(v: [std::arch::x86_64::__m256; 2]) -> [f32; LANES] {
+    let mut lanes = [0.0f32; LANES];
+    for (dst, v) in lanes.chunks_exact_mut(8).zip(v) {
+        // SAFETY: `dst` holds 8 floats.
+        unsafe { std::arch::x86_64::_mm256_storeu_ps(dst.as_mut_ptr(), v) };
+    }
+    lanes
 }
 
 /// # Safety
@@ -162,12 +282,6 @@ pub(crate) fn first_lanes(n: usize) -> u16 {
     }
 }
 
-/// Whether the CPU has AVX-512F (cached by std after the first call).
-#[cfg(target_arch = "x86_64")]
-fn avx512() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,12 +304,14 @@ mod tests {
             let (ws, wss) = (d.iter().sum::<f64>(), d.iter().map(|v| v * v).sum::<f64>());
             assert!(close(s, ws, n as f64), "n={n}: Σ {s} vs {ws}");
             assert!(close(ss, wss, n as f64), "n={n}: Σ² {ss} vs {wss}");
-            let (ps, pss) = shifted_sums_portable(&x, shift);
-            assert_eq!(
-                (s.to_bits(), ss.to_bits()),
-                (ps.to_bits(), pss.to_bits()),
-                "n={n}"
-            );
+            for tier in Isa::supported_tiers() {
+                let (ts, tss) = shifted_sums_on(tier, &x, shift);
+                assert_eq!(
+                    (s.to_bits(), ss.to_bits()),
+                    (ts.to_bits(), tss.to_bits()),
+                    "n={n}, {tier} against the active tier"
+                );
+            }
         }
     }
 
@@ -238,9 +354,20 @@ mod tests {
                 let wb: f64 = (0..n).map(|i| d[i] * ((z[i] as f64 - 0.25) + 0.125)).sum();
                 assert!(close(a, wa, n as f64), "n={n}: Σd {a} vs {wa}");
                 assert!(close(b, wb, n as f64), "n={n}: Σd·z {b} vs {wb}");
-                let mut out_portable = vec![MaybeUninit::new(0.0f32); n];
-                let (pa, pb) = pass.run_portable(Some(&mut out_portable));
-                assert_eq!((a.to_bits(), b.to_bits()), (pa.to_bits(), pb.to_bits()));
+                for tier in Isa::supported_tiers() {
+                    let mut out_tier = vec![MaybeUninit::new(0.0f32); n];
+                    let (ta, tb) = pass.run_on(tier, Some(&mut out_tier));
+                    assert_eq!(
+                        (a.to_bits(), b.to_bits()),
+                        (ta.to_bits(), tb.to_bits()),
+                        "n={n}: {tier}"
+                    );
+                    for (i, (o, t)) in out.iter().zip(&out_tier).enumerate() {
+                        // SAFETY: both initialised above.
+                        let (o, t) = unsafe { (o.assume_init(), t.assume_init()) };
+                        assert_eq!(o.to_bits(), t.to_bits(), "n={n} i={i}: {tier}");
+                    }
+                }
                 assert_eq!(pass.run(None), (a, b), "no output: same sums");
             }
         }

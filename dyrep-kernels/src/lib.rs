@@ -20,6 +20,7 @@ mod depthwise;
 mod direct;
 mod error;
 mod fused;
+pub mod isa;
 mod lanes;
 mod maxpool2;
 mod patches;
@@ -27,6 +28,8 @@ mod pool;
 pub mod profile;
 mod relu;
 mod stack;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::sync::OnceLock;
 
@@ -54,6 +57,13 @@ impl Backend {
             Backend::Candle
         }
     }
+}
+
+/// The tier the direct conv kernel runs on in this process (AVX-512 or AVX2, after
+/// `DYREP_ISA`), `None` where convs all run through im2col + gemm (a CPU without AVX2,
+/// `DYREP_ISA=scalar` or `DYREP_CONV_DIRECT=0`).
+pub fn direct_conv_tier() -> Option<isa::Isa> {
+    direct::direct_tier()
 }
 
 /// Threads the kernels (and candle's CPU ops) compute with: rayon's global pool, sized by

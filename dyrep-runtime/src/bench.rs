@@ -30,6 +30,12 @@ pub struct BenchReport {
     pub peak_rss_bytes: u64,
     /// `own` (dyrep-kernels) or `candle` (its ops: another device, or `DYREP_KERNELS=candle`).
     pub kernels: String,
+    /// The instruction-set tier of the own SIMD kernels (`avx512`, `avx2` or `scalar`: the
+    /// CPU's best, capped by `DYREP_ISA`); meaningless with candle's kernels.
+    pub isa: String,
+    /// The tier the direct conv kernel runs on, `none` where every conv is lowered to im2col +
+    /// gemm (`DYREP_CONV_DIRECT=0`, or a tier without a direct kernel).
+    pub direct_conv: String,
     /// Threads of the compute pool.
     pub threads: usize,
     /// Milliseconds per iteration in the forward pass (with the loss), the backward pass and
@@ -164,6 +170,10 @@ pub fn bench_grown(
             dyrep_api::kernels::Backend::Candle => "candle",
         }
         .into(),
+        isa: dyrep_api::kernels::isa::active().name().into(),
+        direct_conv: dyrep_api::kernels::direct_conv_tier()
+            .map_or("none", |t| t.name())
+            .into(),
         threads: dyrep_api::kernels::compute_threads(),
         forward_ms: split[0] * 1e3 / iters as f64,
         backward_ms: split[1] * 1e3 / iters as f64,

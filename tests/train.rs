@@ -318,6 +318,29 @@ fn bad_names_and_files_exit_1_with_a_clear_message() {
     assert!(text(&o).contains("modle"), "{}", text(&o));
 }
 
+/// Regression: `--train-limit` took the first N examples, so a class-sorted folder trained on
+/// one class without a word. Now a limit too small to hold every class is refused, naming the
+/// classes it would miss.
+#[test]
+fn a_train_limit_that_misses_classes_is_refused_naming_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let o = dyrep(&[
+        "train",
+        "--out",
+        out.to_str().unwrap(),
+        "--train-limit",
+        "7",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains("--train-limit 7") && t.contains("3 of the model's 10 classes"),
+        "{t}"
+    );
+    assert!(!t.contains("panicked"), "{t}");
+}
+
 #[test]
 fn corrupt_or_mismatched_checkpoints_are_refused() {
     let tmp = tempfile::tempdir().unwrap();

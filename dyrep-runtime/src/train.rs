@@ -626,7 +626,19 @@ pub fn train(
         // The model is built once the data is loaded (its shape decides the input).
         (cfg.clone(), state, None, Sgd::new(cfg.sgd.clone()))
     };
-    let ds = Arc::new(data::load(&cfg.data)?);
+    let ds = Arc::new(data::load(&cfg.data)?.limited(cfg.train_limit, cfg.test_limit));
+    let missing = ds.classes_missing_from_training();
+    if !missing.is_empty() {
+        return Err(RuntimeError::Config(format!(
+            "the training data{} has no examples of {} of the model's {} classes ({}); raise --train-limit or add images of those classes",
+            cfg.train_limit
+                .map(|n| format!(" (--train-limit {n})"))
+                .unwrap_or_default(),
+            missing.len(),
+            ds.num_classes(),
+            missing.join(", ")
+        )));
+    }
     let mut model = match model {
         Some(m) => m,
         None => build_for(&cfg, &ds, device)?,

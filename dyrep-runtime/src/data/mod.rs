@@ -11,6 +11,8 @@ pub mod loader;
 
 use std::path::{Path, PathBuf};
 
+use dyrep_api::SeededRng;
+
 /// Errors reading or validating a dataset.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
@@ -58,6 +60,63 @@ impl Split {
         self.labels.is_empty()
     }
 
+    /// `n` examples (all if `n` is larger), as even across the `num_classes` classes as the
+    /// split allows: each class's examples are shuffled by a stream of `seed`, then taken one
+    /// per class in class order, round after round, until `n` are taken (a class that runs out
+    /// leaves its share to the others). The chosen examples keep their order in the split.
+    pub fn balanced_subset(
+        &self,
+        n: usize,
+        num_classes: usize,
+        seed: u64,
+        image_size: usize,
+    ) -> Split {
+        use rand::Rng;
+        if n >= self.len() {
+            return self.clone();
+        }
+        let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); num_classes];
+        for (i, &l) in self.labels.iter().enumerate() {
+            by_class[l as usize].push(i);
+        }
+        for (class, members) in by_class.iter_mut().enumerate() {
+            let mut rng = SeededRng::for_purpose(seed, &format!("subset:{class}"));
+            for i in (1..members.len()).rev() {
+                members.swap(i, rng.random_range(0..=i));
+            }
+        }
+        let mut chosen = Vec::with_capacity(n);
+        let mut round = 0;
+        while chosen.len() < n {
+            for members in &by_class {
+                if let Some(&i) = members.get(round) {
+                    if chosen.len() < n {
+                        chosen.push(i);
+                    }
+                }
+            }
+            round += 1;
+        }
+        chosen.sort_unstable();
+        Split {
+            images: chosen
+                .iter()
+                .flat_map(|&i| &self.images[i * image_size..(i + 1) * image_size])
+                .copied()
+                .collect(),
+            labels: chosen.iter().map(|&i| self.labels[i]).collect(),
+        }
+    }
+
+    /// Examples per class (`num_classes` entries).
+    pub fn class_counts(&self, num_classes: usize) -> Vec<usize> {
+        let mut counts = vec![0; num_classes];
+        for &l in &self.labels {
+            counts[l as usize] += 1;
+        }
+        counts
+    }
+
     /// The first `n` examples (all if `n` is larger).
     pub fn truncated(&self, n: usize, image_size: usize) -> Split {
         let n = n.min(self.len());
@@ -84,7 +143,38 @@ pub struct Dataset {
     pub std: Vec<f32>,
 }
 
+/// The seed of the subsets `--train-limit` / `--test-limit` take: the same images for every run
+/// seed and mode, so runs that differ only in those compare on the same data.
+pub const SUBSET_SEED: u64 = 0;
+
 impl Dataset {
+    /// The dataset with at most `train` training and `test` test examples, each a class-balanced
+    /// subset ([`Split::balanced_subset`], seed [`SUBSET_SEED`]); the normalisation statistics
+    /// are those of the training examples kept.
+    pub fn limited(mut self, train: Option<usize>, test: Option<usize>) -> Dataset {
+        let (size, k) = (self.image_size(), self.num_classes());
+        if let Some(n) = train.filter(|&n| n < self.train.len()) {
+            self.train = self.train.balanced_subset(n, k, SUBSET_SEED, size);
+            (self.mean, self.std) =
+                channel_stats(&self.train.images, self.channels, self.height * self.width);
+        }
+        if let Some(n) = test.filter(|&n| n < self.test.len()) {
+            self.test = self.test.balanced_subset(n, k, SUBSET_SEED, size);
+        }
+        self
+    }
+
+    /// The classes the training split has no example of.
+    pub fn classes_missing_from_training(&self) -> Vec<&str> {
+        self.train
+            .class_counts(self.num_classes())
+            .iter()
+            .zip(&self.classes)
+            .filter(|(&n, _)| n == 0)
+            .map(|(_, name)| name.as_str())
+            .collect()
+    }
+
     pub fn image_size(&self) -> usize {
         self.channels * self.height * self.width
     }
@@ -268,6 +358,56 @@ pub fn load(spec: &str) -> Result<Dataset> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A split sorted by class (as an image folder loads): 10, 10 and 2 examples of three
+    /// classes, each image's bytes naming its index.
+    fn sorted_split() -> Split {
+        let labels: Vec<u32> = [(0u32, 10), (1, 10), (2, 2)]
+            .iter()
+            .flat_map(|&(c, n)| std::iter::repeat_n(c, n))
+            .collect();
+        Split {
+            images: (0..labels.len() as u8).flat_map(|i| [i, i]).collect(),
+            labels,
+        }
+    }
+
+    /// Regression: a limit took the first N examples, so a class-sorted split gave one class.
+    #[test]
+    fn limits_take_class_balanced_seeded_subsets() {
+        let s = sorted_split();
+        let sub = s.balanced_subset(9, 3, 0, 2);
+        // Round robin 0,1,2 | 0,1,2 | 0,1 | 0: class 2 has only two.
+        assert_eq!(sub.class_counts(3), vec![4, 3, 2]);
+        let sub6 = s.balanced_subset(6, 3, 0, 2);
+        assert_eq!(sub6.class_counts(3), vec![2, 2, 2]);
+        // Every chosen image is an original with its label, in the split's order, none twice.
+        let idx: Vec<u8> = sub.images.chunks(2).map(|c| c[0]).collect();
+        assert!(idx.windows(2).all(|w| w[0] < w[1]), "{idx:?}");
+        for (&i, &l) in idx.iter().zip(&sub.labels) {
+            assert_eq!(s.labels[i as usize], l);
+        }
+        // Seeded: the same seed gives the same subset, another seed (almost surely) another.
+        assert_eq!(s.balanced_subset(9, 3, 0, 2).images, sub.images);
+        assert_ne!(s.balanced_subset(9, 3, 1, 2).images, sub.images);
+        // Not the first examples of each class.
+        assert_ne!(&idx[..2], &[0, 1]);
+        // A limit at or over the size keeps everything.
+        assert_eq!(s.balanced_subset(22, 3, 0, 2).labels, s.labels);
+    }
+
+    #[test]
+    fn a_limited_dataset_recomputes_its_statistics_and_reports_missing_classes() {
+        let ds = bundled_default().unwrap();
+        let full_mean = ds.mean.clone();
+        let small = ds.clone().limited(Some(100), Some(30));
+        assert_eq!(small.train.class_counts(10), vec![10; 10]);
+        assert_eq!(small.test.class_counts(10), vec![3; 10]);
+        assert_ne!(small.mean, full_mean);
+        assert!(small.classes_missing_from_training().is_empty());
+        let tiny = ds.limited(Some(4), None);
+        assert_eq!(tiny.classes_missing_from_training().len(), 6);
+    }
 
     #[test]
     fn bundled_default_is_balanced_fashion_mnist() {

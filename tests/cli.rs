@@ -327,3 +327,107 @@ fn device_flag_rejects_bad_specs_and_cuda_without_the_feature() {
     }
     assert!(dyrep(&["ops", "--device", "cpu"]).status.success());
 }
+
+/// A finished run directory as `dyrep train` leaves it, for the files `compare` reads: its
+/// config and one test accuracy per epoch.
+fn fake_run(dir: &std::path::Path, mode: &str, seed: u64, test_acc: &[f64]) {
+    std::fs::create_dir_all(dir).unwrap();
+    let scorer = if mode == "dyrep" {
+        "\n[dyrep]\nscorer = \"snip\"\n"
+    } else {
+        ""
+    };
+    std::fs::write(
+        dir.join("config.resolved.toml"),
+        format!("mode = \"{mode}\"\nseed = {seed}\n{scorer}"),
+    )
+    .unwrap();
+    let mut csv = String::from("epoch,split,loss,acc,lr,params,macs,branches,seconds\n");
+    for (i, a) in test_acc.iter().enumerate() {
+        let e = i + 1;
+        csv.push_str(&format!("{e},train,1.0,0.5,0.1,1000,2000000,0,10\n"));
+        csv.push_str(&format!("{e},test,1.0,{a},0.1,1000,2000000,0,10\n"));
+    }
+    std::fs::write(dir.join("metrics.csv"), csv).unwrap();
+}
+
+#[test]
+fn compare_groups_runs_by_mode_and_pairs_seeds_with_the_baseline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    // origin 0.50 / 0.60, dyrep (scorer snip) 0.53 / 0.61: paired differences +3 and +1 pp.
+    fake_run(&d.join("o0"), "origin", 0, &[0.4, 0.5]);
+    fake_run(&d.join("o1"), "origin", 1, &[0.4, 0.6]);
+    fake_run(&d.join("d0"), "dyrep", 0, &[0.4, 0.53]);
+    fake_run(&d.join("d1"), "dyrep", 1, &[0.4, 0.61]);
+    let args = |extra: &[&str]| {
+        let mut a = vec!["compare"];
+        let dirs: Vec<String> = ["o0", "o1", "d0", "d1"]
+            .iter()
+            .map(|r| d.join(r).display().to_string())
+            .collect();
+        a.extend(dirs.iter().map(String::as_str).collect::<Vec<_>>());
+        let svg = d.join("groups.svg").display().to_string();
+        a.extend(["--group-by", "mode,scorer", "--baseline", "origin", "--svg"]);
+        let mut owned: Vec<String> = a.iter().map(|s| s.to_string()).collect();
+        owned.push(svg);
+        owned.extend(extra.iter().map(|s| s.to_string()));
+        owned
+    };
+    let run = |extra: &[&str]| {
+        let a = args(extra);
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        dyrep(&refs)
+    };
+    let o = run(&["--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let groups = v.as_array().unwrap();
+    assert_eq!(groups.len(), 2, "{v}");
+    let dy = groups
+        .iter()
+        .find(|g| g["group"] == "dyrep scorer=snip")
+        .unwrap();
+    let delta = &dy["delta_final_acc"];
+    assert!((delta["mean"].as_f64().unwrap() - 0.02).abs() < 1e-9, "{v}");
+    // sd of (0.03, 0.01) = √2·0.01; t(1) = 12.706.
+    let hi = delta["ci95"][1].as_f64().unwrap();
+    assert!((hi - 0.02 - 12.706 * 0.01).abs() < 1e-6, "{v}");
+    assert!((dy["final_test_acc"]["mean"].as_f64().unwrap() - 0.57).abs() < 1e-9);
+    let origin = groups.iter().find(|g| g["group"] == "origin").unwrap();
+    assert!(origin["delta_final_acc"].is_null(), "{v}");
+    // The markdown table and a well-formed chart.
+    let o = run(&[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let t = stdout(&o);
+    assert!(
+        t.contains("| dyrep scorer=snip | 2 | 57.00 ± 5.66 |"),
+        "{t}"
+    );
+    assert!(t.contains("+2.00 [-10.71, +14.71] (n=2)"), "{t}");
+    roxmltree::Document::parse(&std::fs::read_to_string(d.join("groups.svg")).unwrap())
+        .expect("group chart is well-formed XML");
+    // An unknown key or baseline is one clear line.
+    let o = dyrep(&[
+        "compare",
+        d.join("o0").to_str().unwrap(),
+        "--group-by",
+        "mdoe",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("did you mean `mode`"), "{}", stderr(&o));
+    let o = dyrep(&[
+        "compare",
+        d.join("o0").to_str().unwrap(),
+        "--group-by",
+        "mode",
+        "--baseline",
+        "dbb",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("--baseline dbb: no such group (groups: origin)"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -189,18 +189,24 @@ enum Command {
     /// Compare runs: one chart with every run overlaid and a markdown table (final and best
     /// accuracy, average params and MACs, train time, grows, cuts: the paper's Table 2).
     #[command(
-        after_help = "Examples:\n  dyrep compare runs/origin runs/dbb runs/dyrep\n  dyrep compare runs/* --svg table2.svg --json"
+        after_help = "Examples:\n  dyrep compare runs/origin runs/dbb runs/dyrep\n  dyrep compare runs/* --svg table2.svg --json\n  dyrep compare grid/* --group-by mode,scorer --baseline origin --svg groups.svg\n\nWith --group-by, runs that share the named settings (config keys; `scorer`, `dep`, ... stand\nfor `dyrep.scorer`, `dyrep.dep`, and apply to dyrep-mode runs only) form one row: mean ± std\nover the runs, and with --baseline the mean per-seed difference to that group with its 95 %\nconfidence interval; the chart shows each group's mean test-accuracy curve with a ±1 std band."
     )]
     Compare {
         /// Run directories.
         #[arg(value_name = "RUN_DIR", required = true, num_args = 1..)]
         runs: Vec<PathBuf>,
-        /// SVG file for the overlaid chart.
+        /// SVG file for the chart.
         #[arg(long, value_name = "FILE", default_value = "compare.svg")]
         svg: PathBuf,
-        /// Print the rows as a JSON array instead of the markdown table.
+        /// Print the rows as JSON instead of the markdown table.
         #[arg(long)]
         json: bool,
+        /// Group runs by these comma-separated config settings (e.g. `mode,scorer`).
+        #[arg(long, value_name = "KEYS")]
+        group_by: Option<String>,
+        /// The group the others are compared with, by seed (e.g. `origin`); needs --group-by.
+        #[arg(long, value_name = "GROUP", requires = "group_by")]
+        baseline: Option<String>,
     },
     /// Print the tree of grown blocks of a checkpoint: each branch's op, weight shapes and γ
     /// importance, nested blocks indented (the paper's Fig. 6).
@@ -823,7 +829,37 @@ fn dispatch(cli: Cli, verbosity: Verbosity) -> Result<u8> {
                 )?;
             }
         }
-        Command::Compare { runs, svg, json } => {
+        Command::Compare {
+            runs,
+            svg,
+            json,
+            group_by: Some(keys),
+            baseline,
+        } => {
+            let records = runs
+                .iter()
+                .map(|r| report::read_run(r))
+                .collect::<dyrep_runtime::Result<Vec<_>>>()?;
+            let rows = dyrep_runtime::groups::group_rows(&records, &keys, baseline.as_deref())?;
+            dyrep_runtime::groups::plot_groups(&records, &keys, &svg)?;
+            if json {
+                serde_json::to_writer_pretty(&mut out, &rows)?;
+                writeln!(out)?;
+            } else {
+                let table = dyrep_runtime::groups::group_markdown(&rows, baseline.as_deref());
+                write!(out, "{table}")?;
+                if verbosity != Verbosity::Quiet {
+                    writeln!(out, "\nchart: {}", svg.display())?;
+                }
+            }
+        }
+        Command::Compare {
+            runs,
+            svg,
+            json,
+            group_by: None,
+            ..
+        } => {
             let records = runs
                 .iter()
                 .map(|r| report::read_run(r))

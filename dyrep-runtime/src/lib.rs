@@ -15,6 +15,7 @@ pub mod dynamics;
 pub mod error;
 pub mod export;
 pub mod fuse;
+pub mod groups;
 pub mod model;
 pub mod onnx;
 pub mod optim;

@@ -40,6 +40,8 @@ pub struct RunRecord {
     pub mode: String,
     pub epochs: Vec<EpochRow>,
     pub events: Vec<Event>,
+    /// The run's `config.resolved.toml`, when it is readable.
+    pub config: Option<TrainConfig>,
 }
 
 fn bad(path: &Path, reason: impl std::fmt::Display) -> RuntimeError {
@@ -127,9 +129,10 @@ pub fn read_run(dir: &Path) -> Result<RunRecord> {
         }
     }
     let cfg_path = dir.join("config.resolved.toml");
-    let (model, mode) = match TrainConfig::from_toml_file(&cfg_path) {
-        Ok(c) => (c.model, c.mode.as_str().to_string()),
-        Err(_) => ("?".into(), "?".into()),
+    let config = TrainConfig::from_toml_file(&cfg_path).ok();
+    let (model, mode) = match &config {
+        Some(c) => (c.model.clone(), c.mode.as_str().to_string()),
+        None => ("?".into(), "?".into()),
     };
     let name = dir
         .canonicalize()
@@ -143,6 +146,7 @@ pub fn read_run(dir: &Path) -> Result<RunRecord> {
         mode,
         epochs,
         events,
+        config,
     })
 }
 

@@ -126,7 +126,10 @@ fn every_registered_scorer_selects_a_conv() {
     for s in v.as_array().unwrap() {
         let name = s["name"].as_str().unwrap();
         let out = tmp.path().join(name);
-        let o = train(&out, &["--epochs", "2", "--scorer", name]);
+        let o = train(
+            &out,
+            &["--epochs", "2", "--grow-interval", "1", "--scorer", name],
+        );
         assert!(o.status.success(), "{name}: {}", text(&o));
         let ev = events(&out);
         let grows: Vec<_> = ev.iter().filter(|e| e["kind"] == "grow").collect();
@@ -167,6 +170,71 @@ fn resume_in_the_middle_of_a_grow_interval_is_exact() {
     );
 }
 
+/// Growth in the middle of an epoch: every half epoch (`0.5`) and every N steps, with the
+/// events naming the step; the run resumes exactly across them.
+#[test]
+fn fractional_and_step_intervals_grow_mid_epoch_and_resume_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let whole = tmp.path().join("whole");
+    // 192 training images at batch 32: 6 steps per epoch, 12 in the run.
+    let extra = [
+        "--epochs",
+        "2",
+        "--grow-interval",
+        "0.5",
+        "--max-grow-epochs",
+        "none",
+    ];
+    let o = train(&whole, &extra);
+    assert!(o.status.success(), "{}", text(&o));
+    let steps: Vec<Option<u64>> = events(&whole)
+        .iter()
+        .filter(|e| e["kind"] == "grow")
+        .map(|e| e["step"].as_u64())
+        .collect();
+    // After steps 3 and 9 (mid-epoch, named) and 6 (the end of epoch 1, after its evaluation);
+    // none after the run's last step.
+    assert_eq!(steps, vec![Some(3), None, Some(9)], "{:?}", events(&whole));
+    let split = tmp.path().join("split");
+    let mut first = extra.to_vec();
+    first.extend(["--stop-after", "1"]);
+    assert!(train(&split, &first).status.success());
+    let o = dyrep(&["train", "--resume", split.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(events(&split), events(&whole));
+    assert_eq!(
+        std::fs::read_to_string(split.join("metrics.csv"))
+            .unwrap()
+            .lines()
+            .map(|l| l.rsplit_once(',').unwrap().0.to_string())
+            .collect::<Vec<_>>(),
+        std::fs::read_to_string(whole.join("metrics.csv"))
+            .unwrap()
+            .lines()
+            .map(|l| l.rsplit_once(',').unwrap().0.to_string())
+            .collect::<Vec<_>>(),
+    );
+    // N steps: after steps 5 and 10 of 12.
+    let stepped = tmp.path().join("stepped");
+    let o = train(
+        &stepped,
+        &[
+            "--epochs",
+            "2",
+            "--grow-interval",
+            "5 steps",
+            "--max-grow-epochs",
+            "none",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let grows = events(&stepped)
+        .iter()
+        .filter(|e| e["kind"] == "grow")
+        .count();
+    assert_eq!(grows, 2, "{:?}", events(&stepped));
+}
+
 #[test]
 fn bad_dyrep_settings_exit_1() {
     let tmp = tempfile::tempdir().unwrap();
@@ -183,7 +251,7 @@ fn bad_dyrep_settings_exit_1() {
                 "--grow-interval",
                 "0",
             ],
-            "grow_interval",
+            "invalid value '0' for '--grow-interval",
         ),
         (
             vec!["train", "--out", o, "--mode", "dyrep", "--gamma0", "0"],

@@ -325,12 +325,14 @@ struct TrainArgs {
     /// dyrep mode: saliency scorer (see `dyrep scorers`).
     #[arg(long)]
     scorer: Option<String>,
-    /// dyrep mode: grow after every N epochs.
-    #[arg(long, value_name = "N")]
-    grow_interval: Option<usize>,
-    /// dyrep mode: no growth after this epoch.
-    #[arg(long, value_name = "N")]
-    max_grow_epochs: Option<usize>,
+    /// dyrep mode: grow after every this much training: epochs (`2`, `0.5`), `N steps`, or
+    /// `auto` (1/40 of the run, the reference's proportion; the default).
+    #[arg(long, value_name = "PERIOD", value_parser = dyrep_runtime::schedule::Period::parse)]
+    grow_interval: Option<dyrep_runtime::schedule::Period>,
+    /// dyrep mode: no growth after this much training: epochs, `N steps`, `auto` (5/6 of the
+    /// run, the default) or `none`.
+    #[arg(long, value_name = "PERIOD", value_parser = dyrep_runtime::schedule::Period::parse)]
+    max_grow_epochs: Option<dyrep_runtime::schedule::Period>,
     /// dyrep mode: convs grown per grow step.
     #[arg(long, value_name = "K")]
     grow_topk: Option<usize>,
@@ -453,8 +455,8 @@ impl TrainArgs {
         if let Some(v) = self.grow_interval {
             d.grow_interval = v;
         }
-        if self.max_grow_epochs.is_some() {
-            d.max_grow_epochs = self.max_grow_epochs;
+        if let Some(v) = self.max_grow_epochs {
+            d.max_grow_epochs = v;
         }
         if let Some(v) = self.grow_topk {
             d.grow_topk = v;

@@ -22,12 +22,10 @@ use crate::data::Dataset;
 use crate::error::{Result, RuntimeError};
 use crate::model::Model;
 use crate::optim::cross_entropy;
+use crate::schedule::{GrowSchedule, Period};
 
 fn d_scorer() -> String {
     "synflow".into()
-}
-fn d_interval() -> usize {
-    1
 }
 fn d_topk() -> usize {
     1
@@ -73,12 +71,14 @@ pub struct DyrepConfig {
     pub ops: Vec<String>,
     #[serde(default = "d_scorer")]
     pub scorer: String,
-    /// Grow after every this many epochs.
-    #[serde(default = "d_interval")]
-    pub grow_interval: usize,
-    /// No growth after this epoch (default: until the end).
+    /// Grow after every this much training: epochs (fractions allowed), `N steps`, or `auto`
+    /// (1/40 of the run, the reference's proportion; `crate::schedule`).
     #[serde(default)]
-    pub max_grow_epochs: Option<usize>,
+    pub grow_interval: Period,
+    /// No growth after this much training: epochs, `N steps`, `auto` (5/6 of the run, as the
+    /// reference) or `none` (until the end).
+    #[serde(default)]
+    pub max_grow_epochs: Period,
     /// Convs grown per grow step.
     #[serde(default = "d_topk")]
     pub grow_topk: usize,
@@ -110,8 +110,8 @@ impl Default for DyrepConfig {
         Self {
             ops: Vec::new(),
             scorer: d_scorer(),
-            grow_interval: d_interval(),
-            max_grow_epochs: None,
+            grow_interval: Period::Auto,
+            max_grow_epochs: Period::Auto,
             grow_topk: d_topk(),
             gamma0: d_gamma0(),
             calib_batches: d_calib(),
@@ -137,8 +137,10 @@ impl DyrepConfig {
             }
         }
         find_scorer(&self.scorer)?;
-        if self.grow_interval == 0 {
-            return bad("dyrep.grow_interval must be at least 1".into());
+        if self.grow_interval == Period::Unlimited {
+            return bad(
+                "dyrep.grow_interval cannot be `none`; give epochs, `N steps` or `auto`".into(),
+            );
         }
         if self.grow_topk == 0 {
             return bad("dyrep.grow_topk must be at least 1".into());
@@ -182,18 +184,25 @@ impl DyrepConfig {
         Ok((find_scorer(&self.scorer)?.build)(&ScorerConfig { seed }))
     }
 
-    /// Whether a grow step follows epoch `epoch` (1-based) of `epochs`.
-    pub fn grows_after(&self, epoch: usize, epochs: usize) -> bool {
-        epoch < epochs
-            && epoch.is_multiple_of(self.grow_interval)
-            && self.max_grow_epochs.is_none_or(|m| epoch <= m)
+    /// The growth schedule of a run of `epochs` epochs of `steps_per_epoch` steps.
+    pub fn schedule(&self, steps_per_epoch: usize, epochs: usize) -> Result<GrowSchedule> {
+        GrowSchedule::new(
+            self.grow_interval,
+            self.max_grow_epochs,
+            steps_per_epoch as u64,
+            epochs as u64,
+        )
     }
 }
 
 /// One grow or cut, as written to `events.jsonl`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Event {
+    /// The epoch (1-based) the event followed or, with `step`, happened in.
     pub epoch: usize,
+    /// The run's step (1-based) a grow or cut in the middle of an epoch followed.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub step: Option<u64>,
     pub kind: String,
     pub path: String,
     /// Ops added (grow) or removed (cut).
@@ -341,6 +350,19 @@ pub struct AdjustCtx<'a> {
     pub device: &'a Device,
     /// The fixed held-out batch the preservation is measured on.
     pub fixed: &'a Tensor,
+    /// The run's step after which this adjustment happens, when it is not at an epoch's end.
+    pub step: Option<u64>,
+}
+
+impl AdjustCtx<'_> {
+    /// The key of the seeded streams of the `k`-th grow of this adjustment: epoch-end grows
+    /// keep the keys they had before mid-epoch growth existed.
+    fn stream_key(&self, epoch: usize, k: usize) -> usize {
+        match self.step {
+            None => epoch * 1000 + k,
+            Some(s) => (1 << 40) + s as usize * 1000 + k,
+        }
+    }
 }
 
 /// Rep: grows the `grow_topk` best-scored growable convs (each with the ops that apply to it),
@@ -364,7 +386,11 @@ pub fn grow_step(
     ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     let specs = ctx.cfg.branch_specs()?;
     let main = dyrep_ops::main_spec();
-    let mut rng = SeededRng::for_purpose(ctx.seed, &format!("grow:{epoch}"));
+    let purpose = match ctx.step {
+        None => format!("grow:{epoch}"),
+        Some(s) => format!("grow:{epoch}:step{s}"),
+    };
+    let mut rng = SeededRng::for_purpose(ctx.seed, &purpose);
     let mut events = Vec::new();
     for (path, score) in ranked {
         if events.len() >= ctx.cfg.grow_topk {
@@ -399,6 +425,7 @@ pub fn grow_step(
         let after = probe_logits(model, ctx.fixed)?;
         events.push(Event {
             epoch,
+            step: ctx.step,
             kind: "grow".into(),
             path: path.clone(),
             ops: applicable.iter().map(|s| s.name().to_string()).collect(),
@@ -466,7 +493,7 @@ fn calibrate(
         ctx.ds.clone(),
         ctx.batch_size,
         ctx.seed ^ 0xca11b,
-        epoch * 1000 + k,
+        ctx.stream_key(epoch, k),
         ctx.augment,
         ctx.train_limit,
     );
@@ -491,6 +518,7 @@ fn calibrate(
 pub fn cut_step(
     model: &mut Model,
     epoch: usize,
+    step: Option<u64>,
     cfg: &DyrepConfig,
     fixed: &Tensor,
 ) -> Result<Vec<Event>> {
@@ -523,6 +551,7 @@ pub fn cut_step(
             let after = probe_logits(model, fixed)?;
             events.push(Event {
                 epoch,
+                step,
                 kind: "cut".into(),
                 path: path.clone(),
                 ops: vec![name.to_string()],
@@ -582,14 +611,17 @@ mod tests {
     #[test]
     fn grow_schedule() {
         let c = DyrepConfig {
-            grow_interval: 2,
-            max_grow_epochs: Some(6),
+            grow_interval: Period::Epochs(2.0),
+            max_grow_epochs: Period::Epochs(6.0),
             ..Default::default()
         };
-        let grows: Vec<usize> = (1..=10).filter(|&e| c.grows_after(e, 10)).collect();
-        assert_eq!(grows, vec![2, 4, 6]);
-        let c = DyrepConfig::default();
-        assert!(!c.grows_after(4, 4), "no growth after the last epoch");
+        let s = c.schedule(3, 10).unwrap();
+        let grows: Vec<u64> = (1..=30).filter(|&k| s.grows_after(k)).collect();
+        assert_eq!(grows, vec![6, 12, 18]);
+        // The default: 1/40 of the run, until 5/6 of it, never after the last step.
+        let s = DyrepConfig::default().schedule(10, 4).unwrap();
+        assert_eq!((s.interval, s.last), (1, 33));
+        assert!(!s.grows_after(40), "no growth after the last step");
     }
 }
 
@@ -658,7 +690,7 @@ mod scenario_tests {
         ] {
             set_gamma(&mut m, "features.1.conv", b, g);
         }
-        let events = cut_step(&mut m, 2, &cfg, &x).unwrap();
+        let events = cut_step(&mut m, 2, None, &cfg, &x).unwrap();
         assert_eq!(events.len(), 1, "{events:?}");
         assert_eq!(events[0].ops, ["conv1x1_kxk"]);
         assert!(events[0].preserve_rel_err <= 2e-5, "{events:?}");
@@ -690,7 +722,7 @@ mod scenario_tests {
             .collect();
         inner.grow(&*main, &ok, &mut ctx).unwrap();
         // Right after growth every importance is γ0: nothing is cut.
-        assert!(cut_step(&mut m, 1, &cfg, &x).unwrap().is_empty());
+        assert!(cut_step(&mut m, 1, None, &cfg, &x).unwrap().is_empty());
         // Script a spread: identity and conv1x1 fade in the outer block, conv1xk in the nested one.
         for (b, g) in [
             ("conv1x1", 0.02),
@@ -720,7 +752,7 @@ mod scenario_tests {
             .unwrap()
             .branch_names()
             .len();
-        let events = cut_step(&mut m, 2, &cfg, &x).unwrap();
+        let events = cut_step(&mut m, 2, None, &cfg, &x).unwrap();
         let cut: Vec<(String, String)> = events
             .iter()
             .map(|e| (e.path.clone(), e.ops[0].clone()))
@@ -805,6 +837,7 @@ mod grow_tests {
             seed: 0,
             device: &dev,
             fixed: &fixed,
+            step: None,
         };
         let x = dyrep_api::init::normal_tensor(&mut rng, &[2, 8, 14, 14], 0.0, 1.0, &dev).unwrap();
         let old = m

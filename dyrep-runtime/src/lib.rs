@@ -20,6 +20,7 @@ pub mod model;
 pub mod onnx;
 pub mod optim;
 pub mod report;
+pub mod schedule;
 pub mod train;
 pub mod verify;
 

@@ -463,6 +463,72 @@ pub fn apply_mode(model: &mut Model, mode: Mode, ctx: &mut InitCtx<'_>) -> Resul
     n
 }
 
+/// What a grow/cut step needs from the run (`step`: a mid-epoch adjustment's step).
+fn adjust_ctx<'a>(
+    cfg: &'a TrainConfig,
+    ds: &'a Arc<Dataset>,
+    device: &'a Device,
+    fixed: &'a Tensor,
+    step: Option<u64>,
+) -> AdjustCtx<'a> {
+    AdjustCtx {
+        cfg: &cfg.dyrep,
+        ds,
+        batch_size: cfg.batch_size,
+        augment: &cfg.augment,
+        train_limit: cfg.train_limit,
+        seed: cfg.seed,
+        device,
+        fixed,
+        step,
+    }
+}
+
+/// One Rep + Dep adjustment in epoch `epoch` (1-based): grow the best-scored convs, reset the
+/// scorer, cut faded branches (with Dep on), log and record every event.
+fn adjust(
+    model: &mut Model,
+    state: &mut RunState,
+    epoch: usize,
+    ctx: &AdjustCtx<'_>,
+    run: &mut RunDir,
+    echo: &mut dyn FnMut(TrainProgress<'_>),
+) -> Result<()> {
+    let mut events = match &state.scorer {
+        Some(s) => grow_step(model, s.as_ref(), epoch, ctx)?,
+        None => Vec::new(),
+    };
+    if let Some(s) = state.scorer.as_mut() {
+        s.reset();
+    }
+    if ctx.cfg.dep {
+        events.extend(cut_step(model, epoch, ctx.step, ctx.cfg, ctx.fixed)?);
+    }
+    for e in &events {
+        run.log(
+            &format!(
+                "{} {} [{}]{}  gamma {:.3}  params {}  MACs {:.2}M  preserve rel err {:.2e}{}",
+                e.kind,
+                e.path,
+                e.ops.join(", "),
+                e.score
+                    .map(|s| format!("  score {s:.4e}"))
+                    .unwrap_or_default(),
+                e.gamma,
+                e.params,
+                e.macs as f64 / 1e6,
+                e.preserve_rel_err,
+                e.step
+                    .map(|s| format!("  (after step {s})"))
+                    .unwrap_or_default()
+            ),
+            echo,
+        );
+    }
+    state.events.extend(events);
+    Ok(())
+}
+
 /// Number of rows whose argmax equals the label.
 pub(crate) fn correct(logits: &Tensor, y: &Tensor) -> Result<usize> {
     let pred = logits.argmax(1)?;
@@ -673,6 +739,10 @@ pub fn train(
             cfg.train_limit.unwrap_or(usize::MAX).min(ds.train.len())
         )));
     }
+    let grow_schedule = match cfg.mode {
+        Mode::Dyrep => Some(cfg.dyrep.schedule(steps, cfg.epochs)?),
+        _ => None,
+    };
     let schedule = CosineSchedule {
         lr: cfg.lr,
         min_lr: cfg.min_lr,
@@ -718,10 +788,10 @@ pub fn train(
         }
         let epoch = state.epochs_done;
         let t0 = Instant::now();
-        let params = model.tensors();
+        let mut params = model.tensors();
         let live: BTreeSet<String> = params.iter().map(|p| p.0.clone()).collect();
         opt.retain(&live);
-        let growable = match cfg.mode {
+        let mut growable = match cfg.mode {
             Mode::Dyrep => growable_weights(&model, cfg.dyrep.max_depth),
             _ => Vec::new(),
         };
@@ -781,6 +851,16 @@ pub fn train(
             right += correct(&logits.detach(), &y)?;
             seen += b.len();
             state.global_step += 1;
+            // A grow in the middle of the epoch (one at its end follows the evaluation).
+            if step + 1 < steps
+                && grow_schedule.is_some_and(|g| g.grows_after(state.global_step as u64))
+            {
+                let ctx = adjust_ctx(&cfg, &ds, device, &fixed, Some(state.global_step as u64));
+                adjust(&mut model, &mut state, epoch + 1, &ctx, &mut run, echo)?;
+                params = model.tensors();
+                opt.retain(&params.iter().map(|p| p.0.clone()).collect());
+                growable = growable_weights(&model, cfg.dyrep.max_depth);
+            }
             echo(TrainProgress::Step {
                 step: step + 1,
                 loss: loss_sum / seen as f64,
@@ -833,44 +913,9 @@ pub fn train(
             state.best_epoch = rec.epoch;
         }
         state.history.push(rec);
-        if cfg.mode == Mode::Dyrep && cfg.dyrep.grows_after(epoch + 1, cfg.epochs) {
-            let ctx = AdjustCtx {
-                cfg: &cfg.dyrep,
-                ds: &ds,
-                batch_size: cfg.batch_size,
-                augment: &cfg.augment,
-                train_limit: cfg.train_limit,
-                seed: cfg.seed,
-                device,
-                fixed: &fixed,
-            };
-            let mut events = match &state.scorer {
-                Some(s) => grow_step(&mut model, s.as_ref(), epoch + 1, &ctx)?,
-                None => Vec::new(),
-            };
-            if let Some(s) = state.scorer.as_mut() {
-                s.reset();
-            }
-            if cfg.dyrep.dep {
-                events.extend(cut_step(&mut model, epoch + 1, &cfg.dyrep, &fixed)?);
-            }
-            for e in &events {
-                run.log(
-                    &format!(
-                        "{} {} [{}]{}  gamma {:.3}  params {}  MACs {:.2}M  preserve rel err {:.2e}",
-                        e.kind,
-                        e.path,
-                        e.ops.join(", "),
-                        e.score.map(|s| format!("  score {s:.4e}")).unwrap_or_default(),
-                        e.gamma,
-                        e.params,
-                        e.macs as f64 / 1e6,
-                        e.preserve_rel_err
-                    ),
-                    echo,
-                );
-            }
-            state.events.extend(events);
+        if grow_schedule.is_some_and(|g| g.grows_after(state.global_step as u64)) {
+            let ctx = adjust_ctx(&cfg, &ds, device, &fixed, None);
+            adjust(&mut model, &mut state, epoch + 1, &ctx, &mut run, echo)?;
         }
         let arch = model.arch();
         let data = CheckpointData {

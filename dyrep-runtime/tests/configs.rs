@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use dyrep_runtime::schedule::Period;
 use dyrep_runtime::train::TrainConfig;
 
 fn toml_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -34,7 +35,10 @@ fn every_shipped_config_parses_and_validates() {
 fn the_paper_cifar_recipe_has_the_reference_values() {
     let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/paper/cifar10-vgg16.toml");
     let c = TrainConfig::from_toml_file(&f).unwrap();
-    assert_eq!((c.model.as_str(), c.epochs, c.batch_size), ("vgg16", 600, 128));
+    assert_eq!(
+        (c.model.as_str(), c.epochs, c.batch_size),
+        ("vgg16", 600, 128)
+    );
     assert_eq!((c.lr, c.min_lr), (0.1, 1e-6));
     assert!(!c.sgd.nesterov && c.sgd.decay_bn_and_bias && c.sgd.weight_decay == 1e-4);
     assert_eq!(
@@ -43,6 +47,6 @@ fn the_paper_cifar_recipe_has_the_reference_values() {
     );
     assert_eq!(
         (c.dyrep.grow_interval, c.dyrep.max_grow_epochs),
-        (15, Some(500))
+        (Period::Epochs(15.0), Period::Epochs(500.0))
     );
 }

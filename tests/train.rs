@@ -160,6 +160,11 @@ fn fuse_verifies_repvgg_and_dbb_and_gives_the_plain_model() {
         let run = tmp.path().join(mode);
         let o = train(&run, &["--epochs", "1", "--mode", mode]);
         assert!(o.status.success(), "{}", text(&o));
+        // The reference's form by default, and the summary says so.
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap())
+                .unwrap();
+        assert_eq!(summary["baseline_form"], "reference", "{summary}");
         let fused = tmp.path().join(format!("{mode}-fused"));
         let ck = run.join("checkpoints/last");
         let o = dyrep(&[
@@ -293,6 +298,20 @@ fn bad_names_and_files_exit_1_with_a_clear_message() {
         (
             vec!["train".into(), "--epochs".into(), "0".into()],
             "epochs must be at least 1",
+        ),
+        (
+            vec!["train".into(), "--baseline-form".into(), "dyrep".into()],
+            "--baseline-form only applies to --mode repvgg or dbb",
+        ),
+        (
+            vec![
+                "train".into(),
+                "--mode".into(),
+                "dbb".into(),
+                "--baseline-form".into(),
+                "official".into(),
+            ],
+            "expected `reference` or `dyrep`",
         ),
         (
             vec![

@@ -637,11 +637,29 @@ impl Slot {
         }
     }
 
-    /// Rep (reference §3.5, eq. 6): turns this plain conv into a block whose main branch is built
-    /// from `main` and holds the old conv, plus one branch per spec in `branches` (initialised
-    /// with last-BN γ = `ctx.gamma0`). The main branch is then set so the block's eval output
-    /// equals the old conv's exactly. Nothing changes if any spec does not apply.
+    /// Rep (paper eq. 6): turns this plain conv into a block whose main branch is built from
+    /// `main` and holds the old conv, plus one branch per spec in `branches` (initialised with
+    /// last-BN γ = `ctx.gamma0`). The main branch is then set so the block's eval output equals
+    /// the old conv's exactly. Nothing changes if any spec does not apply.
     pub fn grow(
+        &mut self,
+        main: &dyn OpSpec,
+        branches: &[Box<dyn OpSpec>],
+        ctx: &mut InitCtx<'_>,
+    ) -> Result<()> {
+        let target = self.equivalent()?;
+        self.grow_independent(main, branches, ctx)?;
+        match self {
+            Slot::Block(b) => b.restore_equivalent(&target),
+            Slot::Conv(_) => Ok(()),
+        }
+    }
+
+    /// [`Slot::grow`] without the restore: every branch keeps its own fresh initialisation
+    /// (the old conv in the main branch, the new branches as built, every BN as new), so the
+    /// block computes something else than the old conv. This is how the DBB and RepVGG authors
+    /// build their training-time blocks (docs/REFERENCE.md, "baselines").
+    pub fn grow_independent(
         &mut self,
         main: &dyn OpSpec,
         branches: &[Box<dyn OpSpec>],
@@ -656,7 +674,6 @@ impl Slot {
                 })
             }
         };
-        let target = self.equivalent()?;
         main.check(&geom)?;
         let mut main_op = main.build(&geom, ctx)?;
         let mut ops = Vec::with_capacity(branches.len());
@@ -685,10 +702,7 @@ impl Slot {
             main: main_op,
             branches: ops,
         });
-        match self {
-            Slot::Block(b) => b.restore_equivalent(&target),
-            Slot::Conv(_) => Ok(()),
-        }
+        Ok(())
     }
 
     /// Plain convs of the tree that may still grow (reference §3.2): k > 1 and fewer than

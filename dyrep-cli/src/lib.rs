@@ -319,6 +319,11 @@ struct TrainArgs {
     /// Stop after this many epochs in this invocation (continue later with --resume).
     #[arg(long, value_name = "N")]
     stop_after: Option<usize>,
+    /// repvgg / dbb modes: build the blocks as their authors train them (`reference`: the BN
+    /// after each conv dropped, branches initialised independently; the default) or as DyRep
+    /// grows one (`dyrep`: the BN kept, the block equal to the fresh conv).
+    #[arg(long, value_name = "FORM", value_parser = dyrep_runtime::train::BaselineForm::parse)]
+    baseline_form: Option<dyrep_runtime::train::BaselineForm>,
     /// dyrep mode: branch ops for new blocks, comma-separated (default: every registered op).
     #[arg(long, value_name = "A,B", value_delimiter = ',')]
     ops: Option<Vec<String>>,
@@ -370,7 +375,8 @@ const DYREP_FLAGS: [&str; 10] = [
 impl TrainArgs {
     fn config_flags(&self) -> Vec<&'static str> {
         let mut v = Vec::new();
-        let pairs: [(&'static str, bool); 23] = [
+        let pairs: [(&'static str, bool); 24] = [
+            ("--baseline-form", self.baseline_form.is_some()),
             ("--ops", self.ops.is_some()),
             ("--scorer", self.scorer.is_some()),
             ("--grow-interval", self.grow_interval.is_some()),
@@ -441,6 +447,9 @@ impl TrainArgs {
         if self.init_from.is_some() {
             cfg.init_from = self.init_from.clone();
         }
+        if let Some(v) = self.baseline_form {
+            cfg.baseline_form = v;
+        }
         let d = &mut cfg.dyrep;
         if let Some(v) = &self.ops {
             d.ops = v
@@ -485,6 +494,12 @@ impl TrainArgs {
             anyhow::bail!(
                 "{} only apply to --mode dyrep (the mode is `{}`)",
                 dyrep_flags.join(", "),
+                cfg.mode.as_str()
+            );
+        }
+        if self.baseline_form.is_some() && !matches!(cfg.mode, Mode::Repvgg | Mode::Dbb) {
+            anyhow::bail!(
+                "--baseline-form only applies to --mode repvgg or dbb (the mode is `{}`)",
                 cfg.mode.as_str()
             );
         }

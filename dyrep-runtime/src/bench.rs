@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::error::{Result, RuntimeError};
 use crate::model::{build_model, find_model, ModelConfig};
 use crate::optim::{cross_entropy, Sgd, SgdConfig};
-use crate::train::{apply_mode, peak_rss_bytes, Mode};
+use crate::train::{apply_mode, peak_rss_bytes, BaselineForm, Mode};
 
 /// One benchmark result.
 #[derive(Clone, Debug, Serialize)]
@@ -99,7 +99,7 @@ pub fn bench_grown(
         width: 1.0,
     };
     let mut m = build_model(&cfg, &mut ctx)?;
-    apply_mode(&mut m, mode, &mut ctx)?;
+    apply_mode(&mut m, mode, BaselineForm::Reference, &mut ctx)?;
     let mut mode_name = mode.as_str().to_string();
     if let Some(names) = grow_ops {
         let names: Vec<String> = if names.iter().any(|n| n == "all") {
@@ -115,7 +115,13 @@ pub fn bench_grown(
             .iter()
             .map(|n| dyrep_api::op_spec(n))
             .collect::<dyrep_api::Result<Vec<_>>>()?;
-        m.grow_all(&*dyrep_ops::main_spec(), &specs, &|g| g.k > 1, &mut ctx)?;
+        m.grow_all(
+            &*dyrep_ops::main_spec(),
+            &specs,
+            &|g| g.k > 1,
+            false,
+            &mut ctx,
+        )?;
         mode_name = format!("{mode_name}+{}", names.join(","));
     }
     let [c, h, w] = input;

@@ -41,6 +41,37 @@ pub enum Mode {
     Dyrep,
 }
 
+/// How the `repvgg` and `dbb` modes build their blocks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BaselineForm {
+    /// As the DBB and RepVGG authors train them: the BN after each conv is dropped (every
+    /// branch has its own) and every branch starts from its own fresh initialisation, branch
+    /// BNs at γ = 1. `fuse` brings the dropped BN back, so the fused model is the plain one.
+    #[default]
+    Reference,
+    /// As DyRep grows a block: the BN after the conv stays, and the block starts equal to the
+    /// fresh conv (eq. 6), new branches at γ = 1.
+    Dyrep,
+}
+
+impl BaselineForm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BaselineForm::Reference => "reference",
+            BaselineForm::Dyrep => "dyrep",
+        }
+    }
+
+    pub fn parse(s: &str) -> std::result::Result<BaselineForm, String> {
+        match s {
+            "reference" => Ok(BaselineForm::Reference),
+            "dyrep" => Ok(BaselineForm::Dyrep),
+            other => Err(format!("`{other}`: expected `reference` or `dyrep`")),
+        }
+    }
+}
+
 impl Mode {
     pub const NAMES: [&'static str; 4] = ["origin", "repvgg", "dbb", "dyrep"];
 
@@ -140,6 +171,9 @@ pub struct TrainConfig {
     pub train_limit: Option<usize>,
     #[serde(default)]
     pub test_limit: Option<usize>,
+    /// How `repvgg` and `dbb` build their blocks (the reference's form by default).
+    #[serde(default)]
+    pub baseline_form: BaselineForm,
     /// Start from plain pretrained weights with conventional names (a `.safetensors` file as
     /// `dyrep export` writes it), in any mode (paper §5.4 "D").
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -169,6 +203,7 @@ impl Default for TrainConfig {
             augment: Augment::default(),
             train_limit: None,
             test_limit: None,
+            baseline_form: BaselineForm::Reference,
             init_from: None,
             dyrep: DyrepConfig::default(),
         }
@@ -356,6 +391,9 @@ pub struct RunState {
 pub struct Summary {
     pub model: String,
     pub mode: String,
+    /// How the `repvgg` / `dbb` blocks were built (`reference` or `dyrep`); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_form: Option<String>,
     pub dataset: String,
     pub epochs: usize,
     pub seed: u64,
@@ -436,12 +474,17 @@ pub fn build_for(cfg: &TrainConfig, ds: &Dataset, device: &Device) -> Result<Mod
     if let Some(file) = &cfg.init_from {
         crate::export::load_plain_weights(&model, file)?;
     }
-    apply_mode(&mut model, cfg.mode, &mut ctx)?;
+    apply_mode(&mut model, cfg.mode, cfg.baseline_form, &mut ctx)?;
     Ok(model)
 }
 
-/// Turns the convs a static mode targets into blocks (γ = 1 on every branch).
-pub fn apply_mode(model: &mut Model, mode: Mode, ctx: &mut InitCtx<'_>) -> Result<usize> {
+/// Turns the convs a static mode targets into blocks (γ = 1 on every branch), in `form`.
+pub fn apply_mode(
+    model: &mut Model,
+    mode: Mode,
+    form: BaselineForm,
+    ctx: &mut InitCtx<'_>,
+) -> Result<usize> {
     let main = dyrep_ops::main_spec();
     let names: &[&str] = match mode {
         Mode::Origin | Mode::Dyrep => return Ok(0),
@@ -458,7 +501,13 @@ pub fn apply_mode(model: &mut Model, mode: Mode, ctx: &mut InitCtx<'_>) -> Resul
         Mode::Repvgg => &|g| g.k == 3 && g.is_same_padding(),
         _ => &|g| g.k > 1,
     };
-    let n = model.grow_all(&*main, &specs, eligible, ctx);
+    let n = model.grow_all(
+        &*main,
+        &specs,
+        eligible,
+        form == BaselineForm::Reference,
+        ctx,
+    );
     ctx.gamma0 = gamma0;
     n
 }
@@ -950,6 +999,8 @@ pub fn train(
     let summary = Summary {
         model: cfg.model.clone(),
         mode: cfg.mode.as_str().into(),
+        baseline_form: matches!(cfg.mode, Mode::Repvgg | Mode::Dbb)
+            .then(|| cfg.baseline_form.as_str().to_string()),
         dataset: ds.spec.clone(),
         epochs: state.epochs_done,
         seed: cfg.seed,

@@ -18,6 +18,10 @@ pub struct ConvUnit {
     pub slot: Slot,
     pub bn: Option<BatchNorm>,
     pub relu: bool,
+    /// The unit's BN was dropped when its conv became a block whose branches each normalise
+    /// (the reference form of the `dbb` and `repvgg` baselines): `fuse` brings it back as an
+    /// identity carrying the block's bias, so the fused model has the plain architecture.
+    pub bn_dropped: bool,
 }
 
 impl ConvUnit {
@@ -39,7 +43,44 @@ impl ConvUnit {
                 None
             },
             relu,
+            bn_dropped: false,
         })
+    }
+
+    /// Drops the unit's BN after its grown block (see `bn_dropped`); a plain conv or a unit
+    /// without a BN is left as it is.
+    pub fn drop_bn_after_block(&mut self) {
+        if self.slot.is_block() && self.bn.is_some() {
+            self.bn = None;
+            self.bn_dropped = true;
+        }
+    }
+
+    /// After fusion of a unit whose BN was dropped: the BN comes back as an identity in eval
+    /// mode (γ = 1, β = 0, σ² = 1 − ε, μ = −bias) and the conv loses its bias, so the unit has
+    /// the plain architecture again and computes the same (to f32 rounding of √(σ² + ε)).
+    pub fn restore_dropped_bn(&mut self) -> Result<()> {
+        if !self.bn_dropped {
+            return Ok(());
+        }
+        let Slot::Conv(conv) = &self.slot else {
+            return Ok(());
+        };
+        let geom = *conv.geom();
+        let weight = conv.layer().weight().as_detached_tensor();
+        let dev = weight.device().clone();
+        let bias = match conv.layer().bias() {
+            Some(b) => b.as_detached_tensor(),
+            None => Tensor::zeros(geom.out_ch, weight.dtype(), &dev)?,
+        };
+        let bn = BatchNorm::new(geom.out_ch, weight.dtype(), &dev)?;
+        let var =
+            Tensor::full(1.0 - bn.eps() as f32, geom.out_ch, &dev)?.to_dtype(weight.dtype())?;
+        bn.set_running_stats(&bias.neg()?, &var)?;
+        self.slot = Slot::Conv(dyrep_api::PlainConv::from_tensors(geom, &weight, None)?);
+        self.bn = Some(bn);
+        self.bn_dropped = false;
+        Ok(())
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {

@@ -43,6 +43,9 @@ pub struct ModelArch {
     pub form: Form,
     /// Every conv slot by path (plain convs included).
     pub slots: BTreeMap<String, SlotArch>,
+    /// Conv paths whose unit BN was dropped after their block (reference-form baselines).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub bn_dropped: std::collections::BTreeSet<String>,
 }
 
 /// A CNN whose convs are slots.
@@ -251,6 +254,12 @@ impl Model {
                 .iter()
                 .map(|u| (u.conv_path.clone(), u.slot.arch()))
                 .collect(),
+            bn_dropped: self
+                .units()
+                .iter()
+                .filter(|u| u.bn_dropped)
+                .map(|u| u.conv_path.clone())
+                .collect(),
         }
     }
 
@@ -290,6 +299,15 @@ impl Model {
             u.slot = Slot::from_arch(geom, sa, ctx).map_err(|e| {
                 RuntimeError::Model(format!("conv `{}` in arch.json: {e}", u.conv_path))
             })?;
+            if arch.bn_dropped.contains(&u.conv_path) {
+                u.drop_bn_after_block();
+                if !u.bn_dropped {
+                    return Err(RuntimeError::Model(format!(
+                        "arch.json drops the BN after `{}`, which is no block with a BN",
+                        u.conv_path
+                    )));
+                }
+            }
         }
         Ok(model)
     }
@@ -379,6 +397,7 @@ impl Model {
         main: &dyn OpSpec,
         branches: &[Box<dyn OpSpec>],
         eligible: &dyn Fn(&ConvGeom) -> bool,
+        independent: bool,
         ctx: &mut InitCtx<'_>,
     ) -> Result<usize> {
         let mut grown = 0;
@@ -395,7 +414,12 @@ impl Model {
             if specs.is_empty() {
                 continue;
             }
-            u.slot.grow(main, &specs, ctx)?;
+            if independent {
+                u.slot.grow_independent(main, &specs, ctx)?;
+                u.drop_bn_after_block();
+            } else {
+                u.slot.grow(main, &specs, ctx)?;
+            }
             grown += 1;
         }
         Ok(grown)
@@ -410,6 +434,7 @@ impl Model {
             if u.slot.fuse()? {
                 fused += 1;
             }
+            u.restore_dropped_bn()?;
             u.fold_bias_into_bn()?;
         }
         self.form = Form::Fused;
@@ -451,7 +476,13 @@ mod tests {
             .map(|n| dyrep_api::op_spec(n).unwrap())
             .collect();
         let n = m
-            .grow_all(&*dyrep_ops::main_spec(), &dbb, &|g| g.k > 1, &mut ctx)
+            .grow_all(
+                &*dyrep_ops::main_spec(),
+                &dbb,
+                &|g| g.k > 1,
+                false,
+                &mut ctx,
+            )
             .unwrap();
         assert_eq!(n, 13);
         let macs = m.macs().unwrap() as f64 / 1e6;
@@ -608,8 +639,14 @@ mod tests {
             .filter(|e| e.name != "convkxk")
             .map(|e| (e.default_spec)())
             .collect();
-        m.grow_all(&*dyrep_ops::main_spec(), &specs, &|g| g.k > 1, &mut ctx)
-            .unwrap();
+        m.grow_all(
+            &*dyrep_ops::main_spec(),
+            &specs,
+            &|g| g.k > 1,
+            false,
+            &mut ctx,
+        )
+        .unwrap();
         // Random BN statistics everywhere, so fusion is not trivially exact.
         for (_, v, r) in m.tensors() {
             dyrep_api::equivalence::randomize_tensor(&mut rng, &v, r).unwrap();
@@ -652,5 +689,87 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("unexpected: conv1.weight"), "{e}");
+    }
+
+    /// The reference form of the baselines: the BN after each grown conv is dropped, the
+    /// branches start independently (the block no longer equals the conv), the architecture
+    /// round-trips, and fusing brings the BN back so the fused model is the plain one with the
+    /// same logits.
+    #[test]
+    fn reference_form_blocks_drop_the_unit_bn_and_fuse_back_to_the_plain_model() {
+        let mut m = build("vgg-tiny", [1, 12, 12]);
+        let mut rng = SeededRng::new(5);
+        let x = dyrep_api::init::normal_tensor(&mut rng, &[4, 1, 12, 12], 0.0, 1.0, &Device::Cpu)
+            .unwrap();
+        let plain_y = m.forward_t(&x, false).unwrap();
+        let mut ctx = InitCtx::new(&mut rng, &Device::Cpu);
+        let n = crate::train::apply_mode(
+            &mut m,
+            crate::train::Mode::Dbb,
+            crate::train::BaselineForm::Reference,
+            &mut ctx,
+        )
+        .unwrap();
+        assert!(n > 0);
+        let grown: Vec<&ConvUnit> = m
+            .units()
+            .into_iter()
+            .filter(|u| u.slot.is_block())
+            .collect();
+        assert_eq!(grown.len(), n);
+        assert!(grown.iter().all(|u| u.bn.is_none() && u.bn_dropped));
+        // Independent initialisation: the network computes something else than before.
+        let y = m.forward_t(&x, false).unwrap();
+        assert!(dyrep_api::equivalence::compare(&plain_y, &y).unwrap().rel > 1e-2);
+        // Random statistics, so fusion is not trivially exact; one training step's worth of
+        // state is what a checkpoint holds.
+        for (_, v, r) in m.tensors() {
+            dyrep_api::equivalence::randomize_tensor(&mut rng, &v, r).unwrap();
+        }
+        let y = m.forward_t(&x, false).unwrap();
+        let arch: ModelArch =
+            serde_json::from_str(&serde_json::to_string(&m.arch()).unwrap()).unwrap();
+        assert_eq!(arch.bn_dropped.len(), n);
+        let mut ctx = InitCtx::new(&mut rng, &Device::Cpu);
+        let m2 = Model::from_arch(&arch, &mut ctx).unwrap();
+        m2.load_tensors(&m.tensor_map().unwrap()).unwrap();
+        assert_eq!(
+            dyrep_api::equivalence::compare(&y, &m2.forward_t(&x, false).unwrap())
+                .unwrap()
+                .max_abs,
+            0.0
+        );
+        m.fuse().unwrap();
+        let c = dyrep_api::equivalence::compare(&y, &m.forward_t(&x, false).unwrap()).unwrap();
+        assert!(c.rel < 1e-5, "{c:?}");
+        let plain = build("vgg-tiny", [1, 12, 12]);
+        assert_eq!(
+            serde_json::to_value(m.arch()).unwrap()["slots"],
+            serde_json::to_value(plain.arch()).unwrap()["slots"]
+        );
+        assert!(m.arch().bn_dropped.is_empty());
+        plain.load_tensors(&m.tensor_map().unwrap()).unwrap();
+    }
+
+    /// DyRep's form keeps the unit BN and starts the block equal to the conv.
+    #[test]
+    fn dyrep_form_blocks_keep_the_unit_bn_and_the_output() {
+        let mut m = build("vgg-tiny", [1, 12, 12]);
+        let mut rng = SeededRng::new(6);
+        let x = dyrep_api::init::normal_tensor(&mut rng, &[4, 1, 12, 12], 0.0, 1.0, &Device::Cpu)
+            .unwrap();
+        let plain_y = m.forward_t(&x, false).unwrap();
+        let mut ctx = InitCtx::new(&mut rng, &Device::Cpu);
+        crate::train::apply_mode(
+            &mut m,
+            crate::train::Mode::Dbb,
+            crate::train::BaselineForm::Dyrep,
+            &mut ctx,
+        )
+        .unwrap();
+        assert!(m.units().iter().all(|u| u.bn.is_some() && !u.bn_dropped));
+        let c =
+            dyrep_api::equivalence::compare(&plain_y, &m.forward_t(&x, false).unwrap()).unwrap();
+        assert!(c.rel < 1e-5, "{c:?}");
     }
 }

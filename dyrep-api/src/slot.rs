@@ -658,7 +658,7 @@ impl Slot {
     /// [`Slot::grow`] without the restore: every branch keeps its own fresh initialisation
     /// (the old conv in the main branch, the new branches as built, every BN as new), so the
     /// block computes something else than the old conv. This is how the DBB and RepVGG authors
-    /// build their training-time blocks (docs/REFERENCE.md, "baselines").
+    /// build their training-time blocks (docs/REFERENCE.md, "Baselines").
     pub fn grow_independent(
         &mut self,
         main: &dyn OpSpec,

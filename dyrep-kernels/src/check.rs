@@ -27,9 +27,9 @@ pub struct KernelReport {
 }
 
 /// xorshift64*: deterministic case generation without another dependency.
-struct Lcg(u64);
+struct XorShift64Star(u64);
 
-impl Lcg {
+impl XorShift64Star {
     fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
@@ -119,7 +119,7 @@ fn run_other(
 
 /// A random conv geometry: batch 1-3, groups 1/2/depthwise, kernels 1/3/5 and 1×3/3×1,
 /// stride 1-2, odd/even, non-square inputs.
-fn conv_case(r: &mut Lcg) -> ConvShape {
+fn conv_case(r: &mut XorShift64Star) -> ConvShape {
     loop {
         let (kh, kw) = [(1, 1), (3, 3), (5, 5), (1, 3), (3, 1)][r.below(5)];
         let (groups, cg) = match r.below(3) {
@@ -146,7 +146,7 @@ fn conv_case(r: &mut Lcg) -> ConvShape {
 
 /// A conv the direct kernel of the active tier takes (stride 1, one group, 8 or 16 outputs,
 /// planes of 12-24, at least as many images as threads), or `None` where the tier has none.
-fn direct_case(r: &mut Lcg) -> Option<ConvShape> {
+fn direct_case(r: &mut XorShift64Star) -> Option<ConvShape> {
     crate::direct_conv_tier()?;
     // Most draws fit; the bound only guards against a geometry rule that rejects them all.
     for _ in 0..1000 {
@@ -213,7 +213,7 @@ impl Tally {
 /// Runs `cases` random cases of every kernel: own CPU kernels against candle's ops on `device`.
 pub fn check_kernels(device: &Device, cases: usize, seed: u64) -> Result<Vec<KernelReport>> {
     let cpu = Device::Cpu;
-    let mut r = Lcg(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut r = XorShift64Star(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let on = |t: &Tensor| t.to_device(device);
     let mut conv = Tally::new("conv2d");
     let mut conv_bn = Tally::new("conv+bn+relu (train)");
@@ -568,7 +568,7 @@ pub fn check_kernels(device: &Device, cases: usize, seed: u64) -> Result<Vec<Ker
         }
     }
     let mut direct = Tally::new("conv2d (direct kernel)");
-    let mut rd = Lcg(seed.wrapping_mul(0xD1B5_4A32_D192_ED03) | 1);
+    let mut rd = XorShift64Star(seed.wrapping_mul(0xD1B5_4A32_D192_ED03) | 1);
     for _ in 0..cases {
         let Some(s) = direct_case(&mut rd) else {
             break;

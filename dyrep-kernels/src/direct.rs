@@ -356,7 +356,7 @@ unsafe fn avx2_block<const MASKED: bool>(
     let taps = a.kh * a.kw;
     let (group, half) = (o0 / NR, o0 % NR);
     let mut acc = [[_mm256_setzero_ps(); NR_AVX2]; MRV];
-    // SAFETY (this block): every pointer stays inside the buffers of the caller's contract.
+    // SAFETY: every pointer stays inside the buffers of the caller's contract.
     unsafe {
         let mut wptr = a.w.add(group * a.c * taps * NR + half);
         for ch in 0..a.c {
@@ -405,63 +405,66 @@ unsafe fn avx2_block<const MASKED: bool>(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn direct_kernel_avx512(a: &KernelArgs) {
-    use std::arch::x86_64::*;
-    let (x, c, plane, wp, kh, kw, w, out, grid, y) =
-        (a.x, a.c, a.plane, a.wp, a.kh, a.kw, a.w, a.out, a.grid, a.y);
-    let taps = kh * kw;
-    let mut p0 = 0;
-    while p0 < grid {
-        let rem = grid - p0;
-        let full = rem >= MRV * 16;
-        let mut masks = [0u16; MRV];
-        for (i, m) in masks.iter_mut().enumerate() {
-            let start = i * 16;
-            *m = if rem >= start + 16 {
-                0xffff
-            } else if rem > start {
-                ((1u32 << (rem - start)) - 1) as u16
-            } else {
-                0
-            };
-        }
-        for block in 0..out / NR {
-            let mut acc = [[_mm512_setzero_ps(); NR]; MRV];
-            let mut wptr = w.add(block * c * taps * NR);
-            for ch in 0..c {
-                let base = x.add(ch * plane + p0);
-                for ky in 0..kh {
-                    for kx in 0..kw {
-                        let src = base.add(ky * wp + kx);
-                        let mut xv = [_mm512_setzero_ps(); MRV];
-                        for (i, v) in xv.iter_mut().enumerate() {
-                            *v = if full {
-                                _mm512_loadu_ps(src.add(16 * i))
-                            } else {
-                                _mm512_maskz_loadu_ps(masks[i], src.add(16 * i))
-                            };
-                        }
-                        for j in 0..NR {
-                            let wv = _mm512_set1_ps(*wptr.add(j));
-                            for (row, &v) in acc.iter_mut().zip(&xv) {
-                                row[j] = _mm512_fmadd_ps(v, wv, row[j]);
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        use std::arch::x86_64::*;
+        let (x, c, plane, wp, kh, kw, w, out, grid, y) =
+            (a.x, a.c, a.plane, a.wp, a.kh, a.kw, a.w, a.out, a.grid, a.y);
+        let taps = kh * kw;
+        let mut p0 = 0;
+        while p0 < grid {
+            let rem = grid - p0;
+            let full = rem >= MRV * 16;
+            let mut masks = [0u16; MRV];
+            for (i, m) in masks.iter_mut().enumerate() {
+                let start = i * 16;
+                *m = if rem >= start + 16 {
+                    0xffff
+                } else if rem > start {
+                    ((1u32 << (rem - start)) - 1) as u16
+                } else {
+                    0
+                };
+            }
+            for block in 0..out / NR {
+                let mut acc = [[_mm512_setzero_ps(); NR]; MRV];
+                let mut wptr = w.add(block * c * taps * NR);
+                for ch in 0..c {
+                    let base = x.add(ch * plane + p0);
+                    for ky in 0..kh {
+                        for kx in 0..kw {
+                            let src = base.add(ky * wp + kx);
+                            let mut xv = [_mm512_setzero_ps(); MRV];
+                            for (i, v) in xv.iter_mut().enumerate() {
+                                *v = if full {
+                                    _mm512_loadu_ps(src.add(16 * i))
+                                } else {
+                                    _mm512_maskz_loadu_ps(masks[i], src.add(16 * i))
+                                };
                             }
+                            for j in 0..NR {
+                                let wv = _mm512_set1_ps(*wptr.add(j));
+                                for (row, &v) in acc.iter_mut().zip(&xv) {
+                                    row[j] = _mm512_fmadd_ps(v, wv, row[j]);
+                                }
+                            }
+                            wptr = wptr.add(NR);
                         }
-                        wptr = wptr.add(NR);
+                    }
+                }
+                for j in 0..NR {
+                    let dst = y.add((block * NR + j) * grid + p0);
+                    for (i, a) in acc.iter().enumerate() {
+                        if full {
+                            _mm512_storeu_ps(dst.add(16 * i), a[j]);
+                        } else {
+                            _mm512_mask_storeu_ps(dst.add(16 * i), masks[i], a[j]);
+                        }
                     }
                 }
             }
-            for j in 0..NR {
-                let dst = y.add((block * NR + j) * grid + p0);
-                for (i, a) in acc.iter().enumerate() {
-                    if full {
-                        _mm512_storeu_ps(dst.add(16 * i), a[j]);
-                    } else {
-                        _mm512_mask_storeu_ps(dst.add(16 * i), masks[i], a[j]);
-                    }
-                }
-            }
+            p0 += MRV * 16;
         }
-        p0 += MRV * 16;
     }
 }
 

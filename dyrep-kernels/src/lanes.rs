@@ -170,35 +170,38 @@ impl GradPass<'_> {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     unsafe fn run_avx512(&self, out: Option<*mut f32>) -> (f32, f32) {
-        use std::arch::x86_64::*;
-        let n = self.dy.len();
-        let (dy, z) = (self.dy.as_ptr(), self.z.as_ptr());
-        let relu_out = self.relu_out.map(<[f32]>::as_ptr);
-        let (shift, mean_rel) = (_mm512_set1_ps(self.shift), _mm512_set1_ps(self.mean_rel));
-        let (scale, zero) = (_mm512_set1_ps(self.out_scale), _mm512_setzero_ps());
-        let (mut a, mut b) = (zero, zero);
-        let mut i = 0;
-        while i < n {
-            let m = first_lanes(n - i);
-            let mut d = _mm512_maskz_loadu_ps(m, dy.add(i));
-            if let Some(y) = relu_out {
-                // Keep d where y is not ≤ 0 (NaN included), as the scalar path.
-                let keep =
-                    _mm512_cmp_ps_mask::<_CMP_NLE_UQ>(_mm512_maskz_loadu_ps(m, y.add(i)), zero);
-                d = _mm512_maskz_mov_ps(keep, d);
+        // SAFETY: the caller upholds this function's `# Safety` contract.
+        unsafe {
+            use std::arch::x86_64::*;
+            let n = self.dy.len();
+            let (dy, z) = (self.dy.as_ptr(), self.z.as_ptr());
+            let relu_out = self.relu_out.map(<[f32]>::as_ptr);
+            let (shift, mean_rel) = (_mm512_set1_ps(self.shift), _mm512_set1_ps(self.mean_rel));
+            let (scale, zero) = (_mm512_set1_ps(self.out_scale), _mm512_setzero_ps());
+            let (mut a, mut b) = (zero, zero);
+            let mut i = 0;
+            while i < n {
+                let m = first_lanes(n - i);
+                let mut d = _mm512_maskz_loadu_ps(m, dy.add(i));
+                if let Some(y) = relu_out {
+                    // Keep d where y is not ≤ 0 (NaN included), as the scalar path.
+                    let keep =
+                        _mm512_cmp_ps_mask::<_CMP_NLE_UQ>(_mm512_maskz_loadu_ps(m, y.add(i)), zero);
+                    d = _mm512_maskz_mov_ps(keep, d);
+                }
+                if let Some(o) = out {
+                    _mm512_mask_storeu_ps(o.add(i), m, _mm512_mul_ps(d, scale));
+                }
+                let zc = _mm512_sub_ps(
+                    _mm512_sub_ps(_mm512_maskz_loadu_ps(m, z.add(i)), shift),
+                    mean_rel,
+                );
+                a = _mm512_mask_add_ps(a, m, a, d);
+                b = _mm512_mask_add_ps(b, m, b, _mm512_mul_ps(d, zc));
+                i += LANES;
             }
-            if let Some(o) = out {
-                _mm512_mask_storeu_ps(o.add(i), m, _mm512_mul_ps(d, scale));
-            }
-            let zc = _mm512_sub_ps(
-                _mm512_sub_ps(_mm512_maskz_loadu_ps(m, z.add(i)), shift),
-                mean_rel,
-            );
-            a = _mm512_mask_add_ps(a, m, a, d);
-            b = _mm512_mask_add_ps(b, m, b, _mm512_mul_ps(d, zc));
-            i += LANES;
+            (total_vector(a), total_vector(b))
         }
-        (total_vector(a), total_vector(b))
     }
 }
 
@@ -244,26 +247,30 @@ fn lanes_of(v: [std::arch::x86_64::__m256; 2]) -> [f32; LANES] {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn shifted_sums_avx512(x: *const f32, n: usize, shift: f32) -> (f32, f32) {
-    use std::arch::x86_64::*;
-    let sh = _mm512_set1_ps(shift);
-    let (mut s, mut ss) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-    let mut i = 0;
-    while i < n {
-        let m = first_lanes(n - i);
-        let d = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, x.add(i)), sh);
-        s = _mm512_mask_add_ps(s, m, s, d);
-        ss = _mm512_mask_add_ps(ss, m, ss, _mm512_mul_ps(d, d));
-        i += LANES;
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        use std::arch::x86_64::*;
+        let sh = _mm512_set1_ps(shift);
+        let (mut s, mut ss) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        let mut i = 0;
+        while i < n {
+            let m = first_lanes(n - i);
+            let d = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, x.add(i)), sh);
+            s = _mm512_mask_add_ps(s, m, s, d);
+            ss = _mm512_mask_add_ps(ss, m, ss, _mm512_mul_ps(d, d));
+            i += LANES;
+        }
+        (total_vector(s), total_vector(ss))
     }
-    (total_vector(s), total_vector(ss))
 }
 
 /// The lanes of `v` added in lane order, as [`total`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn total_vector(v: std::arch::x86_64::__m512) -> f32 {
+fn total_vector(v: std::arch::x86_64::__m512) -> f32 {
     let mut lanes = [0.0f32; LANES];
-    std::arch::x86_64::_mm512_storeu_ps(lanes.as_mut_ptr(), v);
+    // SAFETY: `lanes` holds the 16 floats the store writes.
+    unsafe { std::arch::x86_64::_mm512_storeu_ps(lanes.as_mut_ptr(), v) };
     total(&lanes)
 }
 

@@ -11,6 +11,12 @@
 //! callers stay device-generic. `DYREP_KERNELS=candle` in the environment forces candle's ops on
 //! the CPU too (for A/B benchmarks); the `*_on` functions choose explicitly (for tests).
 
+#![warn(
+    unsafe_op_in_unsafe_fn,
+    clippy::undocumented_unsafe_blocks,
+    clippy::missing_safety_doc
+)]
+
 mod block;
 mod bn;
 pub mod check;

@@ -98,7 +98,7 @@ fn chunk_masks(n: usize) -> (u16, u16, u16) {
 /// The even and odd columns of 32 consecutive floats (`lo` = columns 0..16, `hi` = 16..32).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn split_columns(lo: __m512, hi: __m512) -> (__m512, __m512) {
+fn split_columns(lo: __m512, hi: __m512) -> (__m512, __m512) {
     let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     (
@@ -110,7 +110,7 @@ unsafe fn split_columns(lo: __m512, hi: __m512) -> (__m512, __m512) {
 /// Even columns `e` and odd columns `o` interleaved back into columns 0..16 and 16..32.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn join_columns(e: __m512, o: __m512) -> (__m512, __m512) {
+fn join_columns(e: __m512, o: __m512) -> (__m512, __m512) {
     let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
     let hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
     (
@@ -121,6 +121,10 @@ unsafe fn join_columns(e: __m512, o: __m512) -> (__m512, __m512) {
 
 /// The four corners of 16 windows starting at output column `ox`: (a, b) from row `r0`,
 /// (c, d) from row `r1`, with the chunk's masks, and whether any of them is NaN.
+///
+/// # Safety
+/// AVX-512F must be available; `r0` and `r1` valid for reads of the masked lanes of columns
+/// `2·ox .. 2·ox + 32`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn corners(
@@ -129,19 +133,23 @@ unsafe fn corners(
     ox: usize,
     (m_lo, m_hi): (u16, u16),
 ) -> ([__m512; 4], bool) {
-    // The upper half's address may lie past the plane when its mask is empty: wrapping
-    // arithmetic, and masked-off lanes are never read.
-    let at = 2 * ox;
-    let (a, b) = split_columns(
-        _mm512_maskz_loadu_ps(m_lo, r0.wrapping_add(at)),
-        _mm512_maskz_loadu_ps(m_hi, r0.wrapping_add(at + 16)),
-    );
-    let (c, d) = split_columns(
-        _mm512_maskz_loadu_ps(m_lo, r1.wrapping_add(at)),
-        _mm512_maskz_loadu_ps(m_hi, r1.wrapping_add(at + 16)),
-    );
-    let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(a, b) | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(c, d);
-    ([a, b, c, d], nan != 0)
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        // The upper half's address may lie past the plane when its mask is empty: wrapping
+        // arithmetic, and masked-off lanes are never read.
+        let at = 2 * ox;
+        let (a, b) = split_columns(
+            _mm512_maskz_loadu_ps(m_lo, r0.wrapping_add(at)),
+            _mm512_maskz_loadu_ps(m_hi, r0.wrapping_add(at + 16)),
+        );
+        let (c, d) = split_columns(
+            _mm512_maskz_loadu_ps(m_lo, r1.wrapping_add(at)),
+            _mm512_maskz_loadu_ps(m_hi, r1.wrapping_add(at + 16)),
+        );
+        let nan =
+            _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(a, b) | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(c, d);
+        ([a, b, c, d], nan != 0)
+    }
 }
 
 /// # Safety
@@ -150,21 +158,24 @@ unsafe fn corners(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn forward_avx512(xp: *const f32, w: usize, ho: usize, wo: usize, yp: *mut f32) -> bool {
-    for oy in 0..ho {
-        let (r0, r1) = (xp.add(2 * oy * w), xp.add((2 * oy + 1) * w));
-        let mut ox = 0;
-        while ox < wo {
-            let (m_out, m_lo, m_hi) = chunk_masks(wo - ox);
-            let ([a, b, c, d], nan) = corners(r0, r1, ox, (m_lo, m_hi));
-            if nan {
-                return false;
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        for oy in 0..ho {
+            let (r0, r1) = (xp.add(2 * oy * w), xp.add((2 * oy + 1) * w));
+            let mut ox = 0;
+            while ox < wo {
+                let (m_out, m_lo, m_hi) = chunk_masks(wo - ox);
+                let ([a, b, c, d], nan) = corners(r0, r1, ox, (m_lo, m_hi));
+                if nan {
+                    return false;
+                }
+                let m = _mm512_max_ps(_mm512_max_ps(a, b), _mm512_max_ps(c, d));
+                _mm512_mask_storeu_ps(yp.add(oy * wo + ox), m_out, m);
+                ox += 16;
             }
-            let m = _mm512_max_ps(_mm512_max_ps(a, b), _mm512_max_ps(c, d));
-            _mm512_mask_storeu_ps(yp.add(oy * wo + ox), m_out, m);
-            ox += 16;
         }
+        true
     }
-    true
 }
 
 /// # Safety
@@ -180,39 +191,42 @@ unsafe fn backward_avx512(
     dyp: *const f32,
     dxp: *mut f32,
 ) -> bool {
-    for oy in 0..ho {
-        let (r0, r1) = (xp.add(2 * oy * w), xp.add((2 * oy + 1) * w));
-        let (d0, d1) = (dxp.add(2 * oy * w), dxp.add((2 * oy + 1) * w));
-        let mut ox = 0;
-        while ox < wo {
-            let (m_out, m_lo, m_hi) = chunk_masks(wo - ox);
-            let ([a, b, c, d], nan) = corners(r0, r1, ox, (m_lo, m_hi));
-            if nan {
-                return false;
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        for oy in 0..ho {
+            let (r0, r1) = (xp.add(2 * oy * w), xp.add((2 * oy + 1) * w));
+            let (d0, d1) = (dxp.add(2 * oy * w), dxp.add((2 * oy + 1) * w));
+            let mut ox = 0;
+            while ox < wo {
+                let (m_out, m_lo, m_hi) = chunk_masks(wo - ox);
+                let ([a, b, c, d], nan) = corners(r0, r1, ox, (m_lo, m_hi));
+                if nan {
+                    return false;
+                }
+                // The scalar rule: best = a; b, c, d replace it when strictly greater.
+                let take_b = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(b, a);
+                let best = _mm512_mask_blend_ps(take_b, a, b);
+                let take_c = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(c, best);
+                let best = _mm512_mask_blend_ps(take_c, best, c);
+                let take_d = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(d, best);
+                let to_c = take_c & !take_d;
+                let to_b = take_b & !take_c & !take_d;
+                let to_a = !(take_b | take_c | take_d);
+                let g = _mm512_maskz_loadu_ps(m_out, dyp.add(oy * wo + ox));
+                let (top_lo, top_hi) =
+                    join_columns(_mm512_maskz_mov_ps(to_a, g), _mm512_maskz_mov_ps(to_b, g));
+                let (bottom_lo, bottom_hi) =
+                    join_columns(_mm512_maskz_mov_ps(to_c, g), _mm512_maskz_mov_ps(take_d, g));
+                let at = 2 * ox;
+                _mm512_mask_storeu_ps(d0.wrapping_add(at), m_lo, top_lo);
+                _mm512_mask_storeu_ps(d0.wrapping_add(at + 16), m_hi, top_hi);
+                _mm512_mask_storeu_ps(d1.wrapping_add(at), m_lo, bottom_lo);
+                _mm512_mask_storeu_ps(d1.wrapping_add(at + 16), m_hi, bottom_hi);
+                ox += 16;
             }
-            // The scalar rule: best = a; b, c, d replace it when strictly greater.
-            let take_b = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(b, a);
-            let best = _mm512_mask_blend_ps(take_b, a, b);
-            let take_c = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(c, best);
-            let best = _mm512_mask_blend_ps(take_c, best, c);
-            let take_d = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(d, best);
-            let to_c = take_c & !take_d;
-            let to_b = take_b & !take_c & !take_d;
-            let to_a = !(take_b | take_c | take_d);
-            let g = _mm512_maskz_loadu_ps(m_out, dyp.add(oy * wo + ox));
-            let (top_lo, top_hi) =
-                join_columns(_mm512_maskz_mov_ps(to_a, g), _mm512_maskz_mov_ps(to_b, g));
-            let (bottom_lo, bottom_hi) =
-                join_columns(_mm512_maskz_mov_ps(to_c, g), _mm512_maskz_mov_ps(take_d, g));
-            let at = 2 * ox;
-            _mm512_mask_storeu_ps(d0.wrapping_add(at), m_lo, top_lo);
-            _mm512_mask_storeu_ps(d0.wrapping_add(at + 16), m_hi, top_hi);
-            _mm512_mask_storeu_ps(d1.wrapping_add(at), m_lo, bottom_lo);
-            _mm512_mask_storeu_ps(d1.wrapping_add(at + 16), m_hi, bottom_hi);
-            ox += 16;
         }
+        true
     }
-    true
 }
 
 /// The even and odd columns of 16 consecutive floats (`lo` = columns 0..8, `hi` = 8..16).
@@ -305,7 +319,7 @@ unsafe fn first_max(xp: *const f32, idx: [usize; 4]) -> Option<usize> {
 unsafe fn forward_avx2(xp: *const f32, w: usize, ho: usize, wo: usize, yp: *mut f32) -> bool {
     let whole = wo - wo % 8;
     for oy in 0..ho {
-        // SAFETY (this loop): rows `2·oy` and `2·oy + 1` lie in the plane; a chunk of 8
+        // SAFETY: rows `2·oy` and `2·oy + 1` lie in the plane; a chunk of 8
         // windows starting at `ox < whole` reads columns `2·ox .. 2·ox + 16 ≤ 2·wo ≤ w`.
         unsafe {
             let (r0, r1) = (xp.add(2 * oy * w), xp.add((2 * oy + 1) * w));
@@ -343,7 +357,7 @@ unsafe fn backward_avx2(
 ) -> bool {
     let whole = wo - wo % 8;
     for oy in 0..ho {
-        // SAFETY (this loop): as in `forward_avx2`, for reads of `xp` and writes of `dxp`;
+        // SAFETY: as in `forward_avx2`, for reads of `xp` and writes of `dxp`;
         // `dyp` is read at `oy·wo + ox .. + 8 ≤ ho·wo`.
         unsafe {
             let (r0, r1) = (xp.add(2 * oy * w), xp.add((2 * oy + 1) * w));

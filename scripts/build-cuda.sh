@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds `dyrep` with CUDA support (issue 7) on a machine with no GPU and no system CUDA:
+# Builds `dyrep` with CUDA support on a machine with no GPU and no system CUDA:
 # nvcc, headers and libraries come from PyPI's CUDA 13.0 wheels, and libcuda (the driver's
 # library, which no wheel carries) is replaced at link time by a stub generated from cudarc's
 # bindings; at run time the driver's real libcuda.so.1 is loaded (same soname).

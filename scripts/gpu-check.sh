@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check (issue 7), for a machine with an NVIDIA GPU, its driver and CUDA 13 libraries, and a
+# GPU check, for a machine with an NVIDIA GPU, its driver and CUDA 13 libraries, and a
 # `dyrep` built by scripts/build-cuda.sh (no Rust toolchain needed there). Under 8 minutes:
 #   1. the fusion property checks on CUDA          (dyrep verify --all --device cuda)
 #   2. every kernel on CUDA against the CPU kernels (dyrep verify --kernels --device cuda)

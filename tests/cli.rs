@@ -1,6 +1,6 @@
 //! End-to-end tests of the `dyrep` binary (owned by the dyrep-cli package): listing ops and
 //! scorers (text and JSON), `verify` on all checks and on one op, exit codes for unknown names
-//! and bad flags (DESIGN.md "CLI contract").
+//! and bad flags (docs/ARCHITECTURE.md "CLI contract").
 
 use std::process::{Command, Output};
 

@@ -1,8 +1,9 @@
-//! End-to-end tests of the `dyrep` mode (paper §4; reference §3–6) on the bundled data with
-//! small limits: blocks grow every epoch (nested ones too), every grow and cut keeps the eval
-//! output (preserve_rel_err ≤ 2e-5 in events.jsonl), every registered scorer selects a conv,
-//! a run resumed in the middle of a grow interval (scorer accumulators in flight) ends bitwise
-//! equal to an uninterrupted one, and the trained network fuses back to the plain one.
+//! End-to-end tests of the `dyrep` mode (paper §4; docs/REFERENCE.md "Growth schedule (Rep)", "Dep
+//! (cut)", "Scores", "Optimizer state when parameters change") on the bundled data with small
+//! limits: blocks grow every epoch (nested ones too), every grow and cut keeps the eval output
+//! (preserve_rel_err ≤ 2e-5 in events.jsonl), every registered scorer selects a conv, a run resumed
+//! in the middle of a grow interval (scorer accumulators in flight) ends bitwise equal to an
+//! uninterrupted one, and the trained network fuses back to the plain one.
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -1,4 +1,4 @@
-//! End-to-end workflow of the `dyrep` binary in a temp dir on the bundled data (issue 6 "Done
+//! End-to-end workflow of the `dyrep` binary in a temp dir on the bundled data ("Done
 //! when"): train (config file + flags) → inspect → fuse → export (safetensors and ONNX) → eval →
 //! compare; the ONNX file run by an independent reader (tract-onnx) against dyrep's own logits;
 //! `curves.svg` parsed as XML with its series checked; `--init-from` pretrained plain weights;

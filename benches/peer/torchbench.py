@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Peer benchmark (issue 5): the `bench-small` and `bench-cifar` models of `dyrep bench`, in
+"""Peer benchmark: the `bench-small` and `bench-cifar` models of `dyrep bench`, in
 PyTorch on the CPU with the same thread count, timed the same way (one warm-up iteration, then
 N timed iterations of forward + cross-entropy + backward + SGD step, or eval forwards under
 no_grad). Prints one JSON object with the keys of `dyrep bench --json`.

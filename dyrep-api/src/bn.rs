@@ -1,9 +1,9 @@
-//! Own batch norm (DESIGN.md "Core model"; reference §1.2, §3.5 step 4). Every branch ends in
-//! one. Train mode normalises with the batch statistics (gradients flow through them) and
-//! updates the running statistics with momentum and the unbiased variance, as PyTorch does;
-//! eval mode uses the running statistics; calibration mode (PyTorch's `momentum=None`) uses
-//! batch statistics and keeps a cumulative average of them; `reset` restores μ = 0, σ² = 1.
-//! candle_nn's BN has neither calibration nor reset (candle-notes.md §2).
+//! Own batch norm (docs/ARCHITECTURE.md "Core model"; docs/REFERENCE.md "Initialisation of a grown
+//! branch", "The grown block" step 4). Every branch ends in one. Train mode normalises with the
+//! batch statistics (gradients flow through them) and updates the running statistics with momentum
+//! and the unbiased variance, as PyTorch does; eval mode uses the running statistics; calibration
+//! mode (PyTorch's `momentum=None`) uses batch statistics and keeps a cumulative average of them;
+//! `reset` restores μ = 0, σ² = 1. candle_nn's BN has neither calibration nor reset.
 
 use std::sync::Mutex;
 
@@ -34,7 +34,8 @@ impl BnEval {
         Ok((&self.gamma / (&self.var + self.eps)?.sqrt()?)?)
     }
 
-    /// The eval-mode output for a zero input: `β − s·μ` (DBB's BN-then-pad value, reference §1.1).
+    /// The eval-mode output for a zero input: `β − s·μ` (DBB's BN-then-pad value, docs/REFERENCE.md
+    /// "Branch types").
     pub fn zero_input_output(&self) -> Result<Tensor> {
         Ok((&self.beta - (self.scale()? * &self.mean)?)?)
     }

@@ -1,8 +1,9 @@
-//! Fusion-equivalence checking (DESIGN.md "Numerics contract"; reference §8): random geometries
-//! that break naive code (groups 1/2/depthwise, k ∈ {1,3,5}, stride 1/2, odd, even and
-//! non-square inputs, non-centred padding), random weights and **random BN statistics and
-//! affine parameters**, and the comparison of eval-mode multi-branch output against the fused
-//! conv. Used by `dyrep verify`, by the property tests and (through `testing`) by plugin authors.
+//! Fusion-equivalence checking (docs/ARCHITECTURE.md "Numerics contract"; docs/REFERENCE.md "Fusion
+//! checks"): random geometries that break naive code (groups 1/2/depthwise, k ∈ {1,3,5}, stride
+//! 1/2, odd, even and non-square inputs, non-centred padding), random weights and **random BN
+//! statistics and affine parameters**, and the comparison of eval-mode multi-branch output against
+//! the fused conv. Used by `dyrep verify`, by the property tests and (through `testing`) by plugin
+//! authors.
 
 use candle_core::{Device, Tensor};
 use rand::{Rng, RngCore, SeedableRng};
@@ -23,13 +24,15 @@ pub struct Tolerance {
     pub rel: f64,
 }
 
-/// Fusion: eval-mode multi-branch output vs fused conv, f32 (DESIGN.md).
+/// Fusion: eval-mode multi-branch output vs fused conv, f32 (docs/ARCHITECTURE.md "Numerics
+/// contract").
 pub const FUSION_TOLERANCE: Tolerance = Tolerance {
     max_abs: 1e-4,
     rel: 1e-5,
 };
 
-/// Grow and cut keep the eval-mode output (relative ≤ 2e-5, DESIGN.md).
+/// Grow and cut keep the eval-mode output (relative ≤ 2e-5, docs/ARCHITECTURE.md "Numerics
+/// contract").
 pub const PRESERVE_TOLERANCE: Tolerance = Tolerance {
     max_abs: f64::INFINITY,
     rel: 2e-5,

@@ -1,5 +1,6 @@
 //! `ConvGeom`: the geometry of the k×k convolution a slot or block stands in for
-//! (DESIGN.md "Core model"; reference §1.1 for what each branch requires of it).
+//! (docs/ARCHITECTURE.md "Core model"; docs/REFERENCE.md "Branch types" for what each branch
+//! requires of it).
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -131,7 +132,8 @@ impl ConvGeom {
         )
     }
 
-    /// Multiply-accumulates of this conv at batch 1 for an input of `h × w` (reference §7.4).
+    /// Multiply-accumulates of this conv at batch 1 for an input of `h × w` (docs/REFERENCE.md
+    /// "MACs and params").
     pub fn macs(&self, h: usize, w: usize) -> Result<u64> {
         let (ho, wo) = self.output_hw(h, w)?;
         Ok((self.k * self.k * self.in_per_group() * self.out_ch * ho * wo) as u64)

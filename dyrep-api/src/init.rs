@@ -1,6 +1,6 @@
 //! Seeded initialisation: the `InitCtx` every op builds from, and tensors drawn from the
 //! project's own RNG (candle cannot seed its CPU RNG). Conv init is the reference's
-//! N(0, sqrt(2 / (kh·kw·C_out))) (reference §1.2 and §7.3).
+//! N(0, sqrt(2 / (kh·kw·C_out))) (docs/REFERENCE.md "Initialisation of a grown branch", "Models").
 
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, RngCore};
@@ -8,7 +8,8 @@ use rand_distr::{Distribution, StandardNormal};
 
 use crate::error::Result;
 
-/// The reference's γ for the last BN of a freshly grown branch (reference §1.2).
+/// The reference's γ for the last BN of a freshly grown branch (docs/REFERENCE.md "Initialisation
+/// of a grown branch").
 pub const DEFAULT_GAMMA0: f64 = 0.01;
 
 /// What an op needs to create its parameters: the RNG, the initial γ of its last BN, and where

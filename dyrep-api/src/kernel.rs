@@ -1,7 +1,7 @@
 //! `Kernel`: the eval-mode equivalent of anything linear, and the kernel transforms of
-//! reference §1.3 (DBB's transI–transIX): BN fold, parallel sum, per-axis zero-pad to k×k,
-//! sequential merge of a 1×1 with a k×k conv (either order, grouped), average pooling and
-//! identity as grouped kernels.
+//! docs/REFERENCE.md "Equivalent kernels" (DBB's transI–transIX): BN fold, parallel sum, per-axis
+//! zero-pad to k×k, sequential merge of a 1×1 with a k×k conv (either order, grouped), average
+//! pooling and identity as grouped kernels.
 
 use candle_core::{DType, Device, Tensor};
 
@@ -148,7 +148,7 @@ impl Kernel {
     /// - transIII (self 1×1 `[D, I/g, 1, 1]`, second `[O, D/g, k, k]`):
     ///   `K[o,c] = Σ_{d∈group} W2[o,d]·W1[d,c]`, `B[o] = b2[o] + Σ_{d,h,w} W2[o,d,h,w]·b1[d]`.
     ///   Exact at the borders only when the padding between the two convs is filled with `b1`
-    ///   (BN-then-pad, reference §1.1).
+    ///   (BN-then-pad, docs/REFERENCE.md "Branch types").
     /// - k×k then 1×1 (self `[D, I/g, k, k]`, second `[O, D/g, 1, 1]`):
     ///   `K[o,c] = Σ_d W2[o,d]·W1[d,c]`, `B = W2·b1 + b2`.
     pub fn then(&self, second: &Kernel, groups: usize) -> Result<Kernel> {

@@ -1,8 +1,8 @@
 //! Building blocks the branch ops are made of: a conv with per-axis padding (1×k, k×1), DBB's
-//! BN-then-pad (reference §1.1), and differentiable average/max pooling with padding and any
-//! stride (candle's pools have no padding and no backward unless kernel == stride:
-//! candle-notes.md §1). The arithmetic runs in dyrep-kernels (own CPU kernels, candle's ops on
-//! other devices).
+//! BN-then-pad (docs/REFERENCE.md "Branch types"), and differentiable average/max pooling with
+//! padding and any stride (candle's pools have no padding, and no backward unless the kernel equals
+//! the stride). The arithmetic runs in dyrep-kernels (own CPU kernels, candle's ops on other
+//! devices).
 
 use candle_core::{Tensor, Var};
 
@@ -149,7 +149,7 @@ impl Conv2dLayer {
         }
     }
 
-    /// Multiply-accumulates at batch 1 for an `h × w` input (reference §7.4).
+    /// Multiply-accumulates at batch 1 for an `h × w` input (docs/REFERENCE.md "MACs and params").
     pub fn macs(&self, h: usize, w: usize) -> Result<u64> {
         let (o, i, kh, kw) = self.dims4()?;
         let (ho, wo) = self.output_hw(h, w)?;
@@ -402,10 +402,10 @@ pub fn max_pool2d(x: &Tensor, k: usize, stride: usize, padding: usize) -> Result
 }
 
 /// A generic "conv (kh × kw, the block's stride and groups, no bias) → BN" branch: the shape of
-/// `conv1x1`, `conv1xk` and `convkx1` (reference §1.1 branches 0, 4, 5), available to plugin
-/// authors too. The conv is centred in the k×k window (padding ⌊kh/2⌋ rows and ⌊kw/2⌋
-/// columns), so it needs a block with padding == k/2. Equivalent kernel: BN-folded
-/// conv zero-padded to k×k per axis (transI, transVI).
+/// `conv1x1`, `conv1xk` and `convkx1` (docs/REFERENCE.md "Branch types" branches 0, 4, 5),
+/// available to plugin authors too. The conv is centred in the k×k window (padding ⌊kh/2⌋ rows and
+/// ⌊kw/2⌋ columns), so it needs a block with padding == k/2. Equivalent kernel: BN-folded conv
+/// zero-padded to k×k per axis (transI, transVI).
 #[derive(Debug)]
 pub struct ConvBnBranch {
     name: &'static str,
@@ -583,7 +583,8 @@ mod tests {
         let y = avg_pool2d(x.as_tensor(), 3, 2, 1).unwrap();
         let g = y.sum_all().unwrap().backward().unwrap();
         let gx = v(g.get(x.as_tensor()).unwrap());
-        // The centre pixel (2,2) is in the windows of outputs (1,1) only -> 1/9; pixel (1,1) in 4 windows.
+        // The centre pixel (2,2) is in the windows of outputs (1,1) only -> 1/9; pixel (1,1) in 4
+        // windows.
         assert!((gx[2 * 5 + 2] - 1.0 / 9.0).abs() < 1e-6);
         assert!((gx[5 + 1] - 4.0 / 9.0).abs() < 1e-6);
     }

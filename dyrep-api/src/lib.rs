@@ -1,8 +1,9 @@
-//! dyrep-api: the traits and data types every other dyrep crate speaks (DESIGN.md "Core
-//! model"): conv geometry, kernels and their transforms (reference §1.3), the branch-op and
-//! scorer plugin interfaces with their inventory registries, our own batch norm, the recursive
-//! `Slot`/`RepBlock` with grow, cut and fusion (reference §2–4, §8), and fusion-equivalence
-//! checking (`equivalence`, plus `testing` for plugin authors behind the `testing` feature).
+//! dyrep-api: the traits and data types every other dyrep crate speaks (docs/ARCHITECTURE.md "Core
+//! model"): conv geometry, kernels and their transforms (docs/REFERENCE.md "Equivalent kernels"),
+//! the branch-op and scorer plugin interfaces with their inventory registries, our own batch norm,
+//! the recursive `Slot`/`RepBlock` with grow, cut and fusion (docs/REFERENCE.md "Nesting", "Growth
+//! schedule (Rep)", "Dep (cut)", "Fusion checks"), and fusion-equivalence checking (`equivalence`,
+//! plus `testing` for plugin authors behind the `testing` feature).
 
 pub mod bn;
 pub mod equivalence;

@@ -1,6 +1,6 @@
-//! The branch-type plugin interface (DESIGN.md "Core model"): `RepOp` (a branch instance),
-//! `OpSpec` (its data-only description, serialised by typetag under `"op"`), the tensor visitor
-//! every op exposes its parameters and buffers through, and the inventory registry of ops.
+//! The branch-type plugin interface (docs/ARCHITECTURE.md "Core model"): `RepOp` (a branch
+//! instance), `OpSpec` (its data-only description, serialised by typetag under `"op"`), the tensor
+//! visitor every op exposes its parameters and buffers through, and the inventory registry of ops.
 
 use std::fmt;
 
@@ -72,9 +72,10 @@ pub enum BranchParts<'a> {
     },
     /// `bn(x)`.
     Bn { bn: &'a BatchNorm },
-    /// `bn2(second(pad(bn1(conv(x)))))`: DBB's two-stage branches (reference §1.1). The pad
-    /// fills `pad` rows and columns on every side with `bn1`'s eval-mode output for a zero input
-    /// (`BNAndPad`, no gradient through it); `second` runs without padding of its own.
+    /// `bn2(second(pad(bn1(conv(x)))))`: DBB's two-stage branches (docs/REFERENCE.md "Branch
+    /// types"). The pad fills `pad` rows and columns on every side with `bn1`'s eval-mode output
+    /// for a zero input (`BNAndPad`, no gradient through it); `second` runs without padding of its
+    /// own.
     TwoStage {
         conv: &'a crate::layers::Conv2dLayer,
         bn1: &'a BatchNorm,
@@ -152,7 +153,7 @@ pub trait RepOp: Send + Sync + fmt::Debug {
     }
 
     /// Conv multiply-accumulates at batch 1 for an `h × w` block input, child slots included
-    /// (reference §7.4: pooling, BN and additions are not counted).
+    /// (docs/REFERENCE.md "MACs and params": pooling, BN and additions are not counted).
     fn macs(&self, h: usize, w: usize) -> Result<u64>;
 
     /// If this branch is one conv followed by a batch norm, a batch norm of the block input

@@ -1,5 +1,5 @@
 //! Name lookup shared by the op and scorer registries: an unknown name is an error that lists
-//! the known names and the nearest one (DESIGN.md "CLI contract").
+//! the known names and the nearest one (docs/ARCHITECTURE.md "CLI contract").
 
 use crate::error::{Error, Result};
 

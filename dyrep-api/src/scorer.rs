@@ -1,8 +1,8 @@
-//! The saliency-metric plugin interface (DESIGN.md "Core model"; paper §4.1 and reference §3.3,
-//! §5): a `Scorer` observes each growable conv's weight and gradient after backward and before
-//! the optimizer step, accumulates per conv path over the grow interval, and reports scores
-//! (higher = more salient). Scorers serialise with typetag (`"scorer"` tag), accumulators
-//! included, so a run resumed mid-interval keeps them.
+//! The saliency-metric plugin interface (docs/ARCHITECTURE.md "Core model"; paper §4.1 and
+//! docs/REFERENCE.md "Scores"): a `Scorer` observes each growable conv's weight and gradient after
+//! backward and before the optimizer step, accumulates per conv path over the grow interval, and
+//! reports scores (higher = more salient). Scorers serialise with typetag (`"scorer"` tag),
+//! accumulators included, so a run resumed mid-interval keeps them.
 
 use std::fmt;
 
@@ -14,8 +14,9 @@ use crate::registry::lookup;
 /// One growable conv at one training step: its path, its current weight and ∂L/∂W.
 ///
 /// The runtime builds these from the gradients of a backward pass and hands them to the scorer
-/// before the same gradients reach the optimizer, so `weight` is always the weight the gradient
-/// was computed at (the reference once scored post-update weights, reference §9).
+/// before the same gradients reach the optimizer, so `weight` is always the weight the gradient was
+/// computed at (the reference once scored post-update weights, docs/REFERENCE.md "Pitfalls of the
+/// original code").
 #[derive(Clone, Copy, Debug)]
 pub struct ConvObservation<'a> {
     pub path: &'a str,
@@ -140,8 +141,8 @@ macro_rules! register_scorer {
     };
 }
 
-/// Per-path running mean, the accumulator most scorers need (reference §3.3: arithmetic mean of
-/// the per-step values since the last grow).
+/// Per-path running mean, the accumulator most scorers need (docs/REFERENCE.md "Scores": arithmetic
+/// mean of the per-step values since the last grow).
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct MeanAccumulator {
     sums: std::collections::BTreeMap<String, (f64, u64)>,

@@ -1,6 +1,6 @@
-//! `Slot` and `RepBlock`: "a conv that may have grown" (DESIGN.md "Core model"; reference §2
-//! for nesting, §3.5 for growth with output preservation (eq. 6), §4 for cutting with absorption,
-//! §8 for deploy fusion).
+//! `Slot` and `RepBlock`: "a conv that may have grown" (docs/ARCHITECTURE.md "Core model";
+//! docs/REFERENCE.md "Nesting", "The grown block" for growth with output preservation (eq. 6),
+//! "Dep (cut)" for cutting with absorption, "Fusion checks" for deploy fusion).
 //!
 //! A slot is either a plain k×k conv or a block: a main branch (an op whose k×k conv is itself a
 //! slot, `convkxk` in dyrep-ops) plus any other branches, summed. Growth is recursive: a slot
@@ -23,7 +23,7 @@ use crate::layers::Conv2dLayer;
 use crate::op::{OpSpec, RepOp, TensorVisitor};
 
 /// The reference's nesting limit: a conv grows only while fewer than two blocks enclose it, so
-/// there are at most two levels of blocks (reference §2).
+/// there are at most two levels of blocks (docs/REFERENCE.md "Nesting").
 pub const DEFAULT_MAX_DEPTH: usize = 2;
 
 /// Joins dotted path components (`""` + `a` = `a`).
@@ -413,7 +413,8 @@ impl RepBlock {
         Ok(k)
     }
 
-    /// Dep's importance of each non-main branch: mean|γ_last| / mean|γ_main| (reference §4).
+    /// Dep's importance of each non-main branch: mean|γ_last| / mean|γ_main| (docs/REFERENCE.md
+    /// "Dep (cut)").
     pub fn branch_importance(&self) -> Result<Vec<(&'static str, f64)>> {
         let mean_abs = |t: &Tensor| -> Result<f64> {
             Ok(t.abs()?
@@ -705,8 +706,8 @@ impl Slot {
         Ok(())
     }
 
-    /// Plain convs of the tree that may still grow (reference §3.2): k > 1 and fewer than
-    /// `max_depth` blocks above them. Pre-order.
+    /// Plain convs of the tree that may still grow (docs/REFERENCE.md "Growth schedule (Rep)"):
+    /// k > 1 and fewer than `max_depth` blocks above them. Pre-order.
     pub fn growable(&self, max_depth: usize) -> Vec<SlotInfo> {
         self.slots()
             .into_iter()
@@ -837,7 +838,8 @@ impl Slot {
         }
     }
 
-    /// Conv MACs at batch 1 for an `h × w` input (every branch conv counts, reference §7.4).
+    /// Conv MACs at batch 1 for an `h × w` input (every branch conv counts, docs/REFERENCE.md "MACs
+    /// and params").
     pub fn macs(&self, h: usize, w: usize) -> Result<u64> {
         match self {
             Slot::Conv(c) => c.geom.macs(h, w),

@@ -1,6 +1,6 @@
-//! Public property-test harness for plugin authors (cargo feature `testing`): proptest
-//! strategies over random block geometries and inputs, and assertions that an op (or a block of
-//! ops, nested or not) fuses into one conv with the same eval-mode output (DESIGN.md "Numerics
+//! Public property-test harness for plugin authors (cargo feature `testing`): proptest strategies
+//! over random block geometries and inputs, and assertions that an op (or a block of ops, nested or
+//! not) fuses into one conv with the same eval-mode output (docs/ARCHITECTURE.md "Numerics
 //! contract"). dyrep's own ops are checked with exactly these functions.
 //!
 //! ```ignore

@@ -1,5 +1,5 @@
-//! dyrep-cli: argument parsing and output for the `dyrep` command (DESIGN.md "CLI contract").
-//! No math here: listing comes from the registries, verification from `dyrep-runtime`.
+//! dyrep-cli: argument parsing and output for the `dyrep` command (docs/ARCHITECTURE.md "CLI
+//! contract"). No math here: listing comes from the registries, verification from `dyrep-runtime`.
 //!
 //! A plugin crate builds its own `dyrep` with its ops linked in:
 //! `fn main() -> ExitCode { my_plugin::ensure_linked(); dyrep_cli::main() }`.
@@ -280,7 +280,8 @@ struct TrainArgs {
     /// Model name (see `dyrep models`).
     #[arg(long)]
     model: Option<String>,
-    /// Data spec: default, fashion-mnist:DIR, mnist:DIR, cifar10:DIR, cifar100:DIR, image-folder:DIR.
+    /// Data spec: default, fashion-mnist:DIR, mnist:DIR, cifar10:DIR, cifar100:DIR,
+    /// image-folder:DIR.
     #[arg(long, value_name = "SPEC")]
     data: Option<String>,
     /// origin, repvgg, dbb or dyrep.

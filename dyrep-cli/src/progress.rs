@@ -1,4 +1,4 @@
-//! Progress and logging of `dyrep train` (issue 6 item 2): an indicatif bar on a terminal
+//! Progress and logging of `dyrep train`: an indicatif bar on a terminal
 //! (epoch, step, loss, accuracy, images/s, ETA), plain periodic lines when stderr is not a
 //! terminal (CI, pipes), nothing but errors with `-q`; tracing events of the runtime on stderr
 //! with `-v` (info) / `-vv` (debug). The run's own log lines go to stdout and `run.log`.

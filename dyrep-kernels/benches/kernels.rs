@@ -1,4 +1,4 @@
-//! Criterion benches, one per kernel (issue 5 "Benchmarks"): conv forward, input gradient and
+//! Criterion benches, one per kernel: conv forward, input gradient and
 //! weight gradient at bench-cifar's 64→64 layer and bench-small's 32→32 layer, a 1×1 conv, a
 //! depthwise conv, batch norm (train forward + backward), ReLU and the pools, plus the machine's
 //! f32 gemm at the conv's lowered shape as the ceiling. Run: `cargo bench -p dyrep-kernels`.

@@ -1,4 +1,4 @@
-//! Fused batch norm on the CPU (issue 5; peer-bench.md observation 5): train mode is one
+//! Fused batch norm on the CPU (candle composes it from a dozen elementwise ops): train mode is one
 //! statistics pass (per-channel shifted sums in f64, parallel over channels) and one
 //! normalise-and-affine pass; its backward is one reduction pass (Σdy, Σdy·(x−μ)) and one pass
 //! writing dx, dγ, dβ, with the gradient through the batch statistics included. Eval mode is a

@@ -1,4 +1,4 @@
-//! Runtime cross-check of the kernels (`dyrep verify --kernels`, issue 5 and 7): random shapes
+//! Runtime cross-check of the kernels (`dyrep verify --kernels`): random shapes
 //! and data, every op's forward and gradients computed by the own CPU kernels (the reference)
 //! and by candle's ops on the chosen device (candle's CPU ops, or CUDA), compared by relative
 //! error. The same comparison the property tests make, available in the shipped binary so a
@@ -170,7 +170,7 @@ fn direct_case(r: &mut XorShift64Star) -> Option<ConvShape> {
 }
 
 /// Whether candle's conv backward is right for this geometry: it takes its transposed conv's
-/// output padding from H alone (candle-notes.md §1).
+/// output padding from H alone, which is wrong when H and W leave different remainders.
 fn candle_conv_backward_ok(s: &ConvShape) -> bool {
     s.stride == 1 || (s.h + 2 * s.ph - s.kh) % s.stride == (s.w + 2 * s.pw - s.kw) % s.stride
 }

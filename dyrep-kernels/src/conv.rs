@@ -1,4 +1,5 @@
-//! 2-D convolution on the CPU (issue 5; candle-notes.md §1, §6; peer-bench.md "Observations"):
+//! 2-D convolution on the CPU (candle's own conv backward is wrong for some strided shapes,
+//! and its lowering is slower: BENCHMARKS.md):
 //! per-axis zero padding (1×k, k×1), any stride, groups. Stride-1 convs that fill the direct
 //! kernel's register blocks run it (`direct.rs`); otherwise the forward lowers each image with
 //! im2col into a per-thread buffer (rows ordered by kernel tap, [`tap_order`], so a grown
@@ -562,7 +563,7 @@ impl ConvShape {
     /// Input gradient. At stride 1 (with padding below the kernel size) it is the forward conv
     /// of `dy` with the flipped, in/out-swapped kernel and padding `k − 1 − p`: a gemm with the
     /// forward's shape (depth `out·kh·kw` instead of `out`), which runs much faster than the
-    /// lowered `Wᵀ · dy` (peer-bench.md, "The same convs as plain GEMMs"). Otherwise
+    /// lowered `Wᵀ · dy` (measured as plain gemms of the same shapes). Otherwise
     /// col2im(`Wᵀ · dy[n]`) per image and group.
     pub fn input_grad(&self, weight: &[f32], dy: &[f32]) -> Vec<f32> {
         let _t = Timer::start(Phase::ConvInputGrad);

@@ -1,7 +1,7 @@
 //! Shared plumbing of the CPU kernels: reading f32 slices out of candle storage, building output
 //! tensors, a bounds-checked wrapper around the `gemm` crate's sgemm, per-thread scratch
 //! buffers (so im2col does not allocate per image), and the thread-count policy
-//! (candle-notes.md §6: candle's pool is rayon's, sized by `RAYON_NUM_THREADS`).
+//! (candle's CPU thread pool is rayon's global one, sized by `RAYON_NUM_THREADS`).
 
 use std::cell::RefCell;
 use std::mem::MaybeUninit;

@@ -1,5 +1,5 @@
-//! Direct depthwise convolution on the CPU (issue 5: "a grouped/depthwise path that does not
-//! loop over groups with separate convs"): one input channel per output channel (groups = C =
+//! Direct depthwise convolution on the CPU (a grouped path that does not loop over groups
+//! with separate convs): one input channel per output channel (groups = C =
 //! out), any kernel size, stride and per-axis padding. Through im2col + gemm such a conv is one
 //! gemm of depth k² per channel; here every (image, channel) plane is a sum of k² shifted,
 //! scaled copies of the input plane — for a stride-1 "same" conv one axpy over the whole

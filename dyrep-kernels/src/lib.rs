@@ -1,4 +1,4 @@
-//! dyrep-kernels: the CPU kernels dyrep trains with (issue 5), as candle custom ops with their
+//! dyrep-kernels: the CPU kernels dyrep trains with, as candle custom ops with their
 //! own backward passes: conv2d (a direct AVX-512 kernel for stride-1 convs that fill its
 //! register blocks, im2col + `gemm` otherwise; per-axis padding, any stride, groups), a grown
 //! block's branches as one op with one shared patch matrix, fused conv → batch norm → ReLU
@@ -84,7 +84,7 @@ thread_local! {
 
 /// Runs `f` with gradients off on this thread: every kernel called inside detaches its inputs,
 /// so no graph is recorded and no activation is kept alive for a backward (candle has no
-/// no-grad mode: peer-bench.md observation 7). For inference loops.
+/// no-grad mode). For inference loops.
 pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
     struct Restore(bool);
     impl Drop for Restore {
@@ -681,9 +681,10 @@ pub struct BlockBranch<'a> {
     pub then: Option<BlockStage<'a>>,
 }
 
-/// The second stage of a two-stage branch (DBB's 1×1→k×k and 1×1→avg, reference §1.1): the
-/// first BN's output padded by `pad` on every side with per-channel constants (`pad_from`; no
-/// gradient flows into them, as `BNAndPad`), then `op`, then a batch norm with `gamma`, `beta`.
+/// The second stage of a two-stage branch (DBB's 1×1→k×k and 1×1→avg, docs/REFERENCE.md "Branch
+/// types"): the first BN's output padded by `pad` on every side with per-channel constants
+/// (`pad_from`; no gradient flows into them, as `BNAndPad`), then `op`, then a batch norm with
+/// `gamma`, `beta`.
 #[derive(Clone, Copy, Debug)]
 pub struct BlockStage<'a> {
     pub pad: usize,
@@ -774,7 +775,7 @@ fn block_shape_error(detail: String) -> KernelError {
 
 /// `Σ_b BN_b(conv_b(x))` in train mode (batch statistics, gradients through them), the identity
 /// branch being `BN(x)` and a two-stage branch `BN₂(stage(pad(BN₁(conv(x)))))`: on the CPU one
-/// op with one input gradient (issue 5 item 2).
+/// op with one input gradient.
 pub fn block_train(
     x: &Tensor,
     branches: &[BlockBranch<'_>],

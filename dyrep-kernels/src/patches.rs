@@ -1,7 +1,7 @@
-//! One patch matrix per block (issue 5 item 2, "DyRep-aware execution"; paper §4, reference
-//! §1.1): the k×k, 1×k, k×1 (and 1×1) convs of a grown block read the same input with the same
-//! stride, and each one's kernel taps are a subset of the k×k conv's, centred the way the
-//! branches pad. With the patch matrix's rows grouped by tap in the order
+//! One patch matrix per block (paper §4; docs/REFERENCE.md "Branch types"): the k×k, 1×k, k×1 (and
+//! 1×1) convs of a grown block read the same input with the same stride, and each one's kernel taps
+//! are a subset of the k×k conv's, centred the way the branches pad. With the patch matrix's rows
+//! grouped by tap in the order
 //!
 //! ```text
 //!   middle row left of centre | middle row right of centre | centre | middle column above |

@@ -1,10 +1,10 @@
-//! Average and max pooling on the CPU with padding and any stride, forward and backward
-//! (issue 5; candle-notes.md §1: candle's pools have no padding, are single-threaded and have
-//! no backward unless kernel == stride). Average pooling counts the zero padding
-//! (`count_include_pad`, as DBB's 1×1→avg branch, reference §1.1); max pooling ignores it and
-//! sends each output's gradient to the first maximum of its window, as PyTorch does.
-//! Parallel over (image, channel) planes; stride-1 averages (and their backward, itself a
-//! stride-1 average) as flat box sums over the whole plane ([`box_sums`]).
+//! Average and max pooling on the CPU with padding and any stride, forward and backward (candle's
+//! pools have no padding, are single-threaded and have no backward unless the kernel equals the
+//! stride). Average pooling counts the zero padding (`count_include_pad`, as DBB's 1×1→avg branch,
+//! docs/REFERENCE.md "Branch types"); max pooling ignores it and sends each output's gradient to
+//! the first maximum of its window, as PyTorch does. Parallel over (image, channel) planes;
+//! stride-1 averages (and their backward, itself a stride-1 average) as flat box sums over the
+//! whole plane ([`box_sums`]).
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -308,10 +308,10 @@ impl PoolShape {
         dx
     }
 
-    /// The interior `[p, h − p) × [p, w − p)` of [`Self::avg_backward`] for a stride-1 pool
-    /// without padding of its own, read as a plane of `(h − 2p) × (w − 2p)`: the input gradient
-    /// of data that was padded by `p` before this pool (DBB's BN-and-pad, reference §1.1),
-    /// without the border that is thrown away. `None` where that is not a stride-1 average
+    /// The interior `[p, h − p) × [p, w − p)` of [`Self::avg_backward`] for a stride-1 pool without
+    /// padding of its own, read as a plane of `(h − 2p) × (w − 2p)`: the input gradient of data
+    /// that was padded by `p` before this pool (DBB's BN-and-pad, docs/REFERENCE.md "Branch
+    /// types"), without the border that is thrown away. `None` where that is not a stride-1 average
     /// pool of the zero-padded output gradient (`p ≥ k`, another stride, own padding).
     pub(crate) fn avg_backward_interior(&self, dy: &[f32], p: usize) -> Option<Vec<f32>> {
         if self.stride != 1 || self.padding != 0 || p >= self.k || 2 * p >= self.h.min(self.w) {
@@ -538,8 +538,8 @@ mod tests {
     }
 }
 
-/// Pads every side of each `[H, W]` plane by `pad` with a per-channel constant (DBB's
-/// BN-then-pad, reference §1.1): one op instead of candle's pads, masks and broadcasts. The
+/// Pads every side of each `[H, W]` plane by `pad` with a per-channel constant (DBB's BN-then-pad,
+/// docs/REFERENCE.md "Branch types"): one op instead of candle's pads, masks and broadcasts. The
 /// values carry no gradient; the input's gradient is the interior of the output's.
 #[derive(Clone, Debug)]
 pub(crate) struct PadConstOp {

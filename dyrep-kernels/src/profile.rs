@@ -1,5 +1,5 @@
-//! Per-kernel wall-clock totals, for `dyrep bench --profile` (issue 5: knowing where a training
-//! step goes). Always on: one `Instant` pair per kernel call, nothing per element.
+//! Per-kernel wall-clock totals, for `dyrep bench --profile` (knowing where a training step
+//! goes). Always on: one `Instant` pair per kernel call, nothing per element.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;

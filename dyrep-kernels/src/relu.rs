@@ -1,5 +1,5 @@
-//! ReLU on the CPU with a one-pass backward (issue 5; peer-bench.md observation 6: candle's
-//! ReLU backward is six full-tensor passes). The backward reads the op's own output: the
+//! ReLU on the CPU with a one-pass backward (candle's ReLU backward is six full-tensor
+//! passes). The backward reads the op's own output: the
 //! gradient passes where `y > 0`.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};

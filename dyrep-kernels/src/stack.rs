@@ -1,4 +1,4 @@
-//! A run of conv → BN → ReLU (→ max pool) units as one candle op in training (issue 5; the
+//! A run of conv → BN → ReLU (→ max pool) units as one candle op in training (the
 //! plain VGG-style stacks of `bench-small`, `bench-cifar`, `vgg-tiny` and every origin-mode
 //! network between its grown blocks). Each unit runs exactly as [`crate::fused`] runs it alone;
 //! what goes is candle's bookkeeping between them: candle adds every op's input gradient into a

@@ -1,4 +1,4 @@
-//! Property tests of every own CPU kernel (issue 5 "Correctness"): forward, input gradient and
+//! Property tests of every own CPU kernel: forward, input gradient and
 //! weight/parameter gradients against an f64 naive reference (convs: every shape, including
 //! stride 2 on non-square inputs of mixed parity, where candle's own backward fails) and
 //! against candle's ops (everything else, and convs where candle's backward works). Random
@@ -375,9 +375,9 @@ proptest! {
 
     #[test]
     fn conv2d_matches_candle_where_candle_backward_works((s, seed) in conv_case()) {
-        // candle's conv backward takes the output padding of its transposed conv from H alone, so it
-        // breaks for stride > 1 when H and W leave different remainders (candle-notes.md §1);
-        // its forward is compared everywhere.
+        // candle's conv backward takes the output padding of its transposed conv from H alone, so
+        // it breaks for stride > 1 when H and W leave different remainders; its forward is compared
+        // everywhere.
         let remainders_agree = s.stride == 1
             || (s.h + 2 * s.ph - s.kh) % s.stride == (s.w + 2 * s.pw - s.kw) % s.stride;
         // ... and it underflows (a debug-build panic) when its own padding exceeds what the

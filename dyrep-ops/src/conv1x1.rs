@@ -1,6 +1,6 @@
-//! `conv1x1`: a 1×1 conv (stride s, groups g, no bias) then BN — DBB's `dbb_1x1`
-//! (reference §1.1 branch 0). Equivalent kernel: BN-folded 1×1 zero-padded to k×k (transI,
-//! transVI). Needs padding == k/2 so the 1×1 samples the centre of each k×k window.
+//! `conv1x1`: a 1×1 conv (stride s, groups g, no bias) then BN — DBB's `dbb_1x1` (docs/REFERENCE.md
+//! "Branch types" branch 0). Equivalent kernel: BN-folded 1×1 zero-padded to k×k (transI, transVI).
+//! Needs padding == k/2 so the 1×1 samples the centre of each k×k window.
 
 use dyrep_api::layers::ConvBnBranch;
 use dyrep_api::{not_applicable, ConvGeom, InitCtx, OpSpec, RepOp, Result};

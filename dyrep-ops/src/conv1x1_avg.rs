@@ -1,10 +1,10 @@
 //! `conv1x1_avg`: 1×1 conv (C_in → C_out, stride 1, groups g) → BN-then-pad → k×k average pool
 //! (stride s, padding 0) → BN; for a depthwise block (groups == C_in == C_out) the pool alone
-//! (padding p, zeros counted) → BN. DBB's `dbb_1x1_avg` (reference §1.1 branch 2). The
-//! reference tests `groups >= out_channels` for the pool-only form, which breaks when
-//! C_in != C_out (DBB#38); here the pool-only form needs a true depthwise geometry.
-//! Equivalent kernel: the pool as a grouped kernel (transV), merged after the BN-folded 1×1
-//! (transIII), then BN fold. Applies to any padding.
+//! (padding p, zeros counted) → BN. DBB's `dbb_1x1_avg` (docs/REFERENCE.md "Branch types" branch
+//! 2). The reference tests `groups >= out_channels` for the pool-only form, which breaks when C_in
+//! != C_out (DBB#38); here the pool-only form needs a true depthwise geometry. Equivalent kernel:
+//! the pool as a grouped kernel (transV), merged after the BN-folded 1×1 (transIII), then BN fold.
+//! Applies to any padding.
 
 use candle_core::Tensor;
 use dyrep_api::layers::{avg_pool2d, BnAndPad, Conv2dLayer};

@@ -1,7 +1,7 @@
-//! `conv1x1_kxk`: 1×1 conv (C_in → D, stride 1, groups g) → BN-then-pad (pad p with the BN's
-//! eval output for zero input) → k×k conv (D → C_out, stride s, padding 0, groups g; a `Slot`
-//! that can grow into a nested block) → BN. DBB's `dbb_1x1_kxk` (reference §1.1 branch 1, §2).
-//! Equivalent kernel: transIII of the BN-folded 1×1 and the second conv's (recursive)
+//! `conv1x1_kxk`: 1×1 conv (C_in → D, stride 1, groups g) → BN-then-pad (pad p with the BN's eval
+//! output for zero input) → k×k conv (D → C_out, stride s, padding 0, groups g; a `Slot` that can
+//! grow into a nested block) → BN. DBB's `dbb_1x1_kxk` (docs/REFERENCE.md "Branch types" branch 1,
+//! "Nesting"). Equivalent kernel: transIII of the BN-folded 1×1 and the second conv's (recursive)
 //! equivalent, then BN fold; exact at the borders thanks to BN-then-pad (DBB#9). Applies to any
 //! padding (it is in the reduced set used when padding != k/2). D defaults to C_in.
 

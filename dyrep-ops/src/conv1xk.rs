@@ -1,6 +1,7 @@
-//! `conv1xk`: a 1×k conv (stride s, groups g, no bias) then BN — ACNet-style horizontal kernel; DyRep's `dbb_1xk` (reference §1.1 branch 4).
-//! Equivalent kernel: BN-folded 1×k kernel zero-padded per axis to k×k (transI, transVI;
-//! rows are H, columns W — DBB's own helper swaps them). Needs padding == k/2.
+//! `conv1xk`: a 1×k conv (stride s, groups g, no bias) then BN — ACNet-style horizontal kernel;
+//! DyRep's `dbb_1xk` (docs/REFERENCE.md "Branch types" branch 4). Equivalent kernel: BN-folded 1×k
+//! kernel zero-padded per axis to k×k (transI, transVI; rows are H, columns W — DBB's own helper
+//! swaps them). Needs padding == k/2.
 
 use dyrep_api::layers::ConvBnBranch;
 use dyrep_api::{not_applicable, ConvGeom, InitCtx, OpSpec, RepOp, Result};

@@ -1,6 +1,7 @@
-//! `convkx1`: a k×1 conv (stride s, groups g, no bias) then BN — ACNet-style vertical kernel; DyRep's `dbb_kx1` (reference §1.1 branch 5).
-//! Equivalent kernel: BN-folded k×1 kernel zero-padded per axis to k×k (transI, transVI;
-//! rows are H, columns W — DBB's own helper swaps them). Needs padding == k/2.
+//! `convkx1`: a k×1 conv (stride s, groups g, no bias) then BN — ACNet-style vertical kernel;
+//! DyRep's `dbb_kx1` (docs/REFERENCE.md "Branch types" branch 5). Equivalent kernel: BN-folded k×1
+//! kernel zero-padded per axis to k×k (transI, transVI; rows are H, columns W — DBB's own helper
+//! swaps them). Needs padding == k/2.
 
 use dyrep_api::layers::ConvBnBranch;
 use dyrep_api::{not_applicable, ConvGeom, InitCtx, OpSpec, RepOp, Result};

@@ -1,9 +1,10 @@
 //! `convkxk`: the main branch of a block — the k×k conv (a `Slot`, so it can grow into a nested
-//! block; with bias) then BN (γ = 1). DyRep's `dbb_kxk` (reference §1.1 branch 3, §2 for
-//! nesting). Grow (eq. 6) and cut keep a block's output by adding a kernel to this branch:
+//! block; with bias) then BN (γ = 1). DyRep's `dbb_kxk` (docs/REFERENCE.md "Branch types" branch 3,
+//! "Nesting"). Grow (eq. 6) and cut keep a block's output by adding a kernel to this branch:
 //! `add_equivalent` divides it by the BN scale and adds it to the conv slot, recursing through a
 //! nested block's own main branch, so nested branches are never re-initialised (the reference's
-//! outer cut does re-initialise them, §4) and no 1/sqrt(1+ε) residue is left (§3.5).
+//! outer cut does re-initialise them) and no 1/sqrt(1+ε) residue is left (docs/REFERENCE.md "The
+//! grown block").
 
 use candle_core::Tensor;
 use dyrep_api::{

@@ -1,5 +1,5 @@
 //! `identity`: BN applied to the block input — RepVGG's identity branch, DyRep's `dbb_id`
-//! (reference §1.1 branch 6). Equivalent kernel: the grouped identity kernel
+//! (docs/REFERENCE.md "Branch types" branch 6). Equivalent kernel: the grouped identity kernel
 //! `K[i, i mod (C/g), k/2, k/2] = 1` for any odd k, BN-folded (transIX, transI). Needs
 //! in_ch == out_ch, stride 1 and padding == k/2.
 

@@ -1,7 +1,7 @@
-//! dyrep-ops: the built-in branch types of a DyRep block, one file each, each registering
-//! itself with `dyrep_api::register_op!` (reference §1.1 for their structure, §1.3 for their
-//! equivalent kernels). Adding a branch type is one new file here plus one `mod` line below;
-//! the registry-driven property tests in `tests/` pick it up.
+//! dyrep-ops: the built-in branch types of a DyRep block, one file each, each registering itself
+//! with `dyrep_api::register_op!` (docs/REFERENCE.md "Branch types" for their structure,
+//! "Equivalent kernels" for their equivalent kernels). Adding a branch type is one new file here
+//! plus one `mod` line below; the registry-driven property tests in `tests/` pick it up.
 
 mod conv1x1;
 mod conv1x1_avg;

@@ -1,8 +1,8 @@
-//! Property tests of the fusion contract (DESIGN.md "Numerics contract"; reference §8) over
-//! every registered op, over a block holding all seven, and over nested blocks: random
-//! geometry, random weights, random BN statistics and affine parameters; eval-mode
-//! multi-branch output vs fused conv within max abs 1e-4 and relative 1e-5 (f32); grow and cut
-//! keep the output (relative 2e-5); fusion is idempotent. Case count: `PROPTEST_CASES`.
+//! Property tests of the fusion contract (docs/ARCHITECTURE.md "Numerics contract";
+//! docs/REFERENCE.md "Fusion checks") over every registered op, over a block holding all seven, and
+//! over nested blocks: random geometry, random weights, random BN statistics and affine parameters;
+//! eval-mode multi-branch output vs fused conv within max abs 1e-4 and relative 1e-5 (f32); grow
+//! and cut keep the output (relative 2e-5); fusion is idempotent. Case count: `PROPTEST_CASES`.
 
 use dyrep_api::equivalence::NestPlan;
 use dyrep_api::testing::{

@@ -1,7 +1,7 @@
-//! Recursive growth with the depth limit (reference §2, §3.2): a top-level conv grows, the
-//! inner slots of a block grow once more, and nothing grows three levels deep; 1×1 convs never
-//! grow; every grow keeps the eval output; Dep's importance ratios are the last-BN γ over the
-//! main BN γ (reference §4), 0.01 right after growth.
+//! Recursive growth with the depth limit (docs/REFERENCE.md "Nesting", "Growth schedule (Rep)"): a
+//! top-level conv grows, the inner slots of a block grow once more, and nothing grows three levels
+//! deep; 1×1 convs never grow; every grow keeps the eval output; Dep's importance ratios are the
+//! last-BN γ over the main BN γ (docs/REFERENCE.md "Dep (cut)"), 0.01 right after growth.
 
 use candle_core::Device;
 use dyrep_api::equivalence::{

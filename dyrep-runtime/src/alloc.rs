@@ -1,4 +1,4 @@
-//! Allocator policy for training (issue 5; peer-bench.md observation 4): candle returns a fresh
+//! Allocator policy for training: candle returns a fresh
 //! buffer from every op, and glibc's default policy hands large freed blocks back to the kernel
 //! at once, so the next op faults its pages in and zeroes them again (35 % of a training step in
 //! the peer benchmark's profile). Raising the mmap and trim thresholds keeps freed memory in the

@@ -1,6 +1,6 @@
 //! `dyrep bench`: training-step and eval throughput of a model on random data (own RNG), with
 //! the useful GFLOP/s (2 × conv+linear MACs per image forward, 3× that for a training step) and
-//! the peak resident memory (DESIGN.md "Machine-readable outputs").
+//! the peak resident memory (docs/ARCHITECTURE.md "CLI contract").
 
 use std::time::Instant;
 

@@ -1,7 +1,7 @@
-//! Checkpoints (DESIGN.md "Files a run writes"): a directory with `arch.json` (structure,
-//! form train|fused), `model.safetensors` (every tensor by path; metadata carries a hash of
-//! arch.json so mismatched pairs are detected), `optim.safetensors` (momentum buffers by path)
-//! and `state.json` (progress, history, config). Written to a temp directory and renamed into
+//! Checkpoints (README.md "The `dyrep` command", run directory): a directory with `arch.json`
+//! (structure, form train|fused), `model.safetensors` (every tensor by path; metadata carries a
+//! hash of arch.json so mismatched pairs are detected), `optim.safetensors` (momentum buffers by
+//! path) and `state.json` (progress, history, config). Written to a temp directory and renamed into
 //! place, so a crash leaves the previous checkpoint intact.
 
 use std::collections::HashMap;

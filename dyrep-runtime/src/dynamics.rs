@@ -1,9 +1,10 @@
-//! DyRep's dynamics (paper §4; reference §3–6): scoring growable convs after every backward and
+//! DyRep's dynamics (paper §4; docs/REFERENCE.md "Growth schedule (Rep)", "Dep (cut)", "Scores",
+//! "Optimizer state when parameters change"): scoring growable convs after every backward and
 //! before the optimizer step (the type `ObservedGrads` makes the other order impossible), Rep —
-//! growing the top-k convs into blocks with BN calibration and exact output preservation — and
-//! Dep — cutting faded branches (importance = mean|γ_last| / mean|γ_main| below both the mean
-//! of the others and λ, once their sample std exceeds 0.02) with absorption into the main conv.
-//! Every grow and cut measures the eval output on a fixed held-out batch before and after.
+//! growing the top-k convs into blocks with BN calibration and exact output preservation — and Dep
+//! — cutting faded branches (importance = mean|γ_last| / mean|γ_main| below both the mean of the
+//! others and λ, once their sample std exceeds 0.02) with absorption into the main conv. Every grow
+//! and cut measures the eval output on a fixed held-out batch before and after.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -58,7 +59,7 @@ pub enum Preserve {
     Exact,
     /// The reference's eq. 6: main BN reset to (γ=1, β=0, μ=0, σ²=1) and main conv =
     /// W − ΣK_j, which leaves the 1/sqrt(1+ε) factor on the residual kernel (≈5e-6 relative;
-    /// reference §3.5). For parity runs against the original code.
+    /// docs/REFERENCE.md "The grown block"). For parity runs against the original code.
     Reference,
 }
 
@@ -466,12 +467,12 @@ fn reference_eq6(block: &mut dyrep_api::RepBlock, target: &dyrep_api::Kernel) ->
 }
 
 /// Calibrates the BN statistics of the block just grown at `path` with a cumulative average over
-/// `calib_batches` augmented training batches; every other BN stays in eval mode and no
-/// gradients are taken (reference §3.5 step 4). Unlike the reference, the main branch's BN keeps
-/// its calibrated statistics instead of being reset to μ = 0, σ² = 1: the exact restore that
-/// follows works for any statistics, and keeping them makes the running statistics match what
-/// train mode sees from the first step (with the reset, eval accuracy collapses for a while
-/// after each growth in short runs — measured, see the issue note).
+/// `calib_batches` augmented training batches; every other BN stays in eval mode and no gradients
+/// are taken (docs/REFERENCE.md "The grown block" step 4). Unlike the reference, the main branch's
+/// BN keeps its calibrated statistics instead of being reset to μ = 0, σ² = 1: the exact restore
+/// that follows works for any statistics, and keeping them makes the running statistics match what
+/// train mode sees from the first step (with the reset, eval accuracy collapses for a while after
+/// each growth in short runs — measured, see the issue note).
 fn calibrate(
     model: &mut Model,
     path: &str,
@@ -514,7 +515,7 @@ fn calibrate(
 
 /// Dep: in every block (nested ones included), cuts the branches whose importance is below both
 /// the mean importance and λ, when the importances' sample std exceeds `cut_min_std`
-/// (reference §4), absorbing each into the main conv. Returns the cut events.
+/// (docs/REFERENCE.md "Dep (cut)"), absorbing each into the main conv. Returns the cut events.
 pub fn cut_step(
     model: &mut Model,
     epoch: usize,

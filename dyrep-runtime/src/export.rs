@@ -1,10 +1,11 @@
-//! Export and import of the plain network (issue 6; DESIGN.md "dyrep export"): a trained
-//! checkpoint is fused (reference §8) and written with the tensor names other frameworks use —
-//! torchvision's for ResNet and VGG (`layer1.0.conv1.weight`, `features.3.running_mean`), timm's
-//! deploy form for RepVGG (`stages.0.0.reparam_conv.weight`, BN folded into the conv bias) —
-//! plus a JSON description of the architecture; or as ONNX (`onnx.rs`). `init_from` reads the
-//! same names back into a plain model (the paper's §5.4 "D" setting: grow a pretrained plain
-//! network on a downstream task), strictly: missing and unexpected keys are listed.
+//! Export and import of the plain network (README.md "The `dyrep` command", export): a trained
+//! checkpoint is fused (docs/REFERENCE.md "Fusion checks") and written with the tensor names other
+//! frameworks use — torchvision's for ResNet and VGG (`layer1.0.conv1.weight`,
+//! `features.3.running_mean`), timm's deploy form for RepVGG (`stages.0.0.reparam_conv.weight`, BN
+//! folded into the conv bias) — plus a JSON description of the architecture; or as ONNX
+//! (`onnx.rs`). `init_from` reads the same names back into a plain model (the paper's §5.4 "D"
+//! setting: grow a pretrained plain network on a downstream task), strictly: missing and unexpected
+//! keys are listed.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};

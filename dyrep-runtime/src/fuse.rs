@@ -1,7 +1,8 @@
 //! Deploy: `fuse` a trained checkpoint into the plain architecture (every block to one conv, the
-//! conv bias folded into the following BN; reference §8) and verify on real eval batches (same
-//! top-1, logits within 1e-4 relative), with per-block errors and params/MACs before and after.
-//! `eval` of either form, with the logits and inputs as `.npy` for cross-checking other runtimes.
+//! conv bias folded into the following BN; docs/REFERENCE.md "Fusion checks") and verify on real
+//! eval batches (same top-1, logits within 1e-4 relative), with per-block errors and params/MACs
+//! before and after. `eval` of either form, with the logits and inputs as `.npy` for cross-checking
+//! other runtimes.
 
 use std::io::Write;
 use std::path::Path;

@@ -1,11 +1,12 @@
-//! dyrep-runtime: everything that runs on top of the op and scorer registries (DESIGN.md):
-//! datasets and batches (`data`), the model zoo built from slots (`model`), SGD and the LR
-//! schedule (`optim`), training runs with their run directory and exact resume (`train`),
-//! DyRep's grow/cut dynamics (`dynamics`, paper §4, reference §3–6), atomic checkpoints
-//! (`checkpoint`), fuse and eval of whole networks (`fuse`, reference §8), throughput
-//! benchmarks (`bench`), the fusion property check behind `dyrep verify` (`verify`), export
-//! and import of the plain network with conventional names and as ONNX (`export`, `onnx`), and
-//! run reports: curves, comparisons, the tree of grown blocks (`report`).
+//! dyrep-runtime: everything that runs on top of the op and scorer registries (docs/ARCHITECTURE.md
+//! "Numerics contract"): datasets and batches (`data`), the model zoo built from slots (`model`),
+//! SGD and the LR schedule (`optim`), training runs with their run directory and exact resume
+//! (`train`), DyRep's grow/cut dynamics (`dynamics`, paper §4, docs/REFERENCE.md "Growth schedule
+//! (Rep)", "Dep (cut)", "Scores", "Optimizer state when parameters change"), atomic checkpoints
+//! (`checkpoint`), fuse and eval of whole networks (`fuse`, docs/REFERENCE.md "Fusion checks"),
+//! throughput benchmarks (`bench`), the fusion property check behind `dyrep verify` (`verify`),
+//! export and import of the plain network with conventional names and as ONNX (`export`, `onnx`),
+//! and run reports: curves, comparisons, the tree of grown blocks (`report`).
 
 pub mod alloc;
 pub mod bench;

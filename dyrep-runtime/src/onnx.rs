@@ -1,8 +1,8 @@
-//! ONNX export of the fused plain network (issue 6 item 5): Conv (BN folded into weight and
-//! bias, reference §1.1 transI), Relu, MaxPool, GlobalAveragePool, Flatten, Gemm and Add for
-//! residuals, opset 13, float32, a symbolic batch dimension. The protobuf is written by hand (the
-//! ONNX schema's field numbers, onnx.proto3) so exporting needs no protobuf toolchain; tests read
-//! the file back with an independent reader (tract-onnx).
+//! ONNX export of the fused plain network: Conv (BN folded into weight and bias, docs/REFERENCE.md
+//! "Equivalent kernels"), Relu, MaxPool, GlobalAveragePool, Flatten, Gemm and Add for residuals,
+//! opset 13, float32, a symbolic batch dimension. The protobuf is written by hand (the ONNX
+//! schema's field numbers, onnx.proto3) so exporting needs no protobuf toolchain; tests read the
+//! file back with an independent reader (tract-onnx).
 
 use std::collections::BTreeMap;
 

@@ -1,8 +1,9 @@
-//! Own SGD (reference §6, §7.1; candle's SGD has no momentum and its optimizers keep state by
-//! position, candle-notes.md §3). PyTorch semantics: `d = g + wd·θ` (wd skipped for BN γ/β and
-//! biases unless `decay_bn_and_bias`), `b = μ·b + d` (first step: `b = d`), `d = nesterov ?
-//! d + μ·b : b`, `θ ← θ − lr·d`. Momentum buffers are keyed by parameter path, so they survive
-//! structure changes: new parameters start fresh, vanished ones are dropped, survivors keep theirs.
+//! Own SGD (docs/REFERENCE.md "Optimizer state when parameters change", "Training recipes";
+//! candle's SGD has no momentum and its optimizers keep state by position). PyTorch semantics: `d =
+//! g + wd·θ` (wd skipped for BN γ/β and biases unless `decay_bn_and_bias`), `b = μ·b + d` (first
+//! step: `b = d`), `d = nesterov ? d + μ·b : b`, `θ ← θ − lr·d`. Momentum buffers are keyed by
+//! parameter path, so they survive structure changes: new parameters start fresh, vanished ones are
+//! dropped, survivors keep theirs.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -118,9 +119,10 @@ impl Sgd {
     }
 }
 
-/// Cosine learning rate over steps after a linear warmup of whole epochs (reference §7.1):
-/// warmup epoch e (0-based) uses `warmup_lr + (lr − warmup_lr)·e/warmup_epochs`; afterwards
-/// `min_lr + (lr − min_lr)·(1 + cos(π·t/T))/2` with t the step since warmup and T the rest.
+/// Cosine learning rate over steps after a linear warmup of whole epochs (docs/REFERENCE.md
+/// "Training recipes"): warmup epoch e (0-based) uses `warmup_lr + (lr −
+/// warmup_lr)·e/warmup_epochs`; afterwards `min_lr + (lr − min_lr)·(1 + cos(π·t/T))/2` with t the
+/// step since warmup and T the rest.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CosineSchedule {

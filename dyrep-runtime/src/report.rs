@@ -1,10 +1,10 @@
-//! Run reports (issue 6 items 3–4): `curves.svg` of one run (train/test loss and accuracy,
-//! params and MACs per epoch, every grow and cut marked), `dyrep compare` (runs overlaid in one
-//! chart and the paper's Table 2 columns — final/best accuracy, average params and MACs
-//! (reference §7.4), train time, grows, cuts — as a markdown table) and `dyrep inspect` (the tree
-//! of grown blocks with each branch's op, shape and γ importance, like the paper's Fig. 6).
-//! Everything is read from the run directory's files (`metrics.csv`, `events.jsonl`,
-//! `config.resolved.toml`), so unfinished and resumed runs report too.
+//! Run reports: `curves.svg` of one run (train/test loss and accuracy, params and MACs per epoch,
+//! every grow and cut marked), `dyrep compare` (runs overlaid in one chart and the paper's Table 2
+//! columns — final/best accuracy, average params and MACs (docs/REFERENCE.md "MACs and params"),
+//! train time, grows, cuts — as a markdown table) and `dyrep inspect` (the tree of grown blocks
+//! with each branch's op, shape and γ importance, like the paper's Fig. 6). Everything is read from
+//! the run directory's files (`metrics.csv`, `events.jsonl`, `config.resolved.toml`), so unfinished
+//! and resumed runs report too.
 
 use std::path::{Path, PathBuf};
 

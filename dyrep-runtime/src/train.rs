@@ -1,6 +1,6 @@
-//! Training runs (DESIGN.md "Training modes", "Files a run writes"; reference §7.1): the static
-//! modes `origin` (plain), `repvgg` (every 3×3 as conv + 1×1 + identity, all γ = 1) and `dbb`
-//! (every k×k as DBB's k×k + 1×1 + 1×1→k×k + 1×1→avg, all γ = 1), SGD with path-keyed
+//! Training runs (README.md "The `dyrep` command"; docs/REFERENCE.md "Training recipes"): the
+//! static modes `origin` (plain), `repvgg` (every 3×3 as conv + 1×1 + identity, all γ = 1) and
+//! `dbb` (every k×k as DBB's k×k + 1×1 + 1×1→k×k + 1×1→avg, all γ = 1), SGD with path-keyed
 //! momentum, cosine LR with warmup, label smoothing, eval every epoch, a run directory with
 //! `config.resolved.toml`, `run.log`, `metrics.csv`, `summary.json` and atomic checkpoints
 //! `checkpoints/{last,best}`, and exact resume (bitwise on CPU).
@@ -672,7 +672,7 @@ fn metrics_csv(history: &[EpochRecord]) -> String {
     s
 }
 
-/// Epoch-weighted mean of a per-epoch quantity (reference §7.4).
+/// Epoch-weighted mean of a per-epoch quantity (docs/REFERENCE.md "MACs and params").
 fn epoch_mean(history: &[EpochRecord], f: impl Fn(&EpochRecord) -> f64) -> f64 {
     if history.is_empty() {
         return 0.0;

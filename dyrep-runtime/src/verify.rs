@@ -1,9 +1,9 @@
-//! `dyrep verify`: the fusion-equivalence property check on seeded random cases (DESIGN.md
-//! "Numerics contract"; reference §8 — the reference itself only compares top-1 before and
-//! after). One check per registered op (op output vs its equivalent kernel), plus blocks: every
-//! applicable op in one block, a grown main conv inside a block, and a grown `conv1x1_kxk`
-//! second conv inside a block — each also checking that grow and cut keep the eval output and
-//! that fusion is idempotent.
+//! `dyrep verify`: the fusion-equivalence property check on seeded random cases
+//! (docs/ARCHITECTURE.md "Numerics contract"; docs/REFERENCE.md "Fusion checks" — the reference
+//! itself only compares top-1 before and after). One check per registered op (op output vs its
+//! equivalent kernel), plus blocks: every applicable op in one block, a grown main conv inside a
+//! block, and a grown `conv1x1_kxk` second conv inside a block — each also checking that grow and
+//! cut keep the eval output and that fusion is idempotent.
 
 use candle_core::Device;
 use rand::SeedableRng;

@@ -1,5 +1,6 @@
-//! `grad_norm` scorer: per step and conv, ‖G‖₂ of the flattened gradient (reference §5).
-//! Score = the arithmetic mean of the per-step values since the last reset (reference §3.3).
+//! `grad_norm` scorer: per step and conv, ‖G‖₂ of the flattened gradient (docs/REFERENCE.md
+//! "Scores"). Score = the arithmetic mean of the per-step values since the last reset
+//! (docs/REFERENCE.md "Scores").
 
 use dyrep_api::{ConvObservation, MeanAccumulator, Result, Scorer, ScorerConfig};
 use serde::{Deserialize, Serialize};

@@ -1,5 +1,5 @@
 //! dyrep-scorers: the built-in saliency metrics, one file each, each registering itself with
-//! `dyrep_api::register_scorer!` (paper §4.1 eq. 3–4; reference §3.3 and §5 for what the
+//! `dyrep_api::register_scorer!` (paper §4.1 eq. 3–4; docs/REFERENCE.md "Scores" for what the
 //! original code computes). Scores are per-step values averaged per conv over the grow
 //! interval; `grasp` adds a Hessian-gradient probe, `vote` combines the others.
 

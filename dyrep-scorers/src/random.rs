@@ -1,5 +1,5 @@
-//! `random` scorer: a fresh U(0, 1) draw per conv and step from the project's seeded RNG,
-//! averaged over the interval (reference §5) — the control that shows whether a metric beats
+//! `random` scorer: a fresh U(0, 1) draw per conv and step from the project's seeded RNG, averaged
+//! over the interval (docs/REFERENCE.md "Scores") — the control that shows whether a metric beats
 //! chance. The RNG state is part of the serialised scorer, so a resumed run draws the same.
 
 use dyrep_api::{ConvObservation, MeanAccumulator, Result, Scorer, ScorerConfig, SeededRng};

@@ -1,5 +1,6 @@
-//! `snip` scorer: per step and conv, Σ_i |G_i·W_i| (SNIP's connection sensitivity, reference §5).
-//! Score = the arithmetic mean of the per-step values since the last reset (reference §3.3).
+//! `snip` scorer: per step and conv, Σ_i |G_i·W_i| (SNIP's connection sensitivity,
+//! docs/REFERENCE.md "Scores"). Score = the arithmetic mean of the per-step values since the last
+//! reset (docs/REFERENCE.md "Scores").
 
 use dyrep_api::{ConvObservation, MeanAccumulator, Result, Scorer, ScorerConfig};
 use serde::{Deserialize, Serialize};

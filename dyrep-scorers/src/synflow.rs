@@ -1,5 +1,7 @@
-//! `synflow` scorer: per step and conv, Σ_i G_i·W_i (signed; real mini-batches and the real training loss — not the data-free SynFlow of Tanaka et al., reference §11). This is the reference's default and only metric used (reference §3.3), paper eq. 3–4.
-//! Score = the arithmetic mean of the per-step values since the last reset (reference §3.3).
+//! `synflow` scorer: per step and conv, Σ_i G_i·W_i (signed; real mini-batches and the real
+//! training loss — not the data-free SynFlow of Tanaka et al., docs/REFERENCE.md "Scores"). This is
+//! the reference's default and only metric used (docs/REFERENCE.md "Scores"), paper eq. 3–4. Score
+//! = the arithmetic mean of the per-step values since the last reset (docs/REFERENCE.md "Scores").
 
 use dyrep_api::{ConvObservation, MeanAccumulator, Result, Scorer, ScorerConfig};
 use serde::{Deserialize, Serialize};

@@ -1,7 +1,7 @@
-//! Batches: seeded shuffling (our own RNG; a fresh stream per epoch, so a resumed run sees the
-//! same order), augmentation (random crop with zero padding, horizontal flip, cutout applied
-//! after normalisation — reference §7.2), normalisation with the dataset's channel statistics,
-//! and a producer thread that prepares the next batches while the current one trains.
+//! Batches: seeded shuffling (our own RNG; a fresh stream per epoch, so a resumed run sees the same
+//! order), augmentation (random crop with zero padding, horizontal flip, cutout applied after
+//! normalisation — docs/REFERENCE.md "Training recipes"), normalisation with the dataset's channel
+//! statistics, and a producer thread that prepares the next batches while the current one trains.
 
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;

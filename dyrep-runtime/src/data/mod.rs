@@ -1,8 +1,9 @@
-//! Datasets (DESIGN.md "Data specs"): idx (MNIST, Fashion-MNIST; `.gz` or raw), CIFAR-10/100
-//! binary batches, image folders (`train/<class>/*`, `test/<class>/*`, jpeg/png), and the
-//! bundled default (a class-balanced Fashion-MNIST subset compiled into the binary). Images are
-//! kept as u8 `[N, C, H, W]`; normalisation and augmentation happen when batches are made
-//! (`loader`). Every malformed input is a `DataError` naming the file and what is wrong.
+//! Datasets (README.md "The `dyrep` command", data specs): idx (MNIST, Fashion-MNIST; `.gz` or
+//! raw), CIFAR-10/100 binary batches, image folders (`train/<class>/*`, `test/<class>/*`,
+//! jpeg/png), and the bundled default (a class-balanced Fashion-MNIST subset compiled into the
+//! binary). Images are kept as u8 `[N, C, H, W]`; normalisation and augmentation happen when
+//! batches are made (`loader`). Every malformed input is a `DataError` naming the file and what is
+//! wrong.
 
 pub mod cifar;
 pub mod folder;

@@ -157,7 +157,7 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// Reference ("goog") init: W ~ U(±1/sqrt(out)), b = 0 (reference §7.3).
+    /// Reference ("goog") init: W ~ U(±1/sqrt(out)), b = 0 (docs/REFERENCE.md "Models").
     pub fn new(
         path: impl Into<String>,
         inp: usize,

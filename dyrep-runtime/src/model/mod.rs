@@ -1,9 +1,9 @@
-//! Models built from `Slot`s, so any k×k conv can grow (DESIGN.md; reference §7.3): VGG-16 (CIFAR
-//! form), ResNet-18/34/50 (CIFAR and ImageNet stems), MobileNetV1, RepVGG-A0/A1/A2/B0 (plain
-//! deploy form), CPU-sized `vgg-tiny` and `resnet-tiny`, with a width multiplier. A model is a
-//! list of layers; every conv sits in a `ConvUnit` (slot, optional BN, optional ReLU) whose
-//! slot path is the conv's parameter path (torchvision-style names for ResNet). Static modes
-//! (`repvgg`, `dbb`) and DyRep only ever act on those slots.
+//! Models built from `Slot`s, so any k×k conv can grow (docs/ARCHITECTURE.md "Core model";
+//! docs/REFERENCE.md "Models"): VGG-16 (CIFAR form), ResNet-18/34/50 (CIFAR and ImageNet stems),
+//! MobileNetV1, RepVGG-A0/A1/A2/B0 (plain deploy form), CPU-sized `vgg-tiny` and `resnet-tiny`,
+//! with a width multiplier. A model is a list of layers; every conv sits in a `ConvUnit` (slot,
+//! optional BN, optional ReLU) whose slot path is the conv's parameter path (torchvision-style
+//! names for ResNet). Static modes (`repvgg`, `dbb`) and DyRep only ever act on those slots.
 
 mod layers;
 mod zoo;
@@ -200,7 +200,7 @@ impl Model {
         n
     }
 
-    /// Conv + linear multiply-accumulates at batch 1 (reference §7.4).
+    /// Conv + linear multiply-accumulates at batch 1 (docs/REFERENCE.md "MACs and params").
     pub fn macs(&self) -> Result<u64> {
         let [c, h, w] = self.config.input;
         let mut shape = (c, h, w);
@@ -463,7 +463,8 @@ mod tests {
 
     #[test]
     fn vgg16_cifar_matches_the_reference_counts() {
-        // Reference §7.3/§7.4: 313.5 M MACs, 14.99 M params; all 13 convs as DBB: 727.7 M MACs.
+        // docs/REFERENCE.md "Models", "MACs and params": 313.5 M MACs, 14.99 M params; all 13
+        // convs as DBB: 727.7 M MACs.
         let mut m = build("vgg16", [3, 32, 32]);
         let macs = m.macs().unwrap() as f64 / 1e6;
         let params = m.param_count() as f64 / 1e6;

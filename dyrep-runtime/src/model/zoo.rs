@@ -1,6 +1,6 @@
-//! The model zoo (reference §7.3): name → builder, default input, one-line summary. Every conv is
-//! a `ConvUnit` with BN (bias-free conv) and the reference init (conv N(0, sqrt(2/(k²·C_out))),
-//! BN γ=1 β=0, linear U(±1/sqrt(out)) with zero bias).
+//! The model zoo (docs/REFERENCE.md "Models"): name → builder, default input, one-line summary.
+//! Every conv is a `ConvUnit` with BN (bias-free conv) and the reference init (conv N(0,
+//! sqrt(2/(k²·C_out))), BN γ=1 β=0, linear U(±1/sqrt(out)) with zero bias).
 
 use dyrep_api::{ConvGeom, InitCtx};
 use serde::{Deserialize, Serialize};
@@ -44,15 +44,13 @@ const ZOO: &[ModelEntry] = &[
     },
     ModelEntry {
         name: "bench-small",
-        summary:
-            "Benchmark net (issue 5): 32-32-M-64-64-M-128 conv3x3+BN+ReLU, GAP, linear; 1x28x28",
+        summary: "Benchmark net: 32-32-M-64-64-M-128 conv3x3+BN+ReLU, GAP, linear; 1x28x28",
         default_input: [1, 28, 28],
         build: bench_small,
     },
     ModelEntry {
         name: "bench-cifar",
-        summary:
-            "Benchmark net (issue 5): 64-64-M-128-128-M-256 conv3x3+BN+ReLU, GAP, linear; 3x32x32",
+        summary: "Benchmark net: 64-64-M-128-128-M-256 conv3x3+BN+ReLU, GAP, linear; 3x32x32",
         default_input: [3, 32, 32],
         build: bench_cifar,
     },
@@ -244,8 +242,9 @@ fn vgg_tiny(cfg: &ModelConfig, ctx: &mut InitCtx<'_>) -> Result<Vec<Layer>> {
     Ok(l)
 }
 
-/// The peer benchmark's convnet (peer-bench.md "Model"): five conv3x3 (padding 1, no bias) +
-/// BN + ReLU blocks with 2×2 max pools after the second and fourth, GAP, linear.
+/// The peer benchmark's convnet (`benches/peer/torchbench.py` trains the same in PyTorch): five
+/// conv3x3 (padding 1, no bias) + BN + ReLU blocks with 2×2 max pools after the second and fourth,
+/// GAP, linear.
 fn bench_net(cfg: &ModelConfig, widths: [usize; 5], ctx: &mut InitCtx<'_>) -> Result<Vec<Layer>> {
     use V::*;
     let [a, b, c, d, e] = widths;

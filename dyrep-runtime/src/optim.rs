@@ -1,7 +1,7 @@
 //! Own SGD (docs/REFERENCE.md "Optimizer state when parameters change", "Training recipes";
-//! candle's SGD has no momentum and its optimizers keep state by position). PyTorch semantics: `d =
-//! g + wd·θ` (wd skipped for BN γ/β and biases unless `decay_bn_and_bias`), `b = μ·b + d` (first
-//! step: `b = d`), `d = nesterov ? d + μ·b : b`, `θ ← θ − lr·d`. Momentum buffers are keyed by
+//! candle's SGD has no momentum and its optimizers keep state by position). PyTorch semantics:
+//! `d = g + wd·θ` (wd skipped for BN γ/β and biases unless `decay_bn_and_bias`), `b = μ·b + d`
+//! (first step: `b = d`), `d = nesterov ? d + μ·b : b`, `θ ← θ − lr·d`. Momentum buffers are keyed by
 //! parameter path, so they survive structure changes: new parameters start fresh, vanished ones are
 //! dropped, survivors keep theirs.
 

@@ -9,10 +9,12 @@ use dyrep_api::{InitCtx, SeededRng};
 use rand::Rng;
 use serde::Serialize;
 
+use crate::alloc::peak_rss_bytes;
 use crate::error::{Result, RuntimeError};
+use crate::metrics::cross_entropy;
 use crate::model::{build_model, find_model, ModelConfig};
-use crate::optim::{cross_entropy, Sgd, SgdConfig};
-use crate::train::{apply_mode, peak_rss_bytes, BaselineForm, Mode};
+use crate::optim::{Sgd, SgdConfig};
+use crate::train::{apply_mode, BaselineForm, Mode};
 
 /// One benchmark result.
 #[derive(Clone, Debug, Serialize)]

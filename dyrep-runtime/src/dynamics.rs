@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 use crate::data::loader::{train_stream, Augment};
 use crate::data::Dataset;
 use crate::error::{Result, RuntimeError};
+use crate::metrics::cross_entropy;
 use crate::model::Model;
-use crate::optim::cross_entropy;
 use crate::schedule::{GrowSchedule, Period};
 
 fn d_scorer() -> String {

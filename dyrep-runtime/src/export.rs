@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use dyrep_api::{BnEval, ConvGeom, Kernel, Slot};
 
 use crate::error::{Result, RuntimeError};
+use crate::fs::write_atomic;
 use crate::model::{ConvUnit, Layer, Model};
 
 /// Which naming convention a model family exports with.
@@ -390,39 +391,6 @@ pub fn plain_export(model: &Model) -> Result<PlainExport> {
         layers,
     };
     Ok(PlainExport { arch, tensors })
-}
-
-/// Writes bytes to `path` atomically (a temp file beside it, then a rename): run-directory
-/// files, exports and charts.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    if !dir.is_dir() {
-        return Err(RuntimeError::Config(format!(
-            "cannot write {}: the directory {} does not exist",
-            path.display(),
-            dir.display()
-        )));
-    }
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "out".into());
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| RuntimeError::Io { path: p, source }
-    };
-    std::fs::write(&tmp, bytes).map_err(io(path))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        RuntimeError::Io {
-            path: path.to_path_buf(),
-            source: e,
-        }
-    })
 }
 
 /// Export formats.

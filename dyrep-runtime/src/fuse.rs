@@ -77,7 +77,7 @@ fn logits_on(
 }
 
 fn accuracy(logits: &Tensor, labels: &Tensor) -> Result<f64> {
-    Ok(crate::train::correct(logits, labels)? as f64 / labels.dim(0)?.max(1) as f64)
+    Ok(crate::metrics::correct(logits, labels)? as f64 / labels.dim(0)?.max(1) as f64)
 }
 
 /// Fuses the checkpoint at `src` into `out` (which must not exist or be empty) and verifies it.
@@ -206,7 +206,7 @@ pub fn eval_checkpoint(
     }
     let (logits, y, inputs) = logits_on(&model, &ds, limit, inputs_out.is_some(), device)?;
     let n = y.dim(0)?;
-    let loss = crate::optim::cross_entropy(&logits, &y, 0.0)?.to_scalar::<f32>()? as f64;
+    let loss = crate::metrics::cross_entropy(&logits, &y, 0.0)?.to_scalar::<f32>()? as f64;
     if let Some(p) = logits_out {
         let v = logits.flatten_all()?.to_vec1::<f32>()?;
         write_npy(p, &v, &[n, model.config.num_classes])?;

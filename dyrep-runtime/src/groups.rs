@@ -407,7 +407,7 @@ pub fn plot_groups(runs: &[RunRecord], group_by: &str, out: &Path) -> Result<()>
             .map_err(|e| err(e.to_string()))?;
         root.present().map_err(|e| err(e.to_string()))?;
     }
-    crate::export::write_atomic(out, svg.as_bytes())
+    crate::fs::write_atomic(out, svg.as_bytes())
 }
 
 #[cfg(test)]

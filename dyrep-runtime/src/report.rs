@@ -388,7 +388,7 @@ pub fn plot_run(run: &RunRecord, out: &Path) -> Result<()> {
         .map_err(&err)?;
         root.present().map_err(|e| err(e.to_string()))?;
     }
-    crate::export::write_atomic(out, svg.as_bytes())
+    crate::fs::write_atomic(out, svg.as_bytes())
 }
 
 /// Draws several runs in one chart (test accuracy, test loss, MACs per epoch) to `out`.
@@ -445,7 +445,7 @@ pub fn plot_compare(runs: &[RunRecord], out: &Path) -> Result<()> {
         .map_err(&err)?;
         root.present().map_err(|e| err(e.to_string()))?;
     }
-    crate::export::write_atomic(out, svg.as_bytes())
+    crate::fs::write_atomic(out, svg.as_bytes())
 }
 
 /// One branch of a grown block in `dyrep inspect`.

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use dyrep_api::{op_spec, InitCtx, OpSpec, SeededRng};
 use serde::{Deserialize, Serialize};
 
@@ -23,8 +23,9 @@ use crate::dynamics::{
     cut_step, grow_step, growable_weights, observe, AdjustCtx, DyrepConfig, Event,
 };
 use crate::error::{io, Result, RuntimeError};
+use crate::metrics::{correct, cross_entropy};
 use crate::model::{build_model, Model, ModelConfig};
-use crate::optim::{cross_entropy, CosineSchedule, Sgd, SgdConfig};
+use crate::optim::{CosineSchedule, Sgd, SgdConfig};
 use dyrep_api::Scorer;
 
 /// Training mode.
@@ -333,12 +334,8 @@ fn check_config_keys(t: &toml::Table, prefix: &str, known: &[String], path: &Pat
             format!("{prefix}.{k}")
         };
         if !known.contains(&full) {
-            let nearest = known
-                .iter()
-                .map(|c| (strsim::levenshtein(c, &full), c))
-                .min()
-                .filter(|(d, c)| *d <= 3.max(c.len() / 3))
-                .map(|(_, c)| format!(" (did you mean `{c}`?)"))
+            let nearest = dyrep_api::registry::nearest(&full, known.iter().map(String::as_str))
+                .map(|c| format!(" (did you mean `{c}`?)"))
                 .unwrap_or_default();
             return Err(RuntimeError::Config(format!(
                 "{}: unknown key `{full}`{nearest}; `dyrep train --help` lists the settings (config keys are the flag names with _)",
@@ -444,20 +441,6 @@ pub struct RunOptions {
     /// Set (e.g. by a Ctrl-C handler) to stop before the next step; the checkpoint of the last
     /// finished epoch stays, and `train` returns `RuntimeError::Interrupted`.
     pub interrupt: Option<Arc<AtomicBool>>,
-}
-
-/// Peak resident memory of this process (VmHWM), 0 where unknown.
-pub fn peak_rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|v| v.parse::<u64>().ok())
-            })
-        })
-        .map_or(0, |kb| kb * 1024)
 }
 
 /// Builds the model of a config for a dataset, with the mode's static branches.
@@ -578,16 +561,6 @@ fn adjust(
     Ok(())
 }
 
-/// Number of rows whose argmax equals the label.
-pub(crate) fn correct(logits: &Tensor, y: &Tensor) -> Result<usize> {
-    let pred = logits.argmax(1)?;
-    Ok(pred
-        .eq(y)?
-        .to_dtype(DType::F32)?
-        .sum_all()?
-        .to_scalar::<f32>()? as usize)
-}
-
 /// Eval-mode loss and accuracy on a split (first `limit` examples).
 pub fn evaluate(
     model: &Model,
@@ -628,7 +601,7 @@ impl RunDir {
     }
 
     fn write_atomic(&self, name: &str, text: &str) -> Result<()> {
-        crate::export::write_atomic(&self.dir.join(name), text.as_bytes())
+        crate::fs::write_atomic(&self.dir.join(name), text.as_bytes())
     }
 }
 
@@ -1011,7 +984,7 @@ pub fn train(
         final_params: model.param_count(),
         final_macs: model.macs()?,
         train_seconds: state.train_seconds,
-        peak_rss_bytes: peak_rss_bytes(),
+        peak_rss_bytes: crate::alloc::peak_rss_bytes(),
         grows: state.events.iter().filter(|e| e.kind == "grow").count(),
         cuts: state.events.iter().filter(|e| e.kind == "cut").count(),
     };

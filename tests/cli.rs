@@ -189,6 +189,22 @@ fn bench_reports_the_capped_instruction_set_tier() {
 }
 
 #[test]
+fn bench_takes_a_width_multiplier() {
+    let o = dyrep(&[
+        "bench", "eval", "--model", "vgg16", "--width", "0.25", "--batch", "2", "--iters", "1",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["width"], 0.25, "{v}");
+    // VGG-16 at width 0.25 on 3x32x32: 19.92 M MACs (313.5 M at width 1).
+    assert_eq!(v["macs_per_image"].as_u64().unwrap(), 19_924_224, "{v}");
+    let o = dyrep(&["bench", "eval", "--model", "vgg16", "--width", "0"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--width 0"), "{}", stderr(&o));
+}
+
+#[test]
 fn bench_train_reports_the_step_split_and_the_kernels() {
     let o = dyrep(&[
         "bench",

@@ -168,6 +168,9 @@ enum Command {
         /// the training cost of DyRep's grown blocks.
         #[arg(long, value_delimiter = ',', value_name = "OPS")]
         grow_ops: Option<Vec<String>>,
+        /// Channel width multiplier (as `train --width`).
+        #[arg(long, default_value_t = 1.0)]
+        width: f64,
         #[arg(long, default_value_t = 10)]
         iters: usize,
         /// Print one JSON object.
@@ -629,20 +632,19 @@ fn dispatch(cli: Cli, verbosity: Verbosity) -> Result<u8> {
             mode,
             batch,
             grow_ops,
+            width,
             iters,
             json,
         } => {
             let mode = Mode::parse(&mode)?;
-            let r = dyrep_runtime::bench::bench_grown(
-                &model,
-                mode,
-                grow_ops.as_deref(),
-                None,
-                batch.unwrap_or_else(|| dyrep_runtime::bench::default_batch(&model)),
+            let spec = dyrep_runtime::bench::BenchSpec {
+                grow_ops,
+                width,
+                batch: batch.unwrap_or_else(|| dyrep_runtime::bench::default_batch(&model)),
                 iters,
-                what == "train",
-                &device,
-            )?;
+                ..dyrep_runtime::bench::BenchSpec::new(&model, mode, what == "train")
+            };
+            let r = dyrep_runtime::bench::bench(&spec, &device)?;
             if json {
                 serde_json::to_writer_pretty(&mut out, &r)?;
                 writeln!(out)?;

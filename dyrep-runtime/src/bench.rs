@@ -23,6 +23,8 @@ pub struct BenchReport {
     pub mode: String,
     pub what: String,
     pub input: [usize; 3],
+    /// Channel width multiplier.
+    pub width: f64,
     pub batch: usize,
     pub iters: usize,
     pub seconds: f64,
@@ -58,33 +60,61 @@ pub fn default_batch(model: &str) -> usize {
     }
 }
 
-/// Times `iters` training steps (`train`) or eval forwards after one warm-up iteration.
-pub fn bench(
-    model: &str,
-    mode: Mode,
-    input: Option<[usize; 3]>,
-    batch: usize,
-    iters: usize,
-    train: bool,
-    device: &Device,
-) -> Result<BenchReport> {
-    bench_grown(model, mode, None, input, batch, iters, train, device)
+/// What `dyrep bench` measures.
+#[derive(Clone, Debug)]
+pub struct BenchSpec {
+    pub model: String,
+    /// `origin`, `repvgg` or `dbb` (the latter two in their reference form).
+    pub mode: Mode,
+    /// Grow every k×k conv (k > 1) into a block with these ops first (`["all"]`: every
+    /// registered op that applies), as DyRep's grown blocks: the cost of multi-branch training.
+    pub grow_ops: Option<Vec<String>>,
+    /// Input `[C, H, W]` (default: the model's).
+    pub input: Option<[usize; 3]>,
+    /// Channel width multiplier.
+    pub width: f64,
+    pub batch: usize,
+    pub iters: usize,
+    /// Training steps (else eval forwards).
+    pub train: bool,
 }
 
-/// [`bench`] after growing every k×k conv (k > 1) into a block with the ops `grow_ops`
-/// (`["all"]`: every registered op that applies), as DyRep's grown blocks: the cost of
-/// multi-branch training per layer.
-#[allow(clippy::too_many_arguments)]
-pub fn bench_grown(
-    model: &str,
-    mode: Mode,
-    grow_ops: Option<&[String]>,
-    input: Option<[usize; 3]>,
-    batch: usize,
-    iters: usize,
-    train: bool,
-    device: &Device,
-) -> Result<BenchReport> {
+impl BenchSpec {
+    /// The plain model at its default input and width 1 with the model's default batch.
+    pub fn new(model: &str, mode: Mode, train: bool) -> Self {
+        BenchSpec {
+            model: model.into(),
+            mode,
+            grow_ops: None,
+            input: None,
+            width: 1.0,
+            batch: default_batch(model),
+            iters: 10,
+            train,
+        }
+    }
+}
+
+/// Times `iters` training steps (`train`) or eval forwards after one warm-up iteration.
+pub fn bench(spec: &BenchSpec, device: &Device) -> Result<BenchReport> {
+    let BenchSpec {
+        model,
+        mode,
+        grow_ops,
+        input,
+        width,
+        batch,
+        iters,
+        train,
+    } = spec;
+    let (mode, batch, iters, train) = (*mode, *batch, *iters, *train);
+    let model = model.as_str();
+    let grow_ops = grow_ops.as_deref();
+    if !(*width > 0.0 && width.is_finite()) {
+        return Err(RuntimeError::Config(format!(
+            "bench --width {width}: the width multiplier must be positive"
+        )));
+    }
     if batch < 2 || iters == 0 {
         return Err(RuntimeError::Config(
             "bench needs --batch >= 2 and --iters >= 1".into(),
@@ -92,13 +122,14 @@ pub fn bench_grown(
     }
     let entry = find_model(model)?;
     let input = input.unwrap_or(entry.default_input);
+    let width = *width;
     let mut rng = SeededRng::for_purpose(0, "bench");
     let mut ctx = InitCtx::new(&mut rng, device);
     let cfg = ModelConfig {
         name: model.into(),
         input,
         num_classes: 10,
-        width: 1.0,
+        width,
     };
     let mut m = build_model(&cfg, &mut ctx)?;
     apply_mode(&mut m, mode, BaselineForm::Reference, &mut ctx)?;
@@ -164,6 +195,7 @@ pub fn bench_grown(
     Ok(BenchReport {
         model: model.into(),
         mode: mode_name,
+        width,
         what: if train { "train" } else { "eval" }.into(),
         input,
         batch,

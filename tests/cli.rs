@@ -308,7 +308,8 @@ fn verify_kernels_checks_every_kernel_against_the_cpu_reference() {
             .map(|c| c["kernel"].as_str().unwrap())
             .collect();
         let direct = *tier != "scalar" && !direct_off;
-        assert_eq!(kernels.len(), if direct { 9 } else { 8 }, "{tier}: {v}");
+        assert_eq!(kernels.len(), if direct { 10 } else { 9 }, "{tier}: {v}");
+        assert!(kernels.contains(&"grown block (fused)"), "{v}");
         assert_eq!(kernels.contains(&"conv2d (direct kernel)"), direct, "{v}");
         assert!(kernels.contains(&"conv+bn+relu (train)"), "{v}");
         assert!(kernels.contains(&"conv+bn+relu+pool (fused)"), "{v}");

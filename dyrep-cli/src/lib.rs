@@ -1033,7 +1033,7 @@ fn print_kernel_checks(
                 serde_json::json!({
                     "kernel": r.kernel, "isa": tier.name(), "cases": r.cases,
                     "failures": r.failures, "worst_rel": r.worst_rel,
-                    "first_failure": r.first_failure,
+                    "tolerance": r.tolerance, "first_failure": r.first_failure,
                 })
             })
             .collect();
@@ -1047,13 +1047,13 @@ fn print_kernel_checks(
     }
     writeln!(
         out,
-        "kernels on {device} (candle ops) vs own CPU kernels, forward and gradients, f32: {cases} random cases, seed {seed}, limit rel {KERNEL_TOLERANCE:.0e}; own kernels at each instruction-set tier of this CPU: {}\n",
+        "kernels on {device} (candle ops) vs own CPU kernels, forward and gradients, f32: {cases} random cases, seed {seed}, limit rel {KERNEL_TOLERANCE:.0e} unless the row says otherwise; own kernels at each instruction-set tier of this CPU: {}\n",
         tiers.join(", ")
     )?;
     writeln!(
         out,
-        "{:7} {:26} {:>6} {:>10}  RESULT",
-        "TIER", "KERNEL", "CASES", "WORST REL"
+        "{:7} {:26} {:>6} {:>10} {:>6}  RESULT",
+        "TIER", "KERNEL", "CASES", "WORST REL", "LIMIT"
     )?;
     for (tier, rs) in reports {
         for r in rs {
@@ -1064,11 +1064,12 @@ fn print_kernel_checks(
             };
             writeln!(
                 out,
-                "{:7} {:26} {:>6} {:>10.2e}  {result}",
+                "{:7} {:26} {:>6} {:>10.2e} {:>6.0e}  {result}",
                 tier.name(),
                 r.kernel,
                 r.cases,
-                r.worst_rel
+                r.worst_rel,
+                r.tolerance
             )?;
         }
     }

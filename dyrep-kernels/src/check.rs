@@ -7,9 +7,10 @@
 use candle_core::{Device, Tensor, Var};
 
 use crate::{
-    batch_norm_train_on, conv2d_on, conv_affine_on, conv_bn_max_pool_train_on,
-    conv_bn_stack_train_on, conv_bn_train_on, pool2d_on, relu_on, Backend, ConvParams, ConvShape,
-    MaxPoolParams, PoolKind, Result, StackUnitArgs,
+    batch_norm_train_on, block_train_on, conv2d_on, conv_affine_on, conv_bn_max_pool_train_on,
+    conv_bn_stack_train_on, conv_bn_train_on, pool2d_on, relu_on, Backend, BlockBranch, BlockStage,
+    ConvParams, ConvShape, MaxPoolParams, PadFrom, PoolKind, PostBn, Result, StackUnitArgs,
+    StageOp,
 };
 
 /// The worst relative error a kernel check accepts (f32, different summation orders).
@@ -23,6 +24,8 @@ pub struct KernelReport {
     pub failures: usize,
     /// Worst relative error over every compared tensor.
     pub worst_rel: f64,
+    /// The relative error a case may reach ([`KERNEL_TOLERANCE`] unless the check says why not).
+    pub tolerance: f64,
     pub first_failure: Option<String>,
 }
 
@@ -62,12 +65,17 @@ impl XorShift64Star {
 /// floor matters for gradients that vanish in theory (a conv weight feeding a BN through one
 /// input per channel): there both sides return rounding noise of O(1) data.
 fn rel_err(a: &Tensor, b: &Tensor) -> Result<f64> {
+    rel_err_floor(a, b, 1e-2)
+}
+
+/// [`rel_err`] with another floor under the scale.
+fn rel_err_floor(a: &Tensor, b: &Tensor, floor: f64) -> Result<f64> {
     let a = a.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
     let b = b.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
     let scale = b
         .iter()
         .fold(0.0f64, |m, v| m.max(v.abs() as f64))
-        .max(1e-2);
+        .max(floor);
     let diff = a
         .iter()
         .zip(&b)
@@ -91,7 +99,8 @@ fn with_grads(
         .collect::<candle_core::Result<Vec<_>>>()?;
     let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
     let y = f(&ts)?;
-    let g = Tensor::from_slice(&upstream[..y.elem_count()], y.dims(), y.device())?;
+    let g = Tensor::from_slice(&upstream[..y.elem_count()], y.dims(), y.device())?
+        .to_dtype(y.dtype())?;
     let grads = (&y * &g)?.sum_all()?.backward()?;
     let mut out = vec![y];
     for v in &vars {
@@ -181,12 +190,17 @@ struct Tally {
 
 impl Tally {
     fn new(kernel: &'static str) -> Self {
+        Self::with_tolerance(kernel, KERNEL_TOLERANCE)
+    }
+
+    fn with_tolerance(kernel: &'static str, tolerance: f64) -> Self {
         Self {
             report: KernelReport {
                 kernel,
                 cases: 0,
                 failures: 0,
                 worst_rel: 0.0,
+                tolerance,
                 first_failure: None,
             },
         }
@@ -197,7 +211,7 @@ impl Tally {
         let mut bad = Vec::new();
         for (name, e) in errs {
             self.report.worst_rel = self.report.worst_rel.max(*e);
-            if *e > KERNEL_TOLERANCE || e.is_nan() {
+            if *e > self.report.tolerance || e.is_nan() {
                 bad.push(format!("{name} rel {e:.2e}"));
             }
         }
@@ -208,6 +222,195 @@ impl Tally {
             }
         }
     }
+}
+
+/// A grown block as one op (`block_train_on`), own CPU kernels against candle's composition on
+/// `device`: a k×k main conv (with a bias half of the time), 1×1, 1×k, k×1, the identity where
+/// the geometry allows it, DBB's 1×1 → k×k and 1×1 → average two-stage branches, and half of the
+/// time the unit's BN (and ReLU) after the block. Compared: the output, the gradient of every
+/// argument and every BN's batch statistics.
+fn block_op_tally(device: &Device, cases: usize, seed: u64) -> Result<KernelReport> {
+    let cpu = Device::Cpu;
+    let mut r = XorShift64Star(seed.wrapping_mul(0xA24B_AED4_963E_E407) | 1);
+    // candle's composition runs in f64, so the comparison measures the own f32 kernels alone.
+    // Errors are relative to the data's scale (floor 1: inputs, upstream gradients and every BN
+    // output are O(1)), not to each tensor's own maximum: in a block many gradients nearly
+    // vanish in theory — a BN's β behind the unit's BN — and come out as sums of O(1) terms
+    // cancelling to rounding noise. The limit is 1e-3, not 1e-4: a first-stage BN's γ gradient
+    // is a sum over the channel's values (N = 70-1,600 here) whose terms, behind the second
+    // BN, cancel to about 1/100 of their magnitude, so f32 rounding relative to the result
+    // reaches N·2⁻²⁴·100 ≈ 5e-4 (measured worst 5.0e-4 over 640 cases); a wrong branch,
+    // statistic or gradient is off by O(1).
+    let mut tally = Tally::with_tolerance("grown block (fused)", 1e-3);
+    let mut drawn = 0;
+    while tally.report.cases < cases && drawn < 100 * cases.max(1) {
+        drawn += 1;
+        let k = [3, 5][r.below(2)];
+        let stride = 1 + r.below(2);
+        let groups = 1 + r.below(2);
+        let (n, h, w) = (1 + r.below(3), 3 + r.below(8), 3 + r.below(8));
+        let cin = groups * (1 + r.below(3));
+        let identity = stride == 1 && r.below(2) == 0;
+        let cout = if identity {
+            cin
+        } else {
+            groups * (1 + r.below(3))
+        };
+        let cmid = groups * (1 + r.below(2));
+        let (ho, wo) = ((h - 1) / stride + 1, (w - 1) / stride + 1);
+        // Enough values per channel for the BN gradients to be more than rounding noise, and
+        // the geometries candle's conv backward (the other side) gets right.
+        if n * ho * wo < 6 || (stride == 2 && (h - 1) % 2 != (w - 1) % 2) {
+            continue;
+        }
+        let (bias, post, relu) = (r.below(2) == 0, r.below(2) == 0, r.below(2) == 0);
+        let p = k / 2;
+        let t = |v: Vec<f32>, shape: &[usize]| Tensor::from_vec(v, shape, &cpu);
+        // Arguments: x, the four one-stage weights, the two-stage weights (1×1, k×k; 1×1),
+        // then γ, β of every BN, then the main bias.
+        let cg = cin / groups;
+        let mut args = vec![
+            t(r.values(n * cin * h * w), &[n, cin, h, w])?,
+            t(r.weights(cout * cg * k * k), &[cout, cg, k, k])?,
+            t(r.weights(cout * cg), &[cout, cg, 1, 1])?,
+            t(r.weights(cout * cg * k), &[cout, cg, 1, k])?,
+            t(r.weights(cout * cg * k), &[cout, cg, k, 1])?,
+            t(r.weights(cmid * cg), &[cmid, cg, 1, 1])?,
+            t(
+                r.weights(cout * (cmid / groups) * k * k),
+                &[cout, cmid / groups, k, k],
+            )?,
+            t(r.weights(cout * cg), &[cout, cg, 1, 1])?,
+        ];
+        // BNs: four one-stage, the identity, 1×1→k×k (cmid, cout), 1×1→avg (cout, cout), post.
+        let mut bn_sizes = vec![cout; 4];
+        if identity {
+            bn_sizes.push(cout);
+        }
+        bn_sizes.extend([cmid, cout, cout, cout]);
+        if post {
+            bn_sizes.push(cout);
+        }
+        let first_bn = args.len();
+        for &size in &bn_sizes {
+            args.push(t(r.values(size), &[size])?);
+            args.push(t(r.values(size), &[size])?);
+        }
+        let bias_arg = args.len();
+        if bias {
+            args.push(t(r.values(cout), &[cout])?);
+        }
+        let running = [
+            t(r.values(cmid), &[cmid])?,
+            t(
+                r.values(cmid).iter().map(|v| 1.0 + v.abs()).collect(),
+                &[cmid],
+            )?,
+            t(r.values(cout), &[cout])?,
+            t(
+                r.values(cout).iter().map(|v| 1.0 + v.abs()).collect(),
+                &[cout],
+            )?,
+        ];
+        let up = r.values(n * cout * ho * wo);
+        let conv = |s: usize, pad: (usize, usize)| ConvParams {
+            stride: s,
+            padding: pad,
+            groups,
+        };
+        let block = |b: Backend, a: &[Tensor], running: &[Tensor]| -> Result<crate::BlockTrain> {
+            let bn = |i: usize| (&a[first_bn + 2 * i], &a[first_bn + 2 * i + 1]);
+            let one = |wi: usize, pad: (usize, usize), bi: usize, with_bias: bool| BlockBranch {
+                conv: Some((&a[wi], conv(stride, pad))),
+                bias: with_bias.then(|| &a[bias_arg]),
+                gamma: bn(bi).0,
+                beta: bn(bi).1,
+                then: None,
+            };
+            let mut branches = vec![
+                one(1, (p, p), 0, bias),
+                one(2, (0, 0), 1, false),
+                one(3, (0, p), 2, false),
+                one(4, (p, 0), 3, false),
+            ];
+            let mut next = 4;
+            if identity {
+                branches.push(BlockBranch {
+                    conv: None,
+                    bias: None,
+                    gamma: bn(4).0,
+                    beta: bn(4).1,
+                    then: None,
+                });
+                next = 5;
+            }
+            // The two-stage branches: (first weight, second stage, first BN, running stats).
+            let second = [
+                StageOp::Conv(&a[6], conv(stride, (0, 0))),
+                StageOp::AvgPool { k, stride },
+            ];
+            for (j, (wi, op)) in [5usize, 7].into_iter().zip(second).enumerate() {
+                let bi = next + 2 * j;
+                branches.push(BlockBranch {
+                    conv: Some((&a[wi], conv(1, (0, 0)))),
+                    bias: None,
+                    gamma: bn(bi).0,
+                    beta: bn(bi).1,
+                    then: Some(BlockStage {
+                        pad: p,
+                        pad_from: PadFrom {
+                            running_mean: &running[2 * j],
+                            running_var: &running[2 * j + 1],
+                            factor: 0.1,
+                        },
+                        op,
+                        gamma: bn(bi + 1).0,
+                        beta: bn(bi + 1).1,
+                    }),
+                });
+            }
+            let post_bn = post.then(|| PostBn {
+                gamma: bn(next + 4).0,
+                beta: bn(next + 4).1,
+                relu,
+            });
+            block_train_on(b, &a[0], &branches, post_bn, 1e-5)
+        };
+        let what = format!(
+            "x {n}x{cin}x{h}x{w}, k {k}, stride {stride}, groups {groups}, out {cout}, identity {identity}, bias {bias}, post BN {post} (relu {relu})"
+        );
+        let own = with_grads(&args, &up, &|a| Ok(block(Backend::Own, a, &running)?.y))?;
+        let dev_args = args
+            .iter()
+            .map(|a| a.to_device(device))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let dev_running = running
+            .iter()
+            .map(|a| a.to_device(device))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let other = with_grads(&dev_args, &up, &|a| {
+            Ok(block(Backend::Candle, a, &dev_running)?.y)
+        })?;
+        let mut errs: Vec<(String, f64)> = Vec::new();
+        for (i, (a, b)) in own.iter().zip(&other).enumerate() {
+            let name = match i {
+                0 => "output".to_string(),
+                i => format!("gradient of argument {}", i - 1),
+            };
+            errs.push((name, rel_err_floor(b, a, 1.0)?));
+        }
+        let own_stats = block(Backend::Own, &args, &running)?.stats;
+        let other_stats = block(Backend::Candle, &dev_args, &dev_running)?.stats;
+        for (i, (a, b)) in own_stats.iter().zip(&other_stats).enumerate() {
+            let f32_of = |t: &Tensor| t.to_dtype(candle_core::DType::F32);
+            let (mean, var) = (f32_of(&b.mean)?, f32_of(&b.var)?);
+            errs.push((format!("BN {i} mean"), rel_err_floor(&mean, &a.mean, 1.0)?));
+            errs.push((format!("BN {i} var"), rel_err_floor(&var, &a.var, 1.0)?));
+        }
+        let errs: Vec<(&str, f64)> = errs.iter().map(|(n, e)| (n.as_str(), *e)).collect();
+        tally.case(what, &errs);
+    }
+    Ok(tally.report)
 }
 
 /// Runs `cases` random cases of every kernel: own CPU kernels against candle's ops on `device`.
@@ -617,6 +820,7 @@ pub fn check_kernels(device: &Device, cases: usize, seed: u64) -> Result<Vec<Ker
     if direct.report.cases > 0 {
         reports.insert(1, direct.report);
     }
+    reports.push(block_op_tally(device, cases, seed)?);
     Ok(reports)
 }
 
@@ -629,7 +833,8 @@ mod tests {
         let reports = check_kernels(&Device::Cpu, 40, 7).unwrap();
         // The direct conv's row where the active tier has the kernel.
         let direct = crate::direct_conv_tier().is_some();
-        assert_eq!(reports.len(), if direct { 9 } else { 8 });
+        assert_eq!(reports.len(), if direct { 10 } else { 9 });
+        assert!(reports.iter().any(|r| r.kernel == "grown block (fused)"));
         assert_eq!(
             reports.iter().any(|r| r.kernel == "conv2d (direct kernel)"),
             direct

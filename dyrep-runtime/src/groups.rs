@@ -157,13 +157,11 @@ fn label(cfg: &TrainConfig, keys: &[String]) -> Result<String> {
     Ok(parts.join(" "))
 }
 
-/// Groups `runs` by the comma-separated `group_by` keys and summarises each group; with a
-/// `baseline` label, pairs every other group with it by seed.
-pub fn group_rows(
-    runs: &[RunRecord],
+/// `runs` by their label for the comma-separated `group_by` keys.
+fn group_runs<'a>(
+    runs: &'a [RunRecord],
     group_by: &str,
-    baseline: Option<&str>,
-) -> Result<Vec<GroupRow>> {
+) -> Result<BTreeMap<String, Vec<&'a RunRecord>>> {
     let known = TrainConfig::known_keys();
     let keys = group_by
         .split(',')
@@ -179,6 +177,17 @@ pub fn group_rows(
         })?;
         groups.entry(label(cfg, &keys)?).or_default().push(r);
     }
+    Ok(groups)
+}
+
+/// Groups `runs` by the comma-separated `group_by` keys and summarises each group; with a
+/// `baseline` label, pairs every other group with it by seed.
+pub fn group_rows(
+    runs: &[RunRecord],
+    group_by: &str,
+    baseline: Option<&str>,
+) -> Result<Vec<GroupRow>> {
+    let groups = group_runs(runs, group_by)?;
     if let Some(b) = baseline {
         if !groups.contains_key(b) {
             return Err(RuntimeError::Config(format!(
@@ -322,17 +331,7 @@ fn mean_curve(runs: &[&RunRecord]) -> MeanCurve {
 
 /// Draws each group's mean test-accuracy curve with a ±1 std band to `out` (SVG).
 pub fn plot_groups(runs: &[RunRecord], group_by: &str, out: &Path) -> Result<()> {
-    let known = TrainConfig::known_keys();
-    let keys = group_by
-        .split(',')
-        .map(|k| resolve_key(k, &known))
-        .collect::<Result<Vec<_>>>()?;
-    let mut groups: BTreeMap<String, Vec<&RunRecord>> = BTreeMap::new();
-    for r in runs {
-        if let Some(cfg) = &r.config {
-            groups.entry(label(cfg, &keys)?).or_default().push(r);
-        }
-    }
+    let groups = group_runs(runs, group_by)?;
     let curves: Vec<(String, MeanCurve)> = groups
         .iter()
         .map(|(g, rs)| (format!("{g} (n={})", rs.len()), mean_curve(rs)))

@@ -34,25 +34,13 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// List the registered branch types (ops).
     #[command(after_help = "Examples:\n  dyrep ops\n  dyrep ops --json")]
-    Ops {
-        /// Print a JSON array of {name, summary}.
-        #[arg(long)]
-        json: bool,
-    },
+    Ops(OpsArgs),
     /// List the registered saliency scorers.
     #[command(after_help = "Examples:\n  dyrep scorers\n  dyrep scorers --json")]
-    Scorers {
-        /// Print a JSON array of {name, summary}.
-        #[arg(long)]
-        json: bool,
-    },
+    Scorers(ScorersArgs),
     /// List the model zoo with parameters and MACs at each model's default input (10 classes).
     #[command(after_help = "Examples:\n  dyrep models\n  dyrep models --json")]
-    Models {
-        /// Print a JSON array of {name, summary, input, params, macs}.
-        #[arg(long)]
-        json: bool,
-    },
+    Models(ModelsArgs),
     /// Train a model (origin, repvgg, dbb or dyrep mode) and write a run directory.
     #[command(
         after_help = "Examples:\n  dyrep train                                   # vgg-tiny, bundled Fashion-MNIST subset, 3 epochs\n  dyrep train --model vgg-tiny --mode dbb --epochs 3 --out runs/dbb\n  dyrep train --mode dyrep --epochs 4 --grow-interval 1 --scorer synflow --out runs/dyrep\n  dyrep train -c run.toml --seed 2\n  dyrep train --resume runs/dbb                 # continue a stopped run exactly\n  dyrep train --mode dyrep --init-from resnet18.safetensors --model resnet18 --data cifar10:DIR\n\nThe run directory holds config.resolved.toml, run.log, metrics.csv, events.jsonl,\nsummary.json, curves.svg and checkpoints/{last,best}. Config file keys are the flag names\nwith _ (epochs, batch_size, init_from, [dyrep] scorer, ...). Ctrl-C stops before the next\nstep; the last epoch's checkpoint stays and --resume continues (exit status 130)."
@@ -62,169 +50,46 @@ pub(crate) enum Command {
     #[command(
         after_help = "Examples:\n  dyrep eval --checkpoint runs/dbb/checkpoints/best\n  dyrep eval --checkpoint fused --limit 500 --logits-out logits.npy --inputs-out inputs.npy"
     )]
-    Eval {
-        /// Checkpoint directory.
-        #[arg(long, value_name = "DIR")]
-        checkpoint: PathBuf,
-        /// Data spec (default: the checkpoint's dataset).
-        #[arg(long, value_name = "SPEC")]
-        data: Option<String>,
-        /// Evaluate only the first N test images.
-        #[arg(long, value_name = "N")]
-        limit: Option<usize>,
-        /// Write the logits [N, classes] as little-endian float32 .npy.
-        #[arg(long, value_name = "FILE")]
-        logits_out: Option<PathBuf>,
-        /// Write the normalised inputs [N, C, H, W] as little-endian float32 .npy.
-        #[arg(long, value_name = "FILE")]
-        inputs_out: Option<PathBuf>,
-        /// Print one JSON object.
-        #[arg(long)]
-        json: bool,
-    },
+    Eval(EvalArgs),
     /// Fuse a trained checkpoint into the plain network and verify it on real test batches.
     #[command(
         after_help = "Examples:\n  dyrep fuse --checkpoint runs/dbb/checkpoints/best --out runs/dbb/fused\n\nExit status 2 if the fused model's top-1 or logits (relative 1e-4) differ."
     )]
-    Fuse {
-        /// Checkpoint directory to fuse.
-        #[arg(long, value_name = "DIR")]
-        checkpoint: PathBuf,
-        /// Directory for the fused checkpoint (must not exist or be empty).
-        #[arg(long, value_name = "DIR")]
-        out: PathBuf,
-        /// Verify on the first N test images (default 1000).
-        #[arg(long, value_name = "N", default_value_t = 1000)]
-        limit: usize,
-        /// Print one JSON object.
-        #[arg(long)]
-        json: bool,
-    },
+    Fuse(FuseArgs),
     /// Throughput of training steps or eval forwards on random data.
     #[command(
         after_help = "Examples:\n  dyrep bench train --model vgg-tiny --mode dbb --batch 64 --iters 20\n  dyrep bench eval --model bench-cifar --json"
     )]
-    Bench {
-        /// `train` (forward + backward + SGD step) or `eval` (forward).
-        #[arg(value_parser = ["train", "eval"])]
-        what: String,
-        #[arg(long, default_value = "vgg-tiny")]
-        model: String,
-        /// origin, repvgg or dbb.
-        #[arg(long, default_value = "origin")]
-        mode: String,
-        /// Batch size (default: 128 for bench-small, 64 otherwise).
-        #[arg(long)]
-        batch: Option<usize>,
-        /// Grow every k×k conv into a block with these ops first (comma-separated, or `all`):
-        /// the training cost of DyRep's grown blocks.
-        #[arg(long, value_delimiter = ',', value_name = "OPS")]
-        grow_ops: Option<Vec<String>>,
-        /// Channel width multiplier (as `train --width`).
-        #[arg(long, default_value_t = 1.0)]
-        width: f64,
-        #[arg(long, default_value_t = 10)]
-        iters: usize,
-        /// Print one JSON object.
-        #[arg(long)]
-        json: bool,
-    },
+    Bench(BenchArgs),
     /// Draw curves.svg of a run: loss, accuracy, params and MACs per epoch, grows and cuts marked.
     #[command(
         after_help = "Examples:\n  dyrep plot runs/dyrep                 # writes runs/dyrep/curves.svg\n  dyrep plot runs/dyrep --out dyrep.svg"
     )]
-    Plot {
-        /// Run directory (written by `dyrep train`).
-        #[arg(value_name = "RUN_DIR")]
-        run: PathBuf,
-        /// SVG file to write (default RUN_DIR/curves.svg).
-        #[arg(long, value_name = "FILE")]
-        out: Option<PathBuf>,
-    },
+    Plot(PlotArgs),
     /// Compare runs: one chart with every run overlaid and a markdown table (final and best
     /// accuracy, average params and MACs, train time, grows, cuts: the paper's Table 2).
     #[command(
         after_help = "Examples:\n  dyrep compare runs/origin runs/dbb runs/dyrep\n  dyrep compare runs/* --svg table2.svg --json\n  dyrep compare grid/* --group-by mode,scorer --baseline origin --svg groups.svg\n\nWith --group-by, runs that share the named settings (config keys; `scorer`, `dep`, ... stand\nfor `dyrep.scorer`, `dyrep.dep`, and apply to dyrep-mode runs only) form one row: mean ± std\nover the runs, and with --baseline the mean per-seed difference to that group with its 95 %\nconfidence interval; the chart shows each group's mean test-accuracy curve with a ±1 std band."
     )]
-    Compare {
-        /// Run directories.
-        #[arg(value_name = "RUN_DIR", required = true, num_args = 1..)]
-        runs: Vec<PathBuf>,
-        /// SVG file for the chart.
-        #[arg(long, value_name = "FILE", default_value = "compare.svg")]
-        svg: PathBuf,
-        /// Print the rows as JSON instead of the markdown table.
-        #[arg(long)]
-        json: bool,
-        /// Group runs by these comma-separated config settings (e.g. `mode,scorer`).
-        #[arg(long, value_name = "KEYS")]
-        group_by: Option<String>,
-        /// The group the others are compared with, by seed (e.g. `origin`); needs --group-by.
-        #[arg(long, value_name = "GROUP", requires = "group_by")]
-        baseline: Option<String>,
-    },
+    Compare(CompareArgs),
     /// Print the tree of grown blocks of a checkpoint: each branch's op, weight shapes and γ
     /// importance, nested blocks indented (the paper's Fig. 6).
     #[command(
         after_help = "Examples:\n  dyrep inspect runs/dyrep                       # its checkpoints/last\n  dyrep inspect runs/dyrep/checkpoints/best --json"
     )]
-    Inspect {
-        /// Checkpoint directory, or a run directory (its checkpoints/last).
-        #[arg(value_name = "CHECKPOINT")]
-        checkpoint: PathBuf,
-        /// List plain convs too.
-        #[arg(long)]
-        all: bool,
-        /// Print one JSON object.
-        #[arg(long)]
-        json: bool,
-    },
+    Inspect(InspectArgs),
     /// Export the fused plain network: safetensors with conventional names (torchvision for
     /// ResNet and VGG, timm for RepVGG) plus an architecture .json beside it, or ONNX.
     #[command(
         after_help = "Examples:\n  dyrep export --checkpoint runs/dyrep --format safetensors --out vgg.safetensors\n  dyrep export --checkpoint runs/dyrep/checkpoints/best --format onnx --out vgg.onnx\n\nThe ONNX model (opset 13, BN folded, input `input` [N,C,H,W], output `logits`) takes the\nnormalised inputs `dyrep eval --inputs-out` writes."
     )]
-    Export {
-        /// Checkpoint directory, or a run directory (its checkpoints/last).
-        #[arg(long, value_name = "DIR")]
-        checkpoint: PathBuf,
-        /// safetensors or onnx.
-        #[arg(long, value_parser = ["safetensors", "onnx"])]
-        format: String,
-        /// File to write (replaced atomically).
-        #[arg(long, value_name = "FILE")]
-        out: PathBuf,
-        /// Print one JSON object.
-        #[arg(long)]
-        json: bool,
-    },
+    Export(ExportArgs),
     /// Check on random cases that every op (and blocks of ops, nested or not) fuses into one
     /// conv with the same eval-mode output; random BN statistics, f32.
     #[command(
         after_help = "Examples:\n  dyrep verify --all --cases 200 --seed 1\n  dyrep verify --op conv1x1_kxk --cases 50\n\nExit status 2 if any case fails."
     )]
-    Verify {
-        /// Check only this op (a registered name; see `dyrep ops`).
-        #[arg(long, value_name = "NAME", conflicts_with_all = ["all", "kernels"])]
-        op: Option<String>,
-        /// Instead of fusion: check the compute kernels (conv, fused conv+BN+ReLU, BN, pools,
-        /// ReLU; forward and gradients) of --device against the own CPU kernels, and the fused
-        /// conv+BN+ReLU+max pool against the unfused ones.
-        #[arg(long, conflicts_with = "all")]
-        kernels: bool,
-        /// Check every op and the block scenarios (the default).
-        #[arg(long)]
-        all: bool,
-        /// Random cases per check.
-        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-        cases: u32,
-        /// Seed of the random cases.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Print one JSON object instead of the table.
-        #[arg(long)]
-        json: bool,
-    },
+    Verify(VerifyArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -312,4 +177,183 @@ pub(crate) struct TrainArgs {
     /// dyrep mode: never cut branches (Rep only).
     #[arg(long)]
     pub(crate) no_dep: bool,
+}
+
+/// `dyrep ops`'s arguments.
+#[derive(clap::Args, Debug)]
+pub(crate) struct OpsArgs {
+    /// Print a JSON array of {name, summary}.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `dyrep scorers`'s arguments.
+#[derive(clap::Args, Debug)]
+pub(crate) struct ScorersArgs {
+    /// Print a JSON array of {name, summary}.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `dyrep models`'s arguments.
+#[derive(clap::Args, Debug)]
+pub(crate) struct ModelsArgs {
+    /// Print a JSON array of {name, summary, input, params, macs}.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `dyrep eval`'s arguments.
+#[derive(clap::Args, Debug)]
+pub(crate) struct EvalArgs {
+    /// Checkpoint directory.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) checkpoint: PathBuf,
+    /// Data spec (default: the checkpoint's dataset).
+    #[arg(long, value_name = "SPEC")]
+    pub(crate) data: Option<String>,
+    /// Evaluate only the first N test images.
+    #[arg(long, value_name = "N")]
+    pub(crate) limit: Option<usize>,
+    /// Write the logits [N, classes] as little-endian float32 .npy.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) logits_out: Option<PathBuf>,
+    /// Write the normalised inputs [N, C, H, W] as little-endian float32 .npy.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) inputs_out: Option<PathBuf>,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `dyrep fuse`'s arguments.
+#[derive(clap::Args, Debug)]
+pub(crate) struct FuseArgs {
+    /// Checkpoint directory to fuse.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) checkpoint: PathBuf,
+    /// Directory for the fused checkpoint (must not exist or be empty).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) out: PathBuf,
+    /// Verify on the first N test images (default 1000).
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub(crate) limit: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `dyrep bench`'s arguments.
+#[derive(clap::Args, Debug)]
+pub(crate) struct BenchArgs {
+    /// `train` (forward + backward + SGD step) or `eval` (forward).
+    #[arg(value_parser = ["train", "eval"])]
+    pub(crate) what: String,
+    #[arg(long, default_value = "vgg-tiny")]
+    pub(crate) model: String,
+    /// origin, repvgg or dbb.
+    #[arg(long, default_value = "origin")]
+    pub(crate) mode: String,
+    /// Batch size (default: 128 for bench-small, 64 otherwise).
+    #[arg(long)]
+    pub(crate) batch: Option<usize>,
+    /// Grow every k×k conv into a block with these ops first (comma-separated, or `all`):
+    /// the training cost of DyRep's grown blocks.
+    #[arg(long, value_delimiter = ',', value_name = "OPS")]
+    pub(crate) grow_ops: Option<Vec<String>>,
+    /// Channel width multiplier (as `train --width`).
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) width: f64,
+    #[arg(long, default_value_t = 10)]
+    pub(crate) iters: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `dyrep plot`'s arguments.
+#[derive(clap::Args, Debug)]
+pub(crate) struct PlotArgs {
+    /// Run directory (written by `dyrep train`).
+    #[arg(value_name = "RUN_DIR")]
+    pub(crate) run: PathBuf,
+    /// SVG file to write (default RUN_DIR/curves.svg).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) out: Option<PathBuf>,
+}
+
+/// `dyrep compare`'s arguments.
+#[derive(clap::Args, Debug)]
+pub(crate) struct CompareArgs {
+    /// Run directories.
+    #[arg(value_name = "RUN_DIR", required = true, num_args = 1..)]
+    pub(crate) runs: Vec<PathBuf>,
+    /// SVG file for the chart.
+    #[arg(long, value_name = "FILE", default_value = "compare.svg")]
+    pub(crate) svg: PathBuf,
+    /// Print the rows as JSON instead of the markdown table.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Group runs by these comma-separated config settings (e.g. `mode,scorer`).
+    #[arg(long, value_name = "KEYS")]
+    pub(crate) group_by: Option<String>,
+    /// The group the others are compared with, by seed (e.g. `origin`); needs --group-by.
+    #[arg(long, value_name = "GROUP", requires = "group_by")]
+    pub(crate) baseline: Option<String>,
+}
+
+/// `dyrep inspect`'s arguments.
+#[derive(clap::Args, Debug)]
+pub(crate) struct InspectArgs {
+    /// Checkpoint directory, or a run directory (its checkpoints/last).
+    #[arg(value_name = "CHECKPOINT")]
+    pub(crate) checkpoint: PathBuf,
+    /// List plain convs too.
+    #[arg(long)]
+    pub(crate) all: bool,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `dyrep export`'s arguments.
+#[derive(clap::Args, Debug)]
+pub(crate) struct ExportArgs {
+    /// Checkpoint directory, or a run directory (its checkpoints/last).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) checkpoint: PathBuf,
+    /// safetensors or onnx.
+    #[arg(long, value_parser = ["safetensors", "onnx"])]
+    pub(crate) format: String,
+    /// File to write (replaced atomically).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) out: PathBuf,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `dyrep verify`'s arguments.
+#[derive(clap::Args, Debug)]
+pub(crate) struct VerifyArgs {
+    /// Check only this op (a registered name; see `dyrep ops`).
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["all", "kernels"])]
+    pub(crate) op: Option<String>,
+    /// Instead of fusion: check the compute kernels (conv, fused conv+BN+ReLU, BN, pools,
+    /// ReLU; forward and gradients) of --device against the own CPU kernels, and the fused
+    /// conv+BN+ReLU+max pool against the unfused ones.
+    #[arg(long, conflicts_with = "all")]
+    pub(crate) kernels: bool,
+    /// Check every op and the block scenarios (the default).
+    #[arg(long)]
+    pub(crate) all: bool,
+    /// Random cases per check.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub(crate) cases: u32,
+    /// Seed of the random cases.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) seed: u64,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub(crate) json: bool,
 }

@@ -1,0 +1,55 @@
+//! `dyrep bench`: times training steps or eval forwards of a model.
+
+use anyhow::Result;
+use dyrep_runtime::train::Mode;
+use std::io::Write;
+
+use super::Ctx;
+use crate::args::BenchArgs;
+
+pub(crate) fn run(args: BenchArgs, ctx: &mut Ctx<'_>) -> Result<u8> {
+    let BenchArgs {
+        what,
+        model,
+        mode,
+        batch,
+        grow_ops,
+        width,
+        iters,
+        json,
+    } = args;
+    let mode = Mode::parse(&mode)?;
+    let spec = dyrep_runtime::bench::BenchSpec {
+        grow_ops,
+        width,
+        batch: batch.unwrap_or_else(|| dyrep_runtime::bench::default_batch(&model)),
+        iters,
+        ..dyrep_runtime::bench::BenchSpec::new(&model, mode, what == "train")
+    };
+    let r = dyrep_runtime::bench::bench(&spec, &ctx.device)?;
+    if json {
+        serde_json::to_writer_pretty(&mut ctx.out, &r)?;
+        writeln!(ctx.out)?;
+    } else {
+        writeln!(
+                ctx.out,
+                "{} {} {} batch {} x{} ({} kernels, {} tier): {:.1} images/s, {:.2} GFLOP/s, {:.2} M MACs/image, peak RSS {:.0} MB; per iteration: forward {:.1} ms, backward {:.1} ms, optimizer {:.1} ms",
+                r.what, r.model, r.mode, r.batch, r.iters, r.kernels, r.isa, r.images_per_sec, r.gflops,
+                r.macs_per_image as f64 / 1e6, r.peak_rss_bytes as f64 / 1e6,
+                r.forward_ms, r.backward_ms, r.optimizer_ms
+            )?;
+        if !r.kernel_ms.is_empty() {
+            let parts: Vec<String> = r
+                .kernel_ms
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.1} ms"))
+                .collect();
+            writeln!(
+                ctx.out,
+                "  inside the kernels per iteration: {}",
+                parts.join(", ")
+            )?;
+        }
+    }
+    Ok(0)
+}

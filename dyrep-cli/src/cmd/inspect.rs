@@ -1,0 +1,27 @@
+//! `dyrep inspect`: prints the tree of grown blocks of a checkpoint.
+
+use anyhow::Result;
+use dyrep_runtime::report;
+use std::io::Write;
+
+use super::Ctx;
+use crate::args::InspectArgs;
+use crate::checkpoint_dir;
+
+pub(crate) fn run(args: InspectArgs, ctx: &mut Ctx<'_>) -> Result<u8> {
+    let InspectArgs {
+        checkpoint,
+        all,
+        json,
+    } = args;
+    let checkpoint = checkpoint_dir(&checkpoint);
+    let (model, _) = dyrep_runtime::train::load_checkpoint_model(&checkpoint, &ctx.device)?;
+    let r = report::inspect(&model)?;
+    if json {
+        serde_json::to_writer_pretty(&mut ctx.out, &r)?;
+        writeln!(ctx.out)?;
+    } else {
+        write!(ctx.out, "{}", report::inspect_text(&r, all))?;
+    }
+    Ok(0)
+}

@@ -1,0 +1,48 @@
+//! `dyrep train`: trains a run (or resumes one).
+
+use anyhow::Result;
+use dyrep_runtime::train::{train, RunOptions, TrainConfig};
+use std::path::PathBuf;
+
+use super::Ctx;
+use crate::args::TrainArgs;
+use crate::{install_interrupt_handler, TrainReporter};
+
+pub(crate) fn run(args: Box<TrainArgs>, ctx: &mut Ctx<'_>) -> Result<u8> {
+    let args = *args;
+    let (cfg, out_dir, resume) = match &args.resume {
+        Some(dir) => {
+            let flags = args.config_flags();
+            if !flags.is_empty() {
+                anyhow::bail!(
+                    "--resume continues the run with its saved config.resolved.toml; drop {}",
+                    flags.join(", ")
+                );
+            }
+            (TrainConfig::default(), dir.clone(), true)
+        }
+        None => {
+            let cfg = args.resolve()?;
+            let out_dir = args.out.clone().unwrap_or_else(|| {
+                PathBuf::from(format!(
+                    "runs/{}-{}-seed{}",
+                    cfg.model,
+                    cfg.mode.as_str(),
+                    cfg.seed
+                ))
+            });
+            (cfg, out_dir, false)
+        }
+    };
+    let opts = RunOptions {
+        out: out_dir,
+        resume,
+        force: args.force,
+        stop_after: args.stop_after,
+        device: ctx.device.clone(),
+        interrupt: install_interrupt_handler(),
+    };
+    let mut reporter = TrainReporter::new(ctx.verbosity);
+    train(cfg, &opts, &mut |p| reporter.report(p))?;
+    Ok(0)
+}

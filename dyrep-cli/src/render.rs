@@ -182,3 +182,10 @@ pub(crate) fn print_verify_json(
     writeln!(out)?;
     Ok(())
 }
+
+/// `value` as pretty JSON and a newline: what every `--json` prints.
+pub(crate) fn print_json(out: &mut impl Write, value: &impl Serialize) -> Result<()> {
+    serde_json::to_writer_pretty(&mut *out, value)?;
+    writeln!(out)?;
+    Ok(())
+}

@@ -28,8 +28,7 @@ pub(crate) fn run(args: BenchArgs, ctx: &mut Ctx<'_>) -> Result<u8> {
     };
     let r = dyrep_runtime::bench::bench(&spec, &ctx.device)?;
     if json {
-        serde_json::to_writer_pretty(&mut ctx.out, &r)?;
-        writeln!(ctx.out)?;
+        crate::render::print_json(&mut ctx.out, &r)?;
     } else {
         writeln!(
                 ctx.out,

@@ -24,8 +24,7 @@ pub(crate) fn run(args: CompareArgs, ctx: &mut Ctx<'_>) -> Result<u8> {
             let rows = dyrep_runtime::groups::group_rows(&records, &keys, baseline.as_deref())?;
             dyrep_runtime::groups::plot_groups(&records, &keys, &svg)?;
             if json {
-                serde_json::to_writer_pretty(&mut ctx.out, &rows)?;
-                writeln!(ctx.out)?;
+                crate::render::print_json(&mut ctx.out, &rows)?;
             } else {
                 let table = dyrep_runtime::groups::group_markdown(&rows, baseline.as_deref());
                 write!(ctx.out, "{table}")?;
@@ -48,8 +47,7 @@ pub(crate) fn run(args: CompareArgs, ctx: &mut Ctx<'_>) -> Result<u8> {
             let rows: Vec<report::RunRow> = records.iter().map(|r| r.row()).collect();
             report::plot_compare(&records, &svg)?;
             if json {
-                serde_json::to_writer_pretty(&mut ctx.out, &rows)?;
-                writeln!(ctx.out)?;
+                crate::render::print_json(&mut ctx.out, &rows)?;
             } else {
                 write!(ctx.out, "{}", report::markdown_table(&rows))?;
                 if ctx.verbosity != Verbosity::Quiet {

@@ -27,8 +27,7 @@ pub(crate) fn run(args: EvalArgs, ctx: &mut Ctx<'_>) -> Result<u8> {
         &ctx.device,
     )?;
     if json {
-        serde_json::to_writer_pretty(&mut ctx.out, &r)?;
-        writeln!(ctx.out)?;
+        crate::render::print_json(&mut ctx.out, &r)?;
     } else {
         writeln!(
             ctx.out,

@@ -19,8 +19,7 @@ pub(crate) fn run(args: ExportArgs, ctx: &mut Ctx<'_>) -> Result<u8> {
     let format = export::ExportFormat::parse(&format)?;
     let r = export::export_checkpoint(&checkpoint, format, &file, &ctx.device)?;
     if json {
-        serde_json::to_writer_pretty(&mut ctx.out, &r)?;
-        writeln!(ctx.out)?;
+        crate::render::print_json(&mut ctx.out, &r)?;
     } else if ctx.verbosity != Verbosity::Quiet {
         writeln!(
                 ctx.out,

@@ -18,8 +18,7 @@ pub(crate) fn run(args: FuseArgs, ctx: &mut Ctx<'_>) -> Result<u8> {
     let checkpoint = checkpoint_dir(&checkpoint);
     let r = fuse_checkpoint(&checkpoint, &out_dir, Some(limit), &ctx.device)?;
     if json {
-        serde_json::to_writer_pretty(&mut ctx.out, &r)?;
-        writeln!(ctx.out)?;
+        crate::render::print_json(&mut ctx.out, &r)?;
     } else {
         writeln!(
             ctx.out,

@@ -18,8 +18,7 @@ pub(crate) fn run(args: InspectArgs, ctx: &mut Ctx<'_>) -> Result<u8> {
     let (model, _) = dyrep_runtime::train::load_checkpoint_model(&checkpoint, &ctx.device)?;
     let r = report::inspect(&model)?;
     if json {
-        serde_json::to_writer_pretty(&mut ctx.out, &r)?;
-        writeln!(ctx.out)?;
+        crate::render::print_json(&mut ctx.out, &r)?;
     } else {
         write!(ctx.out, "{}", report::inspect_text(&r, all))?;
     }

@@ -29,8 +29,7 @@ pub(crate) fn run(args: ModelsArgs, ctx: &mut Ctx<'_>) -> Result<u8> {
         }));
     }
     if json {
-        serde_json::to_writer_pretty(&mut ctx.out, &rows)?;
-        writeln!(ctx.out)?;
+        crate::render::print_json(&mut ctx.out, &rows)?;
     } else {
         writeln!(
             ctx.out,

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Peer benchmark: the `bench-small` and `bench-cifar` models of `dyrep bench`, in
+"""Peer benchmark: the `bench-small`, `bench-cifar` and `vgg16` (`--width W`) models of `dyrep bench`, in
 PyTorch on the CPU with the same thread count, timed the same way (one warm-up iteration, then
 N timed iterations of forward + cross-entropy + backward + SGD step, or eval forwards under
 no_grad). Prints one JSON object with the keys of `dyrep bench --json`.
@@ -24,7 +24,11 @@ MODELS = {
     # name: (input [C, H, W], widths, default batch)
     "bench-small": ([1, 28, 28], [32, 32, 64, 64, 128], 128),
     "bench-cifar": ([3, 32, 32], [64, 64, 128, 128, 256], 64),
+    # dyrep's `vgg16` (the paper's CIFAR VGG-16), at `--width W`.
+    "vgg16": ([3, 32, 32], None, 64),
 }
+
+VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
 
 
 class BenchNet(nn.Module):
@@ -44,6 +48,29 @@ class BenchNet(nn.Module):
 
     def forward(self, x):
         return self.fc(self.features(x).mean((2, 3)))
+
+
+class Vgg16(nn.Module):
+    """dyrep's vgg16: 13 x (conv3x3 pad 1, no bias + BN + ReLU) with 2x2 max pools after groups
+    1-4, a 2x2 max pool of stride 1 after the last, then Linear -> 512w, ReLU, Linear -> 10.
+    Channels scaled by `width` and rounded, as dyrep's width multiplier."""
+
+    def __init__(self, cin, width, classes=10):
+        super().__init__()
+        ch = lambda c: max(1, round(c * width))
+        layers, c = [], cin
+        for v in VGG16:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += [nn.Conv2d(c, ch(v), 3, padding=1, bias=False), nn.BatchNorm2d(ch(v)), nn.ReLU(inplace=True)]
+                c = ch(v)
+        layers.append(nn.MaxPool2d(2, stride=1))
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Linear(c, ch(512)), nn.ReLU(inplace=True), nn.Linear(ch(512), classes))
+
+    def forward(self, x):
+        return self.classifier(self.features(x).flatten(1))
 
 
 def macs_per_image(model, shape):
@@ -77,12 +104,13 @@ def main():
     ap.add_argument("--batch", type=int)
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--width", type=float, default=1.0, help="channel width multiplier (vgg16)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     shape, widths, default_batch = MODELS[a.model]
     batch = a.batch or default_batch
-    model = BenchNet(shape[0], widths)
+    model = Vgg16(shape[0], a.width) if a.model == "vgg16" else BenchNet(shape[0], widths)
     macs = macs_per_image(model, shape)
     x = torch.randn(batch, *shape)
     y = torch.randint(0, 10, (batch,))
@@ -107,7 +135,7 @@ def main():
     images = batch * a.iters
     flops = 2 * macs * (3 if a.what == "train" else 1)
     print(json.dumps({
-        "model": a.model, "mode": "origin", "what": a.what, "input": shape, "batch": batch,
+        "model": a.model, "width": a.width, "mode": "origin", "what": a.what, "input": shape, "batch": batch,
         "iters": a.iters, "seconds": seconds, "images_per_sec": images / seconds,
         "gflops": flops * images / seconds / 1e9, "macs_per_image": macs,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,

@@ -1,6 +1,6 @@
-//! A grown block's branches, summed, as one candle op in training (paper §4, docs/REFERENCE.md
-//! "Branch types"): conv → BN branches (k×k main, 1×1, 1×k, k×1, with conv biases), the BN-only
-//! identity, and DBB's two-stage branches — 1×1 conv → BN → pad with the BN's constant
+//! The own CPU op of a grown block in training (paper §4, docs/REFERENCE.md "Branch types"): its
+//! branches summed as one candle op — conv → BN branches (k×k main, 1×1, 1×k, k×1, with conv
+//! biases), the BN-only identity, and DBB's two-stage branches — 1×1 conv → BN → pad with the BN's constant
 //! (docs/REFERENCE.md "Branch types" `BNAndPad`; the constant carries no gradient) → k×k conv or
 //! k×k average pool → BN. All branches read the same input; the input gradient is accumulated
 //! inside the op and handed to candle once, and none of the per-branch intermediates becomes a
@@ -42,7 +42,7 @@ pub(crate) enum StageGeom {
 #[derive(Clone, Debug)]
 pub(crate) struct SecondGeom {
     /// Padding on every side, filled per channel with the first BN's constants
-    /// (`crate::pad_constants` from these running statistics and update factor).
+    /// (`super::pad_constants` from these running statistics and update factor).
     pub pad: usize,
     pub running_mean: Vec<f32>,
     pub running_var: Vec<f32>,
@@ -431,7 +431,7 @@ impl CustomOp3 for BlockOp {
                 Some(sg) => {
                     let mean: Vec<f32> = bn1.stats.iter().map(|s| s.mean()).collect();
                     let var: Vec<f32> = bn1.stats.iter().map(|s| s.var).collect();
-                    let pad_values = crate::pad_constants(
+                    let pad_values = super::pad_constants(
                         &g1[..p1.c],
                         &g1[p1.c..],
                         (&mean, &var, p1.n * p1.hw),

@@ -1,0 +1,374 @@
+//! A grown block's branches, summed, as one candle op in training (paper §4,
+//! docs/REFERENCE.md "Branch types"): the public types that describe a block's branches, the
+//! entry points, the own CPU op (`op.rs`) and candle's composition of the same maths
+//! (`reference.rs`, which runs on other devices and dtypes and is what the op is checked against).
+
+mod op;
+mod reference;
+
+pub(crate) use op::*;
+
+use candle_core::{DType, Tensor};
+
+use crate::{
+    arg, check_own, check_per_channel, pool, Backend, ConvParams, ConvShape, KernelError, PoolKind,
+    Result,
+};
+
+/// One branch of a block for [`block_train`]: a conv (weight `[out, in/groups, kh, kw]` and its
+/// geometry) or the identity (`None`), followed by a batch norm with `gamma`, `beta`, and
+/// optionally a second stage (`then`) whose BN's output is the branch's.
+#[derive(Clone, Copy, Debug)]
+pub struct BlockBranch<'a> {
+    pub conv: Option<(&'a Tensor, ConvParams)>,
+    /// The conv's bias (`[out]`), if it has one.
+    pub bias: Option<&'a Tensor>,
+    pub gamma: &'a Tensor,
+    pub beta: &'a Tensor,
+    pub then: Option<BlockStage<'a>>,
+}
+
+/// The second stage of a two-stage branch (DBB's 1×1→k×k and 1×1→avg, docs/REFERENCE.md "Branch
+/// types"): the first BN's output padded by `pad` on every side with per-channel constants
+/// (`pad_from`; no gradient flows into them, as `BNAndPad`), then `op`, then a batch norm with
+/// `gamma`, `beta`.
+#[derive(Clone, Copy, Debug)]
+pub struct BlockStage<'a> {
+    pub pad: usize,
+    pub pad_from: PadFrom<'a>,
+    pub op: StageOp<'a>,
+    pub gamma: &'a Tensor,
+    pub beta: &'a Tensor,
+}
+
+/// The pad constants of a two-stage branch: what `BNAndPad` computes after its BN's train-mode
+/// forward, the BN's eval output for a zero input with the running statistics already updated
+/// by this batch: `β − γ·μ'/sqrt(σ'² + ε)` with `μ' = (1−f)·μ + f·μ_batch` and
+/// `σ'² = (1−f)·σ² + f·σ²_batch·m/(m−1)` (`m` values per channel).
+#[derive(Clone, Copy, Debug)]
+pub struct PadFrom<'a> {
+    pub running_mean: &'a Tensor,
+    pub running_var: &'a Tensor,
+    /// `f`: the BN's momentum, or `1/(batches + 1)` while calibrating.
+    pub factor: f64,
+}
+
+/// Pad constants from the first BN's `γ`, `β`, its batch statistics `(mean, biased variance,
+/// values per channel)`, its running `(mean, variance)` and the update factor (f64 arithmetic).
+pub(crate) fn pad_constants(
+    gamma: &[f32],
+    beta: &[f32],
+    (batch_mean, batch_var, count): (&[f32], &[f32], usize),
+    (running_mean, running_var): (&[f32], &[f32]),
+    factor: f64,
+    eps: f64,
+) -> Vec<f32> {
+    let unbias = count as f64 / (count.max(2) - 1) as f64;
+    (0..gamma.len())
+        .map(|c| {
+            let m = (1.0 - factor) * running_mean[c] as f64 + factor * batch_mean[c] as f64;
+            let v = (1.0 - factor) * running_var[c] as f64 + factor * batch_var[c] as f64 * unbias;
+            (beta[c] as f64 - gamma[c] as f64 * m / (v + eps).sqrt()) as f32
+        })
+        .collect()
+}
+
+/// What a second stage applies to the padded first-stage output.
+#[derive(Clone, Copy, Debug)]
+pub enum StageOp<'a> {
+    /// A conv without bias (its own padding must be 0: the stage pads).
+    Conv(&'a Tensor, ConvParams),
+    /// A k×k average pool with this stride (no padding of its own).
+    AvgPool { k: usize, stride: usize },
+}
+
+/// The BN (and optional ReLU) that follows a block in its conv unit, run on the branches' sum
+/// inside the block op: `relu(BN(Σ branches))`.
+#[derive(Clone, Copy, Debug)]
+pub struct PostBn<'a> {
+    pub gamma: &'a Tensor,
+    pub beta: &'a Tensor,
+    pub relu: bool,
+}
+
+/// One batch norm's batch statistics from [`block_train`]: mean, biased variance and the number
+/// of values per channel they came from.
+#[derive(Debug)]
+pub struct BlockBnStats {
+    pub mean: Tensor,
+    pub var: Tensor,
+    pub count: usize,
+}
+
+/// The summed output of a block's branches (through the [`PostBn`] if one was given) and every
+/// BN's batch statistics in argument order (a two-stage branch's first BN, then its second; the
+/// post BN last).
+#[derive(Debug)]
+pub struct BlockTrain {
+    pub y: Tensor,
+    pub stats: Vec<BlockBnStats>,
+}
+
+pub(super) fn n_out_channels(gamma: &Tensor) -> Result<usize> {
+    Ok(gamma.dim(0)?)
+}
+
+fn block_shape_error(detail: String) -> KernelError {
+    KernelError::Shape {
+        op: "block",
+        detail,
+    }
+}
+
+/// `Σ_b BN_b(conv_b(x))` in train mode (batch statistics, gradients through them), the identity
+/// branch being `BN(x)` and a two-stage branch `BN₂(stage(pad(BN₁(conv(x)))))`: on the CPU one
+/// op with one input gradient.
+pub fn block_train(
+    x: &Tensor,
+    branches: &[BlockBranch<'_>],
+    post: Option<PostBn<'_>>,
+    eps: f64,
+) -> Result<BlockTrain> {
+    block_train_on(Backend::for_tensor(x), x, branches, post, eps)
+}
+
+/// Validates the branches and lays out their flat weights and γβ.
+fn block_geoms(x: &Tensor, branches: &[BlockBranch<'_>]) -> Result<Vec<BranchGeom>> {
+    if branches.is_empty() {
+        return Err(block_shape_error(
+            "a block needs at least one branch".into(),
+        ));
+    }
+    let check_bn = |o: usize, gamma: &Tensor, beta: &Tensor| {
+        if gamma.dims() != [o] || beta.dims() != [o] {
+            return Err(block_shape_error(format!(
+                "a BN after {o} channels needs gamma and beta of that size; got {:?}, {:?}",
+                gamma.dims(),
+                beta.dims()
+            )));
+        }
+        Ok(())
+    };
+    let mut geoms = Vec::with_capacity(branches.len());
+    let (mut offset, mut gb_offset) = (0usize, 0usize);
+    for b in branches {
+        let (conv, o) = match b.conv {
+            Some((w, p)) => {
+                let s = ConvShape::new(x.dims(), w.dims(), p.stride, p.padding, p.groups)?;
+                (Some(s), s.out)
+            }
+            None => (None, x.dims4()?.1),
+        };
+        check_bn(o, b.gamma, b.beta)?;
+        let weight_offset = offset;
+        if let Some((w, _)) = b.conv {
+            offset += w.elem_count();
+        }
+        let bias_offset = match (b.conv, b.bias) {
+            (Some(_), Some(bias)) if bias.dims() == [o] => {
+                offset += o;
+                Some(offset - o)
+            }
+            (_, None) => None,
+            _ => {
+                return Err(block_shape_error(format!(
+                    "a bias needs a conv with {o} outputs; got {:?}",
+                    b.bias.map(|t| t.dims().to_vec())
+                )))
+            }
+        };
+        let first_gb = gb_offset;
+        gb_offset += 2 * o;
+        let second = match b.then {
+            None => None,
+            Some(st) => {
+                check_per_channel(
+                    "block stage",
+                    &[0, o],
+                    o,
+                    &[
+                        ("running_mean", st.pad_from.running_mean),
+                        ("running_var", st.pad_from.running_var),
+                    ],
+                )?;
+                let first_dims = match &conv {
+                    Some(s) => s.output_dims().to_vec(),
+                    None => x.dims().to_vec(),
+                };
+                let padded = [
+                    first_dims[0],
+                    o,
+                    first_dims[2] + 2 * st.pad,
+                    first_dims[3] + 2 * st.pad,
+                ];
+                let (stage, o2) = match st.op {
+                    StageOp::Conv(w, p) => {
+                        if p.padding != (0, 0) {
+                            return Err(block_shape_error(
+                                "a second-stage conv must not pad (the stage pads)".into(),
+                            ));
+                        }
+                        let s = ConvShape::new(&padded, w.dims(), p.stride, (0, 0), p.groups)?;
+                        let at = offset;
+                        offset += w.elem_count();
+                        (
+                            StageGeom::Conv {
+                                shape: s,
+                                weight_offset: at,
+                            },
+                            s.out,
+                        )
+                    }
+                    StageOp::AvgPool { k, stride } => (
+                        StageGeom::AvgPool(pool::PoolShape::new(
+                            PoolKind::Avg,
+                            &padded,
+                            k,
+                            stride,
+                            0,
+                        )?),
+                        o,
+                    ),
+                };
+                check_bn(o2, st.gamma, st.beta)?;
+                let at = gb_offset;
+                gb_offset += 2 * o2;
+                let host = |t: &Tensor| -> Result<Vec<f32>> {
+                    Ok(t.detach().to_dtype(DType::F32)?.to_vec1()?)
+                };
+                Some(SecondGeom {
+                    pad: st.pad,
+                    running_mean: host(st.pad_from.running_mean)?,
+                    running_var: host(st.pad_from.running_var)?,
+                    factor: st.pad_from.factor,
+                    stage,
+                    gb_offset: at,
+                })
+            }
+        };
+        geoms.push(BranchGeom {
+            conv,
+            weight_offset,
+            bias_offset,
+            gb_offset: first_gb,
+            second,
+        });
+    }
+    output_dims(&geoms, x.dims())?;
+    Ok(geoms)
+}
+
+/// [`block_train`] on a chosen backend.
+pub fn block_train_on(
+    backend: Backend,
+    x: &Tensor,
+    branches: &[BlockBranch<'_>],
+    post: Option<PostBn<'_>>,
+    eps: f64,
+) -> Result<BlockTrain> {
+    let x = &arg(x);
+    let geoms = block_geoms(x, branches)?;
+    let out_dims = output_dims(&geoms, x.dims())?;
+    if let Some(pb) = post {
+        check_per_channel(
+            "block post BN",
+            &out_dims,
+            out_dims[1],
+            &[("gamma", pb.gamma), ("beta", pb.beta)],
+        )?;
+    }
+    match backend {
+        Backend::Own => {
+            check_own(x, "block")?;
+            let mut weights: Vec<Tensor> = Vec::new();
+            let mut gbs: Vec<Tensor> = Vec::new();
+            for b in branches {
+                if let Some((w, _)) = b.conv {
+                    weights.push(arg(w).flatten_all()?);
+                    if let Some(bias) = b.bias {
+                        weights.push(arg(bias));
+                    }
+                }
+                gbs.push(arg(b.gamma));
+                gbs.push(arg(b.beta));
+                if let Some(st) = b.then {
+                    if let StageOp::Conv(w, _) = st.op {
+                        weights.push(arg(w).flatten_all()?);
+                    }
+                    gbs.push(arg(st.gamma));
+                    gbs.push(arg(st.beta));
+                }
+            }
+            let w_flat = if weights.is_empty() {
+                Tensor::zeros(1, DType::F32, x.device())?
+            } else {
+                Tensor::cat(&weights, 0)?
+            };
+            for w in &weights {
+                check_own(w, "block")?;
+            }
+            let post_geom = match post {
+                Some(pb) => {
+                    let at: usize = gbs.iter().map(|t| t.elem_count()).sum();
+                    gbs.push(arg(pb.gamma));
+                    gbs.push(arg(pb.beta));
+                    Some(PostGeom {
+                        gb_offset: at,
+                        relu: pb.relu,
+                    })
+                }
+                None => None,
+            };
+            let gb_flat = Tensor::cat(&gbs, 0)?;
+            let keep = x.track_op() || w_flat.track_op() || gb_flat.track_op();
+            let saved = std::sync::Arc::new(std::sync::Mutex::new(BlockSaved::default()));
+            // The BN counts, in argument order: each BN's input dims.
+            let mut counts = Vec::new();
+            for g in &geoms {
+                let d1 = match &g.conv {
+                    Some(s) => s.output_dims().to_vec(),
+                    None => x.dims().to_vec(),
+                };
+                counts.push(d1[0] * d1[2] * d1[3]);
+            }
+            let op = BlockOp {
+                branches: geoms.clone(),
+                post: post_geom,
+                eps,
+                keep_for_backward: keep,
+                saved: saved.clone(),
+            };
+            let y = x.contiguous()?.apply_op3(&w_flat, &gb_flat, op)?;
+            let (_, _, ho, wo) = y.dims4()?;
+            let out_count = y.dim(0)? * ho * wo;
+            let guard = saved.lock().unwrap_or_else(|p| p.into_inner());
+            let mut stats = Vec::new();
+            for (g, count) in geoms.iter().zip(&counts) {
+                stats.push(*count);
+                if g.second.is_some() {
+                    stats.push(out_count);
+                }
+            }
+            if post.is_some() {
+                stats.push(out_count);
+            }
+            let stats = guard
+                .bn_stats()
+                .into_iter()
+                .zip(stats)
+                .map(|(st, count)| {
+                    let mean: Vec<f32> = st.iter().map(|s| s.mean()).collect();
+                    let var: Vec<f32> = st.iter().map(|s| s.var).collect();
+                    let c = mean.len();
+                    Ok(BlockBnStats {
+                        mean: Tensor::from_vec(mean, c, x.device())?,
+                        var: Tensor::from_vec(var, c, x.device())?,
+                        count,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(BlockTrain { y, stats })
+        }
+        Backend::Candle => reference::block_train_candle(x, branches, post, eps),
+    }
+}

@@ -1,16 +1,16 @@
 //! The own CPU op of a grown block in training (paper §4, docs/REFERENCE.md "Branch types"): its
 //! branches summed as one candle op — conv → BN branches (k×k main, 1×1, 1×k, k×1, with conv
-//! biases), the BN-only identity, and DBB's two-stage branches — 1×1 conv → BN → pad with the BN's constant
-//! (docs/REFERENCE.md "Branch types" `BNAndPad`; the constant carries no gradient) → k×k conv or
-//! k×k average pool → BN. All branches read the same input; the input gradient is accumulated
-//! inside the op and handed to candle once, and none of the per-branch intermediates becomes a
-//! graph node (candle would add each one's gradient through a fresh zero tensor); the branches add
-//! their input gradients into one buffer where they are made. A stride-1 average branch never
-//! stores its padded input: each plane is normalised, padded and pooled in cache. Optionally the BN
-//! (and ReLU) that follows the block in its conv unit runs in the same op on the sum. Arguments
-//! `(x, weights, γβ)`: every conv's weight (then its bias, if it has one) flattened and
-//! concatenated in branch order (a two-stage branch's first conv, then its second), and every BN's
-//! `[γ; β]` concatenated in the same order, the unit's BN last.
+//! biases), the BN-only identity, and DBB's two-stage branches — 1×1 conv → BN → pad with the BN's
+//! constant (docs/REFERENCE.md "Branch types" `BNAndPad`; the constant carries no gradient) → k×k
+//! conv or k×k average pool → BN. All branches read the same input; the input gradient is
+//! accumulated inside the op and handed to candle once, and none of the per-branch intermediates
+//! becomes a graph node (candle would add each one's gradient through a fresh zero tensor); the
+//! branches add their input gradients into one buffer where they are made. A stride-1 average
+//! branch never stores its padded input: each plane is normalised, padded and pooled in cache.
+//! Optionally the BN (and ReLU) that follows the block in its conv unit runs in the same op on the
+//! sum. Arguments `(x, weights, γβ)`: every conv's weight (then its bias, if it has one) flattened
+//! and concatenated in branch order (a two-stage branch's first conv, then its second), and every
+//! BN's `[γ; β]` concatenated in the same order, the unit's BN last.
 
 use std::sync::{Arc, Mutex};
 

@@ -10,8 +10,10 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::cpu::{assume_init_vec, slice_f32, tensor_like, uninit_vec, with_f32};
+use crate::error::Result;
 use crate::lanes::{shifted_sums, GradPass};
 use crate::profile::{Phase, Timer};
+use crate::{arg, check_own, check_per_channel, Backend};
 
 /// `[N, C, H, W]` as (images, channels, plane size).
 #[derive(Clone, Copy, Debug)]
@@ -388,6 +390,124 @@ impl CustomOp3 for ChannelAffineOp {
                 .then(|| tensor_like(dshift, &[p.c], shift))
                 .transpose()?,
         ))
+    }
+}
+
+/// A train-mode batch norm's output and the batch statistics it normalised with (detached).
+#[derive(Debug)]
+pub struct BatchNormTrain {
+    pub y: Tensor,
+    /// Per-channel batch mean `[C]`.
+    pub mean: Tensor,
+    /// Per-channel biased batch variance `[C]`.
+    pub var: Tensor,
+}
+
+/// Train-mode batch norm of `x` (`[N, C, H, W]`) with batch statistics (gradients flow through
+/// them) and affine `gamma`, `beta` (`[C]`).
+pub fn batch_norm_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> Result<BatchNormTrain> {
+    batch_norm_train_on(Backend::for_tensor(x), x, gamma, beta, eps)
+}
+
+/// [`batch_norm_train`] on a chosen backend.
+pub fn batch_norm_train_on(
+    backend: Backend,
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> Result<BatchNormTrain> {
+    let x = &arg(x);
+    let gamma = &arg(gamma);
+    let beta = &arg(beta);
+    let (_, c, _, _) = x.dims4()?;
+    check_per_channel(
+        "batch_norm",
+        x.dims(),
+        c,
+        &[("gamma", gamma), ("beta", beta)],
+    )?;
+    match backend {
+        Backend::Own => {
+            check_own(x, "batch_norm")?;
+            let x = x.contiguous()?;
+            let planes = Planes::of(x.dims())?;
+            let stats = crate::cpu::with_f32(&x, "batch_norm", |xs| channel_stats(xs, planes))?;
+            let mean: Vec<f32> = stats.iter().map(|s| s.mean()).collect();
+            let var: Vec<f32> = stats.iter().map(|s| s.var).collect();
+            let mean_t = Tensor::from_vec(mean, c, x.device())?;
+            let var_t = Tensor::from_vec(var, c, x.device())?;
+            let op = BnTrainOp::new(stats, eps);
+            let y = x.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
+            Ok(BatchNormTrain {
+                y,
+                mean: mean_t,
+                var: var_t,
+            })
+        }
+        Backend::Candle => {
+            let shape = (1, c, 1, 1);
+            let mean = x.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?;
+            let centred = x.broadcast_sub(&mean)?;
+            let var = centred
+                .sqr()?
+                .mean_keepdim(0)?
+                .mean_keepdim(2)?
+                .mean_keepdim(3)?;
+            let inv_std = (var.clone() + eps)?.sqrt()?.recip()?;
+            let y = centred
+                .broadcast_mul(&inv_std)?
+                .broadcast_mul(&gamma.reshape(shape)?)?
+                .broadcast_add(&beta.reshape(shape)?)?;
+            Ok(BatchNormTrain {
+                y,
+                mean: mean.detach().reshape(c)?,
+                var: var.detach().reshape(c)?,
+            })
+        }
+    }
+}
+
+/// Per-channel affine `x·scale + shift` of `x` (`[N, C, H, W]`; `scale`, `shift` `[C]`), with
+/// gradients to all three: an eval-mode batch norm.
+pub fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
+    channel_affine_on(Backend::for_tensor(x), x, scale, shift)
+}
+
+/// [`channel_affine`] on a chosen backend.
+pub fn channel_affine_on(
+    backend: Backend,
+    x: &Tensor,
+    scale: &Tensor,
+    shift: &Tensor,
+) -> Result<Tensor> {
+    let x = &arg(x);
+    let scale = &arg(scale);
+    let shift = &arg(shift);
+    let (_, c, _, _) = x.dims4()?;
+    check_per_channel(
+        "channel_affine",
+        x.dims(),
+        c,
+        &[("scale", scale), ("shift", shift)],
+    )?;
+    match backend {
+        Backend::Own => {
+            check_own(x, "channel_affine")?;
+            Ok(x.contiguous()?.apply_op3(
+                &scale.contiguous()?,
+                &shift.contiguous()?,
+                ChannelAffineOp,
+            )?)
+        }
+        Backend::Candle => Ok(x
+            .broadcast_mul(&scale.reshape((1, c, 1, 1))?)?
+            .broadcast_add(&shift.reshape((1, c, 1, 1))?)?),
     }
 }
 

@@ -27,6 +27,7 @@ use crate::cpu::{
 use crate::error::{KernelError, Result};
 use crate::isa::Isa;
 use crate::profile::{Phase, Timer};
+use crate::{arg, check_own, Backend, ConvParams};
 
 /// Geometry of one conv call, validated at construction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -889,6 +890,47 @@ pub(crate) fn conv2d_candle(
         xp = xp.pad_with_zeros(3, pw, pw)?;
     }
     xp.conv2d(weight, 0, stride, 1, groups)
+}
+
+/// 2-D convolution of `x` (`[N, C, H, W]`) with `weight` (`[out, C/groups, kh, kw]`), zero
+/// padding `(top/bottom, left/right)`, one stride for both axes, no bias.
+pub fn conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    stride: usize,
+    padding: (usize, usize),
+    groups: usize,
+) -> Result<Tensor> {
+    conv2d_on(Backend::for_tensor(x), x, weight, stride, padding, groups)
+}
+
+/// [`conv2d`] on a chosen backend.
+pub fn conv2d_on(
+    backend: Backend,
+    x: &Tensor,
+    weight: &Tensor,
+    stride: usize,
+    padding: (usize, usize),
+    groups: usize,
+) -> Result<Tensor> {
+    let x = &arg(x);
+    let weight = &arg(weight);
+    ConvShape::new(x.dims(), weight.dims(), stride, padding, groups)?;
+    match backend {
+        Backend::Own => {
+            check_own(x, "conv2d")?;
+            check_own(weight, "conv2d")?;
+            let op = Conv2dOp {
+                conv: ConvParams {
+                    stride,
+                    padding,
+                    groups,
+                },
+            };
+            Ok(x.contiguous()?.apply_op2(&weight.contiguous()?, op)?)
+        }
+        Backend::Candle => Ok(conv2d_candle(x, weight, stride, padding, groups)?),
+    }
 }
 
 #[cfg(test)]

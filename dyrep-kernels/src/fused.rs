@@ -15,10 +15,14 @@ use crate::bn::{bn_backward, bn_backward_with, ChannelStats, Planes};
 use crate::conv::conv_backward;
 use crate::conv::ConvShape;
 use crate::cpu::{assume_init_vec, slice_f32, tensor_like, uninit_vec, with_f32, with_scratch};
+use crate::error::Result;
 use crate::lanes::GradPass;
 use crate::pool::{PoolKind, PoolShape};
 use crate::profile::{Phase, Timer};
-use crate::{ConvParams, MaxPoolParams};
+use crate::{
+    arg, batch_norm_train_on, channel_affine_on, check_own, check_per_channel, pool2d_on, Backend,
+    BatchNormTrain, ConvParams,
+};
 
 /// What the forward leaves for the caller (batch statistics) and for the backward.
 #[derive(Debug, Default)]
@@ -404,5 +408,245 @@ impl CustomOp3 for ConvAffineReluOp {
             .then(|| tensor_like(dss, ss.dims(), ss))
             .transpose()?;
         Ok((dx, dw, dss))
+    }
+}
+
+/// conv (no bias) → train-mode batch norm (batch statistics, gradients through them) →
+/// optional ReLU, as one op on the CPU: the hot path of every conv unit and branch in training.
+/// Returns the output and the batch statistics, like [`batch_norm_train`].
+pub fn conv_bn_train(
+    x: &Tensor,
+    weight: &Tensor,
+    conv: ConvParams,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<BatchNormTrain> {
+    conv_bn_train_on(
+        Backend::for_tensor(x),
+        x,
+        weight,
+        conv,
+        gamma,
+        beta,
+        eps,
+        relu,
+    )
+}
+
+/// [`conv_bn_train`] on a chosen backend.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_bn_train_on(
+    backend: Backend,
+    x: &Tensor,
+    weight: &Tensor,
+    conv: ConvParams,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<BatchNormTrain> {
+    conv_bn_train_with(backend, x, weight, conv, gamma, beta, eps, relu, None)
+}
+
+/// A max pool's window, stride and padding (as [`max_pool2d`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaxPoolParams {
+    pub k: usize,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+/// [`conv_bn_train`] followed by a max pool, as one op on the CPU: the unit's unpooled
+/// activation is never stored — each plane is normalised and pooled while in cache, and the
+/// backward recomputes it per plane instead of reading a stored one, so neither the activation
+/// nor its gradient passes through memory (or through candle's gradient store). Same values as
+/// [`conv_bn_train`] then [`max_pool2d`]; `y` is the pooled output.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_bn_max_pool_train(
+    x: &Tensor,
+    weight: &Tensor,
+    conv: ConvParams,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    relu: bool,
+    pool: MaxPoolParams,
+) -> Result<BatchNormTrain> {
+    conv_bn_max_pool_train_on(
+        Backend::for_tensor(x),
+        x,
+        weight,
+        conv,
+        gamma,
+        beta,
+        eps,
+        relu,
+        pool,
+    )
+}
+
+/// [`conv_bn_max_pool_train`] on a chosen backend.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_bn_max_pool_train_on(
+    backend: Backend,
+    x: &Tensor,
+    weight: &Tensor,
+    conv: ConvParams,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    relu: bool,
+    pool: MaxPoolParams,
+) -> Result<BatchNormTrain> {
+    conv_bn_train_with(backend, x, weight, conv, gamma, beta, eps, relu, Some(pool))
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv_bn_train_with(
+    backend: Backend,
+    x: &Tensor,
+    weight: &Tensor,
+    conv: ConvParams,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    relu: bool,
+    pool: Option<MaxPoolParams>,
+) -> Result<BatchNormTrain> {
+    let x = &arg(x);
+    let weight = &arg(weight);
+    let gamma = &arg(gamma);
+    let beta = &arg(beta);
+    let shape = ConvShape::new(
+        x.dims(),
+        weight.dims(),
+        conv.stride,
+        conv.padding,
+        conv.groups,
+    )?;
+    check_per_channel(
+        "conv_bn",
+        x.dims(),
+        shape.out,
+        &[("gamma", gamma), ("beta", beta)],
+    )?;
+    if let Some(p) = pool {
+        // Validates the pool on the conv's output before anything runs.
+        PoolShape::new(
+            PoolKind::Max,
+            &shape.output_dims(),
+            p.k,
+            p.stride,
+            p.padding,
+        )?;
+    }
+    match backend {
+        Backend::Own => {
+            check_own(x, "conv_bn")?;
+            check_own(weight, "conv_bn")?;
+            let keep = x.track_op() || weight.track_op() || gamma.track_op() || beta.track_op();
+            let saved = std::sync::Arc::new(std::sync::Mutex::new(Saved::default()));
+            let op = ConvBnReluOp {
+                conv,
+                eps,
+                relu,
+                pool,
+                keep_for_backward: keep,
+                saved: saved.clone(),
+            };
+            let gb = Tensor::stack(&[gamma, beta], 0)?;
+            let y = x.contiguous()?.apply_op3(&weight.contiguous()?, &gb, op)?;
+            let guard = saved.lock().unwrap_or_else(|p| p.into_inner());
+            let mean: Vec<f32> = guard.stats.iter().map(|s| s.mean()).collect();
+            let var: Vec<f32> = guard.stats.iter().map(|s| s.var).collect();
+            drop(guard);
+            Ok(BatchNormTrain {
+                y,
+                mean: Tensor::from_vec(mean, shape.out, x.device())?,
+                var: Tensor::from_vec(var, shape.out, x.device())?,
+            })
+        }
+        Backend::Candle => {
+            let z = crate::conv::conv2d_candle(x, weight, conv.stride, conv.padding, conv.groups)?;
+            let mut out = batch_norm_train_on(Backend::Candle, &z, gamma, beta, eps)?;
+            if relu {
+                out.y = out.y.relu()?;
+            }
+            if let Some(p) = pool {
+                out.y = pool2d_on(
+                    Backend::Candle,
+                    PoolKind::Max,
+                    &out.y,
+                    p.k,
+                    p.stride,
+                    p.padding,
+                )?;
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// conv (no bias) → per-channel affine `·scale + shift` (an eval-mode batch norm) → optional
+/// ReLU, as one op on the CPU, with gradients to `x`, `weight`, `scale` and `shift`.
+pub fn conv_affine(
+    x: &Tensor,
+    weight: &Tensor,
+    conv: ConvParams,
+    scale: &Tensor,
+    shift: &Tensor,
+    relu: bool,
+) -> Result<Tensor> {
+    conv_affine_on(Backend::for_tensor(x), x, weight, conv, scale, shift, relu)
+}
+
+/// [`conv_affine`] on a chosen backend.
+pub fn conv_affine_on(
+    backend: Backend,
+    x: &Tensor,
+    weight: &Tensor,
+    conv: ConvParams,
+    scale: &Tensor,
+    shift: &Tensor,
+    relu: bool,
+) -> Result<Tensor> {
+    let x = &arg(x);
+    let weight = &arg(weight);
+    let scale = &arg(scale);
+    let shift = &arg(shift);
+    let shape = ConvShape::new(
+        x.dims(),
+        weight.dims(),
+        conv.stride,
+        conv.padding,
+        conv.groups,
+    )?;
+    check_per_channel(
+        "conv_affine",
+        x.dims(),
+        shape.out,
+        &[("scale", scale), ("shift", shift)],
+    )?;
+    match backend {
+        Backend::Own => {
+            check_own(x, "conv_affine")?;
+            check_own(weight, "conv_affine")?;
+            let keep = x.track_op() || weight.track_op() || scale.track_op() || shift.track_op();
+            let op = ConvAffineReluOp {
+                conv,
+                relu,
+                keep_for_backward: keep,
+                conv_out: std::sync::Arc::new(std::sync::Mutex::new(None)),
+            };
+            let ss = Tensor::stack(&[scale, shift], 0)?;
+            Ok(x.contiguous()?.apply_op3(&weight.contiguous()?, &ss, op)?)
+        }
+        Backend::Candle => {
+            let z = crate::conv::conv2d_candle(x, weight, conv.stride, conv.padding, conv.groups)?;
+            let y = channel_affine_on(Backend::Candle, &z, scale, shift)?;
+            Ok(if relu { y.relu()? } else { y })
+        }
     }
 }

@@ -12,6 +12,7 @@ use rayon::prelude::*;
 use crate::cpu::{slice_f32, tensor_like, with_f32, with_scratch};
 use crate::error::{KernelError, Result};
 use crate::profile::{Phase, Timer};
+use crate::{arg, check_own, Backend};
 
 /// Which pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -520,6 +521,45 @@ fn subsample(y: &Tensor, stride: usize) -> candle_core::Result<Tensor> {
         .narrow(3, 0, 1)?
         .narrow(5, 0, 1)?
         .reshape((n, c, ho, wo))
+}
+
+/// Average pooling, k×k window, zero padding (any amount) counted in the average, any stride.
+pub fn avg_pool2d(x: &Tensor, k: usize, stride: usize, padding: usize) -> Result<Tensor> {
+    pool2d_on(Backend::for_tensor(x), PoolKind::Avg, x, k, stride, padding)
+}
+
+/// Max pooling, k×k window, padding (at most k/2) ignored as −∞, any stride.
+pub fn max_pool2d(x: &Tensor, k: usize, stride: usize, padding: usize) -> Result<Tensor> {
+    pool2d_on(Backend::for_tensor(x), PoolKind::Max, x, k, stride, padding)
+}
+
+/// Either pool on a chosen backend.
+pub fn pool2d_on(
+    backend: Backend,
+    kind: PoolKind,
+    x: &Tensor,
+    k: usize,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    let x = &arg(x);
+    let shape = PoolShape::new(kind, x.dims(), k, stride, padding)?;
+    match backend {
+        Backend::Own => {
+            check_own(x, "pool2d")?;
+            let op = Pool2dOp {
+                kind,
+                k,
+                stride,
+                padding,
+            };
+            Ok(x.contiguous()?.apply_op1(op)?)
+        }
+        Backend::Candle => Ok(match kind {
+            PoolKind::Avg => avg_pool2d_candle(x, &shape)?,
+            PoolKind::Max => max_pool2d_candle(x, &shape)?,
+        }),
+    }
 }
 
 #[cfg(test)]

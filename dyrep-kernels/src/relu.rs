@@ -6,7 +6,9 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::cpu::{slice_f32, tensor_like, with_f32};
+use crate::error::Result;
 use crate::profile::{Phase, Timer};
+use crate::{arg, check_own, Backend};
 
 /// Elements per parallel task: large enough that scheduling costs nothing next to the work.
 const CHUNK: usize = 1 << 14;
@@ -49,5 +51,22 @@ impl CustomOp1 for ReluOp {
             })
         })??;
         Ok(Some(tensor_like(dx, x.dims(), x)?))
+    }
+}
+
+/// `max(x, 0)`.
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    relu_on(Backend::for_tensor(x), x)
+}
+
+/// [`relu`] on a chosen backend.
+pub fn relu_on(backend: Backend, x: &Tensor) -> Result<Tensor> {
+    let x = &arg(x);
+    match backend {
+        Backend::Own => {
+            check_own(x, "relu")?;
+            Ok(x.contiguous()?.apply_op1(ReluOp)?)
+        }
+        Backend::Candle => Ok(x.relu()?),
     }
 }

@@ -12,9 +12,13 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
+use crate::conv::ConvShape;
 use crate::cpu::{slice_f32, tensor_like, with_f32};
-use crate::fused::{unit_bn_backward, unit_forward, Saved, UnitTail};
+use crate::error::{KernelError, Result};
+use crate::fused::{conv_bn_train_with, unit_bn_backward, unit_forward, Saved, UnitTail};
+use crate::pool::{PoolKind, PoolShape};
 use crate::ConvParams;
+use crate::{arg, check_own, check_per_channel, Backend, MaxPoolParams};
 
 /// One unit of the stack: its conv, the weight's dims and where the weight and `[γ; β]` sit
 /// in the flat arguments.
@@ -180,4 +184,148 @@ impl CustomOp3 for StackOp {
             .transpose()?;
         Ok((dx, dw, dgb))
     }
+}
+
+/// A conv unit's geometry on input dims `x` with weight dims `w`, and its output dims after
+/// the max pool that follows it, if any (validating both).
+pub fn conv_unit_dims(
+    x: &[usize],
+    w: &[usize],
+    conv: ConvParams,
+    pool: Option<MaxPoolParams>,
+) -> Result<(ConvShape, Vec<usize>)> {
+    let shape = ConvShape::new(x, w, conv.stride, conv.padding, conv.groups)?;
+    let out = shape.output_dims();
+    let dims = match pool {
+        None => out.to_vec(),
+        Some(p) => {
+            let ps = PoolShape::new(PoolKind::Max, &out, p.k, p.stride, p.padding)?;
+            vec![out[0], out[1], ps.ho, ps.wo]
+        }
+    };
+    Ok((shape, dims))
+}
+
+/// One unit of [`conv_bn_stack_train`]: a conv without bias, its train-mode BN (affine `gamma`,
+/// `beta`, `eps`), an optional ReLU and an optional max pool.
+#[derive(Clone, Copy, Debug)]
+pub struct StackUnitArgs<'a> {
+    pub weight: &'a Tensor,
+    pub conv: ConvParams,
+    pub gamma: &'a Tensor,
+    pub beta: &'a Tensor,
+    pub eps: f64,
+    pub relu: bool,
+    pub pool: Option<MaxPoolParams>,
+}
+
+/// The output of [`conv_bn_stack_train`] and every unit's batch statistics `(mean, var)`.
+#[derive(Clone, Debug)]
+pub struct StackTrain {
+    pub y: Tensor,
+    pub stats: Vec<(Tensor, Tensor)>,
+}
+
+/// A run of conv → BN (batch statistics) → ReLU (→ max pool) units, each as
+/// [`conv_bn_train`] / [`conv_bn_max_pool_train`] computes it, as one op on the CPU: the
+/// activations between the units never become graph nodes, so candle does not add their
+/// gradients into fresh zero tensors (`stack.rs`).
+pub fn conv_bn_stack_train(x: &Tensor, units: &[StackUnitArgs<'_>]) -> Result<StackTrain> {
+    conv_bn_stack_train_on(Backend::for_tensor(x), x, units)
+}
+
+/// [`conv_bn_stack_train`] on a chosen backend (candle's: the units one after the other).
+pub fn conv_bn_stack_train_on(
+    backend: Backend,
+    x: &Tensor,
+    units: &[StackUnitArgs<'_>],
+) -> Result<StackTrain> {
+    if units.is_empty() {
+        return Err(KernelError::Shape {
+            op: "conv_bn_stack",
+            detail: "a stack needs at least one unit".into(),
+        });
+    }
+    if backend == Backend::Candle {
+        let mut h = x.clone();
+        let mut stats = Vec::with_capacity(units.len());
+        for u in units {
+            let out = conv_bn_train_with(
+                Backend::Candle,
+                &h,
+                u.weight,
+                u.conv,
+                u.gamma,
+                u.beta,
+                u.eps,
+                u.relu,
+                u.pool,
+            )?;
+            stats.push((out.mean, out.var));
+            h = out.y;
+        }
+        return Ok(StackTrain { y: h, stats });
+    }
+    let x = &arg(x);
+    check_own(x, "conv_bn_stack")?;
+    let mut geoms = Vec::with_capacity(units.len());
+    let (mut weights, mut gbs) = (Vec::new(), Vec::new());
+    let (mut weight_offset, mut gb_offset) = (0, 0);
+    let mut dims = x.dims().to_vec();
+    let mut keep = x.track_op();
+    for u in units {
+        let (w, gamma, beta) = (arg(u.weight), arg(u.gamma), arg(u.beta));
+        check_own(&w, "conv_bn_stack")?;
+        let (shape, next) = conv_unit_dims(&dims, w.dims(), u.conv, u.pool)?;
+        check_per_channel(
+            "conv_bn_stack",
+            &dims,
+            shape.out,
+            &[("gamma", &gamma), ("beta", &beta)],
+        )?;
+        dims = next;
+        let weight_dims: [usize; 4] = [shape.out, w.dims()[1], shape.kh, shape.kw];
+        geoms.push(StackUnit {
+            conv: u.conv,
+            weight_dims,
+            weight_offset,
+            gb_offset,
+            tail: crate::fused::UnitTail {
+                eps: u.eps,
+                relu: u.relu,
+                pool: u.pool,
+            },
+        });
+        weight_offset += shape.weight_len();
+        gb_offset += 2 * shape.out;
+        keep |= w.track_op() || gamma.track_op() || beta.track_op();
+        weights.push(w.flatten_all()?);
+        gbs.push(gamma);
+        gbs.push(beta);
+    }
+    let saved = std::sync::Arc::new(std::sync::Mutex::new(StackSaved::default()));
+    let op = StackOp {
+        units: geoms,
+        keep_for_backward: keep,
+        saved: saved.clone(),
+    };
+    let w_flat = Tensor::cat(&weights, 0)?;
+    let gb_flat = Tensor::cat(&gbs, 0)?;
+    let y = x.contiguous()?.apply_op3(&w_flat, &gb_flat, op)?;
+    let guard = saved.lock().unwrap_or_else(|p| p.into_inner());
+    let stats = guard
+        .units
+        .iter()
+        .map(|u| {
+            let mean: Vec<f32> = u.stats.iter().map(|s| s.mean()).collect();
+            let var: Vec<f32> = u.stats.iter().map(|s| s.var).collect();
+            let c = mean.len();
+            Ok((
+                Tensor::from_vec(mean, c, x.device())?,
+                Tensor::from_vec(var, c, x.device())?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    drop(guard);
+    Ok(StackTrain { y, stats })
 }

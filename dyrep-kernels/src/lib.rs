@@ -11,7 +11,7 @@
 //! callers stay device-generic. `DYREP_KERNELS=candle` in the environment forces candle's ops on
 //! the CPU too (for A/B benchmarks); the `*_on` functions choose explicitly (for tests). Each
 //! op's file holds its public entry points, its own kernel and its candle composition side by
-//! side (`conv.rs`, `bn.rs`, `fused.rs`, `stack.rs`, `block/`, `pool.rs`, `pad.rs`, `relu.rs`);
+//! side (`conv.rs`, `bn.rs`, `unit.rs` (one conv unit), `stack.rs`, `block/`, `pool.rs`, `pad.rs`, `relu.rs`);
 //! this file keeps the backend choice, `no_grad` and the checks the entry points share.
 
 // Every unsafe operation sits in an `unsafe` block with a `// SAFETY:` comment, also inside
@@ -27,7 +27,6 @@ mod cpu;
 mod depthwise;
 mod direct;
 mod error;
-mod fused;
 pub mod isa;
 mod lanes;
 mod maxpool2;
@@ -39,6 +38,7 @@ mod relu;
 mod stack;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod unit;
 
 use std::sync::OnceLock;
 
@@ -53,16 +53,16 @@ pub use bn::{
 };
 pub use conv::{conv2d, conv2d_on, ConvShape};
 pub use error::{KernelError, Result};
-pub use fused::{
-    conv_affine, conv_affine_on, conv_bn_max_pool_train, conv_bn_max_pool_train_on, conv_bn_train,
-    conv_bn_train_on, MaxPoolParams,
-};
 pub use pad::{pad_const, pad_const_on};
 pub use pool::{avg_pool2d, max_pool2d, pool2d_on};
 pub use pool::{PoolKind, PoolShape};
 pub use relu::{relu, relu_on};
 pub use stack::{
     conv_bn_stack_train, conv_bn_stack_train_on, conv_unit_dims, StackTrain, StackUnitArgs,
+};
+pub use unit::{
+    conv_affine, conv_affine_on, conv_bn_max_pool_train, conv_bn_max_pool_train_on, conv_bn_train,
+    conv_bn_train_on, MaxPoolParams,
 };
 
 /// Which implementation runs an op.

@@ -1,6 +1,6 @@
 //! A run of conv → BN → ReLU (→ max pool) units as one candle op in training (the
 //! plain VGG-style stacks of `bench-small`, `bench-cifar`, `vgg-tiny` and every origin-mode
-//! network between its grown blocks). Each unit runs exactly as [`crate::fused`] runs it alone;
+//! network between its grown blocks). Each unit runs exactly as [`crate::unit`] runs it alone;
 //! what goes is candle's bookkeeping between them: candle adds every op's input gradient into a
 //! fresh zero tensor (`GradStore::or_insert` + `add`, three passes over each activation, ~5-7 %
 //! of a bench-small / bench-cifar step), and here the units hand their gradients to each other
@@ -15,8 +15,8 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use crate::conv::ConvShape;
 use crate::cpu::{slice_f32, tensor_like, with_f32};
 use crate::error::{KernelError, Result};
-use crate::fused::{conv_bn_train_with, unit_bn_backward, unit_forward, Saved, UnitTail};
 use crate::pool::{PoolKind, PoolShape};
+use crate::unit::{conv_bn_train_with, unit_bn_backward, unit_forward, Saved, UnitTail};
 use crate::ConvParams;
 use crate::{arg, check_own, check_per_channel, Backend, MaxPoolParams};
 
@@ -290,7 +290,7 @@ pub fn conv_bn_stack_train_on(
             weight_dims,
             weight_offset,
             gb_offset,
-            tail: crate::fused::UnitTail {
+            tail: crate::unit::UnitTail {
                 eps: u.eps,
                 relu: u.relu,
                 pool: u.pool,

@@ -460,12 +460,12 @@ pub struct BranchInfo {
     pub importance: f64,
     pub main: bool,
     /// Blocks grown inside this branch, by child slot name.
-    pub children: Vec<SlotInfo>,
+    pub children: Vec<InspectedConv>,
 }
 
 /// A conv slot in `dyrep inspect`: plain or a block of branches.
 #[derive(Clone, Debug, Serialize)]
-pub struct SlotInfo {
+pub struct InspectedConv {
     pub path: String,
     pub geometry: String,
     pub params: usize,
@@ -481,7 +481,7 @@ pub struct InspectReport {
     pub macs: u64,
     pub blocks: usize,
     pub branches: usize,
-    pub convs: Vec<SlotInfo>,
+    pub convs: Vec<InspectedConv>,
 }
 
 fn mean_abs(t: &candle_core::Tensor) -> Result<f64> {
@@ -491,7 +491,7 @@ fn mean_abs(t: &candle_core::Tensor) -> Result<f64> {
         .to_scalar::<f64>()?)
 }
 
-fn slot_info(path: &str, slot: &Slot) -> Result<SlotInfo> {
+fn inspected_conv(path: &str, slot: &Slot) -> Result<InspectedConv> {
     let mut branches = Vec::new();
     if let Some(block) = slot.as_block() {
         let main_gamma = mean_abs(&block.main().bn_gamma()?)?;
@@ -507,7 +507,7 @@ fn slot_info(path: &str, slot: &Slot) -> Result<SlotInfo> {
             let mut children = Vec::new();
             for (name, child) in op.child_slots() {
                 let cp = format!("{bp}.{name}");
-                let info = slot_info(&cp, child)?;
+                let info = inspected_conv(&cp, child)?;
                 if !info.branches.is_empty() {
                     children.push(info);
                 } else {
@@ -534,7 +534,7 @@ fn slot_info(path: &str, slot: &Slot) -> Result<SlotInfo> {
             });
         }
     }
-    Ok(SlotInfo {
+    Ok(InspectedConv {
         path: path.to_string(),
         geometry: slot.geom().to_string(),
         params: slot.param_count(),
@@ -546,7 +546,7 @@ fn slot_info(path: &str, slot: &Slot) -> Result<SlotInfo> {
 pub fn inspect(model: &Model) -> Result<InspectReport> {
     let mut convs = Vec::new();
     for u in model.units() {
-        convs.push(slot_info(&u.conv_path, &u.slot)?);
+        convs.push(inspected_conv(&u.conv_path, &u.slot)?);
     }
     Ok(InspectReport {
         model: model.name().to_string(),
@@ -559,7 +559,7 @@ pub fn inspect(model: &Model) -> Result<InspectReport> {
     })
 }
 
-fn write_slot(out: &mut String, s: &SlotInfo, indent: usize) {
+fn write_slot(out: &mut String, s: &InspectedConv, indent: usize) {
     let pad = "  ".repeat(indent);
     if s.branches.is_empty() {
         out.push_str(&format!("{pad}{}  {}  plain\n", s.path, s.geometry));

@@ -1,10 +1,10 @@
-//! conv → train-mode batch norm → optional ReLU as one candle op. candle's backward adds every op's
-//! gradient into a fresh zero tensor (`or_insert(zeros_like) + add`: three passes over each
-//! activation), so one node instead of three per conv unit removes most of the non-conv cost of a
-//! training step, and the BN and ReLU outputs are never materialised twice. The conv output is kept
-//! by the op for its backward. With a max pool after it (`pool`), the BN/ReLU output is not stored
-//! at all: each plane is normalised and pooled in a scratch buffer, and the backward recomputes it
-//! per plane. Arguments `(x, weight, γβ)` with `γβ = [γ; β]` of shape `[2, C]`.
+//! A conv unit: conv → train-mode batch norm → optional ReLU as one candle op. candle's backward
+//! adds every op's gradient into a fresh zero tensor (`or_insert(zeros_like) + add`: three passes
+//! over each activation), so one node instead of three per conv unit removes most of the non-conv
+//! cost of a training step, and the BN and ReLU outputs are never materialised twice. The conv
+//! output is kept by the op for its backward. With a max pool after it (`pool`), the BN/ReLU output
+//! is not stored at all: each plane is normalised and pooled in a scratch buffer, and the backward
+//! recomputes it per plane. Arguments `(x, weight, γβ)` with `γβ = [γ; β]` of shape `[2, C]`.
 
 use std::sync::{Arc, Mutex};
 

@@ -618,3 +618,326 @@ fn resnet_and_repvgg_export_to_onnx_that_matches_dyrep() {
         ));
     }
 }
+
+/// The user's own network (`examples/models/my-cnn.toml`, with an average pool added): trained
+/// in dyrep mode from an architecture file, then — with the file deleted — resumed, fused,
+/// inspected, evaluated and exported (ONNX run by tract against dyrep's logits; safetensors
+/// under dyrep's own names with the layer list in the JSON), and the export loads back with
+/// `--init-from`.
+#[test]
+fn a_model_file_trains_resumes_fuses_and_exports_without_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/models/my-cnn.toml");
+    let net = std::fs::read_to_string(shipped).unwrap().replace(
+        "[[layer]]\nkind = \"global_avg_pool\"",
+        "[[layer]]\nkind = \"avg_pool\"\nkernel = 2\n\n[[layer]]\nkind = \"global_avg_pool\"",
+    );
+    std::fs::write(d.join("net.toml"), &net).unwrap();
+    let dyrep_flags = [
+        "--model-file",
+        "net.toml",
+        "--mode",
+        "dyrep",
+        "--epochs",
+        "2",
+        "--grow-interval",
+        "0.5",
+    ];
+    let mut first = dyrep_flags.to_vec();
+    first.extend(["--stop-after", "1"]);
+    ok(train(d, "mine", &first));
+    assert_eq!(
+        std::fs::read_to_string(d.join("mine/model.toml")).unwrap(),
+        net
+    );
+    std::fs::remove_file(d.join("net.toml")).unwrap();
+    let resumed = ok(dyrep_in(d, &["train", "--resume", "mine"]));
+    assert!(
+        text(&resumed).contains("done: final test acc"),
+        "{}",
+        text(&resumed)
+    );
+    let summary = std::fs::read_to_string(d.join("mine/summary.json")).unwrap();
+    assert!(summary.contains("\"model\": \"my-cnn\""), "{summary}");
+    assert!(summary.contains("\"grows\": "), "{summary}");
+    ok(dyrep_in(
+        d,
+        &["fuse", "--checkpoint", "mine", "--out", "mine-fused"],
+    ));
+    let tree = ok(dyrep_in(d, &["inspect", "mine"]));
+    assert!(text(&tree).contains("features.0.conv"), "{}", text(&tree));
+    ok(dyrep_in(
+        d,
+        &[
+            "export",
+            "--checkpoint",
+            "mine",
+            "--format",
+            "onnx",
+            "--out",
+            "mine.onnx",
+        ],
+    ));
+    ok(dyrep_in(
+        d,
+        &[
+            "export",
+            "--checkpoint",
+            "mine",
+            "--format",
+            "safetensors",
+            "--out",
+            "mine.safetensors",
+        ],
+    ));
+    let arch = std::fs::read_to_string(d.join("mine.json")).unwrap();
+    for key in [
+        "\"model\": \"my-cnn\"",
+        "layer1.0.conv1",
+        "avg_pool",
+        "features.3.pw.conv",
+    ] {
+        assert!(arch.contains(key), "no {key} in {arch}");
+    }
+    ok(dyrep_in(
+        d,
+        &[
+            "eval",
+            "--checkpoint",
+            "mine-fused",
+            "--limit",
+            "40",
+            "--logits-out",
+            "y.npy",
+            "--inputs-out",
+            "x.npy",
+        ],
+    ));
+    let (xs, x) = read_npy(&d.join("x.npy"));
+    let (_, y) = read_npy(&d.join("y.npy"));
+    let (_, out) = run_onnx(&d.join("mine.onnx"), &xs, x);
+    let rel = rel_err(&out, &y);
+    assert!(rel <= 1e-4, "ONNX vs dyrep relative error {rel:e}");
+    std::fs::write(d.join("net.toml"), &net).unwrap();
+    ok(train(
+        d,
+        "mine-init",
+        &[
+            "--model-file",
+            "net.toml",
+            "--epochs",
+            "1",
+            "--init-from",
+            "mine.safetensors",
+        ],
+    ));
+}
+
+/// Bad architecture files: one or two lines naming the file (and line), exit 1.
+#[test]
+fn bad_model_files_give_one_line_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let good = "[[layer]]\nkind = \"conv\"\nchannels = 8\n\n[[layer]]\nkind = \"global_avg_pool\"\n\n[[layer]]\nkind = \"linear\"\n";
+    for (name, body, wanted) in [
+        ("kind.toml", good.replace("\"conv\"", "\"cnv\""), "bad kind"),
+        ("key.toml", good.replace("channels", "channel"), "bad key"),
+        ("zero.toml", good.replace("= 8", "= 0"), "zero"),
+        (
+            "chain.toml",
+            good.replace("kind = \"global_avg_pool\"", "kind = \"relu\""),
+            "chain",
+        ),
+    ] {
+        std::fs::write(d.join(name), body).unwrap();
+        let o = train(d, "bad", &["--model-file", name]);
+        let msg = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{wanted}: {msg}");
+        assert!(msg.lines().count() <= 2, "{wanted}: {msg}");
+        assert!(msg.contains(&format!("{name}:")), "{wanted}: {msg}");
+        match wanted {
+            "bad kind" => assert!(msg.contains("did you mean `conv`"), "{msg}"),
+            "bad key" => assert!(msg.contains("did you mean `channels`"), "{msg}"),
+            "zero" => assert!(
+                msg.contains(":1: layer 0 (conv): `channels` must be at least 1"),
+                "{msg}"
+            ),
+            _ => assert!(
+                msg.contains("layer 2 (linear)") && msg.contains("8x28x28"),
+                "{msg}"
+            ),
+        }
+        assert!(
+            !d.join("bad").exists(),
+            "{wanted}: a run directory was created"
+        );
+    }
+    let o = train(d, "bad", &["--model-file", "missing.toml"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains("missing.toml: cannot read"),
+        "{}",
+        text(&o)
+    );
+    let o = train(
+        d,
+        "bad",
+        &["--model-file", "kind.toml", "--model", "vgg-tiny"],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+}
+
+/// An ImageNet-style folder of JPEGs of many sizes: streamed with the ImageNet transforms,
+/// trained with an ImageNet model, evaluated and fused on the same eval transform; a corrupt
+/// image fails the run naming it, or is skipped and counted with --skip-bad-images.
+#[test]
+fn an_imagenet_style_folder_of_many_sizes_trains_streamed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    for split in ["train", "test"] {
+        for (ci, class) in ["n01", "n02"].iter().enumerate() {
+            let cd = d.join("inet").join(split).join(class);
+            std::fs::create_dir_all(&cd).unwrap();
+            for i in 0..12u32 {
+                let (w, h) = (40 + 9 * i, 33 + 6 * (i % 5));
+                image::RgbImage::from_fn(w, h, |x, y| {
+                    image::Rgb([(x * 3) as u8, (y * 5) as u8, (100 * ci) as u8])
+                })
+                .save(cd.join(format!("{i}.jpg")))
+                .unwrap();
+            }
+        }
+    }
+    let flags = [
+        "--model",
+        "resnet18-imagenet",
+        "--width",
+        "0.125",
+        "--data",
+        "image-folder:inet",
+        "--image-size",
+        "32",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--workers",
+        "2",
+    ];
+    let o = ok(dyrep_in(
+        d,
+        &[&["train", "--out", "inet-run"][..], &flags[..]].concat(),
+    ));
+    assert!(text(&o).contains("3x32x32"), "{}", text(&o));
+    ok(dyrep_in(
+        d,
+        &["fuse", "--checkpoint", "inet-run", "--out", "inet-fused"],
+    ));
+    ok(dyrep_in(d, &["eval", "--checkpoint", "inet-fused"]));
+    // A truncated JPEG: the run stops naming it, before any checkpoint is written.
+    let bad = d.join("inet/train/n02/3.jpg");
+    let bytes = std::fs::read(&bad).unwrap();
+    std::fs::write(&bad, &bytes[..bytes.len() / 2]).unwrap();
+    let o = dyrep_in(
+        d,
+        &[&["train", "--out", "inet-bad"][..], &flags[..]].concat(),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("n02/3.jpg"), "{}", text(&o));
+    assert!(!d.join("inet-bad/checkpoints").exists());
+    let skip = [
+        &["train", "--out", "inet-skip", "--skip-bad-images"][..],
+        &flags[..],
+    ]
+    .concat();
+    ok(dyrep_in(d, &skip));
+    let summary = std::fs::read_to_string(d.join("inet-skip/summary.json")).unwrap();
+    assert!(summary.contains("\"bad_images\": 1"), "{summary}");
+}
+
+/// `dyrep data pack` writes an image folder as tar shards; `--data shards:DIR` trains on them
+/// (read in sequence, streamed with the ImageNet transforms) and resumes exactly.
+#[test]
+fn packed_shards_train_and_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    for split in ["train", "test"] {
+        for (ci, class) in ["a", "b", "c"].iter().enumerate() {
+            let cd = d.join("imgs").join(split).join(class);
+            std::fs::create_dir_all(&cd).unwrap();
+            for i in 0..8u32 {
+                image::RgbImage::from_fn(30 + 3 * i, 26 + i, |x, y| {
+                    image::Rgb([(x * 7) as u8, (y * 3) as u8, (80 * ci) as u8])
+                })
+                .save(cd.join(format!("{i}.jpg")))
+                .unwrap();
+            }
+        }
+    }
+    let o = ok(dyrep_in(
+        d,
+        &[
+            "data",
+            "pack",
+            "image-folder:imgs",
+            "--out",
+            "shards",
+            "--shard-size",
+            "20KB",
+        ],
+    ));
+    assert!(text(&o).contains("packed 48 samples"), "{}", text(&o));
+    assert!(d.join("shards/train-000001.tar").is_file() && d.join("shards/classes.txt").is_file());
+    let flags = [
+        "--model",
+        "resnet-tiny",
+        "--data",
+        "shards:shards",
+        "--image-size",
+        "16",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+    ];
+    ok(dyrep_in(
+        d,
+        &[&["train", "--out", "whole"][..], &flags[..]].concat(),
+    ));
+    ok(dyrep_in(
+        d,
+        &[
+            &["train", "--out", "part", "--stop-after", "1"][..],
+            &flags[..],
+        ]
+        .concat(),
+    ));
+    ok(dyrep_in(d, &["train", "--resume", "part"]));
+    let metrics = |run: &str| -> Vec<String> {
+        std::fs::read_to_string(d.join(run).join("metrics.csv"))
+            .unwrap()
+            .lines()
+            .map(|l| l.rsplit_once(',').unwrap().0.to_string())
+            .collect()
+    };
+    assert_eq!(
+        metrics("whole"),
+        metrics("part"),
+        "a resumed shard run differs"
+    );
+    let o = dyrep_in(
+        d,
+        &[
+            &["train", "--out", "lim", "--train-limit", "12"][..],
+            &flags[..],
+        ]
+        .concat(),
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains("--train-limit does not apply to tar shards"),
+        "{}",
+        text(&o)
+    );
+}

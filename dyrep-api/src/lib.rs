@@ -8,6 +8,7 @@
 pub mod bn;
 pub mod equivalence;
 pub mod error;
+pub mod exec;
 pub mod geom;
 pub mod init;
 pub mod kernel;
@@ -22,6 +23,7 @@ pub mod testing;
 
 pub use bn::{BatchNorm, BnEval, BN_EPS, BN_MOMENTUM};
 pub use error::{Error, Result};
+pub use exec::{branchwise, ExecPath};
 pub use geom::ConvGeom;
 pub use init::{InitCtx, DEFAULT_GAMMA0};
 pub use kernel::Kernel;
@@ -35,8 +37,7 @@ pub use scorer::{
     ScorerEntry,
 };
 pub use slot::{
-    branchwise, join_path, BranchArch, PlainConv, RepBlock, Slot, SlotArch, SlotInfo,
-    DEFAULT_MAX_DEPTH,
+    join_path, BranchArch, PlainConv, RepBlock, Slot, SlotArch, SlotInfo, DEFAULT_MAX_DEPTH,
 };
 
 // Re-exported for the registration macros and for plugin crates.

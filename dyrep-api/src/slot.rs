@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bn::BatchNorm;
 use crate::error::{Error, Result};
+use crate::exec::ExecPath;
 use crate::geom::ConvGeom;
 use crate::init::InitCtx;
 use crate::kernel::Kernel;
@@ -199,121 +200,52 @@ impl RepBlock {
         self.branches.iter_mut().find(|b| b.name() == name)
     }
 
-    /// Sum of all branch outputs. For inference (eval mode inside `kernels::no_grad`, no batch
-    /// norm calibrating) the block runs as its exact fused conv instead: same output (the
-    /// fusion property), one conv instead of every branch.
+    /// Sum of all branch outputs, computed the way [`ExecPath::choose`] says: as the fused
+    /// conv for inference (the same output, by the fusion property), through the block op when
+    /// training with batch statistics, else branch by branch.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        if !train && !dyrep_kernels::grad_enabled() && !branchwise_on() && !self.calibrating() {
-            let k = self.equivalent()?;
-            let g = &self.geom;
-            let y = dyrep_kernels::conv2d(
-                x,
-                &k.weight.to_dtype(x.dtype())?,
-                g.stride,
-                (g.padding, g.padding),
-                g.groups,
-            )?;
-            let bias = k.bias.to_dtype(x.dtype())?.reshape((1, g.out_ch, 1, 1))?;
-            return Ok(y.broadcast_add(&bias)?);
+        match ExecPath::choose(self, train) {
+            ExecPath::FusedConv => {
+                let k = self.equivalent()?;
+                let g = &self.geom;
+                let y = dyrep_kernels::conv2d(
+                    x,
+                    &k.weight.to_dtype(x.dtype())?,
+                    g.stride,
+                    (g.padding, g.padding),
+                    g.groups,
+                )?;
+                let bias = k.bias.to_dtype(x.dtype())?.reshape((1, g.out_ch, 1, 1))?;
+                Ok(y.broadcast_add(&bias)?)
+            }
+            ExecPath::BlockOp { fused, others, eps } => {
+                Ok(self.run_block_op(x, train, &fused, &others, eps, None)?.0)
+            }
+            ExecPath::BranchByBranch => {
+                let mut y = self.main.forward_t(x, train)?;
+                for b in &self.branches {
+                    y = (y + b.forward_t(x, train)?)?;
+                }
+                Ok(y)
+            }
         }
-        if let Some((y, _)) = self.forward_fused_train(x, train, None)? {
-            return Ok(y);
-        }
-        let mut y = self.main.forward_t(x, train)?;
-        for b in &self.branches {
-            y = (y + b.forward_t(x, train)?)?;
-        }
-        Ok(y)
     }
 
-    /// Training forward with the conv→BN and BN-only branches in one fused op
-    /// (`kernels::block_train`) and the others added after; `None` when fewer than two branches
-    /// qualify or a batch norm is in eval mode (then every branch runs on its own). Conv biases
-    /// (the main conv gets one when a grow or cut is absorbed) go into the op too.
-    /// With `post = (bn, relu)`, the conv unit's BN (and ReLU) after the block runs in the same
-    /// op when every branch is in it; the flag says whether it did (else the caller applies it).
-    fn forward_fused_train(
+    /// The block op over `fused` (then `others` added), recording each fused batch norm's
+    /// statistics. With `post = (bn, relu)` the conv unit's BN (and ReLU) after the block runs
+    /// in the same op when every branch is in it; the flag says whether it did (else the caller
+    /// applies it).
+    fn run_block_op(
         &self,
         x: &Tensor,
         train: bool,
+        fused: &[crate::op::BranchParts<'_>],
+        others: &[&dyn RepOp],
+        eps: f64,
         post: Option<(&BatchNorm, bool)>,
-    ) -> Result<Option<(Tensor, bool)>> {
-        use crate::op::{BranchParts, SecondStage};
-        if branchwise_on() {
-            return Ok(None);
-        }
-        let conv_params = |c: &crate::layers::Conv2dLayer| dyrep_kernels::ConvParams {
-            stride: c.stride(),
-            padding: c.padding(),
-            groups: c.groups(),
-        };
-        let mut fused: Vec<BranchParts<'_>> = Vec::new();
-        let mut others: Vec<&dyn RepOp> = Vec::new();
-        for op in self.all_branches() {
-            match op.conv_bn_parts() {
-                Some(p) if p.batch_norms().iter().all(|bn| bn.uses_batch_stats(train)) => {
-                    fused.push(p)
-                }
-                _ => others.push(op),
-            }
-        }
-        if fused.len() < 2 {
-            return Ok(None);
-        }
-        let bns: Vec<&BatchNorm> = fused.iter().flat_map(|p| p.batch_norms()).collect();
-        let eps = bns[0].eps();
-        if bns.iter().any(|bn| bn.eps() != eps) {
-            return Ok(None);
-        }
-        let branches: Vec<dyrep_kernels::BlockBranch<'_>> = fused
-            .iter()
-            .map(|p| match *p {
-                BranchParts::ConvBn { conv, bn } => dyrep_kernels::BlockBranch {
-                    conv: Some((conv.weight().as_tensor(), conv_params(conv))),
-                    bias: conv.bias().map(|b| b.as_tensor()),
-                    gamma: bn.gamma().as_tensor(),
-                    beta: bn.beta().as_tensor(),
-                    then: None,
-                },
-                BranchParts::Bn { bn } => dyrep_kernels::BlockBranch {
-                    conv: None,
-                    bias: None,
-                    gamma: bn.gamma().as_tensor(),
-                    beta: bn.beta().as_tensor(),
-                    then: None,
-                },
-                BranchParts::TwoStage {
-                    conv,
-                    bn1,
-                    pad,
-                    second,
-                    bn2,
-                } => dyrep_kernels::BlockBranch {
-                    conv: Some((conv.weight().as_tensor(), conv_params(conv))),
-                    bias: conv.bias().map(|b| b.as_tensor()),
-                    gamma: bn1.gamma().as_tensor(),
-                    beta: bn1.beta().as_tensor(),
-                    then: Some(dyrep_kernels::BlockStage {
-                        pad,
-                        pad_from: dyrep_kernels::PadFrom {
-                            running_mean: bn1.running_mean().as_tensor(),
-                            running_var: bn1.running_var().as_tensor(),
-                            factor: bn1.next_update_factor(),
-                        },
-                        op: match second {
-                            SecondStage::Conv(c) => {
-                                dyrep_kernels::StageOp::Conv(c.weight().as_tensor(), conv_params(c))
-                            }
-                            SecondStage::AvgPool { k, stride } => {
-                                dyrep_kernels::StageOp::AvgPool { k, stride }
-                            }
-                        },
-                        gamma: bn2.gamma().as_tensor(),
-                        beta: bn2.beta().as_tensor(),
-                    }),
-                },
-            })
-            .collect();
+    ) -> Result<(Tensor, bool)> {
+        let branches: Vec<dyrep_kernels::BlockBranch<'_>> =
+            fused.iter().map(crate::exec::block_branch).collect();
         let post = post
             .filter(|(bn, _)| others.is_empty() && bn.uses_batch_stats(train) && bn.eps() == eps);
         let post_bn = post.map(|(bn, relu)| dyrep_kernels::PostBn {
@@ -322,7 +254,7 @@ impl RepBlock {
             relu,
         });
         let out = dyrep_kernels::block_train(x, &branches, post_bn, eps)?;
-        let mut bns = bns;
+        let mut bns = crate::exec::fused_batch_norms(fused);
         if let Some((bn, _)) = post {
             bns.push(bn);
         }
@@ -339,11 +271,11 @@ impl RepBlock {
         for op in others {
             y = (y + op.forward_t(x, train)?)?;
         }
-        Ok(Some((y, post.is_some())))
+        Ok((y, post.is_some()))
     }
 
     /// Whether any batch norm of the block (nested blocks included) is calibrating.
-    fn calibrating(&self) -> bool {
+    pub(crate) fn calibrating(&self) -> bool {
         self.all_branches().any(|op| {
             op.batch_norms().iter().any(|(_, bn)| bn.is_calibrating())
                 || op.child_slots().iter().any(|(_, child)| {
@@ -446,28 +378,6 @@ fn branch_arch(op: &dyn RepOp) -> BranchArch {
             .map(|(name, s)| (name.to_string(), s.arch()))
             .collect(),
     }
-}
-
-thread_local! {
-    static BRANCHWISE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Runs `f` with every block computing branch by branch: for inference instead of as its fused
-/// conv, for training instead of the block op. For checks whose reference must not share code
-/// with fusion (`dyrep fuse`) or with the block op (its gradient tests).
-pub fn branchwise<R>(f: impl FnOnce() -> R) -> R {
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            BRANCHWISE.with(|b| b.set(self.0));
-        }
-    }
-    let _restore = Restore(BRANCHWISE.with(|b| b.replace(true)));
-    f()
-}
-
-fn branchwise_on() -> bool {
-    BRANCHWISE.with(|b| b.get())
 }
 
 /// A conv that may have grown.
@@ -580,9 +490,9 @@ impl Slot {
                 };
                 if bn.uses_batch_stats(train) {
                     // Training: the block op takes the unit's BN and ReLU too when it can.
-                    if let Some((y, post_applied)) =
-                        b.forward_fused_train(x, train, Some((bn, relu)))?
-                    {
+                    if let ExecPath::BlockOp { fused, others, eps } = ExecPath::choose(b, train) {
+                        let (y, post_applied) =
+                            b.run_block_op(x, train, &fused, &others, eps, Some((bn, relu)))?;
                         return if post_applied { Ok(y) } else { finish(y) };
                     }
                 }

@@ -6,6 +6,13 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+/// The `--help` heading of `train`'s flags that only mean something in dyrep mode (also how
+/// `config.rs` finds them).
+pub(crate) const DYREP_HEADING: &str = "DyRep mode";
+/// The `--help` heading of `train`'s flags that steer this invocation rather than set the run's
+/// config (so `--resume` accepts them).
+pub(crate) const RUN_HEADING: &str = "Run control";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "dyrep",
@@ -43,7 +50,7 @@ pub(crate) enum Command {
     Models(ModelsArgs),
     /// Train a model (origin, repvgg, dbb or dyrep mode) and write a run directory.
     #[command(
-        after_help = "Examples:\n  dyrep train                                   # vgg-tiny, bundled Fashion-MNIST subset, 3 epochs\n  dyrep train --model vgg-tiny --mode dbb --epochs 3 --out runs/dbb\n  dyrep train --mode dyrep --epochs 4 --grow-interval 1 --scorer synflow --out runs/dyrep\n  dyrep train -c run.toml --seed 2\n  dyrep train --resume runs/dbb                 # continue a stopped run exactly\n  dyrep train --mode dyrep --init-from resnet18.safetensors --model resnet18 --data cifar10:DIR\n\nThe run directory holds config.resolved.toml, run.log, metrics.csv, events.jsonl,\nsummary.json, curves.svg and checkpoints/{last,best}. Config file keys are the flag names\nwith _ (epochs, batch_size, init_from, [dyrep] scorer, ...). Ctrl-C stops before the next\nstep; the last epoch's checkpoint stays and --resume continues (exit status 130)."
+        after_help = "Examples:\n  dyrep train                                   # vgg-tiny, bundled Fashion-MNIST subset, 3 epochs\n  dyrep train --model vgg-tiny --mode dbb --epochs 3 --out runs/dbb\n  dyrep train --mode dyrep --epochs 4 --grow-interval 1 --scorer synflow --out runs/dyrep\n  dyrep train -c run.toml --seed 2\n  dyrep train --resume runs/dbb                 # continue a stopped run exactly\n  dyrep train --model-file examples/models/my-cnn.toml --mode dyrep\n  dyrep train --mode dyrep --init-from resnet18.safetensors --model resnet18 --data cifar10:DIR\n\nThe run directory holds config.resolved.toml, run.log, metrics.csv, events.jsonl,\nsummary.json, curves.svg and checkpoints/{last,best}. Config file keys are the flag names\nwith _ (epochs, batch_size, init_from, [dyrep] scorer, ...). Ctrl-C stops before the next\nstep; the last epoch's checkpoint stays and --resume continues (exit status 130)."
     )]
     Train(Box<TrainArgs>),
     /// Evaluate a checkpoint (trained or fused) on the test split.
@@ -90,6 +97,42 @@ pub(crate) enum Command {
         after_help = "Examples:\n  dyrep verify --all --cases 200 --seed 1\n  dyrep verify --op conv1x1_kxk --cases 50\n\nExit status 2 if any case fails."
     )]
     Verify(VerifyArgs),
+    /// Data tools: `pack` writes an image folder as tar shards (`shards:DIR`).
+    #[command(
+        after_help = "Examples:\n  dyrep data pack image-folder:/data/imagenet --out /data/imagenet-shards --shard-size 1GB\n\nShards are the WebDataset layout: train-NNNNNN.tar and test-NNNNNN.tar with <key>.jpg|png and\n<key>.cls members, plus classes.txt; train on them with --data shards:DIR."
+    )]
+    Data(DataArgs),
+}
+
+/// `dyrep data`'s arguments.
+#[derive(clap::Args, Debug)]
+pub(crate) struct DataArgs {
+    #[command(subcommand)]
+    pub(crate) command: DataCommand,
+}
+
+/// `dyrep data`'s subcommands.
+#[derive(Subcommand, Debug)]
+pub(crate) enum DataCommand {
+    /// Write an image folder as tar shards.
+    Pack(PackArgs),
+}
+
+/// `dyrep data pack`'s arguments.
+#[derive(clap::Args, Debug)]
+pub(crate) struct PackArgs {
+    /// The image folder (`image-folder:DIR`, or just DIR).
+    #[arg(value_name = "SPEC")]
+    pub(crate) folder: String,
+    /// Directory to write the shards to.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) out: PathBuf,
+    /// Close a shard once it holds this much (1GB, 500MB, 64MiB, bytes).
+    #[arg(long, default_value = "1GB", value_parser = dyrep_runtime::data::shards::parse_size)]
+    pub(crate) shard_size: u64,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -98,8 +141,12 @@ pub(crate) struct TrainArgs {
     #[arg(short = 'c', long = "config", value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
     /// Model name (see `dyrep models`).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "model_file")]
     pub(crate) model: Option<String>,
+    /// A network described by an architecture file (TOML list of layers, docs/MODEL-FILES.md)
+    /// instead of --model; the run keeps a copy.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) model_file: Option<PathBuf>,
     /// Data spec: default, fashion-mnist:DIR, mnist:DIR, cifar10:DIR, cifar100:DIR,
     /// image-folder:DIR.
     #[arg(long, value_name = "SPEC")]
@@ -125,20 +172,45 @@ pub(crate) struct TrainArgs {
     #[arg(long, value_name = "N")]
     pub(crate) test_limit: Option<usize>,
     /// Run directory (default runs/<model>-<mode>-seed<seed>).
-    #[arg(long, value_name = "DIR", conflicts_with = "resume")]
+    #[arg(help_heading = RUN_HEADING, long, value_name = "DIR", conflicts_with = "resume")]
     pub(crate) out: Option<PathBuf>,
     /// Continue the run in DIR from its last checkpoint, with its saved config.
-    #[arg(long, value_name = "DIR")]
+    #[arg(help_heading = RUN_HEADING, long, value_name = "DIR")]
     pub(crate) resume: Option<PathBuf>,
     /// Start from plain pretrained weights with conventional names (a .safetensors file as
     /// `dyrep export` writes it; torchvision/timm key names), in any mode.
     #[arg(long, value_name = "FILE")]
     pub(crate) init_from: Option<PathBuf>,
+    /// Stream the image folder with the ImageNet transforms at this crop size (train: random
+    /// resized crop + flip; eval: resize to size/0.875 + centre crop); more in [augment.imagenet].
+    #[arg(long, value_name = "PIXELS")]
+    pub(crate) image_size: Option<usize>,
+    /// Streamed image folders: skip (log and count) images that cannot be decoded.
+    #[arg(long)]
+    pub(crate) skip_bad_images: bool,
+    /// Image-decoding threads for image folders (default: one per core).
+    #[arg(long, value_name = "N")]
+    pub(crate) workers: Option<usize>,
+    /// Where decoded image folders are cached (default $DYREP_CACHE_DIR, $XDG_CACHE_HOME/dyrep
+    /// or ~/.cache/dyrep).
+    #[arg(long, value_name = "DIR", conflicts_with = "no_cache")]
+    pub(crate) cache_dir: Option<PathBuf>,
+    /// Decode image folders every time (no cache).
+    #[arg(long)]
+    pub(crate) no_cache: bool,
     /// Replace an existing, non-empty run directory.
     #[arg(long, conflicts_with = "resume")]
     pub(crate) force: bool,
+    /// Data-parallel training over the MPI world (`mpirun -np N dyrep train ... --distributed`;
+    /// a build with the `mpi` feature). Detected when an MPI launcher started the process.
+    #[arg(help_heading = RUN_HEADING, long)]
+    pub(crate) distributed: bool,
+    /// Data-parallel check: every rank reads the same batches, so the run equals a
+    /// single-process one bit for bit.
+    #[arg(long, hide = true)]
+    pub(crate) dist_same_data: bool,
     /// Stop after this many epochs in this invocation (continue later with --resume).
-    #[arg(long, value_name = "N")]
+    #[arg(help_heading = RUN_HEADING, long, value_name = "N")]
     pub(crate) stop_after: Option<usize>,
     /// repvgg / dbb modes: build the blocks as their authors train them (`reference`: the BN
     /// after each conv dropped, branches initialised independently; the default) or as DyRep
@@ -146,37 +218,65 @@ pub(crate) struct TrainArgs {
     #[arg(long, value_name = "FORM", value_parser = dyrep_runtime::train::BaselineForm::parse)]
     pub(crate) baseline_form: Option<dyrep_runtime::train::BaselineForm>,
     /// dyrep mode: branch ops for new blocks, comma-separated (default: every registered op).
-    #[arg(long, value_name = "A,B", value_delimiter = ',')]
+    #[arg(help_heading = DYREP_HEADING, long, value_name = "A,B", value_delimiter = ',')]
     pub(crate) ops: Option<Vec<String>>,
     /// dyrep mode: saliency scorer (see `dyrep scorers`).
-    #[arg(long)]
+    #[arg(help_heading = DYREP_HEADING, long)]
     pub(crate) scorer: Option<String>,
     /// dyrep mode: grow after every this much training: epochs (`2`, `0.5`), `N steps`, or
     /// `auto` (1/40 of the run, the reference's proportion; the default).
-    #[arg(long, value_name = "PERIOD", value_parser = dyrep_runtime::schedule::Period::parse)]
+    #[arg(help_heading = DYREP_HEADING, long, value_name = "PERIOD", value_parser = dyrep_runtime::schedule::Period::parse)]
     pub(crate) grow_interval: Option<dyrep_runtime::schedule::Period>,
     /// dyrep mode: no growth after this much training: epochs, `N steps`, `auto` (5/6 of the
     /// run, the default) or `none`.
-    #[arg(long, value_name = "PERIOD", value_parser = dyrep_runtime::schedule::Period::parse)]
+    #[arg(help_heading = DYREP_HEADING, long, value_name = "PERIOD", value_parser = dyrep_runtime::schedule::Period::parse)]
     pub(crate) max_grow_epochs: Option<dyrep_runtime::schedule::Period>,
     /// dyrep mode: convs grown per grow step.
-    #[arg(long, value_name = "K")]
+    #[arg(help_heading = DYREP_HEADING, long, value_name = "K")]
     pub(crate) grow_topk: Option<usize>,
     /// dyrep mode: γ of the last BN of new branches.
-    #[arg(long)]
+    #[arg(help_heading = DYREP_HEADING, long)]
     pub(crate) gamma0: Option<f64>,
     /// dyrep mode: training batches to calibrate a new block's BN statistics.
-    #[arg(long, value_name = "N")]
+    #[arg(help_heading = DYREP_HEADING, long, value_name = "N")]
     pub(crate) calib_batches: Option<usize>,
     /// dyrep mode: λ, the importance below which (and below the mean) a branch is cut.
-    #[arg(long)]
+    #[arg(help_heading = DYREP_HEADING, long)]
     pub(crate) cut_threshold: Option<f64>,
     /// dyrep mode: how deep blocks may nest.
-    #[arg(long, value_name = "N")]
+    #[arg(help_heading = DYREP_HEADING, long, value_name = "N")]
     pub(crate) max_depth: Option<usize>,
     /// dyrep mode: never cut branches (Rep only).
-    #[arg(long)]
+    #[arg(help_heading = DYREP_HEADING, long)]
     pub(crate) no_dep: bool,
+    /// The flags given on the command line, as `--long-name` with their help heading (filled
+    /// from clap's value sources after parsing).
+    #[arg(skip)]
+    pub(crate) given: Vec<GivenFlag>,
+}
+
+/// A flag given on the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct GivenFlag {
+    pub(crate) long: String,
+    pub(crate) heading: Option<String>,
+}
+
+/// The flags of `m` that came from the command line (not defaults), in `cmd`'s order.
+pub(crate) fn given_flags(cmd: &clap::Command, m: &clap::ArgMatches) -> Vec<GivenFlag> {
+    cmd.get_arguments()
+        .filter(|a| {
+            m.try_contains_id(a.get_id().as_str()).unwrap_or(false)
+                && m.value_source(a.get_id().as_str())
+                    == Some(clap::parser::ValueSource::CommandLine)
+        })
+        .filter_map(|a| {
+            Some(GivenFlag {
+                long: format!("--{}", a.get_long()?),
+                heading: a.get_help_heading().map(str::to_string),
+            })
+        })
+        .collect()
 }
 
 /// `dyrep ops`'s arguments.
@@ -246,9 +346,19 @@ pub(crate) struct FuseArgs {
 /// `dyrep bench`'s arguments.
 #[derive(clap::Args, Debug)]
 pub(crate) struct BenchArgs {
-    /// `train` (forward + backward + SGD step) or `eval` (forward).
-    #[arg(value_parser = ["train", "eval"])]
+    /// `train` (forward + backward + SGD step), `eval` (forward), or `data` (the input
+    /// pipeline alone: a streamed image folder's training batches).
+    #[arg(value_parser = ["train", "eval", "data"])]
     pub(crate) what: String,
+    /// `data`: the image folder (`image-folder:DIR`).
+    #[arg(long, value_name = "SPEC")]
+    pub(crate) data: Option<String>,
+    /// `data`: crop size of the training transform.
+    #[arg(long, default_value_t = 224)]
+    pub(crate) size: usize,
+    /// `data`: decoding threads (default: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) workers: usize,
     #[arg(long, default_value = "vgg-tiny")]
     pub(crate) model: String,
     /// origin, repvgg or dbb.

@@ -5,57 +5,26 @@ use anyhow::Result;
 
 use dyrep_runtime::train::{Mode, TrainConfig};
 
-use crate::args::TrainArgs;
-
-/// Flags that only mean something in dyrep mode.
-const DYREP_FLAGS: [&str; 10] = [
-    "--ops",
-    "--scorer",
-    "--grow-interval",
-    "--max-grow-epochs",
-    "--grow-topk",
-    "--gamma0",
-    "--calib-batches",
-    "--cut-threshold",
-    "--max-depth",
-    "--no-dep",
-];
+use crate::args::{TrainArgs, DYREP_HEADING, RUN_HEADING};
 
 impl TrainArgs {
-    pub(crate) fn config_flags(&self) -> Vec<&'static str> {
-        let mut v = Vec::new();
-        let pairs: [(&'static str, bool); 24] = [
-            ("--baseline-form", self.baseline_form.is_some()),
-            ("--ops", self.ops.is_some()),
-            ("--scorer", self.scorer.is_some()),
-            ("--grow-interval", self.grow_interval.is_some()),
-            ("--max-grow-epochs", self.max_grow_epochs.is_some()),
-            ("--grow-topk", self.grow_topk.is_some()),
-            ("--gamma0", self.gamma0.is_some()),
-            ("--calib-batches", self.calib_batches.is_some()),
-            ("--cut-threshold", self.cut_threshold.is_some()),
-            ("--max-depth", self.max_depth.is_some()),
-            ("--no-dep", self.no_dep),
-            ("--config", self.config.is_some()),
-            ("--model", self.model.is_some()),
-            ("--data", self.data.is_some()),
-            ("--mode", self.mode.is_some()),
-            ("--epochs", self.epochs.is_some()),
-            ("--batch-size", self.batch_size.is_some()),
-            ("--lr", self.lr.is_some()),
-            ("--seed", self.seed.is_some()),
-            ("--width", self.width.is_some()),
-            ("--train-limit", self.train_limit.is_some()),
-            ("--test-limit", self.test_limit.is_some()),
-            ("--force", self.force),
-            ("--init-from", self.init_from.is_some()),
-        ];
-        for (name, set) in pairs {
-            if set {
-                v.push(name);
-            }
-        }
-        v
+    /// The given flags that set the run's config (what `--resume` refuses: the run keeps its
+    /// saved config).
+    pub(crate) fn config_flags(&self) -> Vec<&str> {
+        self.given
+            .iter()
+            .filter(|f| f.heading.as_deref() != Some(RUN_HEADING))
+            .map(|f| f.long.as_str())
+            .collect()
+    }
+
+    /// The given flags that only mean something in dyrep mode.
+    fn dyrep_flags(&self) -> Vec<&str> {
+        self.given
+            .iter()
+            .filter(|f| f.heading.as_deref() == Some(DYREP_HEADING))
+            .map(|f| f.long.as_str())
+            .collect()
     }
 
     pub(crate) fn resolve(&self) -> Result<TrainConfig> {
@@ -65,6 +34,14 @@ impl TrainArgs {
         };
         if let Some(v) = &self.model {
             cfg.model = v.clone();
+            cfg.model_file = None;
+        }
+        if let Some(v) = &self.model_file {
+            cfg.model_file = Some(v.clone());
+        }
+        // A file model is named by its file (the run directory's default name uses it).
+        if let Some(file) = cfg.read_model_file()? {
+            cfg.model = file.name;
         }
         if let Some(v) = &self.data {
             cfg.data = v.clone();
@@ -96,10 +73,42 @@ impl TrainArgs {
         if self.init_from.is_some() {
             cfg.init_from = self.init_from.clone();
         }
+        self.apply_data_flags(&mut cfg);
         if let Some(v) = self.baseline_form {
             cfg.baseline_form = v;
         }
-        let d = &mut cfg.dyrep;
+        self.apply_dyrep_flags(&mut cfg.dyrep);
+        self.check_mode_flags(&cfg)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The flags of the data pipeline (`image_size`, workers, cache, bad images).
+    fn apply_data_flags(&self, cfg: &mut TrainConfig) {
+        if let Some(size) = self.image_size {
+            let mut t = cfg.augment.imagenet.clone().unwrap_or_default();
+            t.size = size;
+            cfg.augment.imagenet = Some(t);
+        }
+        if self.skip_bad_images {
+            cfg.skip_bad_images = true;
+        }
+        if self.dist_same_data {
+            cfg.dist_same_data = true;
+        }
+        if let Some(v) = self.workers {
+            cfg.workers = v;
+        }
+        if let Some(v) = &self.cache_dir {
+            cfg.cache_dir = Some(v.clone());
+        }
+        if self.no_cache {
+            cfg.cache = false;
+        }
+    }
+
+    /// The flags of the `[dyrep]` table.
+    fn apply_dyrep_flags(&self, d: &mut dyrep_runtime::dynamics::DyrepConfig) {
         if let Some(v) = &self.ops {
             d.ops = v
                 .iter()
@@ -134,11 +143,11 @@ impl TrainArgs {
         if self.no_dep {
             d.dep = false;
         }
-        let dyrep_flags: Vec<&str> = self
-            .config_flags()
-            .into_iter()
-            .filter(|f| DYREP_FLAGS.contains(f))
-            .collect();
+    }
+
+    /// Refuses flags that do not apply to the resolved mode.
+    fn check_mode_flags(&self, cfg: &TrainConfig) -> Result<()> {
+        let dyrep_flags = self.dyrep_flags();
         if cfg.mode != Mode::Dyrep && !dyrep_flags.is_empty() {
             anyhow::bail!(
                 "{} only apply to --mode dyrep (the mode is `{}`)",
@@ -152,7 +161,6 @@ impl TrainArgs {
                 cfg.mode.as_str()
             );
         }
-        cfg.validate()?;
-        Ok(cfg)
+        Ok(())
     }
 }

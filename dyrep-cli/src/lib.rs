@@ -20,7 +20,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
-use clap::Parser;
 
 use args::{Cli, Command};
 
@@ -63,7 +62,7 @@ where
 {
     dyrep_runtime::ensure_linked();
     dyrep_runtime::alloc::keep_freed_memory();
-    let cli = match Cli::try_parse_from(args) {
+    let cli = match parse_cli(args) {
         Ok(cli) => cli,
         Err(e) => {
             use clap::error::ErrorKind;
@@ -99,6 +98,24 @@ where
             })
         }
     }
+}
+
+/// Parses the command line; `train`'s arguments also learn which flags were given.
+fn parse_cli<I, T>(args: I) -> std::result::Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    use clap::{CommandFactory, FromArgMatches};
+    let command = Cli::command();
+    let matches = command.clone().try_get_matches_from(args)?;
+    let mut cli = Cli::from_arg_matches(&matches)?;
+    if let (Command::Train(train), Some(("train", m))) = (&mut cli.command, matches.subcommand()) {
+        if let Some(sub) = command.find_subcommand("train") {
+            train.given = args::given_flags(sub, m);
+        }
+    }
+    Ok(cli)
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
@@ -154,5 +171,6 @@ fn dispatch(cli: Cli, verbosity: Verbosity) -> Result<u8> {
         Command::Inspect(args) => cmd::inspect::run(args, &mut ctx),
         Command::Export(args) => cmd::export::run(args, &mut ctx),
         Command::Verify(args) => cmd::verify::run(args, &mut ctx),
+        Command::Data(args) => cmd::data::run(args, &mut ctx),
     }
 }

@@ -438,10 +438,7 @@ pub fn batch_norm_train_on(
             let x = x.contiguous()?;
             let planes = Planes::of(x.dims())?;
             let stats = crate::cpu::with_f32(&x, "batch_norm", |xs| channel_stats(xs, planes))?;
-            let mean: Vec<f32> = stats.iter().map(|s| s.mean()).collect();
-            let var: Vec<f32> = stats.iter().map(|s| s.var).collect();
-            let mean_t = Tensor::from_vec(mean, c, x.device())?;
-            let var_t = Tensor::from_vec(var, c, x.device())?;
+            let (mean_t, var_t) = crate::side::stats_tensors(&stats, x.device())?;
             let op = BnTrainOp::new(stats, eps);
             let y = x.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
             Ok(BatchNormTrain {

@@ -229,22 +229,29 @@ impl Tally {
 /// the geometry allows it, DBB's 1×1 → k×k and 1×1 → average two-stage branches, and half of the
 /// time the unit's BN (and ReLU) after the block. Compared: the output, the gradient of every
 /// argument and every BN's batch statistics.
-fn block_op_tally(device: &Device, cases: usize, seed: u64) -> Result<KernelReport> {
-    let cpu = Device::Cpu;
-    let mut r = XorShift64Star(seed.wrapping_mul(0xA24B_AED4_963E_E407) | 1);
-    // candle's composition runs in f64, so the comparison measures the own f32 kernels alone.
-    // Errors are relative to the data's scale (floor 1: inputs, upstream gradients and every BN
-    // output are O(1)), not to each tensor's own maximum: in a block many gradients nearly
-    // vanish in theory — a BN's β behind the unit's BN — and come out as sums of O(1) terms
-    // cancelling to rounding noise. The limit is 1e-3, not 1e-4: a first-stage BN's γ gradient
-    // is a sum over the channel's values (N = 70-1,600 here) whose terms, behind the second
-    // BN, cancel to about 1/100 of their magnitude, so f32 rounding relative to the result
-    // reaches N·2⁻²⁴·100 ≈ 5e-4 (measured worst 5.0e-4 over 640 cases); a wrong branch,
-    // statistic or gradient is off by O(1).
-    let mut tally = Tally::with_tolerance("grown block (fused)", 1e-3);
-    let mut drawn = 0;
-    while tally.report.cases < cases && drawn < 100 * cases.max(1) {
-        drawn += 1;
+/// One random grown block: its geometry, the block op's arguments (x, the four one-stage
+/// weights, the two-stage weights, γ and β of every BN, the main bias), the two-stage
+/// branches' running statistics and the upstream gradient.
+struct BlockCheckCase {
+    k: usize,
+    stride: usize,
+    groups: usize,
+    identity: bool,
+    bias: bool,
+    post: bool,
+    relu: bool,
+    first_bn: usize,
+    bias_arg: usize,
+    args: Vec<Tensor>,
+    running: Vec<Tensor>,
+    up: Vec<f32>,
+    what: String,
+}
+
+impl BlockCheckCase {
+    /// A random case, or `None` when the drawn geometry is one the check skips.
+    fn draw(r: &mut XorShift64Star) -> Result<Option<BlockCheckCase>> {
+        let cpu = Device::Cpu;
         let k = [3, 5][r.below(2)];
         let stride = 1 + r.below(2);
         let groups = 1 + r.below(2);
@@ -261,10 +268,9 @@ fn block_op_tally(device: &Device, cases: usize, seed: u64) -> Result<KernelRepo
         // Enough values per channel for the BN gradients to be more than rounding noise, and
         // the geometries candle's conv backward (the other side) gets right.
         if n * ho * wo < 6 || (stride == 2 && (h - 1) % 2 != (w - 1) % 2) {
-            continue;
+            return Ok(None);
         }
         let (bias, post, relu) = (r.below(2) == 0, r.below(2) == 0, r.below(2) == 0);
-        let p = k / 2;
         let t = |v: Vec<f32>, shape: &[usize]| Tensor::from_vec(v, shape, &cpu);
         // Arguments: x, the four one-stage weights, the two-stage weights (1×1, k×k; 1×1),
         // then γ, β of every BN, then the main bias.
@@ -313,83 +319,104 @@ fn block_op_tally(device: &Device, cases: usize, seed: u64) -> Result<KernelRepo
             )?,
         ];
         let up = r.values(n * cout * ho * wo);
+
+        let what = format!(
+            "x {n}x{cin}x{h}x{w}, k {k}, stride {stride}, groups {groups}, out {cout}, identity {identity}, bias {bias}, post BN {post} (relu {relu})"
+        );
+        Ok(Some(BlockCheckCase {
+            k,
+            stride,
+            groups,
+            identity,
+            bias,
+            post,
+            relu,
+            first_bn,
+            bias_arg,
+            args,
+            running: running.to_vec(),
+            up,
+            what,
+        }))
+    }
+
+    /// The block op on `a` (arguments in this case's order) with the given running statistics.
+    fn run(&self, b: Backend, a: &[Tensor], running: &[Tensor]) -> Result<crate::BlockTrain> {
+        let (k, stride, groups) = (self.k, self.stride, self.groups);
+        let (first_bn, bias_arg, p) = (self.first_bn, self.bias_arg, self.k / 2);
+        let (bias, identity, post, relu) = (self.bias, self.identity, self.post, self.relu);
         let conv = |s: usize, pad: (usize, usize)| ConvParams {
             stride: s,
             padding: pad,
             groups,
         };
-        let block = |b: Backend, a: &[Tensor], running: &[Tensor]| -> Result<crate::BlockTrain> {
-            let bn = |i: usize| (&a[first_bn + 2 * i], &a[first_bn + 2 * i + 1]);
-            let one = |wi: usize, pad: (usize, usize), bi: usize, with_bias: bool| BlockBranch {
-                conv: Some((&a[wi], conv(stride, pad))),
-                bias: with_bias.then(|| &a[bias_arg]),
+        let bn = |i: usize| (&a[first_bn + 2 * i], &a[first_bn + 2 * i + 1]);
+        let one = |wi: usize, pad: (usize, usize), bi: usize, with_bias: bool| BlockBranch {
+            conv: Some((&a[wi], conv(stride, pad))),
+            bias: with_bias.then(|| &a[bias_arg]),
+            gamma: bn(bi).0,
+            beta: bn(bi).1,
+            then: None,
+        };
+        let mut branches = vec![
+            one(1, (p, p), 0, bias),
+            one(2, (0, 0), 1, false),
+            one(3, (0, p), 2, false),
+            one(4, (p, 0), 3, false),
+        ];
+        let mut next = 4;
+        if identity {
+            branches.push(BlockBranch {
+                conv: None,
+                bias: None,
+                gamma: bn(4).0,
+                beta: bn(4).1,
+                then: None,
+            });
+            next = 5;
+        }
+        // The two-stage branches: (first weight, second stage, first BN, running stats).
+        let second = [
+            StageOp::Conv(&a[6], conv(stride, (0, 0))),
+            StageOp::AvgPool { k, stride },
+        ];
+        for (j, (wi, op)) in [5usize, 7].into_iter().zip(second).enumerate() {
+            let bi = next + 2 * j;
+            branches.push(BlockBranch {
+                conv: Some((&a[wi], conv(1, (0, 0)))),
+                bias: None,
                 gamma: bn(bi).0,
                 beta: bn(bi).1,
-                then: None,
-            };
-            let mut branches = vec![
-                one(1, (p, p), 0, bias),
-                one(2, (0, 0), 1, false),
-                one(3, (0, p), 2, false),
-                one(4, (p, 0), 3, false),
-            ];
-            let mut next = 4;
-            if identity {
-                branches.push(BlockBranch {
-                    conv: None,
-                    bias: None,
-                    gamma: bn(4).0,
-                    beta: bn(4).1,
-                    then: None,
-                });
-                next = 5;
-            }
-            // The two-stage branches: (first weight, second stage, first BN, running stats).
-            let second = [
-                StageOp::Conv(&a[6], conv(stride, (0, 0))),
-                StageOp::AvgPool { k, stride },
-            ];
-            for (j, (wi, op)) in [5usize, 7].into_iter().zip(second).enumerate() {
-                let bi = next + 2 * j;
-                branches.push(BlockBranch {
-                    conv: Some((&a[wi], conv(1, (0, 0)))),
-                    bias: None,
-                    gamma: bn(bi).0,
-                    beta: bn(bi).1,
-                    then: Some(BlockStage {
-                        pad: p,
-                        pad_from: PadFrom {
-                            running_mean: &running[2 * j],
-                            running_var: &running[2 * j + 1],
-                            factor: 0.1,
-                        },
-                        op,
-                        gamma: bn(bi + 1).0,
-                        beta: bn(bi + 1).1,
-                    }),
-                });
-            }
-            let post_bn = post.then(|| PostBn {
-                gamma: bn(next + 4).0,
-                beta: bn(next + 4).1,
-                relu,
+                then: Some(BlockStage {
+                    pad: p,
+                    pad_from: PadFrom {
+                        running_mean: &running[2 * j],
+                        running_var: &running[2 * j + 1],
+                        factor: 0.1,
+                    },
+                    op,
+                    gamma: bn(bi + 1).0,
+                    beta: bn(bi + 1).1,
+                }),
             });
-            block_train_on(b, &a[0], &branches, post_bn, 1e-5)
-        };
-        let what = format!(
-            "x {n}x{cin}x{h}x{w}, k {k}, stride {stride}, groups {groups}, out {cout}, identity {identity}, bias {bias}, post BN {post} (relu {relu})"
-        );
-        let own = with_grads(&args, &up, &|a| Ok(block(Backend::Own, a, &running)?.y))?;
-        let dev_args = args
-            .iter()
-            .map(|a| a.to_device(device))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let dev_running = running
-            .iter()
-            .map(|a| a.to_device(device))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let other = with_grads(&dev_args, &up, &|a| {
-            Ok(block(Backend::Candle, a, &dev_running)?.y)
+        }
+        let post_bn = post.then(|| PostBn {
+            gamma: bn(next + 4).0,
+            beta: bn(next + 4).1,
+            relu,
+        });
+        block_train_on(b, &a[0], &branches, post_bn, 1e-5)
+    }
+
+    /// The relative errors of the own op against candle's composition on `device`: the output,
+    /// every gradient, every BN's batch mean and variance.
+    fn errors(&self, device: &Device) -> Result<Vec<(String, f64)>> {
+        let (args, running, up) = (&self.args, &self.running, &self.up);
+        let own = with_grads(args, up, &|a| Ok(self.run(Backend::Own, a, running)?.y))?;
+        let dev_args = on_device(args, device)?;
+        let dev_running = on_device(running, device)?;
+        let other = with_grads(&dev_args, up, &|a| {
+            Ok(self.run(Backend::Candle, a, &dev_running)?.y)
         })?;
         let mut errs: Vec<(String, f64)> = Vec::new();
         for (i, (a, b)) in own.iter().zip(&other).enumerate() {
@@ -399,35 +426,63 @@ fn block_op_tally(device: &Device, cases: usize, seed: u64) -> Result<KernelRepo
             };
             errs.push((name, rel_err_floor(b, a, 1.0)?));
         }
-        let own_stats = block(Backend::Own, &args, &running)?.stats;
-        let other_stats = block(Backend::Candle, &dev_args, &dev_running)?.stats;
+        let own_stats = self.run(Backend::Own, args, running)?.stats;
+        let other_stats = self.run(Backend::Candle, &dev_args, &dev_running)?.stats;
         for (i, (a, b)) in own_stats.iter().zip(&other_stats).enumerate() {
             let f32_of = |t: &Tensor| t.to_dtype(candle_core::DType::F32);
             let (mean, var) = (f32_of(&b.mean)?, f32_of(&b.var)?);
             errs.push((format!("BN {i} mean"), rel_err_floor(&mean, &a.mean, 1.0)?));
             errs.push((format!("BN {i} var"), rel_err_floor(&var, &a.var, 1.0)?));
         }
+        Ok(errs)
+    }
+}
+
+fn block_op_tally(device: &Device, cases: usize, seed: u64) -> Result<KernelReport> {
+    let mut r = XorShift64Star(seed.wrapping_mul(0xA24B_AED4_963E_E407) | 1);
+    // candle's composition runs in f64, so the comparison measures the own f32 kernels alone.
+    // Errors are relative to the data's scale (floor 1: inputs, upstream gradients and every BN
+    // output are O(1)), not to each tensor's own maximum: in a block many gradients nearly
+    // vanish in theory — a BN's β behind the unit's BN — and come out as sums of O(1) terms
+    // cancelling to rounding noise. The limit is 1e-3, not 1e-4: a first-stage BN's γ gradient
+    // is a sum over the channel's values (N = 70-1,600 here) whose terms, behind the second
+    // BN, cancel to about 1/100 of their magnitude, so f32 rounding relative to the result
+    // reaches N·2⁻²⁴·100 ≈ 5e-4 (measured worst 5.0e-4 over 640 cases); a wrong branch,
+    // statistic or gradient is off by O(1).
+    let mut tally = Tally::with_tolerance("grown block (fused)", 1e-3);
+    let mut drawn = 0;
+    while tally.report.cases < cases && drawn < 100 * cases.max(1) {
+        drawn += 1;
+        let Some(case) = BlockCheckCase::draw(&mut r)? else {
+            continue;
+        };
+        let errs = case.errors(device)?;
         let errs: Vec<(&str, f64)> = errs.iter().map(|(n, e)| (n.as_str(), *e)).collect();
-        tally.case(what, &errs);
+        tally.case(case.what.clone(), &errs);
     }
     Ok(tally.report)
 }
 
-/// Runs `cases` random cases of every kernel: own CPU kernels against candle's ops on `device`.
-pub fn check_kernels(device: &Device, cases: usize, seed: u64) -> Result<Vec<KernelReport>> {
-    let cpu = Device::Cpu;
-    let mut r = XorShift64Star(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-    let on = |t: &Tensor| t.to_device(device);
-    let mut conv = Tally::new("conv2d");
-    let mut conv_bn = Tally::new("conv+bn+relu (train)");
-    let mut conv_bn_pool = Tally::new("conv+bn+relu+pool (fused)");
-    let mut conv_bn_stack = Tally::new("conv unit stack (fused)");
-    let mut conv_aff = Tally::new("conv+affine+relu (eval)");
-    let mut bn = Tally::new("batch_norm (train)");
-    let mut pools = Tally::new("avg/max pool");
-    let mut relu = Tally::new("relu");
-    for _ in 0..cases {
-        let s = conv_case(&mut r);
+/// One random conv case and the tensors every per-kernel check of it uses (on the CPU).
+struct ConvCheckCase {
+    s: ConvShape,
+    params: ConvParams,
+    what: String,
+    x: Tensor,
+    w: Tensor,
+    gamma: Tensor,
+    beta: Tensor,
+    /// The upstream gradient's values (long enough for every output the checks make).
+    up: Vec<f32>,
+    /// Whether candle can differentiate this conv (else only outputs are compared).
+    grads_ok: bool,
+    relu: bool,
+}
+
+impl ConvCheckCase {
+    fn draw(r: &mut XorShift64Star) -> Result<ConvCheckCase> {
+        let cpu = Device::Cpu;
+        let s = conv_case(r);
         let params = ConvParams {
             stride: s.stride,
             padding: (s.ph, s.pw),
@@ -457,319 +512,339 @@ pub fn check_kernels(device: &Device, cases: usize, seed: u64) -> Result<Vec<Ker
         let beta = Tensor::from_vec(r.values(s.out), s.out, &cpu)?;
         let up = r.values(s.n * s.out * s.ho * s.wo + 4 * s.n * s.c * (s.h + 2) * (s.w + 2));
         let grads_ok = candle_conv_backward_ok(&s);
-        let compare = |own: Vec<Tensor>, other: Vec<Tensor>, names: &[&'static str]| {
-            own.iter()
-                .zip(&other)
-                .zip(names)
-                .take(if grads_ok { names.len() } else { 1 })
-                .map(|((a, b), n)| Ok((*n, rel_err(b, a)?)))
-                .collect::<Result<Vec<(&str, f64)>>>()
-        };
-
-        let own = with_grads(&[x.clone(), w.clone()], &up, &|a| {
-            conv2d_on(Backend::Own, &a[0], &a[1], s.stride, (s.ph, s.pw), s.groups)
-        })?;
-        let other = run_other(grads_ok, &[on(&x)?, on(&w)?], &up, &|a| {
-            conv2d_on(
-                Backend::Candle,
-                &a[0],
-                &a[1],
-                s.stride,
-                (s.ph, s.pw),
-                s.groups,
-            )
-        })?;
-        conv.case(
-            what.clone(),
-            &compare(own, other, &["output", "input grad", "weight grad"])?,
-        );
-
-        let relu_on_case = r.below(2) == 0;
-        let own = with_grads(
-            &[x.clone(), w.clone(), gamma.clone(), beta.clone()],
-            &up,
-            &|a| {
-                Ok(conv_bn_train_on(
-                    Backend::Own,
-                    &a[0],
-                    &a[1],
-                    params,
-                    &a[2],
-                    &a[3],
-                    1e-5,
-                    relu_on_case,
-                )?
-                .y)
-            },
-        )?;
-        let other = run_other(
+        let relu = r.below(2) == 0;
+        Ok(ConvCheckCase {
+            s,
+            params,
+            what,
+            x,
+            w,
+            gamma,
+            beta,
+            up,
             grads_ok,
-            &[on(&x)?, on(&w)?, on(&gamma)?, on(&beta)?],
-            &up,
-            &|a| {
-                Ok(conv_bn_train_on(
-                    Backend::Candle,
-                    &a[0],
-                    &a[1],
-                    params,
-                    &a[2],
-                    &a[3],
-                    1e-5,
-                    relu_on_case,
-                )?
-                .y)
-            },
-        )?;
-        let names = [
-            "output",
-            "input grad",
-            "weight grad",
-            "gamma grad",
-            "beta grad",
-        ];
-        let mut errs = compare(own, other, &names)?;
-        if (s.c / s.groups) * s.kh * s.kw == 1 {
-            // One input per output channel: the BN cancels the weight's scale, its gradient
-            // is zero in exact arithmetic and rounding noise in f32 on both sides.
-            errs.retain(|(n, _)| *n != "weight grad");
-        }
-        conv_bn.case(what.clone(), &errs);
-
-        // The fused max pool against the unfused own kernels (which the other tallies check
-        // against candle; candle's max pool has no backward for most geometries).
-        let (pk, pool_stride) = (1 + r.below(3), 1 + r.below(2));
-        let pool = MaxPoolParams {
-            k: pk,
-            stride: pool_stride,
-            padding: r.below(pk / 2 + 1),
-        };
-        if s.ho + 2 * pool.padding >= pk && s.wo + 2 * pool.padding >= pk {
-            let args = [x.clone(), w.clone(), gamma.clone(), beta.clone()];
-            let fused = with_grads(&args, &up, &|a| {
-                Ok(conv_bn_max_pool_train_on(
-                    Backend::Own,
-                    &a[0],
-                    &a[1],
-                    params,
-                    &a[2],
-                    &a[3],
-                    1e-5,
-                    relu_on_case,
-                    pool,
-                )?
-                .y)
-            })?;
-            let unfused = with_grads(&args, &up, &|a| {
-                let y = conv_bn_train_on(
-                    Backend::Own,
-                    &a[0],
-                    &a[1],
-                    params,
-                    &a[2],
-                    &a[3],
-                    1e-5,
-                    relu_on_case,
-                )?
-                .y;
-                pool2d_on(
-                    Backend::Own,
-                    PoolKind::Max,
-                    &y,
-                    pool.k,
-                    pool.stride,
-                    pool.padding,
-                )
-            })?;
-            let mut errs = names
-                .iter()
-                .zip(unfused.iter().zip(&fused))
-                .map(|(n, (a, b))| Ok((*n, rel_err(a, b)?)))
-                .collect::<Result<Vec<(&str, f64)>>>()?;
-            if (s.c / s.groups) * s.kh * s.kw == 1 {
-                errs.retain(|(n, _)| *n != "weight grad");
-            }
-            conv_bn_pool.case(format!("{what}, max pool {pool:?}"), &errs);
-        }
-
-        // Two units as one stack op (the case's conv, then a 3×3 conv with its own BN)
-        // against the same units run one by one by the own kernels.
-        let out2 = 1 + r.below(4);
-        let w2 = Tensor::from_vec(r.weights(out2 * s.out * 9), (out2, s.out, 3, 3), &cpu)?;
-        let gamma2 = Tensor::from_vec(r.values(out2), out2, &cpu)?;
-        let beta2 = Tensor::from_vec(r.values(out2), out2, &cpu)?;
-        let first_pool = (s.ho >= 2 && s.wo >= 2 && r.below(2) == 0).then_some(MaxPoolParams {
-            k: 2,
-            stride: 2,
-            padding: 0,
-        });
-        let second = ConvParams {
-            stride: 1,
-            padding: (1, 1),
-            groups: 1,
-        };
-        let stack_args = [
-            x.clone(),
-            w.clone(),
-            gamma.clone(),
-            beta.clone(),
-            w2,
-            gamma2,
-            beta2,
-        ];
-        // Per unit: its weight's argument index (γ, β follow), conv, pool.
-        let units = [(1, params, first_pool), (4, second, None)];
-        let stacked = with_grads(&stack_args, &up, &|a| {
-            let args: Vec<StackUnitArgs<'_>> = units
-                .iter()
-                .map(|&(j, conv, pool)| StackUnitArgs {
-                    weight: &a[j],
-                    conv,
-                    gamma: &a[j + 1],
-                    beta: &a[j + 2],
-                    eps: 1e-5,
-                    relu: relu_on_case,
-                    pool,
-                })
-                .collect();
-            Ok(conv_bn_stack_train_on(Backend::Own, &a[0], &args)?.y)
-        })?;
-        let one_by_one = with_grads(&stack_args, &up, &|a| {
-            let mut h = a[0].clone();
-            for &(j, conv, pool) in &units {
-                h = match pool {
-                    None => {
-                        let (g, b) = (&a[j + 1], &a[j + 2]);
-                        conv_bn_train_on(Backend::Own, &h, &a[j], conv, g, b, 1e-5, relu_on_case)?.y
-                    }
-                    Some(p) => {
-                        let (g, b) = (&a[j + 1], &a[j + 2]);
-                        conv_bn_max_pool_train_on(
-                            Backend::Own,
-                            &h,
-                            &a[j],
-                            conv,
-                            g,
-                            b,
-                            1e-5,
-                            relu_on_case,
-                            p,
-                        )?
-                        .y
-                    }
-                };
-            }
-            Ok(h)
-        })?;
-        let stack_names = [
-            "output",
-            "input grad",
-            "weight grad",
-            "gamma grad",
-            "beta grad",
-            "second weight grad",
-            "second gamma grad",
-            "second beta grad",
-        ];
-        let errs = stack_names
-            .iter()
-            .zip(one_by_one.iter().zip(&stacked))
-            .map(|(n, (a, b))| Ok((*n, rel_err(a, b)?)))
-            .collect::<Result<Vec<(&str, f64)>>>()?;
-        conv_bn_stack.case(format!("{what}, then 3x3 to {out2}"), &errs);
-
-        let own = with_grads(
-            &[x.clone(), w.clone(), gamma.clone(), beta.clone()],
-            &up,
-            &|a| {
-                conv_affine_on(
-                    Backend::Own,
-                    &a[0],
-                    &a[1],
-                    params,
-                    &a[2],
-                    &a[3],
-                    relu_on_case,
-                )
-            },
-        )?;
-        let other = run_other(
-            grads_ok,
-            &[on(&x)?, on(&w)?, on(&gamma)?, on(&beta)?],
-            &up,
-            &|a| {
-                conv_affine_on(
-                    Backend::Candle,
-                    &a[0],
-                    &a[1],
-                    params,
-                    &a[2],
-                    &a[3],
-                    relu_on_case,
-                )
-            },
-        )?;
-        let names = [
-            "output",
-            "input grad",
-            "weight grad",
-            "scale grad",
-            "shift grad",
-        ];
-        conv_aff.case(what.clone(), &compare(own, other, &names)?);
-
-        // Batch norm, ReLU and pools on the input tensor (always candle-differentiable).
-        let xg = Tensor::from_vec(r.values(s.c), s.c, &cpu)?;
-        let xb = Tensor::from_vec(r.values(s.c), s.c, &cpu)?;
-        let own = with_grads(&[x.clone(), xg.clone(), xb.clone()], &up, &|a| {
-            Ok(batch_norm_train_on(Backend::Own, &a[0], &a[1], &a[2], 1e-5)?.y)
-        })?;
-        let other = with_grads(&[on(&x)?, on(&xg)?, on(&xb)?], &up, &|a| {
-            Ok(batch_norm_train_on(Backend::Candle, &a[0], &a[1], &a[2], 1e-5)?.y)
-        })?;
-        let errs: Vec<(&str, f64)> = ["output", "input grad", "gamma grad", "beta grad"]
-            .iter()
-            .zip(own.iter().zip(&other))
-            .map(|(n, (a, b))| Ok((*n, rel_err(b, a)?)))
-            .collect::<Result<_>>()?;
-        if s.n * s.h * s.w >= 2 {
-            bn.case(what.clone(), &errs);
-        }
-
-        let own = with_grads(std::slice::from_ref(&x), &up, &|a| {
-            relu_on(Backend::Own, &a[0])
-        })?;
-        let other = with_grads(&[on(&x)?], &up, &|a| relu_on(Backend::Candle, &a[0]))?;
-        relu.case(
-            what.clone(),
-            &[
-                ("output", rel_err(&other[0], &own[0])?),
-                ("grad", rel_err(&other[1], &own[1])?),
-            ],
-        );
-
-        let kind = if r.below(2) == 0 {
-            PoolKind::Avg
-        } else {
-            PoolKind::Max
-        };
-        let (k, stride) = (1 + r.below(3), 1 + r.below(2));
-        let padding = r.below(k / 2 + 1);
-        if s.h + 2 * padding >= k && s.w + 2 * padding >= k {
-            let own = with_grads(std::slice::from_ref(&x), &up, &|a| {
-                pool2d_on(Backend::Own, kind, &a[0], k, stride, padding)
-            })?;
-            let other = with_grads(&[on(&x)?], &up, &|a| {
-                pool2d_on(Backend::Candle, kind, &a[0], k, stride, padding)
-            })?;
-            pools.case(
-                format!("{kind:?} pool {k}x{k} stride {stride} padding {padding} on {what}"),
-                &[
-                    ("output", rel_err(&other[0], &own[0])?),
-                    ("grad", rel_err(&other[1], &own[1])?),
-                ],
-            );
-        }
+            relu,
+        })
     }
+
+    /// The conv's arguments: x, weight, γ, β.
+    fn conv_bn_args(&self) -> [Tensor; 4] {
+        [
+            self.x.clone(),
+            self.w.clone(),
+            self.gamma.clone(),
+            self.beta.clone(),
+        ]
+    }
+
+    /// Relative errors of own vs other, named; only the output where candle has no gradient.
+    fn compare<'n>(
+        &self,
+        own: Vec<Tensor>,
+        other: Vec<Tensor>,
+        names: &[&'n str],
+    ) -> Result<Vec<(&'n str, f64)>> {
+        own.iter()
+            .zip(&other)
+            .zip(names)
+            .take(if self.grads_ok { names.len() } else { 1 })
+            .map(|((a, b), n)| Ok((*n, rel_err(b, a)?)))
+            .collect()
+    }
+
+    /// One input per output channel: the BN cancels the weight's scale, its gradient is zero in
+    /// exact arithmetic and rounding noise in f32 on both sides.
+    fn weight_grad_is_noise(&self) -> bool {
+        (self.s.c / self.s.groups) * self.s.kh * self.s.kw == 1
+    }
+}
+
+fn on_device(ts: &[Tensor], device: &Device) -> Result<Vec<Tensor>> {
+    Ok(ts
+        .iter()
+        .map(|t| t.to_device(device))
+        .collect::<candle_core::Result<Vec<_>>>()?)
+}
+
+const CONV_BN_GRADS: [&str; 5] = [
+    "output",
+    "input grad",
+    "weight grad",
+    "gamma grad",
+    "beta grad",
+];
+
+fn check_conv(c: &ConvCheckCase, device: &Device, tally: &mut Tally) -> Result<()> {
+    let s = &c.s;
+    let conv = |b: Backend| {
+        move |a: &[Tensor]| conv2d_on(b, &a[0], &a[1], s.stride, (s.ph, s.pw), s.groups)
+    };
+    let args = [c.x.clone(), c.w.clone()];
+    let own = with_grads(&args, &c.up, &conv(Backend::Own))?;
+    let other = run_other(
+        c.grads_ok,
+        &on_device(&args, device)?,
+        &c.up,
+        &conv(Backend::Candle),
+    )?;
+    tally.case(
+        c.what.clone(),
+        &c.compare(own, other, &["output", "input grad", "weight grad"])?,
+    );
+    Ok(())
+}
+
+fn check_conv_bn(c: &ConvCheckCase, device: &Device, tally: &mut Tally) -> Result<()> {
+    let (params, relu) = (c.params, c.relu);
+    let run = |b: Backend| {
+        move |a: &[Tensor]| {
+            Ok(conv_bn_train_on(b, &a[0], &a[1], params, &a[2], &a[3], 1e-5, relu)?.y)
+        }
+    };
+    let args = c.conv_bn_args();
+    let own = with_grads(&args, &c.up, &run(Backend::Own))?;
+    let other = run_other(
+        c.grads_ok,
+        &on_device(&args, device)?,
+        &c.up,
+        &run(Backend::Candle),
+    )?;
+    let mut errs = c.compare(own, other, &CONV_BN_GRADS)?;
+    if c.weight_grad_is_noise() {
+        errs.retain(|(n, _)| *n != "weight grad");
+    }
+    tally.case(c.what.clone(), &errs);
+    Ok(())
+}
+
+/// The fused max pool against the unfused own kernels (which the other tallies check against
+/// candle; candle's max pool has no backward for most geometries).
+fn check_conv_bn_pool(c: &ConvCheckCase, r: &mut XorShift64Star, tally: &mut Tally) -> Result<()> {
+    let (pk, pool_stride) = (1 + r.below(3), 1 + r.below(2));
+    let pool = MaxPoolParams {
+        k: pk,
+        stride: pool_stride,
+        padding: r.below(pk / 2 + 1),
+    };
+    let s = &c.s;
+    if s.ho + 2 * pool.padding < pk || s.wo + 2 * pool.padding < pk {
+        return Ok(());
+    }
+    let (params, relu) = (c.params, c.relu);
+    let args = c.conv_bn_args();
+    let fused = with_grads(&args, &c.up, &|a| {
+        Ok(conv_bn_max_pool_train_on(
+            Backend::Own,
+            &a[0],
+            &a[1],
+            params,
+            &a[2],
+            &a[3],
+            1e-5,
+            relu,
+            pool,
+        )?
+        .y)
+    })?;
+    let unfused = with_grads(&args, &c.up, &|a| {
+        let y = conv_bn_train_on(Backend::Own, &a[0], &a[1], params, &a[2], &a[3], 1e-5, relu)?.y;
+        pool2d_on(
+            Backend::Own,
+            PoolKind::Max,
+            &y,
+            pool.k,
+            pool.stride,
+            pool.padding,
+        )
+    })?;
+    let mut errs = CONV_BN_GRADS
+        .iter()
+        .zip(unfused.iter().zip(&fused))
+        .map(|(n, (a, b))| Ok((*n, rel_err(a, b)?)))
+        .collect::<Result<Vec<(&str, f64)>>>()?;
+    if c.weight_grad_is_noise() {
+        errs.retain(|(n, _)| *n != "weight grad");
+    }
+    tally.case(format!("{}, max pool {pool:?}", c.what), &errs);
+    Ok(())
+}
+
+/// Two units as one stack op (the case's conv, then a 3×3 conv with its own BN) against the
+/// same units run one by one by the own kernels.
+fn check_conv_bn_stack(c: &ConvCheckCase, r: &mut XorShift64Star, tally: &mut Tally) -> Result<()> {
+    let (s, cpu) = (&c.s, Device::Cpu);
+    let out2 = 1 + r.below(4);
+    let w2 = Tensor::from_vec(r.weights(out2 * s.out * 9), (out2, s.out, 3, 3), &cpu)?;
+    let gamma2 = Tensor::from_vec(r.values(out2), out2, &cpu)?;
+    let beta2 = Tensor::from_vec(r.values(out2), out2, &cpu)?;
+    let first_pool = (s.ho >= 2 && s.wo >= 2 && r.below(2) == 0).then_some(MaxPoolParams {
+        k: 2,
+        stride: 2,
+        padding: 0,
+    });
+    let second = ConvParams {
+        stride: 1,
+        padding: (1, 1),
+        groups: 1,
+    };
+    let [x, w, gamma, beta] = c.conv_bn_args();
+    let stack_args = [x, w, gamma, beta, w2, gamma2, beta2];
+    // Per unit: its weight's argument index (γ, β follow), conv, pool.
+    let units = [(1, c.params, first_pool), (4, second, None)];
+    let relu = c.relu;
+    let stacked = with_grads(&stack_args, &c.up, &|a| {
+        let args: Vec<StackUnitArgs<'_>> = units
+            .iter()
+            .map(|&(j, conv, pool)| StackUnitArgs {
+                weight: &a[j],
+                conv,
+                gamma: &a[j + 1],
+                beta: &a[j + 2],
+                eps: 1e-5,
+                relu,
+                pool,
+            })
+            .collect();
+        Ok(conv_bn_stack_train_on(Backend::Own, &a[0], &args)?.y)
+    })?;
+    let one_by_one = with_grads(&stack_args, &c.up, &|a| {
+        let mut h = a[0].clone();
+        for &(j, conv, pool) in &units {
+            let (w, g, b) = (&a[j], &a[j + 1], &a[j + 2]);
+            h = match pool {
+                None => conv_bn_train_on(Backend::Own, &h, w, conv, g, b, 1e-5, relu)?.y,
+                Some(p) => {
+                    conv_bn_max_pool_train_on(Backend::Own, &h, w, conv, g, b, 1e-5, relu, p)?.y
+                }
+            };
+        }
+        Ok(h)
+    })?;
+    let stack_names = [
+        "output",
+        "input grad",
+        "weight grad",
+        "gamma grad",
+        "beta grad",
+        "second weight grad",
+        "second gamma grad",
+        "second beta grad",
+    ];
+    let errs = stack_names
+        .iter()
+        .zip(one_by_one.iter().zip(&stacked))
+        .map(|(n, (a, b))| Ok((*n, rel_err(a, b)?)))
+        .collect::<Result<Vec<(&str, f64)>>>()?;
+    tally.case(format!("{}, then 3x3 to {out2}", c.what), &errs);
+    Ok(())
+}
+
+fn check_conv_affine(c: &ConvCheckCase, device: &Device, tally: &mut Tally) -> Result<()> {
+    let (params, relu) = (c.params, c.relu);
+    let run = |b: Backend| {
+        move |a: &[Tensor]| conv_affine_on(b, &a[0], &a[1], params, &a[2], &a[3], relu)
+    };
+    let args = c.conv_bn_args();
+    let own = with_grads(&args, &c.up, &run(Backend::Own))?;
+    let other = run_other(
+        c.grads_ok,
+        &on_device(&args, device)?,
+        &c.up,
+        &run(Backend::Candle),
+    )?;
+    let names = [
+        "output",
+        "input grad",
+        "weight grad",
+        "scale grad",
+        "shift grad",
+    ];
+    tally.case(c.what.clone(), &c.compare(own, other, &names)?);
+    Ok(())
+}
+
+/// Batch norm on the case's input (always candle-differentiable).
+fn check_batch_norm(
+    c: &ConvCheckCase,
+    r: &mut XorShift64Star,
+    device: &Device,
+    tally: &mut Tally,
+) -> Result<()> {
+    let (s, cpu) = (&c.s, Device::Cpu);
+    let xg = Tensor::from_vec(r.values(s.c), s.c, &cpu)?;
+    let xb = Tensor::from_vec(r.values(s.c), s.c, &cpu)?;
+    let run =
+        |b: Backend| move |a: &[Tensor]| Ok(batch_norm_train_on(b, &a[0], &a[1], &a[2], 1e-5)?.y);
+    let args = [c.x.clone(), xg, xb];
+    let own = with_grads(&args, &c.up, &run(Backend::Own))?;
+    let other = with_grads(&on_device(&args, device)?, &c.up, &run(Backend::Candle))?;
+    let errs: Vec<(&str, f64)> = ["output", "input grad", "gamma grad", "beta grad"]
+        .iter()
+        .zip(own.iter().zip(&other))
+        .map(|(n, (a, b))| Ok((*n, rel_err(b, a)?)))
+        .collect::<Result<_>>()?;
+    if s.n * s.h * s.w >= 2 {
+        tally.case(c.what.clone(), &errs);
+    }
+    Ok(())
+}
+
+fn check_relu(c: &ConvCheckCase, device: &Device, tally: &mut Tally) -> Result<()> {
+    let own = with_grads(std::slice::from_ref(&c.x), &c.up, &|a| {
+        relu_on(Backend::Own, &a[0])
+    })?;
+    let other = with_grads(
+        &on_device(std::slice::from_ref(&c.x), device)?,
+        &c.up,
+        &|a| relu_on(Backend::Candle, &a[0]),
+    )?;
+    tally.case(
+        c.what.clone(),
+        &[
+            ("output", rel_err(&other[0], &own[0])?),
+            ("grad", rel_err(&other[1], &own[1])?),
+        ],
+    );
+    Ok(())
+}
+
+fn check_pool(
+    c: &ConvCheckCase,
+    r: &mut XorShift64Star,
+    device: &Device,
+    tally: &mut Tally,
+) -> Result<()> {
+    let kind = if r.below(2) == 0 {
+        PoolKind::Avg
+    } else {
+        PoolKind::Max
+    };
+    let (k, stride) = (1 + r.below(3), 1 + r.below(2));
+    let padding = r.below(k / 2 + 1);
+    let s = &c.s;
+    if s.h + 2 * padding < k || s.w + 2 * padding < k {
+        return Ok(());
+    }
+    let run = |b: Backend| move |a: &[Tensor]| pool2d_on(b, kind, &a[0], k, stride, padding);
+    let x = std::slice::from_ref(&c.x);
+    let own = with_grads(x, &c.up, &run(Backend::Own))?;
+    let other = with_grads(&on_device(x, device)?, &c.up, &run(Backend::Candle))?;
+    tally.case(
+        format!(
+            "{kind:?} pool {k}x{k} stride {stride} padding {padding} on {}",
+            c.what
+        ),
+        &[
+            ("output", rel_err(&other[0], &own[0])?),
+            ("grad", rel_err(&other[1], &own[1])?),
+        ],
+    );
+    Ok(())
+}
+
+/// The direct conv kernel (where the active tier has one) against candle's conv.
+fn direct_conv_tally(device: &Device, cases: usize, seed: u64) -> Result<KernelReport> {
+    let cpu = Device::Cpu;
     let mut direct = Tally::new("conv2d (direct kernel)");
     let mut rd = XorShift64Star(seed.wrapping_mul(0xD1B5_4A32_D192_ED03) | 1);
     for _ in 0..cases {
@@ -796,8 +871,14 @@ pub fn check_kernels(device: &Device, cases: usize, seed: u64) -> Result<Vec<Ker
         )?;
         let up = rd.values(s.n * s.out * s.ho * s.wo);
         let conv = |b: Backend| move |a: &[Tensor]| conv2d_on(b, &a[0], &a[1], 1, (s.ph, s.pw), 1);
-        let own = with_grads(&[x.clone(), w.clone()], &up, &conv(Backend::Own))?;
-        let other = run_other(true, &[on(&x)?, on(&w)?], &up, &conv(Backend::Candle))?;
+        let args = [x, w];
+        let own = with_grads(&args, &up, &conv(Backend::Own))?;
+        let other = run_other(
+            true,
+            &on_device(&args, device)?,
+            &up,
+            &conv(Backend::Candle),
+        )?;
         let errs = own
             .iter()
             .zip(&other)
@@ -806,6 +887,32 @@ pub fn check_kernels(device: &Device, cases: usize, seed: u64) -> Result<Vec<Ker
             .collect::<Result<Vec<(&str, f64)>>>()?;
         direct.case(what, &errs);
     }
+    Ok(direct.report)
+}
+
+/// Runs `cases` random cases of every kernel: own CPU kernels against candle's ops on `device`.
+pub fn check_kernels(device: &Device, cases: usize, seed: u64) -> Result<Vec<KernelReport>> {
+    let mut r = XorShift64Star(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut conv = Tally::new("conv2d");
+    let mut conv_bn = Tally::new("conv+bn+relu (train)");
+    let mut conv_bn_pool = Tally::new("conv+bn+relu+pool (fused)");
+    let mut conv_bn_stack = Tally::new("conv unit stack (fused)");
+    let mut conv_aff = Tally::new("conv+affine+relu (eval)");
+    let mut bn = Tally::new("batch_norm (train)");
+    let mut pools = Tally::new("avg/max pool");
+    let mut relu = Tally::new("relu");
+    for _ in 0..cases {
+        let c = ConvCheckCase::draw(&mut r)?;
+        check_conv(&c, device, &mut conv)?;
+        check_conv_bn(&c, device, &mut conv_bn)?;
+        check_conv_bn_pool(&c, &mut r, &mut conv_bn_pool)?;
+        check_conv_bn_stack(&c, &mut r, &mut conv_bn_stack)?;
+        check_conv_affine(&c, device, &mut conv_aff)?;
+        check_batch_norm(&c, &mut r, device, &mut bn)?;
+        check_relu(&c, device, &mut relu)?;
+        check_pool(&c, &mut r, device, &mut pools)?;
+    }
+    let direct = direct_conv_tally(device, cases, seed)?;
     let mut reports = vec![
         conv.report,
         conv_bn.report,
@@ -817,8 +924,8 @@ pub fn check_kernels(device: &Device, cases: usize, seed: u64) -> Result<Vec<Ker
         relu.report,
     ];
     // Only where the active tier has a direct kernel (AVX2 or AVX-512).
-    if direct.report.cases > 0 {
-        reports.insert(1, direct.report);
+    if direct.cases > 0 {
+        reports.insert(1, direct);
     }
     reports.push(block_op_tally(device, cases, seed)?);
     Ok(reports)

@@ -35,6 +35,7 @@ mod patches;
 mod pool;
 pub mod profile;
 mod relu;
+mod side;
 mod stack;
 #[cfg(feature = "testing")]
 pub mod testing;

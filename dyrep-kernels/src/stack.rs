@@ -8,14 +8,13 @@
 //! them before. Arguments `(x, weights, γβ)`: every unit's conv weight flattened and
 //! concatenated in order, and every unit's `[γ; β]` concatenated in order.
 
-use std::sync::{Arc, Mutex};
-
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
 use crate::conv::ConvShape;
 use crate::cpu::{slice_f32, tensor_like, with_f32};
 use crate::error::{KernelError, Result};
 use crate::pool::{PoolKind, PoolShape};
+use crate::side::SideChannel;
 use crate::unit::{conv_bn_train_with, unit_bn_backward, unit_forward, Saved, UnitTail};
 use crate::ConvParams;
 use crate::{arg, check_own, check_per_channel, Backend, MaxPoolParams};
@@ -54,14 +53,10 @@ pub(crate) struct StackSaved {
 pub(crate) struct StackOp {
     pub units: Vec<StackUnit>,
     pub keep_for_backward: bool,
-    pub saved: Arc<Mutex<StackSaved>>,
+    pub saved: SideChannel<StackSaved>,
 }
 
 impl StackOp {
-    fn lock(&self) -> std::sync::MutexGuard<'_, StackSaved> {
-        self.saved.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Every unit's input dims, from the stack's input dims (validating the chain).
     fn input_dims(&self, x: &[usize]) -> candle_core::Result<Vec<Vec<usize>>> {
         let mut dims = Vec::with_capacity(self.units.len());
@@ -111,7 +106,7 @@ impl CustomOp3 for StackOp {
             }
             dims = y_dims;
         }
-        *self.lock() = saved;
+        *self.saved.lock() = saved;
         let y = h.ok_or_else(|| candle_core::Error::Msg(format!("{}: no units", self.name())))?;
         Ok((CpuStorage::F32(y), Shape::from(dims)))
     }
@@ -126,7 +121,7 @@ impl CustomOp3 for StackOp {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let in_dims = self.input_dims(x.dims())?;
         let gb_v = gb.flatten_all()?.to_vec1::<f32>()?;
-        let saved = self.lock();
+        let saved = self.saved.lock();
         let last = self.units.len().saturating_sub(1);
         if saved.units.len() != self.units.len() || saved.inputs.len() != last {
             return Err(candle_core::Error::Msg(format!(
@@ -303,7 +298,7 @@ pub fn conv_bn_stack_train_on(
         gbs.push(gamma);
         gbs.push(beta);
     }
-    let saved = std::sync::Arc::new(std::sync::Mutex::new(StackSaved::default()));
+    let saved = SideChannel::new(StackSaved::default());
     let op = StackOp {
         units: geoms,
         keep_for_backward: keep,
@@ -312,19 +307,11 @@ pub fn conv_bn_stack_train_on(
     let w_flat = Tensor::cat(&weights, 0)?;
     let gb_flat = Tensor::cat(&gbs, 0)?;
     let y = x.contiguous()?.apply_op3(&w_flat, &gb_flat, op)?;
-    let guard = saved.lock().unwrap_or_else(|p| p.into_inner());
+    let guard = saved.lock();
     let stats = guard
         .units
         .iter()
-        .map(|u| {
-            let mean: Vec<f32> = u.stats.iter().map(|s| s.mean()).collect();
-            let var: Vec<f32> = u.stats.iter().map(|s| s.var).collect();
-            let c = mean.len();
-            Ok((
-                Tensor::from_vec(mean, c, x.device())?,
-                Tensor::from_vec(var, c, x.device())?,
-            ))
-        })
+        .map(|u| crate::side::stats_tensors(&u.stats, x.device()))
         .collect::<Result<Vec<_>>>()?;
     drop(guard);
     Ok(StackTrain { y, stats })

@@ -6,8 +6,6 @@
 //! is not stored at all: each plane is normalised and pooled in a scratch buffer, and the backward
 //! recomputes it per plane. Arguments `(x, weight, γβ)` with `γβ = [γ; β]` of shape `[2, C]`.
 
-use std::sync::{Arc, Mutex};
-
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -19,6 +17,7 @@ use crate::error::Result;
 use crate::lanes::GradPass;
 use crate::pool::{PoolKind, PoolShape};
 use crate::profile::{Phase, Timer};
+use crate::side::{stats_tensors, SideChannel};
 use crate::{
     arg, batch_norm_train_on, channel_affine_on, check_own, check_per_channel, pool2d_on, Backend,
     BatchNormTrain, ConvParams,
@@ -41,13 +40,7 @@ pub(crate) struct ConvBnReluOp {
     /// A max pool after the ReLU, fused in: the unpooled activation is never stored.
     pub pool: Option<MaxPoolParams>,
     pub keep_for_backward: bool,
-    pub saved: Arc<Mutex<Saved>>,
-}
-
-impl ConvBnReluOp {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Saved> {
-        self.saved.lock().unwrap_or_else(|p| p.into_inner())
-    }
+    pub saved: SideChannel<Saved>,
 }
 
 /// The fused pool's geometry on the conv output `dims`.
@@ -254,7 +247,7 @@ impl CustomOp3 for ConvBnReluOp {
         let w = slice_f32(s2, l2, self.name())?;
         let gb = slice_f32(s3, l3, self.name())?;
         let (y, dims, saved) = unit_forward(&shape, self.tail(), self.keep_for_backward, x, w, gb)?;
-        *self.lock() = saved;
+        *self.saved.lock() = saved;
         Ok((CpuStorage::F32(y), Shape::from(dims)))
     }
 
@@ -268,7 +261,7 @@ impl CustomOp3 for ConvBnReluOp {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let shape = self.conv.shape(x.dims(), weight.dims())?;
         let gb_v = gb.flatten_all()?.to_vec1::<f32>()?;
-        let saved = self.lock();
+        let saved = self.saved.lock();
         let (dz, dgb) = with_f32(dy, self.name(), |g| {
             with_f32(y, self.name(), |ys| {
                 unit_bn_backward(&shape, self.tail(), &saved, &gb_v, ys, g, self.name())
@@ -292,7 +285,7 @@ pub(crate) struct ConvAffineReluOp {
     pub conv: ConvParams,
     pub relu: bool,
     pub keep_for_backward: bool,
-    pub conv_out: Arc<Mutex<Option<Vec<f32>>>>,
+    pub conv_out: SideChannel<Option<Vec<f32>>>,
 }
 
 impl CustomOp3 for ConvAffineReluOp {
@@ -331,7 +324,7 @@ impl CustomOp3 for ConvAffineReluOp {
                 .zip(z.par_chunks(hw))
                 .enumerate()
                 .for_each(|(i, (o, src))| apply(i, o, src));
-            *self.conv_out.lock().unwrap_or_else(|p| p.into_inner()) = Some(z);
+            *self.conv_out.lock() = Some(z);
             y
         } else {
             let mut y = z;
@@ -363,7 +356,7 @@ impl CustomOp3 for ConvAffineReluOp {
         let c = shape.out;
         let hw = (shape.ho * shape.wo).max(1);
         let ss_v = ss.flatten_all()?.to_vec1::<f32>()?;
-        let guard = self.conv_out.lock().unwrap_or_else(|p| p.into_inner());
+        let guard = self.conv_out.lock();
         let Some(z) = guard.as_ref() else {
             return Err(candle_core::Error::Msg(format!(
                 "{}: backward without a kept forward (the op was built for inference)",
@@ -547,7 +540,7 @@ pub(crate) fn conv_bn_train_with(
             check_own(x, "conv_bn")?;
             check_own(weight, "conv_bn")?;
             let keep = x.track_op() || weight.track_op() || gamma.track_op() || beta.track_op();
-            let saved = std::sync::Arc::new(std::sync::Mutex::new(Saved::default()));
+            let saved = SideChannel::new(Saved::default());
             let op = ConvBnReluOp {
                 conv,
                 eps,
@@ -558,15 +551,8 @@ pub(crate) fn conv_bn_train_with(
             };
             let gb = Tensor::stack(&[gamma, beta], 0)?;
             let y = x.contiguous()?.apply_op3(&weight.contiguous()?, &gb, op)?;
-            let guard = saved.lock().unwrap_or_else(|p| p.into_inner());
-            let mean: Vec<f32> = guard.stats.iter().map(|s| s.mean()).collect();
-            let var: Vec<f32> = guard.stats.iter().map(|s| s.var).collect();
-            drop(guard);
-            Ok(BatchNormTrain {
-                y,
-                mean: Tensor::from_vec(mean, shape.out, x.device())?,
-                var: Tensor::from_vec(var, shape.out, x.device())?,
-            })
+            let (mean, var) = stats_tensors(&saved.lock().stats, x.device())?;
+            Ok(BatchNormTrain { y, mean, var })
         }
         Backend::Candle => {
             let z = crate::conv::conv2d_candle(x, weight, conv.stride, conv.padding, conv.groups)?;
@@ -638,7 +624,7 @@ pub fn conv_affine_on(
                 conv,
                 relu,
                 keep_for_backward: keep,
-                conv_out: std::sync::Arc::new(std::sync::Mutex::new(None)),
+                conv_out: SideChannel::new(None),
             };
             let ss = Tensor::stack(&[scale, shift], 0)?;
             Ok(x.contiguous()?.apply_op3(&weight.contiguous()?, &ss, op)?)

@@ -12,9 +12,9 @@ use serde::Serialize;
 use crate::alloc::peak_rss_bytes;
 use crate::error::{Result, RuntimeError};
 use crate::metrics::cross_entropy;
+use crate::model::{apply_mode, BaselineForm, Mode};
 use crate::model::{build_model, find_model, ModelConfig};
 use crate::optim::{Sgd, SgdConfig};
-use crate::train::{apply_mode, BaselineForm, Mode};
 
 /// One benchmark result.
 #[derive(Clone, Debug, Serialize)]
@@ -97,105 +97,26 @@ impl BenchSpec {
 
 /// Times `iters` training steps (`train`) or eval forwards after one warm-up iteration.
 pub fn bench(spec: &BenchSpec, device: &Device) -> Result<BenchReport> {
-    let BenchSpec {
-        model,
-        mode,
-        grow_ops,
-        input,
-        width,
-        batch,
-        iters,
-        train,
-    } = spec;
-    let (mode, batch, iters, train) = (*mode, *batch, *iters, *train);
-    let model = model.as_str();
-    let grow_ops = grow_ops.as_deref();
-    if !(*width > 0.0 && width.is_finite()) {
-        return Err(RuntimeError::Config(format!(
-            "bench --width {width}: the width multiplier must be positive"
-        )));
-    }
-    if batch < 2 || iters == 0 {
-        return Err(RuntimeError::Config(
-            "bench needs --batch >= 2 and --iters >= 1".into(),
-        ));
-    }
-    let entry = find_model(model)?;
-    let input = input.unwrap_or(entry.default_input);
-    let width = *width;
-    let mut rng = SeededRng::for_purpose(0, "bench");
-    let mut ctx = InitCtx::new(&mut rng, device);
-    let cfg = ModelConfig {
-        name: model.into(),
-        input,
-        num_classes: 10,
-        width,
+    spec.validate()?;
+    let (batch, iters, train) = (spec.batch, spec.iters, spec.train);
+    let input = match spec.input {
+        Some(i) => i,
+        None => find_model(&spec.model)?.default_input,
     };
-    let mut m = build_model(&cfg, &mut ctx)?;
-    apply_mode(&mut m, mode, BaselineForm::Reference, &mut ctx)?;
-    let mut mode_name = mode.as_str().to_string();
-    if let Some(names) = grow_ops {
-        let names: Vec<String> = if names.iter().any(|n| n == "all") {
-            dyrep_api::ops()
-                .iter()
-                .map(|e| e.name.to_string())
-                .filter(|n| n != dyrep_ops::MAIN_OP)
-                .collect()
-        } else {
-            names.to_vec()
-        };
-        let specs = names
-            .iter()
-            .map(|n| dyrep_api::op_spec(n))
-            .collect::<dyrep_api::Result<Vec<_>>>()?;
-        m.grow_all(
-            &*dyrep_ops::main_spec(),
-            &specs,
-            &|g| g.k > 1,
-            false,
-            &mut ctx,
-        )?;
-        mode_name = format!("{mode_name}+{}", names.join(","));
-    }
+    let mut rng = SeededRng::for_purpose(0, "bench");
+    let (m, mode_name) = bench_model(spec, input, &mut rng, device)?;
     let [c, h, w] = input;
     let x = dyrep_api::init::normal_tensor(&mut rng, &[batch, c, h, w], 0.0, 1.0, device)?;
     let labels: Vec<u32> = (0..batch).map(|_| rng.random_range(0..10u32)).collect();
     let y = Tensor::from_vec(labels, batch, device)?;
-    let params = m.tensors();
-    let mut opt = Sgd::new(SgdConfig::default());
-    // Seconds spent in forward (incl. loss), backward and the optimizer step.
-    let mut split = [0.0f64; 3];
-    let mut step = |m: &crate::model::Model, split: &mut [f64; 3]| -> Result<()> {
-        let t = Instant::now();
-        if train {
-            let loss = cross_entropy(&m.forward_t(&x, true)?, &y, 0.0)?;
-            let t1 = Instant::now();
-            let grads = crate::dynamics::observe(None, loss.backward()?, &[], 0, m, (&x, &y))?;
-            let t2 = Instant::now();
-            opt.step(0.01, &params, &grads)?;
-            split[0] += (t1 - t).as_secs_f64();
-            split[1] += (t2 - t1).as_secs_f64();
-            split[2] += t2.elapsed().as_secs_f64();
-        } else {
-            m.infer(&x)?.to_vec2::<f32>()?;
-            split[0] += t.elapsed().as_secs_f64();
-        }
-        Ok(())
-    };
-    step(&m, &mut [0.0; 3])?;
-    dyrep_api::kernels::profile::reset();
-    let t0 = Instant::now();
-    for _ in 0..iters {
-        step(&m, &mut split)?;
-    }
-    let seconds = t0.elapsed().as_secs_f64();
+    let (seconds, split) = time_steps(&m, &x, &y, train, iters)?;
     let images = (batch * iters) as f64;
     let macs = m.macs()?;
     let flops_per_image = 2.0 * macs as f64 * if train { 3.0 } else { 1.0 };
     Ok(BenchReport {
-        model: model.into(),
+        model: spec.model.clone(),
         mode: mode_name,
-        width,
+        width: spec.width,
         what: if train { "train" } else { "eval" }.into(),
         input,
         batch,
@@ -224,4 +145,98 @@ pub fn bench(spec: &BenchSpec, device: &Device) -> Result<BenchReport> {
             .map(|(p, s)| (p.name().to_string(), s * 1e3 / iters as f64))
             .collect(),
     })
+}
+
+impl BenchSpec {
+    fn validate(&self) -> Result<()> {
+        let width = self.width;
+        if !(width > 0.0 && width.is_finite()) {
+            return Err(RuntimeError::Config(format!(
+                "bench --width {width}: the width multiplier must be positive"
+            )));
+        }
+        if self.batch < 2 || self.iters == 0 {
+            return Err(RuntimeError::Config(
+                "bench needs --batch >= 2 and --iters >= 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The benchmarked model: built at `input`, in the spec's mode, with every k×k conv grown with
+/// `grow_ops` when given; and the mode's name for the report (`origin+conv1x1,...`).
+fn bench_model(
+    spec: &BenchSpec,
+    input: [usize; 3],
+    rng: &mut SeededRng,
+    device: &Device,
+) -> Result<(crate::model::Model, String)> {
+    let mut ctx = InitCtx::new(rng, device);
+    let cfg = ModelConfig::named(spec.model.as_str(), input, 10, spec.width);
+    let mut m = build_model(&cfg, &mut ctx)?;
+    apply_mode(&mut m, spec.mode, BaselineForm::Reference, &mut ctx)?;
+    let mut mode_name = spec.mode.as_str().to_string();
+    if let Some(names) = spec.grow_ops.as_deref() {
+        let names: Vec<String> = if names.iter().any(|n| n == "all") {
+            dyrep_api::ops()
+                .iter()
+                .map(|e| e.name.to_string())
+                .filter(|n| n != dyrep_ops::MAIN_OP)
+                .collect()
+        } else {
+            names.to_vec()
+        };
+        let specs = names
+            .iter()
+            .map(|n| dyrep_api::op_spec(n))
+            .collect::<dyrep_api::Result<Vec<_>>>()?;
+        m.grow_all(
+            &*dyrep_ops::main_spec(),
+            &specs,
+            &|g| g.k > 1,
+            false,
+            &mut ctx,
+        )?;
+        mode_name = format!("{mode_name}+{}", names.join(","));
+    }
+    Ok((m, mode_name))
+}
+
+/// One warm-up step, then `iters` timed ones: the total seconds and the seconds spent in
+/// forward (with the loss), backward and the optimizer step (`train`), or in the eval forward.
+fn time_steps(
+    m: &crate::model::Model,
+    x: &Tensor,
+    y: &Tensor,
+    train: bool,
+    iters: usize,
+) -> Result<(f64, [f64; 3])> {
+    let params = m.tensors();
+    let mut opt = Sgd::new(SgdConfig::default());
+    let mut split = [0.0f64; 3];
+    let mut step = |split: &mut [f64; 3]| -> Result<()> {
+        let t = Instant::now();
+        if train {
+            let loss = cross_entropy(&m.forward_t(x, true)?, y, 0.0)?;
+            let t1 = Instant::now();
+            let grads = crate::dynamics::observe(None, loss.backward()?, &[], 0, m, (x, y))?;
+            let t2 = Instant::now();
+            opt.step(0.01, &params, &grads)?;
+            split[0] += (t1 - t).as_secs_f64();
+            split[1] += (t2 - t1).as_secs_f64();
+            split[2] += t2.elapsed().as_secs_f64();
+        } else {
+            m.infer(x)?.to_vec2::<f32>()?;
+            split[0] += t.elapsed().as_secs_f64();
+        }
+        Ok(())
+    };
+    step(&mut [0.0; 3])?;
+    dyrep_api::kernels::profile::reset();
+    let t0 = Instant::now();
+    for _ in 0..iters {
+        step(&mut split)?;
+    }
+    Ok((t0.elapsed().as_secs_f64(), split))
 }

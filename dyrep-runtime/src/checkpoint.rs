@@ -10,8 +10,11 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use serde::{de::DeserializeOwned, Serialize};
 
+use dyrep_api::{InitCtx, SeededRng};
+
 use crate::error::{Result, RuntimeError};
-use crate::model::ModelArch;
+use crate::model::{Model, ModelArch};
+use crate::run_state::RunState;
 
 const ARCH_HASH_KEY: &str = "dyrep_arch_fnv64";
 
@@ -23,10 +26,7 @@ fn ck_err(path: &Path, reason: impl Into<String>) -> RuntimeError {
 }
 
 fn fnv64(s: &str) -> String {
-    let h = s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    });
-    format!("{h:016x}")
+    format!("{:016x}", crate::hash::fnv64(s.bytes()))
 }
 
 /// What a checkpoint holds, in memory.
@@ -181,4 +181,39 @@ pub fn load<S: DeserializeOwned>(dir: &Path, device: &Device) -> Result<Loaded<S
         optim,
         state,
     })
+}
+
+/// A checkpoint's model rebuilt from its `arch.json` and loaded with its weights, with the rest
+/// of what the checkpoint holds.
+pub struct Restored<S> {
+    pub dir: PathBuf,
+    pub model: Model,
+    pub optim: Option<HashMap<String, Tensor>>,
+    pub state: S,
+}
+
+/// Reads a checkpoint and rebuilds its model (train or fused form): the one way a run is
+/// resumed and a checkpoint is fused, evaluated, inspected or exported.
+pub fn restore<S: DeserializeOwned>(dir: &Path, device: &Device) -> Result<Restored<S>> {
+    let loaded = load::<S>(dir, device)?;
+    // The initial values are overwritten: `load_tensors` requires every tensor of the model.
+    let mut rng = SeededRng::new(0);
+    let mut ctx = InitCtx::new(&mut rng, device);
+    let model = Model::from_arch(&loaded.arch, &mut ctx)
+        .map_err(|e| ck_err(&loaded.dir.join("arch.json"), e.to_string()))?;
+    model
+        .load_tensors(&loaded.model)
+        .map_err(|e| ck_err(&loaded.dir.join("model.safetensors"), e.to_string()))?;
+    Ok(Restored {
+        dir: loaded.dir,
+        model,
+        optim: loaded.optim,
+        state: loaded.state,
+    })
+}
+
+/// A training run's checkpoint: its model and its progress (with the run's config).
+pub fn load_checkpoint_model(dir: &Path, device: &Device) -> Result<(Model, RunState)> {
+    let r = restore::<RunState>(dir, device)?;
+    Ok((r.model, r.state))
 }

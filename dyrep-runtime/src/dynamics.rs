@@ -501,7 +501,7 @@ fn calibrate(
     let ds = ctx.ds;
     let result = (|| -> Result<()> {
         for b in stream.take(ctx.cfg.calib_batches) {
-            let (x, _) = b.to_tensors(ds, ctx.device)?;
+            let (x, _) = b?.to_tensors(ds, ctx.device)?;
             model.infer(&x)?;
         }
         Ok(())
@@ -641,6 +641,7 @@ mod scenario_tests {
             input: [1, 12, 12],
             num_classes: 10,
             width: 0.5,
+            file: None,
         };
         let m = build_model(&cfg, &mut ctx).unwrap();
         for (_, v, r) in m.tensors() {
@@ -803,6 +804,7 @@ mod grow_tests {
             input: [1, 28, 28],
             num_classes: 10,
             width: 0.5,
+            file: None,
         };
         let mut m = build_model(&cfg, &mut ctx).unwrap();
         for (_, v, r) in m.tensors() {
@@ -813,7 +815,8 @@ mod grow_tests {
             crate::data::loader::Which::Test,
             &(0..16).collect::<Vec<_>>(),
             None,
-        );
+        )
+        .unwrap();
         let fixed = Tensor::from_vec(b.images, (16, 1, 28, 28), &dev).unwrap();
         let dcfg = DyrepConfig {
             preserve,

@@ -13,11 +13,12 @@ use dyrep_api::equivalence::compare;
 use dyrep_api::SeededRng;
 use serde::Serialize;
 
+use crate::checkpoint::load_checkpoint_model;
 use crate::checkpoint::{self, CheckpointData};
 use crate::data::{self, loader::eval_stream, loader::Which, Dataset};
 use crate::error::{io, Result, RuntimeError};
 use crate::model::Model;
-use crate::train::{load_checkpoint_model, RunState};
+use crate::run_state::RunState;
 
 /// Relative logit difference allowed between a trained model and its fused form.
 pub const FUSE_LOGITS_REL: f64 = 1e-4;
@@ -66,6 +67,7 @@ fn logits_on(
     let mut labels = Vec::new();
     let mut inputs = Vec::new();
     for b in eval_stream(ds.clone(), Which::Test, 256, limit) {
+        let b = b?;
         let (x, y) = b.to_tensors(ds, device)?;
         outs.push(model.infer(&x)?);
         labels.push(y);
@@ -100,7 +102,10 @@ pub fn fuse_checkpoint(
         )));
     }
     let (mut model, state) = load_checkpoint_model(src, device)?;
-    let ds = Arc::new(data::load(&state.config.data)?);
+    let ds = Arc::new(data::load_with(
+        &state.config.data,
+        &state.config.load_options(),
+    )?);
     let (params_before, macs_before) = (model.param_count(), model.macs()?);
     // Per-block error on a random input through the block vs its fused kernel.
     let mut rng = SeededRng::for_purpose(0, "fuse-check");
@@ -194,7 +199,7 @@ pub fn eval_checkpoint(
 ) -> Result<EvalReport> {
     let (model, state) = load_checkpoint_model(dir, device)?;
     let spec = data_spec.unwrap_or(&state.config.data).to_string();
-    let ds = Arc::new(data::load(&spec)?);
+    let ds = Arc::new(data::load_with(&spec, &state.config.load_options())?);
     let [c, h, w] = model.config.input;
     if [ds.channels, ds.height, ds.width] != [c, h, w]
         || ds.num_classes() != model.config.num_classes

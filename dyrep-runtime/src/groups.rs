@@ -11,9 +11,9 @@ use std::path::Path;
 use plotters::prelude::*;
 use serde::Serialize;
 
+use crate::config::TrainConfig;
 use crate::error::{Result, RuntimeError};
 use crate::report::RunRecord;
-use crate::train::TrainConfig;
 
 /// Mean, sample standard deviation (0 for one value) and count.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
@@ -143,7 +143,7 @@ fn label(cfg: &TrainConfig, keys: &[String]) -> Result<String> {
         .map_err(|e| RuntimeError::Config(format!("cannot read a run's config: {e}")))?;
     let mut parts = Vec::new();
     for (i, key) in keys.iter().enumerate() {
-        if key.starts_with("dyrep.") && cfg.mode != crate::train::Mode::Dyrep {
+        if key.starts_with("dyrep.") && cfg.mode != crate::config::Mode::Dyrep {
             continue;
         }
         let value = config_value(&table, key).unwrap_or_else(|| "-".into());
@@ -449,7 +449,7 @@ mod tests {
         let origin = TrainConfig::default();
         assert_eq!(label(&origin, &keys).unwrap(), "origin");
         let dyrep = TrainConfig {
-            mode: crate::train::Mode::Dyrep,
+            mode: crate::config::Mode::Dyrep,
             ..TrainConfig::default()
         };
         assert_eq!(label(&dyrep, &keys).unwrap(), "dyrep scorer=synflow");

@@ -13,10 +13,10 @@ use serde::Serialize;
 
 use dyrep_api::{Slot, TensorRole};
 
+use crate::config::TrainConfig;
 use crate::dynamics::Event;
 use crate::error::{Result, RuntimeError};
 use crate::model::Model;
-use crate::train::TrainConfig;
 
 /// One epoch of `metrics.csv` (train and test rows joined).
 #[derive(Clone, Debug, Default, Serialize)]

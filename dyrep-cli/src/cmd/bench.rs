@@ -1,4 +1,4 @@
-//! `dyrep bench`: times training steps or eval forwards of a model.
+//! `dyrep bench`: times training steps or eval forwards of a model, or the data pipeline alone.
 
 use anyhow::Result;
 use dyrep_runtime::train::Mode;
@@ -8,6 +8,9 @@ use super::Ctx;
 use crate::args::BenchArgs;
 
 pub(crate) fn run(args: BenchArgs, ctx: &mut Ctx<'_>) -> Result<u8> {
+    if args.what == "data" {
+        return run_data(args, ctx);
+    }
     let BenchArgs {
         what,
         model,
@@ -17,6 +20,7 @@ pub(crate) fn run(args: BenchArgs, ctx: &mut Ctx<'_>) -> Result<u8> {
         width,
         iters,
         json,
+        ..
     } = args;
     let mode = Mode::parse(&mode)?;
     let spec = dyrep_runtime::bench::BenchSpec {
@@ -49,6 +53,37 @@ pub(crate) fn run(args: BenchArgs, ctx: &mut Ctx<'_>) -> Result<u8> {
                 parts.join(", ")
             )?;
         }
+    }
+    Ok(0)
+}
+
+/// `dyrep bench data`: images/s of the input pipeline alone.
+fn run_data(args: BenchArgs, ctx: &mut Ctx<'_>) -> Result<u8> {
+    let Some(data) = args.data else {
+        anyhow::bail!("bench data needs --data image-folder:DIR");
+    };
+    let spec = dyrep_runtime::data_bench::DataBenchSpec {
+        data,
+        size: args.size,
+        workers: args.workers,
+        batch: args.batch.unwrap_or(64),
+        batches: args.iters,
+    };
+    let r = dyrep_runtime::data_bench::bench_data(&spec)?;
+    if args.json {
+        crate::render::print_json(&mut ctx.out, &r)?;
+    } else {
+        writeln!(
+            ctx.out,
+            "data {} size {} batch {} x{} on {} threads: {:.1} images/s, peak RSS {:.0} MB",
+            r.data,
+            r.size,
+            r.batch,
+            r.images / r.batch.max(1),
+            r.workers,
+            r.images_per_sec,
+            r.peak_rss_bytes as f64 / 1e6
+        )?;
     }
     Ok(0)
 }

@@ -6,6 +6,7 @@ use crate::progress::Verbosity;
 
 pub(crate) mod bench;
 pub(crate) mod compare;
+pub(crate) mod data;
 pub(crate) mod eval;
 pub(crate) mod export;
 pub(crate) mod fuse;

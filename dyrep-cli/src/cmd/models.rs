@@ -18,6 +18,7 @@ pub(crate) fn run(args: ModelsArgs, ctx: &mut Ctx<'_>) -> Result<u8> {
             input: e.default_input,
             num_classes: 10,
             width: 1.0,
+            file: None,
         };
         let m = build_model(&cfg, &mut ctx)?;
         rows.push(serde_json::json!({

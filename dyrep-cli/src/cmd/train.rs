@@ -34,6 +34,12 @@ pub(crate) fn run(args: Box<TrainArgs>, ctx: &mut Ctx<'_>) -> Result<u8> {
             (cfg, out_dir, false)
         }
     };
+    let comm = dyrep_runtime::dist::init(args.distributed)?;
+    // In a data-parallel run rank 0 reports; the other ranks print only errors.
+    let verbosity = match comm.rank() {
+        0 => ctx.verbosity,
+        _ => crate::Verbosity::Quiet,
+    };
     let opts = RunOptions {
         out: out_dir,
         resume,
@@ -41,8 +47,9 @@ pub(crate) fn run(args: Box<TrainArgs>, ctx: &mut Ctx<'_>) -> Result<u8> {
         stop_after: args.stop_after,
         device: ctx.device.clone(),
         interrupt: install_interrupt_handler(),
+        comm: Some(comm),
     };
-    let mut reporter = TrainReporter::new(ctx.verbosity);
+    let mut reporter = TrainReporter::new(verbosity);
     train(cfg, &opts, &mut |p| reporter.report(p))?;
     Ok(0)
 }

@@ -3,17 +3,16 @@
 //! entry points, the own CPU op (`op.rs`) and candle's composition of the same maths
 //! (`reference.rs`, which runs on other devices and dtypes and is what the op is checked against).
 
+mod layout;
 mod op;
 mod reference;
 
+pub(crate) use layout::*;
 pub(crate) use op::*;
 
 use candle_core::{DType, Tensor};
 
-use crate::{
-    arg, check_own, check_per_channel, pool, Backend, ConvParams, ConvShape, KernelError, PoolKind,
-    Result,
-};
+use crate::{arg, check_own, check_per_channel, Backend, ConvParams, KernelError, Result};
 
 /// One branch of a block for [`block_train`]: a conv (weight `[out, in/groups, kh, kw]` and its
 /// geometry) or the identity (`None`), followed by a batch norm with `gamma`, `beta`, and
@@ -113,7 +112,7 @@ pub(super) fn n_out_channels(gamma: &Tensor) -> Result<usize> {
     Ok(gamma.dim(0)?)
 }
 
-fn block_shape_error(detail: String) -> KernelError {
+pub(crate) fn block_shape_error(detail: String) -> KernelError {
     KernelError::Shape {
         op: "block",
         detail,
@@ -130,132 +129,6 @@ pub fn block_train(
     eps: f64,
 ) -> Result<BlockTrain> {
     block_train_on(Backend::for_tensor(x), x, branches, post, eps)
-}
-
-/// Validates the branches and lays out their flat weights and γβ.
-fn block_geoms(x: &Tensor, branches: &[BlockBranch<'_>]) -> Result<Vec<BranchGeom>> {
-    if branches.is_empty() {
-        return Err(block_shape_error(
-            "a block needs at least one branch".into(),
-        ));
-    }
-    let check_bn = |o: usize, gamma: &Tensor, beta: &Tensor| {
-        if gamma.dims() != [o] || beta.dims() != [o] {
-            return Err(block_shape_error(format!(
-                "a BN after {o} channels needs gamma and beta of that size; got {:?}, {:?}",
-                gamma.dims(),
-                beta.dims()
-            )));
-        }
-        Ok(())
-    };
-    let mut geoms = Vec::with_capacity(branches.len());
-    let (mut offset, mut gb_offset) = (0usize, 0usize);
-    for b in branches {
-        let (conv, o) = match b.conv {
-            Some((w, p)) => {
-                let s = ConvShape::new(x.dims(), w.dims(), p.stride, p.padding, p.groups)?;
-                (Some(s), s.out)
-            }
-            None => (None, x.dims4()?.1),
-        };
-        check_bn(o, b.gamma, b.beta)?;
-        let weight_offset = offset;
-        if let Some((w, _)) = b.conv {
-            offset += w.elem_count();
-        }
-        let bias_offset = match (b.conv, b.bias) {
-            (Some(_), Some(bias)) if bias.dims() == [o] => {
-                offset += o;
-                Some(offset - o)
-            }
-            (_, None) => None,
-            _ => {
-                return Err(block_shape_error(format!(
-                    "a bias needs a conv with {o} outputs; got {:?}",
-                    b.bias.map(|t| t.dims().to_vec())
-                )))
-            }
-        };
-        let first_gb = gb_offset;
-        gb_offset += 2 * o;
-        let second = match b.then {
-            None => None,
-            Some(st) => {
-                check_per_channel(
-                    "block stage",
-                    &[0, o],
-                    o,
-                    &[
-                        ("running_mean", st.pad_from.running_mean),
-                        ("running_var", st.pad_from.running_var),
-                    ],
-                )?;
-                let first_dims = match &conv {
-                    Some(s) => s.output_dims().to_vec(),
-                    None => x.dims().to_vec(),
-                };
-                let padded = [
-                    first_dims[0],
-                    o,
-                    first_dims[2] + 2 * st.pad,
-                    first_dims[3] + 2 * st.pad,
-                ];
-                let (stage, o2) = match st.op {
-                    StageOp::Conv(w, p) => {
-                        if p.padding != (0, 0) {
-                            return Err(block_shape_error(
-                                "a second-stage conv must not pad (the stage pads)".into(),
-                            ));
-                        }
-                        let s = ConvShape::new(&padded, w.dims(), p.stride, (0, 0), p.groups)?;
-                        let at = offset;
-                        offset += w.elem_count();
-                        (
-                            StageGeom::Conv {
-                                shape: s,
-                                weight_offset: at,
-                            },
-                            s.out,
-                        )
-                    }
-                    StageOp::AvgPool { k, stride } => (
-                        StageGeom::AvgPool(pool::PoolShape::new(
-                            PoolKind::Avg,
-                            &padded,
-                            k,
-                            stride,
-                            0,
-                        )?),
-                        o,
-                    ),
-                };
-                check_bn(o2, st.gamma, st.beta)?;
-                let at = gb_offset;
-                gb_offset += 2 * o2;
-                let host = |t: &Tensor| -> Result<Vec<f32>> {
-                    Ok(t.detach().to_dtype(DType::F32)?.to_vec1()?)
-                };
-                Some(SecondGeom {
-                    pad: st.pad,
-                    running_mean: host(st.pad_from.running_mean)?,
-                    running_var: host(st.pad_from.running_var)?,
-                    factor: st.pad_from.factor,
-                    stage,
-                    gb_offset: at,
-                })
-            }
-        };
-        geoms.push(BranchGeom {
-            conv,
-            weight_offset,
-            bias_offset,
-            gb_offset: first_gb,
-            second,
-        });
-    }
-    output_dims(&geoms, x.dims())?;
-    Ok(geoms)
 }
 
 /// [`block_train`] on a chosen backend.
@@ -321,7 +194,7 @@ pub fn block_train_on(
             };
             let gb_flat = Tensor::cat(&gbs, 0)?;
             let keep = x.track_op() || w_flat.track_op() || gb_flat.track_op();
-            let saved = std::sync::Arc::new(std::sync::Mutex::new(BlockSaved::default()));
+            let saved = crate::side::SideChannel::new(BlockSaved::default());
             // The BN counts, in argument order: each BN's input dims.
             let mut counts = Vec::new();
             for g in &geoms {
@@ -341,7 +214,7 @@ pub fn block_train_on(
             let y = x.contiguous()?.apply_op3(&w_flat, &gb_flat, op)?;
             let (_, _, ho, wo) = y.dims4()?;
             let out_count = y.dim(0)? * ho * wo;
-            let guard = saved.lock().unwrap_or_else(|p| p.into_inner());
+            let guard = saved.lock();
             let mut stats = Vec::new();
             for (g, count) in geoms.iter().zip(&counts) {
                 stats.push(*count);
@@ -357,14 +230,8 @@ pub fn block_train_on(
                 .into_iter()
                 .zip(stats)
                 .map(|(st, count)| {
-                    let mean: Vec<f32> = st.iter().map(|s| s.mean()).collect();
-                    let var: Vec<f32> = st.iter().map(|s| s.var).collect();
-                    let c = mean.len();
-                    Ok(BlockBnStats {
-                        mean: Tensor::from_vec(mean, c, x.device())?,
-                        var: Tensor::from_vec(var, c, x.device())?,
-                        count,
-                    })
+                    let (mean, var) = crate::side::stats_tensors(st, x.device())?;
+                    Ok(BlockBnStats { mean, var, count })
                 })
                 .collect::<Result<Vec<_>>>()?;
             Ok(BlockTrain { y, stats })

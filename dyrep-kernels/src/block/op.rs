@@ -12,11 +12,10 @@
 //! and concatenated in branch order (a two-stage branch's first conv, then its second), and every
 //! BN's `[γ; β]` concatenated in the same order, the unit's BN last.
 
-use std::sync::{Arc, Mutex};
-
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::layout::{output_dims, BranchGeom, StageGeom};
 use crate::bn::{
     bn_backward, channel_stats, plane_sums, stats_from_plane_sums, ChannelStats, PlaneSums, Planes,
 };
@@ -25,71 +24,7 @@ use crate::cpu::{slice_f32, tensor_like, with_f32, with_scratch};
 use crate::patches::PatchShare;
 use crate::pool::{box_sums, pad_plane, PoolKind, PoolShape};
 use crate::profile::{Phase, Timer};
-
-/// The second stage of a two-stage branch, after its first BN and the constant padding.
-#[derive(Clone, Debug)]
-pub(crate) enum StageGeom {
-    /// A conv (no padding of its own; no bias) whose weight starts at `weight_offset`.
-    Conv {
-        shape: ConvShape,
-        weight_offset: usize,
-    },
-    /// A k×k average pool (no padding of its own).
-    AvgPool(PoolShape),
-}
-
-/// Pad-then-second-stage of a two-stage branch.
-#[derive(Clone, Debug)]
-pub(crate) struct SecondGeom {
-    /// Padding on every side, filled per channel with the first BN's constants
-    /// (`super::pad_constants` from these running statistics and update factor).
-    pub pad: usize,
-    pub running_mean: Vec<f32>,
-    pub running_var: Vec<f32>,
-    pub factor: f64,
-    pub stage: StageGeom,
-    /// Offset of the second BN's `[γ; β]` in the flat γβ.
-    pub gb_offset: usize,
-}
-
-/// One branch of the block: a conv (its geometry) or the identity, a BN, and optionally a
-/// second stage with its own BN.
-#[derive(Clone, Debug)]
-pub(crate) struct BranchGeom {
-    /// `None` for the identity branch.
-    pub conv: Option<ConvShape>,
-    /// Offset of this branch's (first) conv weight in the flat weights.
-    pub weight_offset: usize,
-    /// Offset of the conv's bias (its `out` values) in the flat weights, if it has one.
-    pub bias_offset: Option<usize>,
-    /// Offset of the (first) BN's `[γ; β]` in the flat γβ.
-    pub gb_offset: usize,
-    pub second: Option<SecondGeom>,
-}
-
-impl BranchGeom {
-    /// Dims of the first stage's output (the first BN's input).
-    fn first_dims(&self, x: &[usize]) -> Vec<usize> {
-        match &self.conv {
-            Some(s) => s.output_dims().to_vec(),
-            None => x.to_vec(),
-        }
-    }
-
-    /// Dims of the branch's output.
-    fn output_dims(&self, x: &[usize]) -> Vec<usize> {
-        match &self.second {
-            None => self.first_dims(x),
-            Some(sg) => match &sg.stage {
-                StageGeom::Conv { shape, .. } => shape.output_dims().to_vec(),
-                StageGeom::AvgPool(p) => {
-                    let d = self.first_dims(x);
-                    vec![d[0], d[1], p.ho, p.wo]
-                }
-            },
-        }
-    }
-}
+use crate::side::SideChannel;
 
 /// Normalisation of one BN in the forward: statistics and `1/sqrt(σ² + ε)`.
 #[derive(Debug, Default, Clone)]
@@ -152,14 +87,10 @@ pub(crate) struct BlockOp {
     pub post: Option<PostGeom>,
     pub eps: f64,
     pub keep_for_backward: bool,
-    pub saved: Arc<Mutex<BlockSaved>>,
+    pub saved: SideChannel<BlockSaved>,
 }
 
 impl BlockOp {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BlockSaved> {
-        self.saved.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// The shared patch matrix of the branches' first convs, if two or more can share it,
     /// and per branch its member index.
     fn patch_share(&self) -> Option<(PatchShare, Vec<Option<usize>>)> {
@@ -539,10 +470,10 @@ impl CustomOp3 for BlockOp {
                 saved.sum = Some(y);
             }
             saved.post = Some(bn);
-            *self.lock() = saved;
+            *self.saved.lock() = saved;
             return Ok((CpuStorage::F32(out), Shape::from(dims)));
         }
-        *self.lock() = saved;
+        *self.saved.lock() = saved;
         Ok((CpuStorage::F32(y), Shape::from(dims)))
     }
 
@@ -557,7 +488,7 @@ impl CustomOp3 for BlockOp {
         let dims = output_dims(&self.branches, x.dims())?;
         let planes = Planes::of(&dims)?;
         let gb_v = gb.flatten_all()?.to_vec1::<f32>()?;
-        let saved = self.lock();
+        let saved = self.saved.lock();
         let missing =
             || candle_core::Error::Msg(format!("{}: backward without a kept forward", self.name()));
         if saved.branches.len() != self.branches.len() {
@@ -770,23 +701,4 @@ fn add_into(acc: &mut [f32], g: &[f32]) {
                 *a += b;
             }
         });
-}
-
-/// The block's output dims: every branch's, which must agree (and equal the input's when there
-/// is an identity branch).
-pub(crate) fn output_dims(branches: &[BranchGeom], x: &[usize]) -> candle_core::Result<Vec<usize>> {
-    let mut dims: Option<Vec<usize>> = None;
-    for b in branches {
-        let d = b.output_dims(x);
-        match &dims {
-            None => dims = Some(d),
-            Some(prev) if *prev != d => {
-                return Err(candle_core::Error::Msg(format!(
-                    "block branches disagree on the output shape: {prev:?} vs {d:?}"
-                )))
-            }
-            Some(_) => {}
-        }
-    }
-    dims.ok_or_else(|| candle_core::Error::Msg("a block op needs at least one branch".into()))
 }

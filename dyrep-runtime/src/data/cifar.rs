@@ -35,6 +35,7 @@ fn read_records(paths: &[PathBuf], label_bytes: usize, classes: usize) -> Result
     let mut split = Split {
         images: Vec::new(),
         labels: Vec::new(),
+        files: Vec::new(),
     };
     for p in paths {
         let bytes = std::fs::read(p).map_err(io_err(p))?;

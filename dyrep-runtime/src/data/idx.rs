@@ -73,6 +73,7 @@ pub fn split_from_bytes(
         Split {
             images: pixels,
             labels: lbytes.iter().map(|&b| b as u32).collect(),
+            files: Vec::new(),
         },
         idims[1],
         idims[2],
@@ -117,6 +118,7 @@ fn read_split(dir: &Path, prefix: &str) -> Result<(Split, usize, usize)> {
         Split {
             images: pixels,
             labels: lbytes.iter().map(|&b| b as u32).collect(),
+            files: Vec::new(),
         },
         idims[1],
         idims[2],

@@ -1,7 +1,10 @@
 //! Batches: seeded shuffling (our own RNG; a fresh stream per epoch, so a resumed run sees the same
 //! order), augmentation (random crop with zero padding, horizontal flip, cutout applied after
 //! normalisation — docs/REFERENCE.md "Training recipes"), normalisation with the dataset's channel
-//! statistics, and a producer thread that prepares the next batches while the current one trains.
+//! statistics, and a producer thread that prepares the next batches while the current one trains
+//! (at most two waiting). A streamed image folder's batch decodes its files on the dataset's
+//! worker threads and applies the ImageNet transforms (`transforms.rs`), each image with its own
+//! random stream drawn from the batch's, so the result does not depend on the thread count.
 
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
@@ -11,7 +14,7 @@ use dyrep_api::SeededRng;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::{Dataset, Split};
+use super::{format_err, transforms, Dataset, ImageSource, Result, Split, StreamSpec};
 
 /// Training-time augmentation.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -27,6 +30,10 @@ pub struct Augment {
     /// normalisation (0 = off).
     #[serde(default)]
     pub cutout: usize,
+    /// Stream the image folder with the ImageNet transforms (`[augment.imagenet]`; the three
+    /// settings above then do not apply).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imagenet: Option<super::transforms::ImageNetTransform>,
 }
 
 /// Which split to read.
@@ -80,6 +87,14 @@ pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     order
 }
 
+/// Rank `rank`'s share of an epoch's order in a data-parallel run of `world` ranks: every
+/// `world`-th index from position `rank`, so the shares are disjoint, together hold every index,
+/// and differ in size by at most one; with `world` = 1 it is the order itself.
+pub fn rank_shard(order: &[usize], rank: usize, world: usize) -> Vec<usize> {
+    let world = world.max(1);
+    order.iter().skip(rank).step_by(world).copied().collect()
+}
+
 fn split_of(ds: &Dataset, which: Which) -> &Split {
     match which {
         Which::Train => &ds.train,
@@ -87,8 +102,133 @@ fn split_of(ds: &Dataset, which: Which) -> &Split {
     }
 }
 
-/// Builds one batch from the examples `indices` of a split.
+/// Builds one batch from the examples `indices` of a split (an image that cannot be decoded is
+/// an error naming it, or — with `skip_bad_images` — left out of the batch and counted).
 pub fn make_batch(
+    ds: &Dataset,
+    which: Which,
+    indices: &[usize],
+    augment: Option<(&Augment, &mut SeededRng)>,
+) -> Result<Batch> {
+    match &ds.stream {
+        Some(st) => streamed_batch(ds, st, which, indices, augment.map(|(_, rng)| rng)),
+        None => Ok(memory_batch(ds, which, indices, augment)),
+    }
+}
+
+/// A streamed example's encoded image: where to read it, or its bytes already read (a shard
+/// read sequentially).
+enum Encoded<'a> {
+    Source(&'a ImageSource),
+    Bytes { name: &'a str, bytes: &'a [u8] },
+}
+
+/// One streamed example: the image read, decoded and transformed (`rng`: training's random
+/// stream).
+fn streamed_example(enc: &Encoded<'_>, st: &StreamSpec, rng: Option<u64>) -> Result<Vec<f32>> {
+    let (read, name);
+    let bytes: &[u8] = match enc {
+        Encoded::Source(src) => {
+            read = src.read()?;
+            name = src.describe();
+            &read
+        }
+        Encoded::Bytes { name: n, bytes } => {
+            name = std::path::PathBuf::from(n);
+            bytes
+        }
+    };
+    let img = image::load_from_memory(bytes)
+        .map_err(|e| format_err(&name, format!("unreadable image: {e}")))?
+        .to_rgb8();
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let raw = img.into_raw();
+    Ok(match rng {
+        Some(seed) => transforms::train_view(&raw, w, h, &st.transform, &mut SeededRng::new(seed)),
+        None => transforms::eval_view(&raw, w, h, &st.transform),
+    })
+}
+
+fn streamed_batch(
+    ds: &Dataset,
+    st: &StreamSpec,
+    which: Which,
+    indices: &[usize],
+    rng: Option<&mut SeededRng>,
+) -> Result<Batch> {
+    let split = split_of(ds, which);
+    let items: Vec<(Encoded<'_>, u32)> = indices
+        .iter()
+        .map(|&i| (Encoded::Source(&split.files[i]), split.labels[i]))
+        .collect();
+    decode_batch(ds, st, &items, rng)
+}
+
+/// Decodes and transforms a batch of encoded images on the stream's worker threads (each image
+/// with its own random stream drawn from `rng` when training).
+fn decode_batch(
+    ds: &Dataset,
+    st: &StreamSpec,
+    items: &[(Encoded<'_>, u32)],
+    rng: Option<&mut SeededRng>,
+) -> Result<Batch> {
+    let seeds: Vec<Option<u64>> = match rng {
+        Some(r) => items.iter().map(|_| Some(r.random::<u64>())).collect(),
+        None => vec![None; items.len()],
+    };
+    let per = items
+        .len()
+        .div_ceil(st.workers.clamp(1, items.len().max(1)))
+        .max(1);
+    let views: Vec<Result<Vec<f32>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = items
+            .chunks(per)
+            .zip(seeds.chunks(per))
+            .map(|(run, sd)| {
+                s.spawn(move || {
+                    run.iter()
+                        .zip(sd)
+                        .map(|((enc, _), &seed)| streamed_example(enc, st, seed))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    vec![Err(format_err(
+                        std::path::Path::new("image decoder"),
+                        "a decoding thread panicked",
+                    ))]
+                })
+            })
+            .collect()
+    });
+    let size = ds.image_size();
+    let mut batch = Batch {
+        images: Vec::with_capacity(items.len() * size),
+        labels: Vec::with_capacity(items.len()),
+    };
+    for ((_, label), view) in items.iter().zip(views) {
+        match view {
+            Ok(v) => {
+                batch.images.extend_from_slice(&v);
+                batch.labels.push(*label);
+            }
+            Err(e) if st.skip_bad_images => {
+                tracing::warn!(target: "dyrep::data", "skipped: {e}");
+                st.bad_images
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(batch)
+}
+
+/// A batch of an in-memory split.
+fn memory_batch(
     ds: &Dataset,
     which: Which,
     indices: &[usize],
@@ -155,15 +295,16 @@ pub fn make_batch(
     Batch { images, labels }
 }
 
-/// Batches prepared on a background thread (up to `ahead` in flight).
+/// Batches prepared on a background thread (at most two waiting); the stream ends after the
+/// first error it yields.
 pub struct BatchStream {
-    rx: Receiver<Batch>,
+    rx: Receiver<Result<Batch>>,
     handle: Option<JoinHandle<()>>,
 }
 
 impl Iterator for BatchStream {
-    type Item = Batch;
-    fn next(&mut self) -> Option<Batch> {
+    type Item = Result<Batch>;
+    fn next(&mut self) -> Option<Result<Batch>> {
         self.rx.recv().ok()
     }
 }
@@ -190,7 +331,9 @@ fn spawn(
     let handle = std::thread::spawn(move || {
         for idx in chunks {
             let a = aug.as_mut().map(|(a, r)| (&*a, r));
-            if tx.send(make_batch(&ds, which, &idx, a)).is_err() {
+            let batch = make_batch(&ds, which, &idx, a);
+            let failed = batch.is_err();
+            if tx.send(batch).is_err() || failed {
                 break;
             }
         }
@@ -198,6 +341,116 @@ fn spawn(
     BatchStream {
         rx,
         handle: Some(handle),
+    }
+}
+
+/// Samples a shard stream holds back to shuffle (WebDataset's shuffle buffer).
+pub const SHUFFLE_BUFFER: usize = 1000;
+
+/// Training batches of a sharded dataset for `epoch`: the shards read one after the other in a
+/// seeded order, each sequentially, the samples passed through a seeded shuffle buffer of
+/// [`SHUFFLE_BUFFER`], full batches only. A read or decoding error is the stream's last item.
+fn shard_stream(ds: Arc<Dataset>, batch_size: usize, seed: u64, epoch: usize) -> BatchStream {
+    let (tx, rx) = sync_channel(2);
+    let handle = std::thread::spawn(move || {
+        let Some(st) = ds.stream.as_ref() else {
+            return;
+        };
+        let Some([set, _]) = st.shards.as_ref() else {
+            return;
+        };
+        let mut order: Vec<usize> = (0..set.shards.len()).collect();
+        let mut shard_rng = SeededRng::for_purpose(seed, &format!("shards:{epoch}"));
+        for i in (1..order.len()).rev() {
+            order.swap(i, shard_rng.random_range(0..=i));
+        }
+        let mut shuffle = ShuffleBuffer {
+            held: Vec::with_capacity(SHUFFLE_BUFFER),
+            pick: SeededRng::for_purpose(seed, &format!("shuffle-buffer:{epoch}")),
+            pending: Vec::with_capacity(batch_size),
+            aug: SeededRng::for_purpose(seed, &format!("augment:{epoch}")),
+            batch_size,
+        };
+        let send = |batch: Result<Batch>| -> std::result::Result<(), Stop> {
+            let failed = batch.is_err();
+            tx.send(batch).map_err(|_| Stop)?;
+            if failed {
+                return Err(Stop);
+            }
+            Ok(())
+        };
+        let mut read = || -> std::result::Result<(), Stop> {
+            for &s in &order {
+                let mut stopped = false;
+                let walked = super::shards::for_each_sample(&set.shards[s], &mut |sample| {
+                    shuffle.held.push(sample);
+                    if shuffle.held.len() >= SHUFFLE_BUFFER {
+                        if let Some(batch) = shuffle.release(&ds, st) {
+                            if send(batch).is_err() {
+                                stopped = true;
+                                return Err(super::format_err(&set.shards[s], "stopped"));
+                            }
+                        }
+                    }
+                    Ok(())
+                });
+                if stopped {
+                    return Err(Stop);
+                }
+                if let Err(e) = walked {
+                    send(Err(e))?;
+                }
+            }
+            while !shuffle.held.is_empty() {
+                if let Some(batch) = shuffle.release(&ds, st) {
+                    send(batch)?;
+                }
+            }
+            Ok(())
+        };
+        let _ = read();
+    });
+    BatchStream {
+        rx,
+        handle: Some(handle),
+    }
+}
+
+/// The shard stream ends (its receiver is gone or it sent an error).
+struct Stop;
+
+/// WebDataset's shuffle buffer: samples held back, one released at random per sample read.
+struct ShuffleBuffer {
+    held: Vec<super::shards::ShardSample>,
+    pick: SeededRng,
+    pending: Vec<super::shards::ShardSample>,
+    aug: SeededRng,
+    batch_size: usize,
+}
+
+impl ShuffleBuffer {
+    /// Moves one held sample, chosen at random, to the batch being filled; returns the batch
+    /// once it is full.
+    fn release(&mut self, ds: &Dataset, st: &StreamSpec) -> Option<Result<Batch>> {
+        let i = self.pick.random_range(0..self.held.len());
+        self.pending.push(self.held.swap_remove(i));
+        if self.pending.len() < self.batch_size {
+            return None;
+        }
+        let items: Vec<(Encoded<'_>, u32)> = self
+            .pending
+            .iter()
+            .map(|s| {
+                let enc = Encoded::Bytes {
+                    name: &s.name,
+                    bytes: &s.bytes,
+                };
+                (enc, s.label)
+            })
+            .collect();
+        let batch = decode_batch(ds, st, &items, Some(&mut self.aug));
+        self.pending.clear();
+        Some(batch)
     }
 }
 
@@ -215,19 +468,50 @@ pub fn train_stream(
     augment: &Augment,
     limit: Option<usize>,
 ) -> BatchStream {
+    train_stream_of_rank(ds, batch_size, seed, epoch, augment, limit, (0, 1))
+}
+
+/// Training batches per epoch of each of `world` ranks (the same for all of them: the shards
+/// differ in size by at most one, the extra examples are dropped with the last partial batch).
+pub fn steps_per_epoch(
+    ds: &Dataset,
+    batch_size: usize,
+    limit: Option<usize>,
+    world: usize,
+) -> usize {
+    limit.unwrap_or(usize::MAX).min(ds.train.len()) / (batch_size.max(1) * world.max(1))
+}
+
+/// [`train_stream`] for rank `rank` of `world` in a data-parallel run: its share of the epoch's
+/// order ([`rank_shard`]), [`steps_per_epoch`] batches, its own augmentation stream. Rank 0 of 1
+/// is [`train_stream`].
+pub fn train_stream_of_rank(
+    ds: Arc<Dataset>,
+    batch_size: usize,
+    seed: u64,
+    epoch: usize,
+    augment: &Augment,
+    limit: Option<usize>,
+    (rank, world): (usize, usize),
+) -> BatchStream {
+    if ds.stream.as_ref().is_some_and(|s| s.shards.is_some()) {
+        return shard_stream(ds, batch_size, seed, epoch);
+    }
     let n = limit.unwrap_or(usize::MAX).min(ds.train.len());
-    let order = epoch_order(n, seed, epoch);
+    let order = rank_shard(&epoch_order(n, seed, epoch), rank, world);
+    let steps = steps_per_epoch(&ds, batch_size, limit, world);
     let chunks: Vec<Vec<usize>> = order
         .chunks(batch_size.max(1))
-        .filter(|c| c.len() == batch_size)
+        .take(steps)
         .map(|c| c.to_vec())
         .collect();
-    let aug = (*augment != Augment::default()).then(|| {
-        (
-            augment.clone(),
-            SeededRng::for_purpose(seed, &format!("augment:{epoch}")),
-        )
-    });
+    let purpose = match world {
+        1 => format!("augment:{epoch}"),
+        _ => format!("augment:{epoch}:rank{rank}"),
+    };
+    // A streamed folder always draws its random crops; an in-memory one only when augmenting.
+    let aug = (*augment != Augment::default() || ds.stream.is_some())
+        .then(|| (augment.clone(), SeededRng::for_purpose(seed, &purpose)));
     spawn(ds, Which::Train, chunks, aug)
 }
 
@@ -239,8 +523,17 @@ pub fn eval_stream(
     limit: Option<usize>,
 ) -> BatchStream {
     let n = limit.unwrap_or(usize::MAX).min(split_of(&ds, which).len());
-    let chunks: Vec<Vec<usize>> = (0..n)
-        .collect::<Vec<_>>()
+    eval_stream_of(ds, which, batch_size, (0..n).collect())
+}
+
+/// Evaluation batches of the examples `indices`, in that order, no augmentation.
+pub fn eval_stream_of(
+    ds: Arc<Dataset>,
+    which: Which,
+    batch_size: usize,
+    indices: Vec<usize>,
+) -> BatchStream {
+    let chunks: Vec<Vec<usize>> = indices
         .chunks(batch_size.max(1))
         .map(|c| c.to_vec())
         .collect();
@@ -264,9 +557,29 @@ mod tests {
     }
 
     #[test]
+    fn rank_shards_are_disjoint_complete_and_balanced() {
+        let order = epoch_order(103, 5, 2);
+        assert_eq!(rank_shard(&order, 0, 1), order);
+        for world in [2, 3, 8] {
+            let shards: Vec<Vec<usize>> =
+                (0..world).map(|r| rank_shard(&order, r, world)).collect();
+            let mut all: Vec<usize> = shards.concat();
+            all.sort();
+            assert_eq!(all, (0..103).collect::<Vec<_>>(), "world {world}");
+            let (min, max) = (
+                shards.iter().map(Vec::len).min().unwrap(),
+                shards.iter().map(Vec::len).max().unwrap(),
+            );
+            assert!(max - min <= 1, "world {world}: {min}..{max}");
+            // Rank r takes positions r, r + world, ...
+            assert_eq!(shards[1][1], order[1 + world]);
+        }
+    }
+
+    #[test]
     fn normalisation_and_augmentation() {
         let ds = Arc::new(bundled_default().unwrap());
-        let plain = make_batch(&ds, Which::Train, &[0, 1], None);
+        let plain = make_batch(&ds, Which::Train, &[0, 1], None).unwrap();
         assert_eq!(plain.images.len(), 2 * 784);
         // A zero pixel maps to -mean/std.
         let z = -ds.mean[0] / ds.std[0];
@@ -281,7 +594,7 @@ mod tests {
         let mut rng = SeededRng::new(0);
         let mut flipped_once = false;
         for _ in 0..8 {
-            let b = make_batch(&ds, Which::Train, &[0], Some((&a, &mut rng)));
+            let b = make_batch(&ds, Which::Train, &[0], Some((&a, &mut rng))).unwrap();
             if b.images[row.clone()] != plain.images[row.clone()] {
                 let rev: Vec<f32> = plain.images[row.clone()].iter().rev().copied().collect();
                 assert_eq!(&b.images[row.clone()], &rev[..]);
@@ -294,7 +607,7 @@ mod tests {
             cutout: 8,
             ..Default::default()
         };
-        let b = make_batch(&ds, Which::Train, &[0], Some((&a, &mut rng)));
+        let b = make_batch(&ds, Which::Train, &[0], Some((&a, &mut rng))).unwrap();
         assert!(b.images.iter().filter(|v| **v == 0.0).count() >= 16);
         // Crop padding brings in zero pixels (normalised), never garbage.
         let a = Augment {
@@ -302,7 +615,7 @@ mod tests {
             ..Default::default()
         };
         for _ in 0..4 {
-            let b = make_batch(&ds, Which::Train, &[0], Some((&a, &mut rng)));
+            let b = make_batch(&ds, Which::Train, &[0], Some((&a, &mut rng))).unwrap();
             assert!(b.images.iter().all(|v| v.is_finite() && *v >= z - 1e-5));
         }
     }
@@ -311,10 +624,12 @@ mod tests {
     fn streams_drop_last_and_keep_order() {
         let ds = Arc::new(bundled_default().unwrap());
         let n: Vec<usize> = train_stream(ds.clone(), 64, 3, 0, &Augment::default(), Some(200))
-            .map(|b| b.len())
+            .map(|b| b.unwrap().len())
             .collect();
         assert_eq!(n, vec![64, 64, 64]);
-        let eval: Vec<Batch> = eval_stream(ds.clone(), Which::Test, 64, Some(150)).collect();
+        let eval: Vec<Batch> = eval_stream(ds.clone(), Which::Test, 64, Some(150))
+            .map(Result::unwrap)
+            .collect();
         assert_eq!(
             eval.iter().map(|b| b.len()).collect::<Vec<_>>(),
             vec![64, 64, 22]

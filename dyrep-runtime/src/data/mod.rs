@@ -5,10 +5,13 @@
 //! batches are made (`loader`). Every malformed input is a `DataError` naming the file and what is
 //! wrong.
 
+pub mod cache;
 pub mod cifar;
 pub mod folder;
 pub mod idx;
 pub mod loader;
+pub mod shards;
+pub mod transforms;
 
 use std::path::{Path, PathBuf};
 
@@ -45,11 +48,56 @@ pub(crate) fn format_err(path: &Path, reason: impl Into<String>) -> DataError {
     }
 }
 
-/// One split: u8 pixels `[n, c, h, w]` and labels.
-#[derive(Clone, Debug)]
+/// One split: u8 pixels `[n, c, h, w]` and labels — or, for a streamed image folder, the image
+/// files (decoded when a batch is made) and labels, with no pixels in memory.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Split {
     pub images: Vec<u8>,
     pub labels: Vec<u32>,
+    /// Where a streamed split's images are (empty when the pixels are in memory).
+    pub files: Vec<ImageSource>,
+}
+
+/// Where one streamed image's encoded bytes are: a file, or a member of a tar shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ImageSource {
+    File(PathBuf),
+    /// `len` bytes at `offset` of the shard `shard` (member `name`).
+    Member {
+        shard: std::sync::Arc<PathBuf>,
+        name: String,
+        offset: u64,
+        len: u64,
+    },
+}
+
+impl ImageSource {
+    /// The encoded image.
+    pub fn read(&self) -> Result<Vec<u8>> {
+        match self {
+            ImageSource::File(p) => std::fs::read(p).map_err(io_err(p)),
+            ImageSource::Member {
+                shard, offset, len, ..
+            } => {
+                use std::io::{Read, Seek, SeekFrom};
+                let mut f = std::fs::File::open(shard.as_path()).map_err(io_err(shard))?;
+                f.seek(SeekFrom::Start(*offset)).map_err(io_err(shard))?;
+                let mut buf = vec![0u8; *len as usize];
+                f.read_exact(&mut buf).map_err(io_err(shard))?;
+                Ok(buf)
+            }
+        }
+    }
+
+    /// The path errors name (`shard.tar:member` for a shard member).
+    pub fn describe(&self) -> PathBuf {
+        match self {
+            ImageSource::File(p) => p.clone(),
+            ImageSource::Member { shard, name, .. } => {
+                PathBuf::from(format!("{}:{name}", shard.display()))
+            }
+        }
+    }
 }
 
 impl Split {
@@ -99,13 +147,27 @@ impl Split {
             round += 1;
         }
         chosen.sort_unstable();
-        Split {
-            images: chosen
+        self.select(&chosen, image_size)
+    }
+
+    /// The examples `indices`, in that order.
+    pub fn select(&self, indices: &[usize], image_size: usize) -> Split {
+        let images = match self.images.is_empty() {
+            true => Vec::new(),
+            false => indices
                 .iter()
                 .flat_map(|&i| &self.images[i * image_size..(i + 1) * image_size])
                 .copied()
                 .collect(),
-            labels: chosen.iter().map(|&i| self.labels[i]).collect(),
+        };
+        let files = match self.files.is_empty() {
+            true => Vec::new(),
+            false => indices.iter().map(|&i| self.files[i].clone()).collect(),
+        };
+        Split {
+            images,
+            labels: indices.iter().map(|&i| self.labels[i]).collect(),
+            files,
         }
     }
 
@@ -121,10 +183,7 @@ impl Split {
     /// The first `n` examples (all if `n` is larger).
     pub fn truncated(&self, n: usize, image_size: usize) -> Split {
         let n = n.min(self.len());
-        Split {
-            images: self.images[..n * image_size].to_vec(),
-            labels: self.labels[..n].to_vec(),
-        }
+        self.select(&(0..n).collect::<Vec<_>>(), image_size)
     }
 }
 
@@ -139,9 +198,26 @@ pub struct Dataset {
     pub classes: Vec<String>,
     pub train: Split,
     pub test: Split,
-    /// Per-channel mean and std of the training pixels (in [0, 1]), used to normalise.
+    /// Per-channel mean and std of the training pixels (in [0, 1]), used to normalise (the
+    /// ImageNet constants for a streamed dataset).
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
+    /// Set for a streamed image folder: how its files become tensors.
+    pub stream: Option<StreamSpec>,
+}
+
+/// How a streamed image folder's files become tensors (`loader.rs`): decoded on `workers`
+/// threads per batch, with the ImageNet transforms at `transform.size`.
+#[derive(Clone, Debug)]
+pub struct StreamSpec {
+    pub transform: transforms::ImageNetTransform,
+    pub workers: usize,
+    /// Skip (and count) images that cannot be decoded instead of failing the run.
+    pub skip_bad_images: bool,
+    /// How many images were skipped so far (shared by every copy of the dataset).
+    pub bad_images: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Tar shards (train, test): training reads them sequentially (`loader.rs`).
+    pub shards: Option<[shards::ShardSet; 2]>,
 }
 
 /// The seed of the subsets `--train-limit` / `--test-limit` take: the same images for every run
@@ -156,8 +232,10 @@ impl Dataset {
         let (size, k) = (self.image_size(), self.num_classes());
         if let Some(n) = train.filter(|&n| n < self.train.len()) {
             self.train = self.train.balanced_subset(n, k, SUBSET_SEED, size);
-            (self.mean, self.std) =
-                channel_stats(&self.train.images, self.channels, self.height * self.width);
+            if self.stream.is_none() {
+                (self.mean, self.std) =
+                    channel_stats(&self.train.images, self.channels, self.height * self.width);
+            }
         }
         if let Some(n) = test.filter(|&n| n < self.test.len()) {
             self.test = self.test.balanced_subset(n, k, SUBSET_SEED, size);
@@ -230,6 +308,45 @@ impl Dataset {
             test,
             mean,
             std,
+            stream: None,
+        })
+    }
+
+    /// A streamed image folder: splits of files and labels, RGB crops of `stream.transform.size`.
+    pub fn streamed(
+        classes: Vec<String>,
+        train: Split,
+        test: Split,
+        stream: StreamSpec,
+        source: &Path,
+    ) -> Result<Dataset> {
+        for (name, s) in [("train", &train), ("test", &test)] {
+            if s.is_empty() || s.files.len() != s.len() {
+                return Err(format_err(
+                    source,
+                    format!("the {name} split has no images"),
+                ));
+            }
+        }
+        let size = stream.transform.size;
+        Ok(Dataset {
+            spec: String::new(),
+            channels: 3,
+            height: size,
+            width: size,
+            classes,
+            train,
+            test,
+            mean: transforms::IMAGENET_MEAN.to_vec(),
+            std: transforms::IMAGENET_STD.to_vec(),
+            stream: Some(stream),
+        })
+    }
+
+    /// Images skipped as undecodable so far (`skip_bad_images`).
+    pub fn bad_images(&self) -> usize {
+        self.stream.as_ref().map_or(0, |s| {
+            s.bad_images.load(std::sync::atomic::Ordering::Relaxed)
         })
     }
 }
@@ -300,9 +417,49 @@ pub fn bundled_default() -> Result<Dataset> {
     )
 }
 
+/// How to load a dataset.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LoadOptions {
+    /// Image-decoding threads; 0: one per core.
+    pub workers: usize,
+    /// Where decoded image folders are cached (`data/cache.rs`); `None`: no cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Stream image folders with these ImageNet transforms. `None`: an image folder is streamed
+    /// (with the default transforms) only when its images differ in size or would not fit
+    /// `memory_budget` once decoded; otherwise it is decoded into memory.
+    pub imagenet: Option<transforms::ImageNetTransform>,
+    /// Bytes of decoded pixels an in-memory image folder may take (0: 4 GiB).
+    pub memory_budget: u64,
+    /// Streamed folders: skip (and count) images that cannot be decoded.
+    pub skip_bad_images: bool,
+}
+
+impl LoadOptions {
+    /// Every core, and the default cache directory ([`cache::default_dir`]).
+    pub fn standard() -> LoadOptions {
+        LoadOptions {
+            cache_dir: cache::default_dir(),
+            ..LoadOptions::default()
+        }
+    }
+
+    /// The number of decoding threads to start.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+}
+
+/// Loads a dataset from a spec with the standard options ([`LoadOptions::standard`]).
+pub fn load(spec: &str) -> Result<Dataset> {
+    load_with(spec, &LoadOptions::standard())
+}
+
 /// Loads a dataset from a spec: `default`, `fashion-mnist:DIR`, `mnist:DIR`, `cifar10:DIR`,
 /// `cifar100:DIR`, `image-folder:DIR`.
-pub fn load(spec: &str) -> Result<Dataset> {
+pub fn load_with(spec: &str, opts: &LoadOptions) -> Result<Dataset> {
     let spec = spec.trim();
     if spec.is_empty() || spec == "default" {
         return bundled_default();
@@ -310,7 +467,7 @@ pub fn load(spec: &str) -> Result<Dataset> {
     let Some((kind, dir)) = spec.split_once(':') else {
         return Err(DataError::Spec {
             spec: spec.into(),
-            reason: "expected KIND:DIR (fashion-mnist, mnist, cifar10, cifar100, image-folder) or `default`".into(),
+            reason: "expected KIND:DIR (fashion-mnist, mnist, cifar10, cifar100, image-folder, shards) or `default`".into(),
         });
     };
     let dir = Path::new(dir);
@@ -331,7 +488,8 @@ pub fn load(spec: &str) -> Result<Dataset> {
         "mnist" => idx::load_dir(dir, (0..10).map(|d| d.to_string()).collect())?,
         "cifar10" => cifar::load_cifar10(dir)?,
         "cifar100" => cifar::load_cifar100(dir)?,
-        "image-folder" => folder::load(dir)?,
+        "image-folder" => folder::load(dir, opts)?,
+        "shards" => shards::load(dir, opts)?,
         other => {
             let known = [
                 "fashion-mnist",
@@ -339,6 +497,7 @@ pub fn load(spec: &str) -> Result<Dataset> {
                 "cifar10",
                 "cifar100",
                 "image-folder",
+                "shards",
             ];
             let hint = dyrep_api::registry::nearest(other, known)
                 .map(|s| format!(" (did you mean `{s}`?)"))
@@ -370,6 +529,7 @@ mod tests {
         Split {
             images: (0..labels.len() as u8).flat_map(|i| [i, i]).collect(),
             labels,
+            files: Vec::new(),
         }
     }
 

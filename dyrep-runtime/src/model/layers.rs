@@ -208,6 +208,11 @@ pub enum Layer {
         stride: usize,
         padding: usize,
     },
+    /// A k×k average pool without padding.
+    AvgPool {
+        k: usize,
+        stride: usize,
+    },
     GlobalAvgPool,
     Flatten,
     Relu,
@@ -228,6 +233,9 @@ impl Layer {
         match self {
             Layer::Conv(u) => u.forward_t(x, train),
             Layer::MaxPool { k, stride, padding } => Ok(max_pool2d(x, *k, *stride, *padding)?),
+            Layer::AvgPool { k, stride } => {
+                Ok(x.avg_pool2d_with_stride((*k, *k), (*stride, *stride))?)
+            }
             Layer::GlobalAvgPool => Ok(x.mean(D::Minus1)?.mean(D::Minus1)?),
             Layer::Flatten => Ok(x.flatten_from(1)?),
             Layer::Relu => Ok(dyrep_api::layers::relu(x)?),
@@ -325,6 +333,14 @@ impl Layer {
                     )));
                 }
                 Ok((0, (c, (hp - k) / stride + 1, (wp - k) / stride + 1)))
+            }
+            Layer::AvgPool { k, stride } => {
+                if h < *k || w < *k {
+                    return Err(RuntimeError::Model(format!(
+                        "input too small: a {k}x{k} average pool meets a {h}x{w} feature map"
+                    )));
+                }
+                Ok((0, (c, (h - k) / stride + 1, (w - k) / stride + 1)))
             }
             Layer::GlobalAvgPool => Ok((0, (c, 0, 0))),
             Layer::Flatten => Ok((0, (c * h.max(1) * w.max(1), 0, 0))),

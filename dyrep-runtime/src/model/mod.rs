@@ -5,11 +5,18 @@
 //! optional BN, optional ReLU) whose slot path is the conv's parameter path (torchvision-style
 //! names for ResNet). Static modes (`repvgg`, `dbb`) and DyRep only ever act on those slots.
 
+pub mod build;
+mod file;
 mod layers;
+mod mode;
+mod registry;
 mod zoo;
 
+pub use file::{ArchFile, LayerSpec};
 pub use layers::{BasicBlock, Bottleneck, ConvUnit, Layer, Linear};
-pub use zoo::{build_model, find_model, models, ModelConfig, ModelEntry};
+pub use mode::{apply_mode, BaselineForm, Mode};
+pub use registry::{find_model, models, ModelBuilder, ModelEntry};
+pub use zoo::{build_model, ModelConfig};
 
 use std::collections::BTreeMap;
 
@@ -46,6 +53,9 @@ pub struct ModelArch {
     /// Conv paths whose unit BN was dropped after their block (reference-form baselines).
     #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
     pub bn_dropped: std::collections::BTreeSet<String>,
+    /// The architecture file of a model described by one (absent for registered models).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<ArchFile>,
 }
 
 /// A CNN whose convs are slots.
@@ -65,6 +75,7 @@ impl Model {
                 input: [1, 1, 1],
                 num_classes: 1,
                 width: 1.0,
+                file: None,
             },
             layers: Vec::new(),
             form: Form::Train,
@@ -260,6 +271,7 @@ impl Model {
                 .filter(|u| u.bn_dropped)
                 .map(|u| u.conv_path.clone())
                 .collect(),
+            file: self.config.file.clone(),
         }
     }
 
@@ -276,6 +288,7 @@ impl Model {
             input: arch.input,
             num_classes: arch.num_classes,
             width: arch.width,
+            file: arch.file.clone(),
         };
         let mut model = build_model(&config, ctx)?;
         model.form = arch.form;
@@ -457,6 +470,7 @@ mod tests {
             input,
             num_classes: 10,
             width: 1.0,
+            file: None,
         };
         build_model(&cfg, &mut ctx).unwrap()
     }
@@ -625,6 +639,7 @@ mod tests {
             input: [1, 28, 28],
             num_classes: 10,
             width: 1.0,
+            file: None,
         };
         let e = build_model(&cfg, &mut ctx).unwrap_err().to_string();
         assert!(e.contains("vgg16") && e.contains("28"), "{e}");
@@ -704,13 +719,7 @@ mod tests {
             .unwrap();
         let plain_y = m.forward_t(&x, false).unwrap();
         let mut ctx = InitCtx::new(&mut rng, &Device::Cpu);
-        let n = crate::train::apply_mode(
-            &mut m,
-            crate::train::Mode::Dbb,
-            crate::train::BaselineForm::Reference,
-            &mut ctx,
-        )
-        .unwrap();
+        let n = apply_mode(&mut m, Mode::Dbb, BaselineForm::Reference, &mut ctx).unwrap();
         assert!(n > 0);
         let grown: Vec<&ConvUnit> = m
             .units()
@@ -761,13 +770,7 @@ mod tests {
             .unwrap();
         let plain_y = m.forward_t(&x, false).unwrap();
         let mut ctx = InitCtx::new(&mut rng, &Device::Cpu);
-        crate::train::apply_mode(
-            &mut m,
-            crate::train::Mode::Dbb,
-            crate::train::BaselineForm::Dyrep,
-            &mut ctx,
-        )
-        .unwrap();
+        apply_mode(&mut m, Mode::Dbb, BaselineForm::Dyrep, &mut ctx).unwrap();
         assert!(m.units().iter().all(|u| u.bn.is_some() && !u.bn_dropped));
         let c =
             dyrep_api::equivalence::compare(&plain_y, &m.forward_t(&x, false).unwrap()).unwrap();

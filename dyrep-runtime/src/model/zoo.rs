@@ -1,153 +1,170 @@
-//! The model zoo (docs/REFERENCE.md "Models"): name → builder, default input, one-line summary.
+//! The model zoo (docs/REFERENCE.md "Models"), registered with `register_model!` like any plugin
+//! model: name, one-line summary, default input, builder.
 //! Every conv is a `ConvUnit` with BN (bias-free conv) and the reference init (conv N(0,
 //! sqrt(2/(k²·C_out))), BN γ=1 β=0, linear U(±1/sqrt(out)) with zero bias).
 
 use dyrep_api::{ConvGeom, InitCtx};
 use serde::{Deserialize, Serialize};
 
-use super::layers::{BasicBlock, Bottleneck, ConvUnit, Layer, Linear};
+use super::build::{
+    channels as ch, conv_bn as unit, depthwise_separable, residual_stage, same_conv, shape_after,
+    ResidualBlock,
+};
+use super::file::ArchFile;
+use super::layers::{ConvUnit, Layer, Linear};
+use super::registry::find_model;
 use super::{Form, Model};
 use crate::error::{Result, RuntimeError};
 
-/// What to build: a zoo name, the input shape `[C, H, W]`, the number of classes and a width
-/// multiplier for every channel count.
+/// What to build: a model name (or an architecture file), the input shape `[C, H, W]`, the
+/// number of classes and a width multiplier for every channel count.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
     pub name: String,
     pub input: [usize; 3],
     pub num_classes: usize,
     pub width: f64,
+    /// The architecture file the model is described by (instead of a registered builder).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<ArchFile>,
 }
 
-/// A zoo entry.
-pub struct ModelEntry {
-    pub name: &'static str,
-    pub summary: &'static str,
-    pub default_input: [usize; 3],
-    build: fn(&ModelConfig, &mut InitCtx<'_>) -> Result<Vec<Layer>>,
-}
-
-impl std::fmt::Debug for ModelEntry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ModelEntry")
-            .field("name", &self.name)
-            .finish()
+impl ModelConfig {
+    /// A registered model by name.
+    pub fn named(
+        name: impl Into<String>,
+        input: [usize; 3],
+        num_classes: usize,
+        width: f64,
+    ) -> Self {
+        ModelConfig {
+            name: name.into(),
+            input,
+            num_classes,
+            width,
+            file: None,
+        }
     }
 }
 
-const ZOO: &[ModelEntry] = &[
-    ModelEntry {
-        name: "vgg-tiny",
-        summary: "CPU-sized VGG: 16-16-M-32-32-M-64 conv3x3+BN+ReLU, GAP, linear",
-        default_input: [1, 28, 28],
-        build: vgg_tiny,
-    },
-    ModelEntry {
-        name: "bench-small",
-        summary: "Benchmark net: 32-32-M-64-64-M-128 conv3x3+BN+ReLU, GAP, linear; 1x28x28",
-        default_input: [1, 28, 28],
-        build: bench_small,
-    },
-    ModelEntry {
-        name: "bench-cifar",
-        summary: "Benchmark net: 64-64-M-128-128-M-256 conv3x3+BN+ReLU, GAP, linear; 3x32x32",
-        default_input: [3, 32, 32],
-        build: bench_cifar,
-    },
-    ModelEntry {
-        name: "resnet-tiny",
-        summary: "CPU-sized ResNet: CIFAR stem 16, basic blocks [1,1,1] at 16-32-64",
-        default_input: [1, 28, 28],
-        build: resnet_tiny,
-    },
-    ModelEntry {
-        name: "vgg16",
-        summary: "VGG-16, CIFAR form: 13 conv3x3+BN+ReLU, maxpool(2,s1), 512-512-classes",
-        default_input: [3, 32, 32],
-        build: vgg16,
-    },
-    ModelEntry {
-        name: "resnet18",
-        summary: "ResNet-18, CIFAR stem (conv3x3 s1, no maxpool)",
-        default_input: [3, 32, 32],
-        build: resnet18,
-    },
-    ModelEntry {
-        name: "resnet34",
-        summary: "ResNet-34, CIFAR stem",
-        default_input: [3, 32, 32],
-        build: resnet34,
-    },
-    ModelEntry {
-        name: "resnet50",
-        summary: "ResNet-50 (bottleneck), CIFAR stem",
-        default_input: [3, 32, 32],
-        build: resnet50,
-    },
-    ModelEntry {
-        name: "resnet18-imagenet",
-        summary: "ResNet-18, ImageNet stem (conv7x7 s2 + maxpool 3 s2)",
-        default_input: [3, 224, 224],
-        build: resnet18_in,
-    },
-    ModelEntry {
-        name: "resnet34-imagenet",
-        summary: "ResNet-34, ImageNet stem",
-        default_input: [3, 224, 224],
-        build: resnet34_in,
-    },
-    ModelEntry {
-        name: "resnet50-imagenet",
-        summary: "ResNet-50, ImageNet stem",
-        default_input: [3, 224, 224],
-        build: resnet50_in,
-    },
-    ModelEntry {
-        name: "mobilenet-v1",
-        summary: "MobileNetV1: conv3x3 s2 + 13 depthwise/pointwise pairs",
-        default_input: [3, 224, 224],
-        build: mobilenet_v1,
-    },
-    ModelEntry {
-        name: "repvgg-a0",
-        summary: "RepVGG-A0 (plain deploy form): blocks [1,2,4,14,1], width [.75,.75,.75,2.5]",
-        default_input: [3, 224, 224],
-        build: repvgg_a0,
-    },
-    ModelEntry {
-        name: "repvgg-a1",
-        summary: "RepVGG-A1 (plain): blocks [1,2,4,14,1], width [1,1,1,2.5]",
-        default_input: [3, 224, 224],
-        build: repvgg_a1,
-    },
-    ModelEntry {
-        name: "repvgg-a2",
-        summary: "RepVGG-A2 (plain): blocks [1,2,4,14,1], width [1.5,1.5,1.5,2.75]",
-        default_input: [3, 224, 224],
-        build: repvgg_a2,
-    },
-    ModelEntry {
-        name: "repvgg-b0",
-        summary: "RepVGG-B0 (plain): blocks [1,4,6,16,1], width [1,1,1,2.5]",
-        default_input: [3, 224, 224],
-        build: repvgg_b0,
-    },
-];
-
-/// Every model of the zoo.
-pub fn models() -> &'static [ModelEntry] {
-    ZOO
-}
-
-/// The zoo entry `name`, or an error listing the known names and the nearest one.
-pub fn find_model(name: &str) -> Result<&'static ModelEntry> {
-    dyrep_api::registry::lookup("model", name, ZOO.iter().collect(), |e| e.name)
-        .map_err(RuntimeError::from)
-}
+crate::register_model!(
+    "vgg-tiny",
+    "CPU-sized VGG: 16-16-M-32-32-M-64 conv3x3+BN+ReLU, GAP, linear",
+    [1, 28, 28],
+    vgg_tiny,
+    order = 0
+);
+crate::register_model!(
+    "bench-small",
+    "Benchmark net: 32-32-M-64-64-M-128 conv3x3+BN+ReLU, GAP, linear; 1x28x28",
+    [1, 28, 28],
+    bench_small,
+    order = 1
+);
+crate::register_model!(
+    "bench-cifar",
+    "Benchmark net: 64-64-M-128-128-M-256 conv3x3+BN+ReLU, GAP, linear; 3x32x32",
+    [3, 32, 32],
+    bench_cifar,
+    order = 2
+);
+crate::register_model!(
+    "resnet-tiny",
+    "CPU-sized ResNet: CIFAR stem 16, basic blocks [1,1,1] at 16-32-64",
+    [1, 28, 28],
+    resnet_tiny,
+    order = 3
+);
+crate::register_model!(
+    "vgg16",
+    "VGG-16, CIFAR form: 13 conv3x3+BN+ReLU, maxpool(2,s1), 512-512-classes",
+    [3, 32, 32],
+    vgg16,
+    order = 4
+);
+crate::register_model!(
+    "resnet18",
+    "ResNet-18, CIFAR stem (conv3x3 s1, no maxpool)",
+    [3, 32, 32],
+    resnet18,
+    order = 5
+);
+crate::register_model!(
+    "resnet34",
+    "ResNet-34, CIFAR stem",
+    [3, 32, 32],
+    resnet34,
+    order = 6
+);
+crate::register_model!(
+    "resnet50",
+    "ResNet-50 (bottleneck), CIFAR stem",
+    [3, 32, 32],
+    resnet50,
+    order = 7
+);
+crate::register_model!(
+    "resnet18-imagenet",
+    "ResNet-18, ImageNet stem (conv7x7 s2 + maxpool 3 s2)",
+    [3, 224, 224],
+    resnet18_in,
+    order = 8
+);
+crate::register_model!(
+    "resnet34-imagenet",
+    "ResNet-34, ImageNet stem",
+    [3, 224, 224],
+    resnet34_in,
+    order = 9
+);
+crate::register_model!(
+    "resnet50-imagenet",
+    "ResNet-50, ImageNet stem",
+    [3, 224, 224],
+    resnet50_in,
+    order = 10
+);
+crate::register_model!(
+    "mobilenet-v1",
+    "MobileNetV1: conv3x3 s2 + 13 depthwise/pointwise pairs",
+    [3, 224, 224],
+    mobilenet_v1,
+    order = 11
+);
+crate::register_model!(
+    "repvgg-a0",
+    "RepVGG-A0 (plain deploy form): blocks [1,2,4,14,1], width [.75,.75,.75,2.5]",
+    [3, 224, 224],
+    repvgg_a0,
+    order = 12
+);
+crate::register_model!(
+    "repvgg-a1",
+    "RepVGG-A1 (plain): blocks [1,2,4,14,1], width [1,1,1,2.5]",
+    [3, 224, 224],
+    repvgg_a1,
+    order = 13
+);
+crate::register_model!(
+    "repvgg-a2",
+    "RepVGG-A2 (plain): blocks [1,2,4,14,1], width [1.5,1.5,1.5,2.75]",
+    [3, 224, 224],
+    repvgg_a2,
+    order = 14
+);
+crate::register_model!(
+    "repvgg-b0",
+    "RepVGG-B0 (plain): blocks [1,4,6,16,1], width [1,1,1,2.5]",
+    [3, 224, 224],
+    repvgg_b0,
+    order = 15
+);
 
 /// Builds a model (fresh parameters from `ctx`).
 pub fn build_model(config: &ModelConfig, ctx: &mut InitCtx<'_>) -> Result<Model> {
-    let entry = find_model(&config.name)?;
+    if config.file.is_none() {
+        find_model(&config.name)?;
+    }
     if config.num_classes == 0 {
         return Err(RuntimeError::Config("num_classes must be positive".into()));
     }
@@ -169,7 +186,10 @@ pub fn build_model(config: &ModelConfig, ctx: &mut InitCtx<'_>) -> Result<Model>
             config.name, config.input
         ))
     };
-    let layers = (entry.build)(config, ctx).map_err(too_small)?;
+    let layers = match &config.file {
+        Some(file) => file.build(config, ctx)?,
+        None => (find_model(&config.name)?.build)(config, ctx).map_err(too_small)?,
+    };
     let model = Model {
         config: config.clone(),
         layers,
@@ -178,23 +198,6 @@ pub fn build_model(config: &ModelConfig, ctx: &mut InitCtx<'_>) -> Result<Model>
     // Walk the shapes once so a too-small input fails here, with a clear message.
     model.macs().map_err(too_small)?;
     Ok(model)
-}
-
-fn ch(cfg: &ModelConfig, c: usize) -> usize {
-    ((c as f64 * cfg.width).round() as usize).max(1)
-}
-
-fn geom(i: usize, o: usize, k: usize, s: usize, g: usize) -> Result<ConvGeom> {
-    Ok(ConvGeom::new(i, o, k, s, k / 2, g)?)
-}
-
-fn shape_after(cfg: &ModelConfig, layers: &[Layer]) -> Result<(usize, usize, usize)> {
-    let [c, h, w] = cfg.input;
-    let mut s = (c, h, w);
-    for l in layers {
-        s = l.macs_and_shape(s)?.1;
-    }
-    Ok(s)
 }
 
 enum V {
@@ -212,7 +215,7 @@ fn vgg_features(cfg: &ModelConfig, spec: &[V], ctx: &mut InitCtx<'_>) -> Result<
                 layers.push(Layer::Conv(ConvUnit::new(
                     format!("features.{i}.conv"),
                     format!("features.{i}.bn"),
-                    geom(c, o, 3, 1, 1)?,
+                    same_conv(c, o, 3, 1, 1)?,
                     true,
                     true,
                     ctx,
@@ -313,26 +316,10 @@ fn vgg16(cfg: &ModelConfig, ctx: &mut InitCtx<'_>) -> Result<Vec<Layer>> {
     Ok(l)
 }
 
-fn unit(
-    path: &str,
-    bn_path: &str,
-    g: ConvGeom,
-    relu: bool,
-    ctx: &mut InitCtx<'_>,
-) -> Result<ConvUnit> {
-    ConvUnit::new(path, bn_path, g, true, relu, ctx)
-}
-
-#[derive(Clone, Copy)]
-enum Block {
-    Basic,
-    Bottleneck,
-}
-
 fn resnet(
     cfg: &ModelConfig,
     ctx: &mut InitCtx<'_>,
-    block: Block,
+    block: ResidualBlock,
     blocks: &[usize],
     widths: &[usize],
     imagenet_stem: bool,
@@ -356,87 +343,18 @@ fn resnet(
         l.push(Layer::Conv(unit(
             "conv1",
             "bn1",
-            geom(cfg.input[0], stem, 3, 1, 1)?,
+            same_conv(cfg.input[0], stem, 3, 1, 1)?,
             true,
             ctx,
         )?));
     }
-    let expansion = match block {
-        Block::Basic => 1,
-        Block::Bottleneck => 4,
-    };
     let mut inp = stem;
     for (si, (&n, &w)) in blocks.iter().zip(widths).enumerate() {
-        let planes = ch(cfg, w);
-        for bi in 0..n {
-            let stride = if si > 0 && bi == 0 { 2 } else { 1 };
-            let p = format!("layer{}.{bi}", si + 1);
-            let out = planes * expansion;
-            let downsample = if stride != 1 || inp != out {
-                Some(unit(
-                    &format!("{p}.downsample.0"),
-                    &format!("{p}.downsample.1"),
-                    geom(inp, out, 1, stride, 1)?,
-                    false,
-                    ctx,
-                )?)
-            } else {
-                None
-            };
-            match block {
-                Block::Basic => {
-                    let conv1 = unit(
-                        &format!("{p}.conv1"),
-                        &format!("{p}.bn1"),
-                        geom(inp, planes, 3, stride, 1)?,
-                        true,
-                        ctx,
-                    )?;
-                    let conv2 = unit(
-                        &format!("{p}.conv2"),
-                        &format!("{p}.bn2"),
-                        geom(planes, planes, 3, 1, 1)?,
-                        false,
-                        ctx,
-                    )?;
-                    l.push(Layer::Basic(Box::new(BasicBlock {
-                        conv1,
-                        conv2,
-                        downsample,
-                    })));
-                }
-                Block::Bottleneck => {
-                    let conv1 = unit(
-                        &format!("{p}.conv1"),
-                        &format!("{p}.bn1"),
-                        geom(inp, planes, 1, 1, 1)?,
-                        true,
-                        ctx,
-                    )?;
-                    let conv2 = unit(
-                        &format!("{p}.conv2"),
-                        &format!("{p}.bn2"),
-                        geom(planes, planes, 3, stride, 1)?,
-                        true,
-                        ctx,
-                    )?;
-                    let conv3 = unit(
-                        &format!("{p}.conv3"),
-                        &format!("{p}.bn3"),
-                        geom(planes, out, 1, 1, 1)?,
-                        false,
-                        ctx,
-                    )?;
-                    l.push(Layer::Bottleneck(Box::new(Bottleneck {
-                        conv1,
-                        conv2,
-                        conv3,
-                        downsample,
-                    })));
-                }
-            }
-            inp = out;
-        }
+        let stride = if si > 0 { 2 } else { 1 };
+        let prefix = format!("layer{}", si + 1);
+        let (stage, out) = residual_stage(&prefix, block, n, ch(cfg, w), stride, inp, ctx)?;
+        l.extend(stage);
+        inp = out;
     }
     l.push(Layer::GlobalAvgPool);
     l.push(Layer::Linear(Linear::new("fc", inp, cfg.num_classes, ctx)?));
@@ -444,13 +362,20 @@ fn resnet(
 }
 
 fn resnet_tiny(cfg: &ModelConfig, ctx: &mut InitCtx<'_>) -> Result<Vec<Layer>> {
-    resnet(cfg, ctx, Block::Basic, &[1, 1, 1], &[16, 32, 64], false)
+    resnet(
+        cfg,
+        ctx,
+        ResidualBlock::Basic,
+        &[1, 1, 1],
+        &[16, 32, 64],
+        false,
+    )
 }
 fn resnet18(cfg: &ModelConfig, ctx: &mut InitCtx<'_>) -> Result<Vec<Layer>> {
     resnet(
         cfg,
         ctx,
-        Block::Basic,
+        ResidualBlock::Basic,
         &[2, 2, 2, 2],
         &[64, 128, 256, 512],
         false,
@@ -460,7 +385,7 @@ fn resnet34(cfg: &ModelConfig, ctx: &mut InitCtx<'_>) -> Result<Vec<Layer>> {
     resnet(
         cfg,
         ctx,
-        Block::Basic,
+        ResidualBlock::Basic,
         &[3, 4, 6, 3],
         &[64, 128, 256, 512],
         false,
@@ -470,7 +395,7 @@ fn resnet50(cfg: &ModelConfig, ctx: &mut InitCtx<'_>) -> Result<Vec<Layer>> {
     resnet(
         cfg,
         ctx,
-        Block::Bottleneck,
+        ResidualBlock::Bottleneck,
         &[3, 4, 6, 3],
         &[64, 128, 256, 512],
         false,
@@ -480,7 +405,7 @@ fn resnet18_in(cfg: &ModelConfig, ctx: &mut InitCtx<'_>) -> Result<Vec<Layer>> {
     resnet(
         cfg,
         ctx,
-        Block::Basic,
+        ResidualBlock::Basic,
         &[2, 2, 2, 2],
         &[64, 128, 256, 512],
         true,
@@ -490,7 +415,7 @@ fn resnet34_in(cfg: &ModelConfig, ctx: &mut InitCtx<'_>) -> Result<Vec<Layer>> {
     resnet(
         cfg,
         ctx,
-        Block::Basic,
+        ResidualBlock::Basic,
         &[3, 4, 6, 3],
         &[64, 128, 256, 512],
         true,
@@ -500,7 +425,7 @@ fn resnet50_in(cfg: &ModelConfig, ctx: &mut InitCtx<'_>) -> Result<Vec<Layer>> {
     resnet(
         cfg,
         ctx,
-        Block::Bottleneck,
+        ResidualBlock::Bottleneck,
         &[3, 4, 6, 3],
         &[64, 128, 256, 512],
         true,
@@ -513,7 +438,7 @@ fn mobilenet_v1(cfg: &ModelConfig, ctx: &mut InitCtx<'_>) -> Result<Vec<Layer>> 
     l.push(Layer::Conv(unit(
         "features.0.conv",
         "features.0.bn",
-        geom(cfg.input[0], c, 3, 2, 1)?,
+        same_conv(cfg.input[0], c, 3, 2, 1)?,
         true,
         ctx,
     )?));
@@ -535,20 +460,16 @@ fn mobilenet_v1(cfg: &ModelConfig, ctx: &mut InitCtx<'_>) -> Result<Vec<Layer>> 
     let mut i = 1;
     for (out, stride) in plan {
         let o = ch(cfg, out);
-        l.push(Layer::Conv(unit(
-            &format!("features.{i}.conv"),
-            &format!("features.{i}.bn"),
-            geom(c, c, 3, stride, c)?,
-            true,
+        let pair = depthwise_separable(
+            &format!("features.{i}"),
+            &format!("features.{}", i + 1),
+            c,
+            o,
+            3,
+            stride,
             ctx,
-        )?));
-        l.push(Layer::Conv(unit(
-            &format!("features.{}.conv", i + 1),
-            &format!("features.{}.bn", i + 1),
-            geom(c, o, 1, 1, 1)?,
-            true,
-            ctx,
-        )?));
+        )?;
+        l.extend(pair);
         c = o;
         i += 2;
     }
@@ -574,7 +495,7 @@ fn repvgg(
     l.push(Layer::Conv(unit(
         "stage0.0.conv",
         "stage0.0.bn",
-        geom(cfg.input[0], stage0, 3, 2, 1)?,
+        same_conv(cfg.input[0], stage0, 3, 2, 1)?,
         true,
         ctx,
     )?));
@@ -587,7 +508,7 @@ fn repvgg(
             l.push(Layer::Conv(unit(
                 &format!("{p}.conv"),
                 &format!("{p}.bn"),
-                geom(c, o, 3, stride, 1)?,
+                same_conv(c, o, 3, stride, 1)?,
                 true,
                 ctx,
             )?));

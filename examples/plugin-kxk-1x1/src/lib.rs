@@ -1,10 +1,12 @@
 //! An example dyrep plugin, written as if it lived in its own repository: one extra branch type
-//! (`conv_kxk_1x1`, a k×k conv → BN → 1×1 conv → BN, which is linear and fuses exactly) and one
-//! extra scorer (`weight_magnitude`). Nothing in dyrep-ops or dyrep-scorers is edited: both
-//! register themselves through inventory/typetag, and a binary that links this crate (see
-//! `src/main.rs`) lists and verifies them. README "Writing a branch type" walks through it.
+//! (`conv_kxk_1x1`, a k×k conv → BN → 1×1 conv → BN, which is linear and fuses exactly), one
+//! extra scorer (`weight_magnitude`) and one extra model (`pyramid-net`). Nothing in dyrep-ops,
+//! dyrep-scorers or dyrep-runtime is edited: all three register themselves through inventory
+//! (and typetag), and a binary that links this crate (see `src/main.rs`) lists, verifies and
+//! trains them. README "Extending dyrep" walks through it.
 
 mod conv_kxk_1x1;
+mod pyramid_net;
 mod weight_magnitude;
 
 pub use conv_kxk_1x1::ConvKxk1x1Spec;

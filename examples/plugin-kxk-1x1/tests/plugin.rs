@@ -107,3 +107,71 @@ fn dyrep_built_with_the_plugin_lists_and_verifies_it() {
         .iter()
         .any(|c| c["check"] == "conv_kxk_1x1"));
 }
+
+/// The model plugin: `pyramid-net` is listed by the plugin's `dyrep models` and trains in dyrep
+/// mode — growing its convs with the plugin's own branch type among the built-in ones — then
+/// fuses back to the plain network.
+#[test]
+fn the_plugin_model_is_listed_and_trains_in_dyrep_mode() {
+    let bin = env!("CARGO_BIN_EXE_dyrep-with-kxk-1x1");
+    let o = Command::new(bin)
+        .args(["models", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let row = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "pyramid-net")
+        .unwrap_or_else(|| panic!("pyramid-net not listed: {v}"));
+    assert_eq!(row["input"], serde_json::json!([1, 28, 28]));
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let o = Command::new(bin)
+        .args([
+            "-q",
+            "train",
+            "--model",
+            "pyramid-net",
+            "--mode",
+            "dyrep",
+            "--ops",
+            "conv_kxk_1x1,conv1x1,conv1x1_avg",
+            "--epochs",
+            "2",
+            "--grow-interval",
+            "0.5",
+            "--train-limit",
+            "512",
+            "--test-limit",
+            "128",
+            "--batch-size",
+            "32",
+            "--out",
+        ])
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let events = std::fs::read_to_string(run.join("events.jsonl")).unwrap();
+    assert!(
+        events.contains("conv_kxk_1x1"),
+        "no grow used the plugin op: {events}"
+    );
+    let o = Command::new(bin)
+        .arg("fuse")
+        .arg("--checkpoint")
+        .arg(&run)
+        .arg("--out")
+        .arg(tmp.path().join("fused"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}

@@ -1,5 +1,5 @@
 //! ONNX export of the fused plain network: Conv (BN folded into weight and bias, docs/REFERENCE.md
-//! "Equivalent kernels"), Relu, MaxPool, GlobalAveragePool, Flatten, Gemm and Add for residuals,
+//! "Equivalent kernels"), Relu, MaxPool, AveragePool, GlobalAveragePool, Flatten, Gemm and Add for residuals,
 //! opset 13, float32, a symbolic batch dimension. The protobuf is written by hand (the ONNX
 //! schema's field numbers, onnx.proto3) so exporting needs no protobuf toolchain; tests read the
 //! file back with an independent reader (tract-onnx).
@@ -190,6 +190,20 @@ fn layer(g: &mut Graph, exp: &PlainExport, l: &PlainLayer, x: String) -> Result<
                     Attr::Ints("kernel_shape", vec![k, k]),
                     Attr::Ints("strides", vec![s, s]),
                     Attr::Ints("pads", vec![p, p, p, p]),
+                ],
+            )
+        }
+        PlainLayer::AvgPool {
+            kernel_size,
+            stride,
+        } => {
+            let (k, s) = (*kernel_size as i64, *stride as i64);
+            g.node(
+                "AveragePool",
+                &[&x],
+                &[
+                    Attr::Ints("kernel_shape", vec![k, k]),
+                    Attr::Ints("strides", vec![s, s]),
                 ],
             )
         }

@@ -1,0 +1,129 @@
+//! What a run has done so far: each epoch's numbers, the progress saved in every checkpoint's
+//! `state.json` (with the scorer's accumulators and every grow/cut event, so a resume continues
+//! exactly) and the run's `summary.json` (average params and MACs are epoch-weighted, as the
+//! paper reports them: docs/REFERENCE.md "MACs and params").
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::TrainConfig;
+use crate::dynamics::Event;
+use dyrep_api::Scorer;
+
+/// One epoch's numbers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub train_acc: f64,
+    pub test_loss: f64,
+    pub test_acc: f64,
+    pub lr: f64,
+    pub params: usize,
+    pub macs: u64,
+    pub branches: usize,
+    pub seconds: f64,
+}
+
+/// Progress of a run, saved in every checkpoint's `state.json`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RunState {
+    pub config: TrainConfig,
+    /// Number of finished epochs.
+    pub epochs_done: usize,
+    pub global_step: usize,
+    pub best_test_acc: f64,
+    pub best_epoch: usize,
+    pub train_seconds: f64,
+    pub history: Vec<EpochRecord>,
+    /// The scorer with its accumulators (dyrep mode), so a resume keeps them.
+    #[serde(default)]
+    pub scorer: Option<Box<dyn Scorer>>,
+    /// Every grow and cut so far.
+    #[serde(default)]
+    pub events: Vec<Event>,
+    /// Images skipped as undecodable so far (`skip_bad_images`).
+    #[serde(default)]
+    pub bad_images: usize,
+    /// Processes of the data-parallel run (1: a single process); a resume needs as many.
+    #[serde(default = "one")]
+    pub world: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// `summary.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Summary {
+    pub model: String,
+    pub mode: String,
+    /// How the `repvgg` / `dbb` blocks were built (`reference` or `dyrep`); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_form: Option<String>,
+    pub dataset: String,
+    pub epochs: usize,
+    pub seed: u64,
+    pub final_test_acc: f64,
+    pub best_test_acc: f64,
+    pub avg_params: f64,
+    pub avg_macs: f64,
+    pub final_params: usize,
+    pub final_macs: u64,
+    pub train_seconds: f64,
+    pub peak_rss_bytes: u64,
+    pub grows: usize,
+    pub cuts: usize,
+    /// Images skipped as undecodable (`skip_bad_images`; absent when none was).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bad_images: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+impl RunState {
+    /// The state of a run that has not trained yet.
+    pub fn new(config: TrainConfig, scorer: Option<Box<dyn Scorer>>) -> RunState {
+        RunState {
+            config,
+            epochs_done: 0,
+            global_step: 0,
+            best_test_acc: -1.0,
+            best_epoch: 0,
+            train_seconds: 0.0,
+            history: Vec::new(),
+            scorer,
+            events: Vec::new(),
+            bad_images: 0,
+            world: 1,
+        }
+    }
+
+    /// Records a finished epoch; true when its test accuracy is the best so far.
+    pub fn record_epoch(&mut self, rec: EpochRecord) -> bool {
+        self.epochs_done += 1;
+        self.train_seconds += rec.seconds;
+        let improved = rec.test_acc > self.best_test_acc;
+        if improved {
+            self.best_test_acc = rec.test_acc;
+            self.best_epoch = rec.epoch;
+        }
+        self.history.push(rec);
+        improved
+    }
+
+    /// How many events of `kind` (`grow` or `cut`) the run has had.
+    pub fn count_events(&self, kind: &str) -> usize {
+        self.events.iter().filter(|e| e.kind == kind).count()
+    }
+}
+
+/// Epoch-weighted mean of a per-epoch quantity (docs/REFERENCE.md "MACs and params").
+pub fn epoch_mean(history: &[EpochRecord], f: impl Fn(&EpochRecord) -> f64) -> f64 {
+    if history.is_empty() {
+        return 0.0;
+    }
+    history.iter().map(&f).sum::<f64>() / history.len() as f64
+}

@@ -1,0 +1,686 @@
+//! A training run as a small state machine (docs/ARCHITECTURE.md "The life of a training
+//! step"): `start` or `resume` opens it, each `epoch` runs its `step`s (with a mid-epoch
+//! `adjust` where the growth schedule says so), evaluates, records, adjusts at the epoch's end
+//! and writes the `checkpoint`; `finish` writes the summary. The seams later work plugs into:
+//! where batches come from (`epoch`'s stream) and what one step does with one batch (`step`).
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor, Var};
+use dyrep_api::TensorRole;
+
+use super::run_dir::RunDir;
+use super::{build_for, eval_sums, evaluate, loss_and_acc, RunOptions, TrainProgress};
+use crate::checkpoint::{self, CheckpointData};
+use crate::config::{Mode, TrainConfig};
+use crate::data::loader::{
+    eval_stream_of, make_batch, rank_shard, steps_per_epoch, train_stream_of_rank, Batch, Which,
+};
+use crate::data::{self, Dataset};
+use crate::dist::{self, Comm, SingleProcess};
+use crate::dynamics::{cut_step, grow_step, growable_weights, observe, AdjustCtx, DyrepConfig};
+use crate::error::{Result, RuntimeError};
+use crate::metrics::{correct, cross_entropy};
+use crate::model::Model;
+use crate::optim::{CosineSchedule, Sgd};
+use crate::run_state::{epoch_mean, EpochRecord, RunState, Summary};
+use crate::schedule::GrowSchedule;
+
+/// The size of the fixed held-out batch grow and cut preservation is measured on.
+const FIXED_BATCH: usize = 64;
+
+/// A run in progress.
+pub struct Trainer {
+    cfg: TrainConfig,
+    state: RunState,
+    model: Model,
+    opt: Sgd,
+    data: Arc<Dataset>,
+    device: Device,
+    /// The fixed held-out batch (the first test images) grow and cut preservation is measured on.
+    fixed: Tensor,
+    run: RunDir,
+    /// Training steps per epoch.
+    steps: usize,
+    lr_schedule: CosineSchedule,
+    /// When DyRep adjusts the architecture (dyrep mode only).
+    grow_schedule: Option<GrowSchedule>,
+    interrupt: Option<Arc<AtomicBool>>,
+    /// How many of the dataset's skipped images `state.bad_images` already counts.
+    bad_counted: usize,
+    /// The processes of the run (one, or the ranks of a data-parallel run).
+    comm: std::rc::Rc<dyn Comm>,
+    /// What the optimizer updates and what the scorer watches; refreshed whenever the
+    /// architecture changes.
+    live: LiveParams,
+}
+
+#[derive(Default)]
+struct LiveParams {
+    params: Vec<(String, Var, TensorRole)>,
+    growable: Vec<(String, Var)>,
+}
+
+/// Running sums of one epoch's training steps.
+struct EpochTally {
+    loss_sum: f64,
+    right: usize,
+    seen: usize,
+    lr: f64,
+    started: Instant,
+    /// Data-parallel runs: steps taken, seconds in the gradient all-reduces, bytes sent.
+    steps: usize,
+    comm_seconds: f64,
+    comm_bytes: usize,
+}
+
+impl EpochTally {
+    fn loss(&self) -> f64 {
+        self.loss_sum / self.seen.max(1) as f64
+    }
+
+    fn acc(&self) -> f64 {
+        self.right as f64 / self.seen.max(1) as f64
+    }
+}
+
+impl Trainer {
+    /// A new run in `opts.out` (refused when that directory is not empty, unless `opts.force`).
+    /// The data is loaded and the model built before the directory is created, so a config that
+    /// cannot start leaves nothing behind.
+    pub fn start(
+        mut cfg: TrainConfig,
+        opts: &RunOptions,
+        echo: &mut dyn FnMut(TrainProgress<'_>),
+    ) -> Result<Trainer> {
+        cfg.validate()?;
+        let comm = comm_of(opts);
+        check_distributed(&cfg, comm.size())?;
+        let file = cfg.read_model_file()?;
+        if let Some(f) = &file {
+            cfg.model = f.name.clone();
+        }
+        let data = Arc::new(load_data(&cfg)?);
+        let model = build_for(&cfg, file, &data, &opts.device)?;
+        dist::broadcast_model(&*comm, &model)?;
+        if comm.rank() == 0 {
+            RunDir::create(&opts.out, opts.force)?;
+            if let Some(path) = &cfg.model_file {
+                RunDir::open(&opts.out)?.copy_model_file(path)?;
+            }
+        }
+        let scorer = match cfg.mode {
+            Mode::Dyrep => Some(cfg.dyrep.build_scorer(cfg.seed)?),
+            _ => None,
+        };
+        let mut state = RunState::new(cfg.clone(), scorer);
+        state.world = comm.size();
+        let opt = Sgd::new(cfg.sgd.clone());
+        Trainer::open(cfg, state, data, model, opt, opts, false, echo)
+    }
+
+    /// The run in `opts.out`, from its last checkpoint.
+    pub fn resume(opts: &RunOptions, echo: &mut dyn FnMut(TrainProgress<'_>)) -> Result<Trainer> {
+        let last = opts.out.join("checkpoints").join("last");
+        let restored = checkpoint::restore::<RunState>(&last, &opts.device)?;
+        let cfg = restored.state.config.clone();
+        cfg.validate()?;
+        let world = comm_of(opts).size();
+        if restored.state.world != world {
+            return Err(RuntimeError::Config(format!(
+                "{} was trained by {} process(es); resume it with as many (`mpirun -np {}` for more than one), not {world}",
+                opts.out.display(),
+                restored.state.world,
+                restored.state.world
+            )));
+        }
+        let data = Arc::new(load_data(&cfg)?);
+        let mut opt = Sgd::new(cfg.sgd.clone());
+        if let Some(o) = restored.optim {
+            opt.load_state(o);
+        }
+        let (state, model) = (restored.state, restored.model);
+        Trainer::open(cfg, state, data, model, opt, opts, true, echo)
+    }
+
+    /// What `start` and `resume` share: checks, the fixed batch, the run directory's log and
+    /// the schedules.
+    #[allow(clippy::too_many_arguments)]
+    fn open(
+        cfg: TrainConfig,
+        state: RunState,
+        data: Arc<Dataset>,
+        model: Model,
+        opt: Sgd,
+        opts: &RunOptions,
+        resumed: bool,
+        echo: &mut dyn FnMut(TrainProgress<'_>),
+    ) -> Result<Trainer> {
+        let device = opts.device.clone();
+        if cfg.mode == Mode::Dyrep && state.epochs_done == 0 {
+            check_ops_apply(&model, &cfg.dyrep)?;
+        }
+        let fixed = {
+            let n = FIXED_BATCH.min(data.test.len());
+            let indices: Vec<usize> = (0..n).collect();
+            make_batch(&data, Which::Test, &indices, None)?
+                .to_tensors(&data, &device)?
+                .0
+        };
+        let comm = comm_of(opts);
+        let run = match comm.rank() {
+            0 => RunDir::open(&opts.out)?,
+            _ => RunDir::silent(&opts.out),
+        };
+        if !resumed {
+            run.write_config(&cfg.to_toml()?)?;
+        }
+        let world = match cfg.dist_same_data {
+            true => 1,
+            false => comm.size(),
+        };
+        let steps = steps_per_epoch(&data, cfg.batch_size, cfg.train_limit, world);
+        let grow_schedule = match cfg.mode {
+            Mode::Dyrep => Some(cfg.dyrep.schedule(steps, cfg.epochs)?),
+            _ => None,
+        };
+        let lr_schedule = CosineSchedule {
+            lr: cfg.lr,
+            min_lr: cfg.min_lr,
+            warmup_epochs: cfg.warmup_epochs,
+            warmup_lr: cfg.warmup_lr,
+        };
+        let mut trainer = Trainer {
+            cfg,
+            state,
+            model,
+            opt,
+            data,
+            device,
+            fixed,
+            run,
+            steps,
+            lr_schedule,
+            grow_schedule,
+            interrupt: opts.interrupt.clone(),
+            bad_counted: 0,
+            comm,
+            live: LiveParams::default(),
+        };
+        let opening = trainer.opening_line(resumed)?;
+        trainer.run.log(&opening, echo);
+        Ok(trainer)
+    }
+
+    fn opening_line(&self, resumed: bool) -> Result<String> {
+        let (cfg, ds) = (&self.cfg, &self.data);
+        Ok(format!(
+            "{} model {} mode {}{} on {} ({} train / {} test, {}x{}x{}, {} classes): {} params, {:.2} M MACs, {} blocks; epochs {}..{}",
+            if resumed { "resume" } else { "train" },
+            cfg.model,
+            cfg.mode.as_str(),
+            match &cfg.init_from {
+                Some(p) => format!(" from {}", p.display()),
+                None => String::new(),
+            },
+            ds.spec,
+            cfg.train_limit.unwrap_or(usize::MAX).min(ds.train.len()),
+            cfg.test_limit.unwrap_or(usize::MAX).min(ds.test.len()),
+            ds.channels,
+            ds.height,
+            ds.width,
+            ds.num_classes(),
+            self.model.param_count(),
+            self.model.macs()? as f64 / 1e6,
+            self.model.block_count(),
+            self.state.epochs_done + 1,
+            cfg.epochs
+        ))
+    }
+
+    /// True once every epoch of the config has run.
+    pub fn finished(&self) -> bool {
+        self.state.epochs_done >= self.cfg.epochs
+    }
+
+    /// A line of the run's log.
+    pub fn log(&mut self, line: &str, echo: &mut dyn FnMut(TrainProgress<'_>)) {
+        self.run.log(line, echo);
+    }
+
+    /// One epoch: its training steps (with mid-epoch adjustments), the evaluation, the record,
+    /// the end-of-epoch adjustment and the checkpoint.
+    pub fn epoch(&mut self, echo: &mut dyn FnMut(TrainProgress<'_>)) -> Result<()> {
+        let epoch = self.state.epochs_done;
+        self.refresh_live();
+        let mut tally = EpochTally {
+            loss_sum: 0.0,
+            right: 0,
+            seen: 0,
+            lr: self.lr_at(epoch),
+            started: Instant::now(),
+            steps: 0,
+            comm_seconds: 0.0,
+            comm_bytes: 0,
+        };
+        echo(TrainProgress::EpochStart {
+            epoch: epoch + 1,
+            epochs: self.cfg.epochs,
+            steps: self.steps,
+        });
+        let batches = train_stream_of_rank(
+            self.data.clone(),
+            self.cfg.batch_size,
+            self.cfg.seed,
+            epoch,
+            &self.cfg.augment,
+            self.cfg.train_limit,
+            self.data_shard(),
+        );
+        for (step, batch) in batches.enumerate() {
+            self.check_interrupt(epoch, echo)?;
+            let batch = batch?;
+            if batch.is_empty() {
+                // Every image of it was skipped as undecodable (`skip_bad_images`).
+                continue;
+            }
+            self.step(epoch, &batch, &mut tally)?;
+            // A grow in the middle of the epoch (one at its end follows the evaluation).
+            if step + 1 < self.steps && self.grows_now() {
+                self.adjust(epoch + 1, Some(self.state.global_step as u64), echo)?;
+                self.refresh_live();
+            }
+            echo(TrainProgress::Step {
+                step: step + 1,
+                loss: tally.loss(),
+                acc: tally.acc(),
+                images_per_sec: tally.seen as f64 / tally.started.elapsed().as_secs_f64().max(1e-9),
+            });
+        }
+        echo(TrainProgress::EpochTrained);
+        self.reduce_tally(&mut tally)?;
+        dist::average_running_stats(&*self.comm, &self.model)?;
+        let record = self.evaluate_epoch(epoch, &tally)?;
+        self.run
+            .log(&epoch_line(&record, self.cfg.epochs, tally.seen), echo);
+        let improved = self.state.record_epoch(record);
+        let skipped = self.data.bad_images();
+        self.state.bad_images += skipped - self.bad_counted;
+        self.bad_counted = skipped;
+        if self.grows_now() {
+            self.adjust(epoch + 1, None, echo)?;
+        }
+        if self.comm.size() > 1 {
+            let sum = dist::check_same_weights(&*self.comm, &self.model)?;
+            let steps = tally.steps.max(1) as f64;
+            self.run.detail(&format!(
+                "epoch {}: every rank's weights equal rank 0's (checksum {sum:016x}); per step {:.1} KB all-reduced in {:.2} ms",
+                epoch + 1,
+                tally.comm_bytes as f64 / steps / 1e3,
+                tally.comm_seconds / steps * 1e3
+            ));
+        }
+        self.checkpoint(improved)
+    }
+
+    /// One training step on one batch: forward, loss, backward (the scorer observes the
+    /// gradients), optimizer update.
+    fn step(&mut self, epoch: usize, batch: &Batch, tally: &mut EpochTally) -> Result<()> {
+        tally.lr = self.lr_at(epoch);
+        let (x, y) = batch.to_tensors(&self.data, &self.device)?;
+        let logits = self.model.forward_t(&x, true)?;
+        let loss = cross_entropy(&logits, &y, self.cfg.label_smoothing)?;
+        let lv = loss.to_scalar::<f32>()? as f64;
+        if !lv.is_finite() {
+            return Err(RuntimeError::Training(format!(
+                "loss became {lv} at epoch {} step {}; lower --lr (now {:.3e})",
+                epoch + 1,
+                self.state.global_step,
+                tally.lr
+            )));
+        }
+        // Averaged over the ranks before the scorer sees them (as the reference's scores are
+        // taken after DDP's averaging), so every rank scores, grows and cuts alike.
+        let mut raw = loss.backward()?;
+        let t = Instant::now();
+        tally.comm_bytes += dist::average_grads(&*self.comm, &self.live.params, &mut raw)?;
+        tally.comm_seconds += t.elapsed().as_secs_f64();
+        tally.steps += 1;
+        let grads = observe(
+            self.state.scorer.as_mut(),
+            raw,
+            &self.live.growable,
+            self.state.global_step,
+            &self.model,
+            (&x, &y),
+        )?;
+        self.opt.step(tally.lr, &self.live.params, &grads)?;
+        tally.loss_sum += lv * batch.len() as f64;
+        tally.right += correct(&logits.detach(), &y)?;
+        tally.seen += batch.len();
+        self.state.global_step += 1;
+        Ok(())
+    }
+
+    /// One Rep + Dep adjustment in epoch `epoch` (1-based; `step`: a mid-epoch adjustment's
+    /// step): grow the best-scored convs, reset the scorer, cut faded branches (with Dep on),
+    /// log and record every event.
+    fn adjust(
+        &mut self,
+        epoch: usize,
+        step: Option<u64>,
+        echo: &mut dyn FnMut(TrainProgress<'_>),
+    ) -> Result<()> {
+        let ctx = AdjustCtx {
+            cfg: &self.cfg.dyrep,
+            ds: &self.data,
+            batch_size: self.cfg.batch_size,
+            augment: &self.cfg.augment,
+            train_limit: self.cfg.train_limit,
+            seed: self.cfg.seed,
+            device: &self.device,
+            fixed: &self.fixed,
+            step,
+        };
+        let mut events = match &self.state.scorer {
+            Some(s) => grow_step(&mut self.model, s.as_ref(), epoch, &ctx)?,
+            None => Vec::new(),
+        };
+        if let Some(s) = self.state.scorer.as_mut() {
+            s.reset();
+        }
+        if ctx.cfg.dep {
+            events.extend(cut_step(&mut self.model, epoch, step, ctx.cfg, ctx.fixed)?);
+        }
+        for e in &events {
+            self.run.log(&super::event_line(e), echo);
+        }
+        self.state.events.extend(events);
+        // Every rank took the same decisions from the same averaged scores, weights and
+        // calibration batches; check it, then make the values rank 0's exactly.
+        dist::check_same_arch(&*self.comm, &self.model)?;
+        dist::broadcast_model(&*self.comm, &self.model)?;
+        Ok(())
+    }
+
+    /// Writes `checkpoints/last` (and `best` when this epoch improved on it), `metrics.csv`
+    /// and `events.jsonl`.
+    fn checkpoint(&mut self, improved: bool) -> Result<()> {
+        if !self.run.writes() {
+            return Ok(());
+        }
+        let ck_dir = self.run.checkpoints();
+        let arch = self.model.arch();
+        let data = CheckpointData {
+            arch: &arch,
+            model: self.model.tensor_map()?,
+            optim: Some(self.opt.state()),
+            state: &self.state,
+        };
+        checkpoint::save(&ck_dir.join("last"), &data)?;
+        if improved {
+            checkpoint::save(&ck_dir.join("best"), &data)?;
+        }
+        self.run.detail(&format!(
+            "checkpoint written: {}{}",
+            ck_dir.join("last").display(),
+            if improved { " (and best)" } else { "" }
+        ));
+        self.run.write_metrics(&self.state.history)?;
+        if self.cfg.mode == Mode::Dyrep {
+            self.run.write_events(&self.state.events)?;
+        }
+        Ok(())
+    }
+
+    /// The run's summary; once every epoch has run, also `summary.json`, `curves.svg` and the
+    /// closing line.
+    pub fn finish(mut self, echo: &mut dyn FnMut(TrainProgress<'_>)) -> Result<Summary> {
+        let (cfg, state) = (&self.cfg, &self.state);
+        let summary = Summary {
+            model: cfg.model.clone(),
+            mode: cfg.mode.as_str().into(),
+            baseline_form: matches!(cfg.mode, Mode::Repvgg | Mode::Dbb)
+                .then(|| cfg.baseline_form.as_str().to_string()),
+            dataset: self.data.spec.clone(),
+            epochs: state.epochs_done,
+            seed: cfg.seed,
+            final_test_acc: state.history.last().map_or(0.0, |r| r.test_acc),
+            best_test_acc: state.best_test_acc.max(0.0),
+            avg_params: epoch_mean(&state.history, |r| r.params as f64),
+            avg_macs: epoch_mean(&state.history, |r| r.macs as f64),
+            final_params: self.model.param_count(),
+            final_macs: self.model.macs()?,
+            train_seconds: state.train_seconds,
+            peak_rss_bytes: crate::alloc::peak_rss_bytes(),
+            grows: state.count_events("grow"),
+            cuts: state.count_events("cut"),
+            bad_images: state.bad_images,
+        };
+        if self.finished() {
+            self.run.write_summary(&summary, echo)?;
+            let line = format!(
+                "done: final test acc {:.4}, best {:.4} (epoch {}), {:.1}s; run directory {}",
+                summary.final_test_acc,
+                summary.best_test_acc,
+                self.state.best_epoch,
+                summary.train_seconds,
+                self.run.path().display()
+            );
+            self.run.log(&line, echo);
+        }
+        Ok(summary)
+    }
+
+    fn lr_at(&self, epoch: usize) -> f64 {
+        self.lr_schedule
+            .lr_at(epoch, self.state.global_step, self.steps, self.cfg.epochs)
+    }
+
+    /// Whether the growth schedule adjusts after the step just taken.
+    fn grows_now(&self) -> bool {
+        self.grow_schedule
+            .is_some_and(|g| g.grows_after(self.state.global_step as u64))
+    }
+
+    /// Re-reads the parameters after the architecture changed; the optimizer forgets the state
+    /// of parameters that are gone.
+    fn refresh_live(&mut self) {
+        let params = self.model.tensors();
+        let names: BTreeSet<String> = params.iter().map(|p| p.0.clone()).collect();
+        self.opt.retain(&names);
+        self.live.params = params;
+        self.live.growable = match self.cfg.mode {
+            Mode::Dyrep => growable_weights(&self.model, self.cfg.dyrep.max_depth),
+            _ => Vec::new(),
+        };
+    }
+
+    /// Stops before the next step when the interrupt flag is set; the last checkpoint stays.
+    fn check_interrupt(
+        &mut self,
+        epoch: usize,
+        echo: &mut dyn FnMut(TrainProgress<'_>),
+    ) -> Result<()> {
+        if !self
+            .interrupt
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::SeqCst))
+        {
+            return Ok(());
+        }
+        let msg = format!(
+            "interrupted in epoch {}; the checkpoint after epoch {} is intact: continue with --resume {}",
+            epoch + 1,
+            self.state.epochs_done,
+            self.run.path().display()
+        );
+        self.run.log(&msg, echo);
+        Err(RuntimeError::Interrupted(msg))
+    }
+
+    /// This rank's share of the data: `(rank, world)`; `(0, 1)` for one process or when every
+    /// rank reads everything (`dist_same_data`).
+    fn data_shard(&self) -> (usize, usize) {
+        match self.cfg.dist_same_data {
+            true => (0, 1),
+            false => (self.comm.rank(), self.comm.size()),
+        }
+    }
+
+    /// A data-parallel epoch's training sums over every rank's shard.
+    fn reduce_tally(&self, tally: &mut EpochTally) -> Result<()> {
+        if self.data_shard().1 == 1 {
+            return Ok(());
+        }
+        let mut sums = [tally.loss_sum, tally.right as f64, tally.seen as f64];
+        dist::sum_over_ranks(&*self.comm, &mut sums)?;
+        (tally.loss_sum, tally.right, tally.seen) = (sums[0], sums[1] as usize, sums[2] as usize);
+        Ok(())
+    }
+
+    /// Test loss and accuracy: each rank evaluates its shard of the test examples and the sums
+    /// are reduced (one process: [`evaluate`]).
+    fn evaluate_test(&self) -> Result<(f64, f64)> {
+        let (rank, world) = self.data_shard();
+        if world == 1 {
+            return evaluate(
+                &self.model,
+                &self.data,
+                Which::Test,
+                self.cfg.eval_batch_size,
+                self.cfg.test_limit,
+                &self.device,
+            );
+        }
+        let n = self
+            .cfg
+            .test_limit
+            .unwrap_or(usize::MAX)
+            .min(self.data.test.len());
+        let mine = rank_shard(&(0..n).collect::<Vec<_>>(), rank, world);
+        let batches = eval_stream_of(
+            self.data.clone(),
+            Which::Test,
+            self.cfg.eval_batch_size,
+            mine,
+        );
+        let mut sums = eval_sums(&self.model, &self.data, batches, &self.device)?;
+        dist::sum_over_ranks(&*self.comm, &mut sums)?;
+        Ok(loss_and_acc(sums))
+    }
+
+    /// Evaluates on the test split and forms the epoch's record.
+    fn evaluate_epoch(&self, epoch: usize, tally: &EpochTally) -> Result<EpochRecord> {
+        let (test_loss, test_acc) = self.evaluate_test()?;
+        Ok(EpochRecord {
+            epoch: epoch + 1,
+            train_loss: tally.loss(),
+            train_acc: tally.acc(),
+            test_loss,
+            test_acc,
+            lr: tally.lr,
+            params: self.model.param_count(),
+            macs: self.model.macs()?,
+            branches: self.model.branch_count(),
+            seconds: tally.started.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+/// The communicator of a run (one process unless the options carry one).
+fn comm_of(opts: &RunOptions) -> std::rc::Rc<dyn Comm> {
+    opts.comm
+        .clone()
+        .unwrap_or_else(|| std::rc::Rc::new(SingleProcess))
+}
+
+/// What a data-parallel run does not do yet, refused before anything is written.
+fn check_distributed(cfg: &TrainConfig, world: usize) -> Result<()> {
+    if world == 1 {
+        return Ok(());
+    }
+    if cfg.mode == Mode::Dyrep && cfg.dyrep.build_scorer(cfg.seed)?.probe_every().is_some() {
+        return Err(RuntimeError::Config(format!(
+            "scorer `{}` probes the model with its own batches, which data-parallel ranks do not share yet; use synflow, snip, grad_norm or random, or one process",
+            cfg.dyrep.scorer
+        )));
+    }
+    if cfg.data.trim().starts_with("shards:") && !cfg.dist_same_data {
+        return Err(RuntimeError::Config(
+            "data-parallel training over tar shards is not built yet (the shards are read in one sequence); use an image folder, or one process".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The run's data with its limits; refused when the training part lacks a class or holds less
+/// than one batch.
+fn load_data(cfg: &TrainConfig) -> Result<Dataset> {
+    let ds = data::load_with(&cfg.data, &cfg.load_options())?;
+    if cfg.train_limit.is_some() && ds.stream.as_ref().is_some_and(|s| s.shards.is_some()) {
+        return Err(RuntimeError::Config(
+            "--train-limit does not apply to tar shards (they are read whole, in sequence); pack a smaller image folder instead".into(),
+        ));
+    }
+    let ds = ds.limited(cfg.train_limit, cfg.test_limit);
+    let missing = ds.classes_missing_from_training();
+    if !missing.is_empty() {
+        return Err(RuntimeError::Config(format!(
+            "the training data{} has no examples of {} of the model's {} classes ({}); raise --train-limit or add images of those classes",
+            cfg.train_limit
+                .map(|n| format!(" (--train-limit {n})"))
+                .unwrap_or_default(),
+            missing.len(),
+            ds.num_classes(),
+            missing.join(", ")
+        )));
+    }
+    if steps_per_epoch(&ds, cfg.batch_size, cfg.train_limit, 1) == 0 {
+        return Err(RuntimeError::Config(format!(
+            "batch_size {} is larger than the {} training examples",
+            cfg.batch_size,
+            cfg.train_limit.unwrap_or(usize::MAX).min(ds.train.len())
+        )));
+    }
+    Ok(ds)
+}
+
+/// The log line of a finished epoch.
+fn epoch_line(r: &EpochRecord, epochs: usize, seen: usize) -> String {
+    format!(
+        "epoch {}/{}  train loss {:.4} acc {:.4}  test loss {:.4} acc {:.4}  lr {:.2e}  {:.1}s ({:.0} img/s)",
+        r.epoch,
+        epochs,
+        r.train_loss,
+        r.train_acc,
+        r.test_loss,
+        r.test_acc,
+        r.lr,
+        r.seconds,
+        seen as f64 / r.seconds.max(1e-9)
+    )
+}
+
+/// Fails when none of the configured ops applies to any conv of the model.
+fn check_ops_apply(model: &Model, cfg: &DyrepConfig) -> Result<()> {
+    let specs = cfg.branch_specs()?;
+    let any = model.units().iter().any(|u| {
+        u.slot
+            .growable(cfg.max_depth)
+            .iter()
+            .any(|info| specs.iter().any(|s| s.check(&info.geom).is_ok()))
+    });
+    if any {
+        return Ok(());
+    }
+    let names: Vec<&str> = specs.iter().map(|s| s.name()).collect();
+    Err(RuntimeError::Config(format!(
+        "none of the ops [{}] applies to any growable conv of model `{}`; add ops that fit (e.g. conv1x1_kxk, conv1x1_avg apply everywhere)",
+        names.join(", "),
+        model.name()
+    )))
+}

@@ -1,24 +1,33 @@
 #!/usr/bin/env bash
 # The CIFAR-10 reproduction grid of REPRODUCTION.md: origin, dbb, dyrep (synflow) x 3 seeds,
 # repvgg and dyrep without Dep x 2, the scorer ablation (random, snip, grad_norm) x 2, all with
-# configs/repro/cifar10-vgg16-w025.toml. Resumable: a finished run (summary.json) is skipped, a
-# stopped one continues from its last checkpoint (`dyrep train --resume`, exact on the CPU), so
-# the grid can be killed and started again any number of times. It ends by writing the tables.
+# configs/repro/cifar10-vgg16-w025.toml. Resumable at two levels:
+#
+# - across machines and sessions: every finished run's results (summary, metrics, events, the
+#   resolved config, its log and the machine it ran on) are copied into benches/repro/results/
+#   <name>/, which is committed; a run whose results are there is never run again. The binary is
+#   built from the commit in benches/repro/PINNED (one commit for the whole grid, whatever
+#   machine a run lands on).
+# - within a session: a stopped run continues from its last checkpoint in $GRID (`dyrep train
+#   --resume`, exact on the CPU), so the runner can be killed and started again any number of
+#   times. A run cut off with its machine starts over on the next one.
 #
 #   GRID=/work/grid benches/repro/run.sh           # in the foreground
 #   GRID=/work/grid nohup benches/repro/run.sh > /work/grid/runner.log 2>&1 &
 #
-# GRID (default ./grid-cifar10, outside version control) holds bin/dyrep (the binary, pinned
-# on the first start: one binary for the whole grid; its commit is in bin/COMMIT), data/ (the
-# CIFAR-10 JPEG copy extracted from ../shared/data unless CIFAR_DIR names one), runs/<name>/,
-# tables.md, tables.json and groups.svg. ONLY=name1,name2 runs just those runs; EXTRA adds
-# flags to every new run (for a smoke test: EXTRA="--epochs 2 --train-limit 1000").
+# GRID (default ./grid-cifar10, outside version control) holds src/ and target/ (the pinned
+# commit and its build), bin/dyrep, data/ (the CIFAR-10 JPEG copy extracted from ../shared/data
+# unless CIFAR_DIR names one) and runs/<name>/ with the checkpoints. It ends by writing
+# benches/repro/tables.{md,json} and groups.svg from every committed result. ONLY=name1,name2
+# runs just those runs; EXTRA adds flags to every new run and RESULTS moves the results folder
+# (for a smoke test: EXTRA="--epochs 2 --train-limit 1000" RESULTS=/tmp/r).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
 GRID=${GRID:-$ROOT/grid-cifar10}
+RESULTS=${RESULTS:-$ROOT/benches/repro/results}
 CONFIG=$ROOT/configs/repro/cifar10-vgg16-w025.toml
-mkdir -p "$GRID/bin" "$GRID/runs"
+mkdir -p "$GRID/bin" "$GRID/runs" "$RESULTS"
 
 exec 9>"$GRID/.lock"
 if ! flock -n 9; then
@@ -26,15 +35,24 @@ if ! flock -n 9; then
     exit 1
 fi
 
-# One binary for the whole grid.
-BIN=$GRID/bin/dyrep
-if [ ! -x "$BIN" ]; then
-    cargo build --release -p dyrep-cli
-    cp target/release/dyrep "$BIN"
-    git rev-parse HEAD > "$GRID/bin/COMMIT"
-    git status --porcelain --untracked-files=no | grep -q . && echo "(with uncommitted changes)" >> "$GRID/bin/COMMIT"
+# One binary for the whole grid: the pinned commit, built in $GRID.
+PIN=$(tr -d '[:space:]' < "$ROOT/benches/repro/PINNED")
+if ! git cat-file -e "$PIN^{commit}" 2>/dev/null; then
+    echo "run.sh: the pinned commit $PIN (benches/repro/PINNED) is not in this clone; fetch it or pin another" >&2
+    exit 1
 fi
-echo "run.sh: binary $BIN from $(head -1 "$GRID/bin/COMMIT")"
+BIN=$GRID/bin/dyrep
+if [ ! -x "$BIN" ] || [ "$(cat "$GRID/bin/COMMIT" 2>/dev/null)" != "$PIN" ]; then
+    echo "run.sh: building the pinned commit $PIN"
+    rm -rf "$GRID/src" "$BIN"
+    mkdir -p "$GRID/src"
+    git archive "$PIN" | tar -x -C "$GRID/src"
+    CARGO_TARGET_DIR=$GRID/target cargo build --release -p dyrep-cli --manifest-path "$GRID/src/Cargo.toml"
+    cp "$GRID/target/release/dyrep" "$BIN.tmp"
+    mv "$BIN.tmp" "$BIN"
+    echo "$PIN" > "$GRID/bin/COMMIT"
+fi
+echo "run.sh: binary $BIN from $PIN"
 
 # The data.
 DATA=${CIFAR_DIR:-$GRID/data}
@@ -47,6 +65,31 @@ if [ ! -d "$DATA/train" ]; then
     mkdir -p "$DATA"
     tar -xJf "$ARCHIVE" -C "$DATA"
 fi
+
+# What a run leaves in the results folder: small text files only (no checkpoints), and
+# machine.txt: a line per start or resume (date, commit, CPU, instruction-set tier).
+KEEP=(summary.json metrics.csv events.jsonl config.resolved.toml run.log)
+
+# The machine a run (or a resumed part of it) ran on.
+machine_line() {
+    local cpu isa
+    cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
+    isa=$(grep -qw avx512f /proc/cpuinfo && echo avx512 || { grep -qw avx2 /proc/cpuinfo && echo avx2 || echo scalar; })
+    echo "$(date -u +%FT%TZ) commit $PIN, $(nproc) cpus, $cpu, $isa${DYREP_ISA:+ (DYREP_ISA=$DYREP_ISA)}"
+}
+
+# Copies a finished run's files into the results folder, all or nothing.
+publish() {
+    local name=$1 dir=$2 tmp
+    tmp=$(mktemp -d "$RESULTS/.$name.XXXXXX")
+    for f in "${KEEP[@]}"; do
+        [ -f "$dir/$f" ] && cp "$dir/$f" "$tmp/"
+    done
+    [ -f "$GRID/runs/$name.machine" ] && cp "$GRID/runs/$name.machine" "$tmp/machine.txt"
+    rm -rf "${RESULTS:?}/$name"
+    mv "$tmp" "$RESULTS/$name"
+    echo "run.sh: $name published to $RESULTS/$name (commit it)"
+}
 
 # name | flags on top of the config. In priority order: the first paired comparison first.
 GRID_RUNS=(
@@ -81,28 +124,33 @@ for entry in "${GRID_RUNS[@]}"; do
     name=${entry%%|*}
     flags=${entry#*|}
     wanted "$name" || continue
-    dir=$GRID/runs/$name
-    if [ -f "$dir/summary.json" ]; then
-        echo "run.sh: $name finished"
+    if [ -f "$RESULTS/$name/summary.json" ]; then
+        echo "run.sh: $name finished ($(head -1 "$RESULTS/$name/machine.txt" 2>/dev/null || echo 'machine not recorded'))"
         continue
     fi
-    if [ -d "$dir/checkpoints/last" ]; then
-        echo "run.sh: $name resumes ($(date -u +%FT%TZ))"
-        "$BIN" train --resume "$dir"
-    else
-        echo "run.sh: $name starts ($(date -u +%FT%TZ))"
-        # shellcheck disable=SC2086 # the flags are words
-        "$BIN" train -c "$CONFIG" --data "image-folder:$DATA" --out "$dir" --force $flags ${EXTRA:-}
+    dir=$GRID/runs/$name
+    if [ ! -f "$dir/summary.json" ]; then
+        if [ -d "$dir/checkpoints/last" ]; then
+            echo "run.sh: $name resumes ($(date -u +%FT%TZ))"
+            machine_line >> "$GRID/runs/$name.machine"
+            "$BIN" train --resume "$dir"
+        else
+            echo "run.sh: $name starts ($(date -u +%FT%TZ))"
+            machine_line > "$GRID/runs/$name.machine"
+            # shellcheck disable=SC2086 # the flags are words
+            "$BIN" train -c "$CONFIG" --data "image-folder:$DATA" --out "$dir" --force $flags ${EXTRA:-}
+        fi
     fi
+    publish "$name" "$dir"
 done
 
-finished=$(find "$GRID/runs" -name summary.json | sed 's|/summary.json||' | sort)
+finished=$(find "$RESULTS" -mindepth 2 -maxdepth 2 -name summary.json | sed 's|/summary.json||' | sort)
 if [ -n "$finished" ]; then
+    OUT=$(dirname "$RESULTS")
     # shellcheck disable=SC2086 # one argument per run directory
     "$BIN" -q compare $finished --group-by mode,scorer,dep --baseline origin \
-        --svg "$GRID/groups.svg" > "$GRID/tables.md"
+        --svg "$OUT/groups.svg" > "$OUT/tables.md"
     # shellcheck disable=SC2086
-    "$BIN" -q compare $finished --group-by mode,scorer,dep --baseline origin \
-        --svg "$GRID/groups.svg" --json > "$GRID/tables.json"
-    echo "run.sh: tables of $(echo "$finished" | wc -l) finished runs in $GRID/tables.md"
+    "$BIN" -q compare $finished --group-by mode,scorer,dep --baseline origin --json > "$OUT/tables.json"
+    echo "run.sh: tables of $(echo "$finished" | wc -l) finished runs in $OUT/tables.md"
 fi

@@ -159,6 +159,9 @@ impl BatchNorm {
         if !self.uses_batch_stats(train) {
             return self.forward_eval(x);
         }
+        if crate::sync_bn::sync_bn_on() {
+            return self.forward_global_stats(x);
+        }
         let count = self.batch_count(x.dims())?;
         let out = dyrep_kernels::batch_norm_train(
             x,
@@ -168,6 +171,20 @@ impl BatchNorm {
         )?;
         self.record_batch_stats(&out.mean, &out.var, count)?;
         Ok(out.y)
+    }
+
+    /// Batch statistics of every process's batch (synchronised batch norm, `crate::sync_bn`),
+    /// as a composition of candle ops around the two collectives.
+    fn forward_global_stats(&self, x: &Tensor) -> Result<Tensor> {
+        let c = self.num_features;
+        let (mean, var, count) = crate::sync_bn::global_batch_stats(x)?;
+        let scale = (self.weight.as_tensor() / (&var + self.eps)?.sqrt()?)?;
+        let y = x
+            .broadcast_sub(&mean.reshape((1, c, 1, 1))?)?
+            .broadcast_mul(&scale.reshape((1, c, 1, 1))?)?
+            .broadcast_add(&self.bias.as_tensor().reshape((1, c, 1, 1))?)?;
+        self.record_batch_stats(&mean, &var, count)?;
+        Ok(y)
     }
 
     /// Whether a forward normalises with batch statistics: in train mode or while calibrating.

@@ -61,7 +61,10 @@ impl<'a> ExecPath<'a> {
         let (mut fused, mut others) = (Vec::new(), Vec::new());
         for op in block.all_branches() {
             match op.conv_bn_parts() {
-                Some(p) if p.batch_norms().iter().all(|bn| bn.uses_batch_stats(train)) => {
+                Some(p)
+                    if !crate::sync_bn::sync_bn_on()
+                        && p.batch_norms().iter().all(|bn| bn.uses_batch_stats(train)) =>
+                {
                     fused.push(p)
                 }
                 _ => others.push(op),

@@ -247,8 +247,8 @@ pub fn avg_pool2d(x: &Tensor, k: usize, stride: usize, padding: usize) -> Result
 
 /// conv → `bn` → optional ReLU. For a conv without bias the three run as one fused op with its
 /// own backward (dyrep-kernels: one graph node instead of three, the hot path of training and
-/// inference), with batch statistics or, in eval mode, the running ones; otherwise as separate
-/// ops.
+/// inference), with batch statistics or, in eval mode, the running ones; otherwise (and with
+/// synchronised batch norm, whose statistics are not the local batch's) as separate ops.
 pub fn conv_bn(
     conv: &Conv2dLayer,
     bn: &BatchNorm,
@@ -264,7 +264,9 @@ pub fn conv_bn(
                 x, w, params, &scale, &shift, relu,
             )?);
         }
-        return conv_bn_batch_stats(conv, bn, x, params, relu, None);
+        if !crate::sync_bn::sync_bn_on() {
+            return conv_bn_batch_stats(conv, bn, x, params, relu, None);
+        }
     }
     let y = bn.forward_t(&conv.forward(x)?, train)?;
     if relu {
@@ -277,7 +279,8 @@ pub fn conv_bn(
 /// conv → `bn` with batch statistics → optional ReLU → max pool as one fused op
 /// ([`dyrep_kernels::conv_bn_max_pool_train`]: the unpooled activation is never stored), for a
 /// conv without bias whose BN normalises with batch statistics in this mode. `None` when the
-/// unit does not fit that; the caller then runs [`conv_bn`] and [`max_pool2d`].
+/// unit does not fit that (or batch norm is synchronised); the caller then runs [`conv_bn`] and
+/// [`max_pool2d`].
 pub fn conv_bn_max_pool(
     conv: &Conv2dLayer,
     bn: &BatchNorm,
@@ -287,7 +290,7 @@ pub fn conv_bn_max_pool(
     pool: dyrep_kernels::MaxPoolParams,
 ) -> Result<Option<Tensor>> {
     match fusable(conv, bn)? {
-        Some(params) if bn.uses_batch_stats(train) => {
+        Some(params) if bn.uses_batch_stats(train) && !crate::sync_bn::sync_bn_on() => {
             conv_bn_batch_stats(conv, bn, x, params, relu, Some(pool)).map(Some)
         }
         _ => Ok(None),
@@ -346,9 +349,9 @@ pub type StackUnit<'a> = (
 );
 
 /// Whether `conv` → `bn` can be a unit of [`conv_bn_stack`] in this mode: a conv without bias
-/// whose BN normalises with batch statistics.
+/// whose BN normalises with the local batch's statistics (not synchronised ones).
 pub fn fits_conv_bn_stack(conv: &Conv2dLayer, bn: &BatchNorm, train: bool) -> Result<bool> {
-    Ok(fusable(conv, bn)?.is_some() && bn.uses_batch_stats(train))
+    Ok(fusable(conv, bn)?.is_some() && bn.uses_batch_stats(train) && !crate::sync_bn::sync_bn_on())
 }
 
 /// A run of units that each [`fits_conv_bn_stack`] as one op

@@ -3,7 +3,8 @@
 //! the branch-op and scorer plugin interfaces with their inventory registries, our own batch norm,
 //! the recursive `Slot`/`RepBlock` with grow, cut and fusion (docs/REFERENCE.md "Nesting", "Growth
 //! schedule (Rep)", "Dep (cut)", "Fusion checks"), and fusion-equivalence checking (`equivalence`,
-//! plus `testing` for plugin authors behind the `testing` feature).
+//! plus `testing` for plugin authors behind the `testing` feature), and batch statistics shared
+//! across data-parallel processes (`sync_bn`).
 
 pub mod bn;
 pub mod equivalence;
@@ -18,6 +19,7 @@ pub mod registry;
 pub mod rng;
 pub mod scorer;
 pub mod slot;
+pub mod sync_bn;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -39,6 +41,7 @@ pub use scorer::{
 pub use slot::{
     join_path, BranchArch, PlainConv, RepBlock, Slot, SlotArch, SlotInfo, DEFAULT_MAX_DEPTH,
 };
+pub use sync_bn::{sync_bn_on, BatchSync, SyncBnGuard};
 
 // Re-exported for the registration macros and for plugin crates.
 pub use candle_core;

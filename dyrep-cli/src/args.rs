@@ -205,6 +205,10 @@ pub(crate) struct TrainArgs {
     /// a build with the `mpi` feature). Detected when an MPI launcher started the process.
     #[arg(help_heading = RUN_HEADING, long)]
     pub(crate) distributed: bool,
+    /// Data-parallel runs: batch norm over every rank's batch (statistics all-reduced in the
+    /// forward pass, their gradients in the backward; PyTorch's SyncBatchNorm). CPU only.
+    #[arg(help_heading = RUN_HEADING, long)]
+    pub(crate) sync_bn: bool,
     /// Data-parallel check: every rank reads the same batches, so the run equals a
     /// single-process one bit for bit.
     #[arg(long, hide = true)]

@@ -83,7 +83,8 @@ impl TrainArgs {
         Ok(cfg)
     }
 
-    /// The flags of the data pipeline (`image_size`, workers, cache, bad images).
+    /// The flags of the data pipeline (`image_size`, workers, cache, bad images) and of
+    /// data-parallel runs.
     fn apply_data_flags(&self, cfg: &mut TrainConfig) {
         if let Some(size) = self.image_size {
             let mut t = cfg.augment.imagenet.clone().unwrap_or_default();
@@ -95,6 +96,9 @@ impl TrainArgs {
         }
         if self.dist_same_data {
             cfg.dist_same_data = true;
+        }
+        if self.sync_bn {
+            cfg.sync_bn = true;
         }
         if let Some(v) = self.workers {
             cfg.workers = v;

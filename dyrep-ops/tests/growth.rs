@@ -323,7 +323,7 @@ fn fused_block_gradients_match_branch_by_branch() {
             .set(&candle_core::Tensor::new(beta, &dev).unwrap())
             .unwrap();
         let unit = ci % 2 == 1;
-        let run = |branchwise: bool| {
+        let run = |path: Path| {
             restore();
             let forward = || {
                 if unit {
@@ -332,10 +332,12 @@ fn fused_block_gradients_match_branch_by_branch() {
                     slot.forward_t(x.as_tensor(), true)
                 }
             };
-            let y = if branchwise {
-                dyrep_api::branchwise(forward).unwrap()
-            } else {
-                forward().unwrap()
+            // The synchronised path needs its all-reduce for the backward pass too.
+            let _guard = matches!(path, Path::SyncedOneProcess)
+                .then(|| dyrep_api::sync_bn::install(std::rc::Rc::new(OneProcess)));
+            let y = match path {
+                Path::Branchwise => dyrep_api::branchwise(forward).unwrap(),
+                Path::BlockOp | Path::SyncedOneProcess => forward().unwrap(),
             };
             let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
             let mut g = vec![(
@@ -354,14 +356,50 @@ fn fused_block_gradients_match_branch_by_branch() {
             });
             (y, g)
         };
-        let (yf, gf) = run(false);
-        let (yb, gb) = run(true);
-        let c = compare(&yb, &yf).unwrap();
-        assert!(c.rel <= 1e-5, "case {ci}: train-mode output {c:?}");
+        let (yf, gf) = run(Path::BlockOp);
+        for other in [Path::Branchwise, Path::SyncedOneProcess] {
+            let (yb, gb) = run(other);
+            check_same_step(ci, other, &yf, &gf, &yb, &gb);
+        }
+    }
+}
+
+/// How a block's training step runs in [`fused_block_gradients_match_branch_by_branch`].
+#[derive(Clone, Copy, Debug)]
+enum Path {
+    BlockOp,
+    Branchwise,
+    /// Synchronised batch norm with one process: every BN composed of candle ops around an
+    /// all-reduce that is the identity.
+    SyncedOneProcess,
+}
+
+struct OneProcess;
+
+impl dyrep_api::BatchSync for OneProcess {
+    fn all_reduce_sum(&self, _: &mut [f32]) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+type Grads = Vec<(String, candle_core::Tensor)>;
+
+/// The same train-mode output and the same gradients (block op `yf`/`gf` against `yb`/`gb`).
+fn check_same_step(
+    ci: usize,
+    path: Path,
+    yf: &candle_core::Tensor,
+    gf: &Grads,
+    yb: &candle_core::Tensor,
+    gb: &Grads,
+) {
+    {
+        let c = compare(yb, yf).unwrap();
+        assert!(c.rel <= 1e-5, "case {ci} {path:?}: train-mode output {c:?}");
         assert_eq!(
             gf.iter().map(|g| &g.0).collect::<Vec<_>>(),
             gb.iter().map(|g| &g.0).collect::<Vec<_>>(),
-            "case {ci}: the same tensors get gradients"
+            "case {ci} {path:?}: the same tensors get gradients"
         );
         assert!(gf.len() > 20, "case {ci}: only {} gradients", gf.len());
         let max_abs = |t: &candle_core::Tensor| -> f64 {
@@ -375,7 +413,7 @@ fn fused_block_gradients_match_branch_by_branch() {
                 .unwrap()
         };
         let scale = gb.iter().map(|g| max_abs(&g.1)).fold(0.0, f64::max);
-        for ((p, a), (_, b)) in gf.iter().zip(&gb) {
+        for ((p, a), (_, b)) in gf.iter().zip(gb) {
             let c = compare(b, a).unwrap();
             // A conv bias before a train-mode BN gets Σ dz ≈ 0: compare it absolutely.
             let ok = if max_abs(b) < 1e-3 * scale {
@@ -383,7 +421,10 @@ fn fused_block_gradients_match_branch_by_branch() {
             } else {
                 c.rel <= 1e-4
             };
-            assert!(ok, "case {ci}: gradient of {p}: {c:?} (scale {scale:e})");
+            assert!(
+                ok,
+                "case {ci} {path:?}: gradient of {p}: {c:?} (scale {scale:e})"
+            );
         }
     }
 }

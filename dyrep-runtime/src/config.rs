@@ -54,6 +54,13 @@ pub struct TrainConfig {
     /// shard, so the run must equal a single-process one bit for bit — a check of the
     /// plumbing, not a way to train.
     pub dist_same_data: bool,
+    /// Data-parallel runs: batch norm normalises with the statistics of the global batch (every
+    /// rank's batch), all-reduced in the forward pass and their gradients in the backward
+    /// (PyTorch's `SyncBatchNorm`); off, each rank uses its own batch's statistics, as the
+    /// reference does. CPU only. One process computes the same statistics either way, but with
+    /// `sync_bn` it runs the distributed run's code path (batch norm as candle composition
+    /// instead of the fused kernels), which is how that path is checked against one process.
+    pub sync_bn: bool,
     /// Streamed image folders: skip (log and count in `summary.json`) images that cannot be
     /// decoded instead of failing the run.
     pub skip_bad_images: bool,
@@ -93,6 +100,7 @@ impl Default for TrainConfig {
             init_from: None,
             workers: 0,
             dist_same_data: false,
+            sync_bn: false,
             skip_bad_images: false,
             cache: true,
             cache_dir: None,

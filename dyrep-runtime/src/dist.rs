@@ -7,7 +7,8 @@
 //! is sharded and its sums reduced. DyRep stays in lockstep: the scorer sees the averaged
 //! gradients, calibration batches are the same on every rank, cuts follow from the (identical)
 //! γ, and after every grow/cut each rank checks its architecture against rank 0's; the BN running statistics (each rank's from its own batches)
-//! are averaged over the ranks at the end of every epoch, before evaluation and the checkpoint,
+//! are averaged over the ranks at the end of every epoch (with `sync_bn`, batch norm uses the
+//! global batch's statistics instead: [`install_sync_bn`]), before evaluation and the checkpoint,
 //! so every rank holds rank 0's model and a resume continues exactly. A rank that fails takes the others down (MPI's default
 //! error handler aborts the job), and rank 0's last checkpoint is intact.
 
@@ -55,6 +56,21 @@ impl Comm for SingleProcess {
     fn broadcast(&self, _: &mut [f32]) -> Result<()> {
         Ok(())
     }
+}
+
+/// The ranks' sums for synchronised batch norm (`dyrep_api::sync_bn`).
+struct CommBatchSync(Rc<dyn Comm>);
+
+impl dyrep_api::BatchSync for CommBatchSync {
+    fn all_reduce_sum(&self, buf: &mut [f32]) -> std::result::Result<(), String> {
+        self.0.all_reduce_sum(buf).map_err(|e| e.to_string())
+    }
+}
+
+/// Makes every batch norm on this thread normalise with the statistics of all ranks' batches
+/// until the guard is dropped.
+pub fn install_sync_bn(comm: Rc<dyn Comm>) -> dyrep_api::SyncBnGuard {
+    dyrep_api::sync_bn::install(Rc::new(CommBatchSync(comm)))
 }
 
 /// Whether this process was started by an MPI launcher (`mpirun`, `srun`).

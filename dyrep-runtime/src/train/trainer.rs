@@ -56,6 +56,9 @@ pub struct Trainer {
     /// What the optimizer updates and what the scorer watches; refreshed whenever the
     /// architecture changes.
     live: LiveParams,
+    /// Batch norm over the global batch while the trainer lives (`sync_bn`; with one process
+    /// the same code path, its all-reduce the identity).
+    _sync_bn: Option<dyrep_api::SyncBnGuard>,
 }
 
 #[derive(Default)]
@@ -98,7 +101,7 @@ impl Trainer {
     ) -> Result<Trainer> {
         cfg.validate()?;
         let comm = comm_of(opts);
-        check_distributed(&cfg, comm.size())?;
+        check_distributed(&cfg, comm.size(), &opts.device)?;
         let file = cfg.read_model_file()?;
         if let Some(f) = &file {
             cfg.model = f.name.clone();
@@ -193,6 +196,7 @@ impl Trainer {
             warmup_epochs: cfg.warmup_epochs,
             warmup_lr: cfg.warmup_lr,
         };
+        let cfg_sync = cfg.sync_bn;
         let mut trainer = Trainer {
             cfg,
             state,
@@ -207,6 +211,7 @@ impl Trainer {
             grow_schedule,
             interrupt: opts.interrupt.clone(),
             bad_counted: 0,
+            _sync_bn: cfg_sync.then(|| dist::install_sync_bn(comm.clone())),
             comm,
             live: LiveParams::default(),
         };
@@ -599,7 +604,12 @@ fn comm_of(opts: &RunOptions) -> std::rc::Rc<dyn Comm> {
 }
 
 /// What a data-parallel run does not do yet, refused before anything is written.
-fn check_distributed(cfg: &TrainConfig, world: usize) -> Result<()> {
+fn check_distributed(cfg: &TrainConfig, world: usize, device: &Device) -> Result<()> {
+    if cfg.sync_bn && !device.is_cpu() {
+        return Err(RuntimeError::Config(
+            "--sync-bn runs its collectives on the CPU over MPI and is not built for GPUs yet; train without it (per-rank batch statistics, the reference's default)".into(),
+        ));
+    }
     if world == 1 {
         return Ok(());
     }

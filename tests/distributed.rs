@@ -6,7 +6,8 @@
 //!   dbb mode and in dyrep mode with grows and cuts (events identical too);
 //! - 2 ranks on disjoint shards train (dyrep mode stays in lockstep: every grow and cut is
 //!   checked against rank 0's architecture), and a run stopped and resumed with 2 ranks equals
-//!   the uninterrupted one; a resume with another world size and a probing scorer are refused;
+//!   the uninterrupted one; a resume with another world size and tar shards are refused;
+//! - a probing scorer (GraSP) on 2 ranks with the same batches equals one process;
 //! - `--sync-bn`: 2 ranks on the same batches equal one process bit for bit; 2 ranks × batch B
 //!   on shards track 1 process × batch 2B up to float summation order.
 
@@ -306,6 +307,49 @@ fn sync_bn_on_two_shards_takes_the_step_of_one_process_with_the_double_batch() {
     }
 }
 
+/// GraSP probes the model with extra gradient passes on the step's batch; their gradients are
+/// averaged over the ranks like the step's, so 2 ranks reading the same batches score, grow
+/// and cut exactly as one process does.
+#[test]
+fn a_probing_scorer_on_two_ranks_with_the_same_batches_equals_one_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let run = |out: &'static str| {
+        [
+            &[
+                "-q",
+                "train",
+                "--mode",
+                "dyrep",
+                "--scorer",
+                "grasp",
+                "--grow-interval",
+                "0.5",
+                "--out",
+                out,
+            ][..],
+            &SMALL[..6],
+            &["--epochs", "2"][..],
+        ]
+        .concat()
+    };
+    ok(dyrep(d, &run("one")));
+    let mut two = run("two");
+    two.extend(["--distributed", "--dist-same-data"]);
+    ok(mpirun(d, 2, &two));
+    assert_eq!(metrics(&d.join("one")), metrics(&d.join("two")));
+    let events = |r: &str| std::fs::read_to_string(d.join(r).join("events.jsonl")).unwrap();
+    assert_eq!(events("one"), events("two"));
+    assert!(events("one").contains("\"grow\""), "{}", events("one"));
+    // On disjoint shards each rank probes its own batch; averaged, the probes give every rank
+    // the same scores (unaveraged, the ranks grow different convs and the run stops at the
+    // architecture check).
+    let mut sharded = run("sharded");
+    sharded.push("--distributed");
+    ok(mpirun(d, 2, &sharded));
+    assert!(events("sharded").contains("\"grow\""));
+}
+
 #[test]
 fn what_is_not_built_yet_is_refused_clearly() {
     let tmp = tempfile::tempdir().unwrap();
@@ -313,10 +357,8 @@ fn what_is_not_built_yet_is_refused_clearly() {
     let args = [
         "-q",
         "train",
-        "--mode",
-        "dyrep",
-        "--scorer",
-        "grasp",
+        "--data",
+        "shards:packed",
         "--distributed",
         "--epochs",
         "1",
@@ -325,7 +367,11 @@ fn what_is_not_built_yet_is_refused_clearly() {
     ];
     let o = mpirun(d, 2, &args);
     assert!(!o.status.success());
-    assert!(text(&o).contains("probes the model"), "{}", text(&o));
+    assert!(
+        text(&o).contains("over tar shards is not built yet"),
+        "{}",
+        text(&o)
+    );
     assert!(!d.join("x").exists());
 }
 

@@ -5,7 +5,7 @@
 //! each epoch's seeded order (`data::loader::rank_shard`); gradients are averaged over the ranks
 //! in a few large buckets before the optimizer step; parameters start from rank 0's; evaluation
 //! is sharded and its sums reduced. DyRep stays in lockstep: the scorer sees the averaged
-//! gradients, calibration batches are the same on every rank, cuts follow from the (identical)
+//! gradients (and a probing scorer's extra gradient passes are averaged too), calibration batches are the same on every rank, cuts follow from the (identical)
 //! γ, and after every grow/cut each rank checks its architecture against rank 0's; the BN running statistics (each rank's from its own batches)
 //! are averaged over the ranks at the end of every epoch (with `sync_bn`, batch norm uses the
 //! global batch's statistics instead: [`install_sync_bn`]), before evaluation and the checkpoint,
@@ -34,6 +34,10 @@ pub trait Comm {
     fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()>;
     /// Rank 0's values to every rank (same length everywhere).
     fn broadcast(&self, buf: &mut [f32]) -> Result<()>;
+    /// Ends every rank's process with `code` at once: what a rank that fails alone does, so
+    /// the others do not wait forever in their next collective (or in MPI's finalisation).
+    /// Returns for one process, which has no one to stop.
+    fn abort_all(&self, code: i32);
 }
 
 /// A run of one process: every collective is the identity.
@@ -56,6 +60,7 @@ impl Comm for SingleProcess {
     fn broadcast(&self, _: &mut [f32]) -> Result<()> {
         Ok(())
     }
+    fn abort_all(&self, _: i32) {}
 }
 
 /// The ranks' sums for synchronised batch norm (`dyrep_api::sync_bn`).
@@ -156,6 +161,9 @@ mod mpi_comm {
         fn broadcast(&self, buf: &mut [f32]) -> Result<()> {
             self.world.process_at_rank(0).broadcast_into(buf);
             Ok(())
+        }
+        fn abort_all(&self, code: i32) {
+            self.world.abort(code)
         }
     }
 }
@@ -276,18 +284,47 @@ pub fn average_running_stats(comm: &dyn Comm, model: &Model) -> Result<()> {
 }
 
 /// Sums `values` over the ranks (f64: counts and loss sums stay exact).
+/// Averages a set of tensors over the ranks, in key order (the same on every rank): a
+/// scorer's probe gradients, which each rank computes on its own batch.
+pub fn average_tensors(comm: &dyn Comm, tensors: &mut BTreeMap<String, Tensor>) -> Result<()> {
+    let world = comm.size();
+    if world == 1 {
+        return Ok(());
+    }
+    let mut flat = Vec::new();
+    for t in tensors.values() {
+        flat.extend(
+            t.flatten_all()?
+                .to_dtype(candle_core::DType::F32)?
+                .to_vec1::<f32>()?,
+        );
+    }
+    comm.all_reduce_sum(&mut flat)?;
+    let mut at = 0;
+    for t in tensors.values_mut() {
+        let n = t.elem_count();
+        let avg: Vec<f32> = flat[at..at + n].iter().map(|x| x / world as f32).collect();
+        *t = Tensor::from_vec(avg, t.dims(), t.device())?.to_dtype(t.dtype())?;
+        at += n;
+    }
+    Ok(())
+}
+
 pub fn sum_over_ranks(comm: &dyn Comm, values: &mut [f64]) -> Result<()> {
     comm.all_reduce_sum_f64(values)
 }
 
-/// Whether this rank's `hash` equals rank 0's (sent as four exact 16-bit floats).
-fn same_as_lead(comm: &dyn Comm, hash: u64) -> Result<bool> {
+/// How many ranks hold a `hash` other than rank 0's (rank 0's sent as four exact 16-bit
+/// floats, the verdicts summed): the same answer on every rank, so all of them stop together.
+fn ranks_unlike_lead(comm: &dyn Comm, hash: u64) -> Result<usize> {
     let mine: Vec<f32> = (0..4)
         .map(|i| ((hash >> (16 * i)) & 0xffff) as f32)
         .collect();
     let mut lead = mine.clone();
     comm.broadcast(&mut lead)?;
-    Ok(lead == mine)
+    let mut unlike = [f64::from(u8::from(lead != mine))];
+    comm.all_reduce_sum_f64(&mut unlike)?;
+    Ok(unlike[0] as usize)
 }
 
 /// Refuses to go on when a rank's architecture differs from rank 0's (never silent divergence).
@@ -297,10 +334,11 @@ pub fn check_same_arch(comm: &dyn Comm, model: &Model) -> Result<()> {
     }
     let json =
         serde_json::to_string(&model.arch()).map_err(|e| RuntimeError::Config(e.to_string()))?;
-    if !same_as_lead(comm, crate::hash::fnv64(json.bytes()))? {
+    let unlike = ranks_unlike_lead(comm, crate::hash::fnv64(json.bytes()))?;
+    if unlike > 0 {
         return Err(RuntimeError::Training(format!(
-            "rank {}: the model's architecture differs from rank 0's; the ranks diverged",
-            comm.rank()
+            "{unlike} of {} ranks grew or cut a different architecture than rank 0; the ranks diverged (their scores or γ differed)",
+            comm.size()
         )));
     }
     Ok(())
@@ -318,10 +356,14 @@ pub fn weights_checksum(model: &Model) -> Result<u64> {
 /// data-parallel run, so the ranks never drift apart silently. Returns the checksum.
 pub fn check_same_weights(comm: &dyn Comm, model: &Model) -> Result<u64> {
     let sum = weights_checksum(model)?;
-    if comm.size() > 1 && !same_as_lead(comm, sum)? {
+    let unlike = match comm.size() {
+        1 => 0,
+        _ => ranks_unlike_lead(comm, sum)?,
+    };
+    if unlike > 0 {
         return Err(RuntimeError::Training(format!(
-            "rank {}: the weights differ from rank 0's after this epoch (checksum {sum:016x}); the ranks diverged",
-            comm.rank()
+            "{unlike} of {} ranks hold weights other than rank 0's after this epoch; the ranks diverged",
+            comm.size()
         )));
     }
     Ok(sum)

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::loader::{train_stream, Augment};
 use crate::data::Dataset;
+use crate::dist::Comm;
 use crate::error::{Result, RuntimeError};
 use crate::metrics::cross_entropy;
 use crate::model::Model;
@@ -250,6 +251,8 @@ struct BatchProbe<'a> {
     x: &'a Tensor,
     y: &'a Tensor,
     weights: &'a [(String, Var)],
+    /// The ranks whose batches the probe's gradients are averaged over, as the step's are.
+    comm: &'a dyn Comm,
 }
 
 impl GradProbe for BatchProbe<'_> {
@@ -285,7 +288,14 @@ impl GradProbe for BatchProbe<'_> {
         for (v, orig) in saved {
             v.set(&orig)?;
         }
-        Ok(result?)
+        let mut grads = result?;
+        crate::dist::average_tensors(self.comm, &mut grads).map_err(|e| {
+            dyrep_api::Error::Scorer {
+                scorer: "probe".into(),
+                reason: format!("averaging the probe's gradients over the ranks: {e}"),
+            }
+        })?;
+        Ok(grads)
     }
 }
 
@@ -298,6 +308,7 @@ pub fn observe(
     step: usize,
     model: &Model,
     batch: (&Tensor, &Tensor),
+    comm: &dyn Comm,
 ) -> Result<ObservedGrads> {
     let Some(scorer) = scorer else {
         return Ok(ObservedGrads(grads));
@@ -328,6 +339,7 @@ pub fn observe(
             x: batch.0,
             y: batch.1,
             weights,
+            comm,
         };
         scorer.observe_probe(&obs, &mut probe)?;
     }

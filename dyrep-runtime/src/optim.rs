@@ -154,7 +154,16 @@ mod tests {
     fn unobserved(g: candle_core::backprop::GradStore) -> ObservedGrads {
         let model = crate::model::Model::empty();
         let x = Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap();
-        crate::dynamics::observe(None, g, &[], 0, &model, (&x, &x)).unwrap()
+        crate::dynamics::observe(
+            None,
+            g,
+            &[],
+            0,
+            &model,
+            (&x, &x),
+            &crate::dist::SingleProcess,
+        )
+        .unwrap()
     }
 
     #[test]

@@ -47,9 +47,18 @@ pub(crate) fn run(args: Box<TrainArgs>, ctx: &mut Ctx<'_>) -> Result<u8> {
         stop_after: args.stop_after,
         device: ctx.device.clone(),
         interrupt: install_interrupt_handler(),
-        comm: Some(comm),
+        comm: Some(comm.clone()),
     };
     let mut reporter = TrainReporter::new(verbosity);
-    train(cfg, &opts, &mut |p| reporter.report(p))?;
+    if let Err(e) = train(cfg, &opts, &mut |p| reporter.report(p)) {
+        let interrupted = matches!(e, dyrep_runtime::RuntimeError::Interrupted(_));
+        if comm.size() > 1 && !interrupted {
+            // A rank that fails alone would leave the others waiting in a collective (an
+            // interrupt reaches every rank from the launcher, and each stops on its own).
+            eprintln!("error (rank {} of {}): {e:#}", comm.rank(), comm.size());
+            comm.abort_all(i32::from(crate::EXIT_USAGE));
+        }
+        return Err(e.into());
+    }
     Ok(0)
 }

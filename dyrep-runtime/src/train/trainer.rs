@@ -361,6 +361,7 @@ impl Trainer {
             self.state.global_step,
             &self.model,
             (&x, &y),
+            &*self.comm,
         )?;
         self.opt.step(tally.lr, &self.live.params, &grads)?;
         tally.loss_sum += lv * batch.len() as f64;
@@ -612,12 +613,6 @@ fn check_distributed(cfg: &TrainConfig, world: usize, device: &Device) -> Result
     }
     if world == 1 {
         return Ok(());
-    }
-    if cfg.mode == Mode::Dyrep && cfg.dyrep.build_scorer(cfg.seed)?.probe_every().is_some() {
-        return Err(RuntimeError::Config(format!(
-            "scorer `{}` probes the model with its own batches, which data-parallel ranks do not share yet; use synflow, snip, grad_norm or random, or one process",
-            cfg.dyrep.scorer
-        )));
     }
     if cfg.data.trim().starts_with("shards:") && !cfg.dist_same_data {
         return Err(RuntimeError::Config(

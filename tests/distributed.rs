@@ -6,7 +6,8 @@
 //!   dbb mode and in dyrep mode with grows and cuts (events identical too);
 //! - 2 ranks on disjoint shards train (dyrep mode stays in lockstep: every grow and cut is
 //!   checked against rank 0's architecture), and a run stopped and resumed with 2 ranks equals
-//!   the uninterrupted one; a resume with another world size and tar shards are refused;
+//!   the uninterrupted one, over an image folder and over tar shards; a resume with another
+//!   world size is refused;
 //! - a probing scorer (GraSP) on 2 ranks with the same batches equals one process;
 //! - `--sync-bn`: 2 ranks on the same batches equal one process bit for bit; 2 ranks × batch B
 //!   on shards track 1 process × batch 2B up to float summation order.
@@ -350,29 +351,67 @@ fn a_probing_scorer_on_two_ranks_with_the_same_batches_equals_one_process() {
     assert!(events("sharded").contains("\"grow\""));
 }
 
+/// Tar shards on 2 ranks: each rank keeps every other sample of the epoch's shard stream, both
+/// take the same number of steps (24 samples / (2 ranks × batch 4) = 3), and a run stopped
+/// after one epoch and resumed equals the uninterrupted one.
 #[test]
-fn what_is_not_built_yet_is_refused_clearly() {
+fn tar_shards_train_on_two_ranks_and_resume_exactly() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let args = [
-        "-q",
-        "train",
-        "--data",
-        "shards:packed",
-        "--distributed",
-        "--epochs",
-        "1",
-        "--out",
-        "x",
-    ];
-    let o = mpirun(d, 2, &args);
-    assert!(!o.status.success());
-    assert!(
-        text(&o).contains("over tar shards is not built yet"),
-        "{}",
-        text(&o)
-    );
-    assert!(!d.join("x").exists());
+    for split in ["train", "test"] {
+        for (ci, class) in ["ant", "bee"].iter().enumerate() {
+            let dir = d.join("src").join(split).join(class);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..12u32 {
+                let img = image::RgbImage::from_fn(10 + i, 12 + i, |x, y| {
+                    image::Rgb([(x * 17 + 5 * i) as u8, (y * 29) as u8, 50 + 100 * ci as u8])
+                });
+                img.save(dir.join(format!("{i}.png"))).unwrap();
+            }
+        }
+    }
+    ok(dyrep(
+        d,
+        &[
+            "-q",
+            "data",
+            "pack",
+            "image-folder:src",
+            "--out",
+            "packed",
+            "--shard-size",
+            "2KB",
+        ],
+    ));
+    let run = |out: &'static str| {
+        [
+            "-q",
+            "train",
+            "--data",
+            "shards:packed",
+            "--image-size",
+            "16",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--distributed",
+            "--out",
+            out,
+        ]
+    };
+    ok(mpirun(d, 2, &run("whole")));
+    let log = std::fs::read_to_string(d.join("whole/run.log")).unwrap();
+    assert!(log.contains("every rank's weights equal rank 0's"), "{log}");
+    let mut part = run("part").to_vec();
+    part.extend(["--stop-after", "1"]);
+    ok(mpirun(d, 2, &part));
+    ok(mpirun(
+        d,
+        2,
+        &["-q", "train", "--resume", "part", "--distributed"],
+    ));
+    assert_eq!(metrics(&d.join("whole")), metrics(&d.join("part")));
 }
 
 /// A rank killed mid-run makes the whole job stop with an error (MPI's error handling) instead

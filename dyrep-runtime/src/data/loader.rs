@@ -349,8 +349,19 @@ pub const SHUFFLE_BUFFER: usize = 1000;
 
 /// Training batches of a sharded dataset for `epoch`: the shards read one after the other in a
 /// seeded order, each sequentially, the samples passed through a seeded shuffle buffer of
-/// [`SHUFFLE_BUFFER`], full batches only. A read or decoding error is the stream's last item.
-fn shard_stream(ds: Arc<Dataset>, batch_size: usize, seed: u64, epoch: usize) -> BatchStream {
+/// [`SHUFFLE_BUFFER`], full batches only, at most `max_batches`. Rank `rank` of `world` keeps
+/// every `world`-th sample of that sequence (from its `rank`-th), with its own shuffle buffer
+/// and augmentation: the ranks' shares are disjoint and complete, every rank reads every shard
+/// (the bytes read grow with the ranks; decoding does not), and all of them stop after the same
+/// number of batches. A read or decoding error is the stream's last item.
+fn shard_stream(
+    ds: Arc<Dataset>,
+    batch_size: usize,
+    seed: u64,
+    epoch: usize,
+    (rank, world): (usize, usize),
+    max_batches: usize,
+) -> BatchStream {
     let (tx, rx) = sync_channel(2);
     let handle = std::thread::spawn(move || {
         let Some(st) = ds.stream.as_ref() else {
@@ -364,25 +375,39 @@ fn shard_stream(ds: Arc<Dataset>, batch_size: usize, seed: u64, epoch: usize) ->
         for i in (1..order.len()).rev() {
             order.swap(i, shard_rng.random_range(0..=i));
         }
+        let of_rank = match world {
+            1 => String::new(),
+            _ => format!(":rank{rank}"),
+        };
         let mut shuffle = ShuffleBuffer {
             held: Vec::with_capacity(SHUFFLE_BUFFER),
-            pick: SeededRng::for_purpose(seed, &format!("shuffle-buffer:{epoch}")),
+            pick: SeededRng::for_purpose(seed, &format!("shuffle-buffer:{epoch}{of_rank}")),
             pending: Vec::with_capacity(batch_size),
-            aug: SeededRng::for_purpose(seed, &format!("augment:{epoch}")),
+            aug: SeededRng::for_purpose(seed, &format!("augment:{epoch}{of_rank}")),
             batch_size,
         };
-        let send = |batch: Result<Batch>| -> std::result::Result<(), Stop> {
+        let mut sent = 0;
+        let mut send = |batch: Result<Batch>| -> std::result::Result<(), Stop> {
             let failed = batch.is_err();
             tx.send(batch).map_err(|_| Stop)?;
-            if failed {
+            sent += 1;
+            if failed || sent == max_batches {
                 return Err(Stop);
             }
             Ok(())
         };
+        let mut seen = 0usize;
         let mut read = || -> std::result::Result<(), Stop> {
+            if max_batches == 0 {
+                return Err(Stop);
+            }
             for &s in &order {
                 let mut stopped = false;
                 let walked = super::shards::for_each_sample(&set.shards[s], &mut |sample| {
+                    seen += 1;
+                    if (seen - 1) % world != rank {
+                        return Ok(());
+                    }
                     shuffle.held.push(sample);
                     if shuffle.held.len() >= SHUFFLE_BUFFER {
                         if let Some(batch) = shuffle.release(&ds, st) {
@@ -495,7 +520,8 @@ pub fn train_stream_of_rank(
     (rank, world): (usize, usize),
 ) -> BatchStream {
     if ds.stream.as_ref().is_some_and(|s| s.shards.is_some()) {
-        return shard_stream(ds, batch_size, seed, epoch);
+        let steps = steps_per_epoch(&ds, batch_size, limit, world);
+        return shard_stream(ds, batch_size, seed, epoch, (rank, world), steps);
     }
     let n = limit.unwrap_or(usize::MAX).min(ds.train.len());
     let order = rank_shard(&epoch_order(n, seed, epoch), rank, world);

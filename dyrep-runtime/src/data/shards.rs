@@ -432,6 +432,61 @@ mod tests {
     }
 
     #[test]
+    fn ranks_split_the_shard_stream_into_disjoint_complete_equal_shares() {
+        use crate::data::loader::{train_stream_of_rank, Augment};
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, out) = (tmp.path().join("src"), tmp.path().join("shards"));
+        // 11 images per class: 22 training samples, which 3 ranks cannot share evenly.
+        folder(&src, 11);
+        pack(&src, &out, 4000).unwrap();
+        let ds = small(load(&out, &LoadOptions::default()).unwrap());
+        let share = |rank: usize, world: usize, batch: usize| -> Vec<(u32, Vec<f32>)> {
+            train_stream_of_rank(
+                ds.clone(),
+                batch,
+                5,
+                0,
+                &Augment::default(),
+                None,
+                (rank, world),
+            )
+            .flat_map(|b| {
+                let b = b.unwrap();
+                let per = b.images.len() / b.len();
+                (0..b.len())
+                    .map(|i| (b.labels[i], b.images[i * per..(i + 1) * per].to_vec()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+        };
+        for world in [2, 3] {
+            let shares: Vec<_> = (0..world).map(|r| share(r, world, 1)).collect();
+            // Equal: every rank stops after 22 / world whole batches.
+            assert!(
+                shares.iter().all(|s| s.len() == 22 / world),
+                "world {world}"
+            );
+            // Disjoint and complete (up to the remainder): the labels of the shares add up
+            // to the set's, 11 of each class, less what the equal cut drops.
+            let mut labels: Vec<u32> = shares.iter().flatten().map(|x| x.0).collect();
+            labels.sort();
+            let zeros = labels.iter().filter(|&&l| l == 0).count();
+            assert!(
+                zeros <= 11 && labels.len() - zeros <= 11,
+                "world {world}: {labels:?}"
+            );
+            assert_eq!(labels.len(), world * (22 / world));
+            // Each rank's share is its own (a different stream from the others').
+            assert_ne!(shares[0], shares[1]);
+        }
+        // Batches of 4 on 2 ranks: 22 / (2 × 4) = 2 batches each, though rank 0 holds 11.
+        assert_eq!(share(0, 2, 4).len(), 8);
+        assert_eq!(share(1, 2, 4).len(), 8);
+        // One rank of one is the whole stream.
+        assert_eq!(share(0, 1, 1).len(), 22);
+    }
+
+    #[test]
     fn broken_shards_are_clear_errors() {
         use crate::data::loader::{train_stream, Augment};
         let tmp = tempfile::tempdir().unwrap();

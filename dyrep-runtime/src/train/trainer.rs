@@ -614,11 +614,6 @@ fn check_distributed(cfg: &TrainConfig, world: usize, device: &Device) -> Result
     if world == 1 {
         return Ok(());
     }
-    if cfg.data.trim().starts_with("shards:") && !cfg.dist_same_data {
-        return Err(RuntimeError::Config(
-            "data-parallel training over tar shards is not built yet (the shards are read in one sequence); use an image folder, or one process".into(),
-        ));
-    }
     Ok(())
 }
 

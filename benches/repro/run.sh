@@ -17,8 +17,8 @@
 #
 # GRID (default ./grid-cifar10, outside version control) holds src/ and target/ (the pinned
 # commit and its build), bin/dyrep, data/ (the CIFAR-10 JPEG copy extracted from ../shared/data
-# unless CIFAR_DIR names one) and runs/<name>/ with the checkpoints. It ends by writing
-# benches/repro/tables.{md,json} and groups.svg from every committed result. ONLY=name1,name2
+# unless CIFAR_DIR names one) and runs/<name>/ with the checkpoints. After every run it writes
+# benches/repro/tables.{md,json} and groups.svg from every published result. ONLY=name1,name2
 # runs just those runs; EXTRA adds flags to every new run and RESULTS moves the results folder
 # (for a smoke test: EXTRA="--epochs 2 --train-limit 1000" RESULTS=/tmp/r).
 set -euo pipefail
@@ -120,6 +120,20 @@ wanted() {
     return 1
 }
 
+# The tables and chart of every published run (after each run, and at the end).
+write_tables() {
+    local finished out
+    finished=$(find "$RESULTS" -mindepth 2 -maxdepth 2 -name summary.json | sed 's|/summary.json||' | sort)
+    [ -n "$finished" ] || return 0
+    out=$(dirname "$RESULTS")
+    # shellcheck disable=SC2086 # one argument per run directory
+    "$BIN" -q compare $finished --group-by mode,scorer,dep --baseline origin \
+        --svg "$out/groups.svg" > "$out/tables.md"
+    # shellcheck disable=SC2086
+    "$BIN" -q compare $finished --group-by mode,scorer,dep --baseline origin --json > "$out/tables.json"
+    echo "run.sh: tables of $(echo "$finished" | wc -l) finished runs in $out/tables.md"
+}
+
 for entry in "${GRID_RUNS[@]}"; do
     name=${entry%%|*}
     flags=${entry#*|}
@@ -142,15 +156,7 @@ for entry in "${GRID_RUNS[@]}"; do
         fi
     fi
     publish "$name" "$dir"
+    write_tables
 done
 
-finished=$(find "$RESULTS" -mindepth 2 -maxdepth 2 -name summary.json | sed 's|/summary.json||' | sort)
-if [ -n "$finished" ]; then
-    OUT=$(dirname "$RESULTS")
-    # shellcheck disable=SC2086 # one argument per run directory
-    "$BIN" -q compare $finished --group-by mode,scorer,dep --baseline origin \
-        --svg "$OUT/groups.svg" > "$OUT/tables.md"
-    # shellcheck disable=SC2086
-    "$BIN" -q compare $finished --group-by mode,scorer,dep --baseline origin --json > "$OUT/tables.json"
-    echo "run.sh: tables of $(echo "$finished" | wc -l) finished runs in $OUT/tables.md"
-fi
+write_tables

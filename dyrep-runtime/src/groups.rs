@@ -240,7 +240,11 @@ fn values(rs: &[&RunRecord], f: fn(&crate::report::RunRow) -> f64) -> Vec<f64> {
     rs.iter().map(|r| f(&r.row())).collect()
 }
 
+/// `mean ± std`; a group of one run has no spread to show, so just its value.
 fn pm(s: &Stat, scale: f64, digits: usize) -> String {
+    if s.n < 2 {
+        return format!("{:.digits$}", s.mean * scale, digits = digits);
+    }
     format!(
         "{:.digits$} ± {:.digits$}",
         s.mean * scale,
@@ -412,6 +416,12 @@ pub fn plot_groups(runs: &[RunRecord], group_by: &str, out: &Path) -> Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_single_run_shows_no_spread() {
+        assert_eq!(pm(&Stat::of(&[0.6572]), 100.0, 2), "65.72");
+        assert_eq!(pm(&Stat::of(&[0.5, 0.7]), 100.0, 2), "60.00 ± 14.14");
+    }
 
     #[test]
     fn stats_and_paired_intervals_match_hand_computation() {

@@ -199,24 +199,13 @@ pub fn average_grads(
             len += with_grad[end].1.elem_count();
             end += 1;
         }
-        let mut flat = Vec::with_capacity(len);
-        for (_, g) in &with_grad[start..end] {
-            flat.extend(
-                g.flatten_all()?
-                    .to_dtype(candle_core::DType::F32)?
-                    .to_vec1::<f32>()?,
-            );
-        }
-        comm.all_reduce_sum(&mut flat)?;
-        bytes += 4 * flat.len();
-        let scale = 1.0 / world as f32;
-        let mut at = 0;
-        for (v, g) in &with_grad[start..end] {
-            let n = g.elem_count();
-            let avg: Vec<f32> = flat[at..at + n].iter().map(|x| x * scale).collect();
-            let t = Tensor::from_vec(avg, g.dims(), g.device())?.to_dtype(g.dtype())?;
-            grads.insert(v.as_tensor(), t);
-            at += n;
+        let bucket: Vec<Tensor> = with_grad[start..end]
+            .iter()
+            .map(|(_, g)| g.clone())
+            .collect();
+        bytes += 4 * len;
+        for ((v, _), avg) in with_grad[start..end].iter().zip(average(comm, &bucket)?) {
+            grads.insert(v.as_tensor(), avg);
         }
         start = end;
     }
@@ -287,12 +276,21 @@ pub fn average_running_stats(comm: &dyn Comm, model: &Model) -> Result<()> {
 /// Averages a set of tensors over the ranks, in key order (the same on every rank): a
 /// scorer's probe gradients, which each rank computes on its own batch.
 pub fn average_tensors(comm: &dyn Comm, tensors: &mut BTreeMap<String, Tensor>) -> Result<()> {
-    let world = comm.size();
-    if world == 1 {
+    if comm.size() == 1 {
         return Ok(());
     }
-    let mut flat = Vec::new();
-    for t in tensors.values() {
+    let values: Vec<Tensor> = tensors.values().cloned().collect();
+    for (t, avg) in tensors.values_mut().zip(average(comm, &values)?) {
+        *t = avg;
+    }
+    Ok(())
+}
+
+/// The mean over the ranks of each tensor, in one all-reduce of their concatenation (every rank
+/// passes tensors of the same shapes in the same order).
+fn average(comm: &dyn Comm, tensors: &[Tensor]) -> Result<Vec<Tensor>> {
+    let mut flat = Vec::with_capacity(tensors.iter().map(Tensor::elem_count).sum());
+    for t in tensors {
         flat.extend(
             t.flatten_all()?
                 .to_dtype(candle_core::DType::F32)?
@@ -300,14 +298,16 @@ pub fn average_tensors(comm: &dyn Comm, tensors: &mut BTreeMap<String, Tensor>) 
         );
     }
     comm.all_reduce_sum(&mut flat)?;
+    let scale = 1.0 / comm.size() as f32;
     let mut at = 0;
-    for t in tensors.values_mut() {
+    let mut out = Vec::with_capacity(tensors.len());
+    for t in tensors {
         let n = t.elem_count();
-        let avg: Vec<f32> = flat[at..at + n].iter().map(|x| x / world as f32).collect();
-        *t = Tensor::from_vec(avg, t.dims(), t.device())?.to_dtype(t.dtype())?;
+        let avg: Vec<f32> = flat[at..at + n].iter().map(|x| x * scale).collect();
+        out.push(Tensor::from_vec(avg, t.dims(), t.device())?.to_dtype(t.dtype())?);
         at += n;
     }
-    Ok(())
+    Ok(out)
 }
 
 pub fn sum_over_ranks(comm: &dyn Comm, values: &mut [f64]) -> Result<()> {

@@ -1,21 +1,33 @@
 #!/usr/bin/env bash
-# Builds `dyrep` with CUDA support on a machine with no GPU and no system CUDA:
-# nvcc, headers and libraries come from PyPI's CUDA 13.0 wheels, and libcuda (the driver's
-# library, which no wheel carries) is replaced at link time by a stub generated from cudarc's
-# bindings; at run time the driver's real libcuda.so.1 is loaded (same soname).
+# Builds `dyrep` with CUDA and NCCL support on a machine with no GPU and no system CUDA:
+# nvcc, headers and libraries come from PyPI's CUDA 13.0 wheels (NCCL from nvidia-nccl-cu13),
+# and libcuda (the driver's library, which no wheel carries) is replaced at link time by a stub
+# generated from cudarc's bindings; at run time the driver's real libcuda.so.1 is loaded (same
+# soname).
 #
-#   scripts/build-cuda.sh            # -> target/cuda/release/dyrep
+#   scripts/build-cuda.sh            # -> target/cuda/release/dyrep (features cuda, nccl)
+#   scripts/build-cuda.sh --mpi      # also MPI, for several ranks under mpirun (needs Open MPI
+#                                    # here and on the GPU machines: libopenmpi-dev openmpi-bin)
 #   CUDA_COMPUTE_CAP=80 scripts/build-cuda.sh   # A100 instead of H100/H200 (default 90)
 #
 # Cache: wheels and the unpacked toolkit in ${DYREP_CUDA_CACHE:-$HOME/.cache/dyrep-cuda}, the
 # build in target/cuda (a second run only rebuilds what changed).
 #
 # Run the binary on a machine with the NVIDIA driver and the CUDA 13 runtime libraries
-# (libcudart, libnvrtc, libcublas, libcublasLt, libcurand): either that machine's own CUDA 13
-# install or the same wheels (e.g. a PyTorch cu13x environment's site-packages/nvidia/cu13/lib):
-#   LD_LIBRARY_PATH=/path/to/nvidia/cu13/lib target/cuda/release/dyrep train --device cuda ...
+# (libcudart, libnvrtc, libcublas, libcublasLt, libcurand) and NCCL 2 (libnccl.so.2): either that
+# machine's own install or the same wheels (e.g. a PyTorch cu13x environment's
+# site-packages/nvidia/cu13/lib and site-packages/nvidia/nccl/lib):
+#   LD_LIBRARY_PATH=/path/to/nvidia/cu13/lib:/path/to/nvidia/nccl/lib target/cuda/release/dyrep train --device cuda ...
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+FEATURES=cuda,nccl
+for arg in "$@"; do
+    case "$arg" in
+        --mpi) FEATURES=$FEATURES,mpi ;;
+        *) echo "build-cuda: unknown argument $arg (expected --mpi)" >&2; exit 2 ;;
+    esac
+done
 
 CACHE=${DYREP_CUDA_CACHE:-$HOME/.cache/dyrep-cuda}
 export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
@@ -28,6 +40,7 @@ WHEELS=(
     nvidia-cuda-nvrtc==13.0.88
     nvidia-curand==10.4.0.35
     nvidia-cublas==13.0.0.19
+    nvidia-nccl-cu13==2.30.7
 )
 
 die() { echo "build-cuda: $*" >&2; exit 1; }
@@ -61,10 +74,13 @@ CUDA_ROOT="$TOOLKIT/nvidia/cu13"
 [ -x "$CUDA_ROOT/bin/nvcc" ] || chmod +x "$CUDA_ROOT"/bin/* "$CUDA_ROOT"/nvvm/bin/* 2>/dev/null || true
 [ -x "$CUDA_ROOT/bin/nvcc" ] || die "nvcc missing from $CUDA_ROOT/bin after unpacking"
 
+NCCL_LIB="$TOOLKIT/nvidia/nccl/lib"
+[ -e "$NCCL_LIB/libnccl.so.2" ] || die "libnccl.so.2 missing from $NCCL_LIB after unpacking"
+
 # Unversioned names for the linker (the wheels ship only libfoo.so.N).
-for lib in "$CUDA_ROOT"/lib/lib*.so.*; do
+for lib in "$CUDA_ROOT"/lib/lib*.so.* "$NCCL_LIB"/lib*.so.*; do
     base=$(basename "$lib")
-    plain="$CUDA_ROOT/lib/${base%%.so.*}.so"
+    plain="$(dirname "$lib")/${base%%.so.*}.so"
     [ -e "$plain" ] || ln -s "$base" "$plain"
 done
 [ -e "$CUDA_ROOT/lib64" ] || ln -s lib "$CUDA_ROOT/lib64"
@@ -88,22 +104,22 @@ fi
 export PATH="$CUDA_ROOT/bin:$PATH"
 export CUDA_HOME="$CUDA_ROOT" CUDA_PATH="$CUDA_ROOT" CUDA_ROOT="$CUDA_ROOT" NVCC="$CUDA_ROOT/bin/nvcc"
 export CUDARC_CUDA_VERSION=13000  # cudarc spells 13.0 as 13000
-export RUSTFLAGS="${RUSTFLAGS:-} -L native=$STUB_DIR -L native=$CUDA_ROOT/lib"
-export LIBRARY_PATH="$STUB_DIR:$CUDA_ROOT/lib${LIBRARY_PATH:+:$LIBRARY_PATH}"
-echo "build-cuda: nvcc $("$NVCC" --version | tail -1), compute capability $CUDA_COMPUTE_CAP"
-cargo build --release -p dyrep-cli --features cuda --target-dir target/cuda
+export RUSTFLAGS="${RUSTFLAGS:-} -L native=$STUB_DIR -L native=$CUDA_ROOT/lib -L native=$NCCL_LIB"
+export LIBRARY_PATH="$STUB_DIR:$CUDA_ROOT/lib:$NCCL_LIB${LIBRARY_PATH:+:$LIBRARY_PATH}"
+echo "build-cuda: nvcc $("$NVCC" --version | tail -1), compute capability $CUDA_COMPUTE_CAP, features $FEATURES"
+cargo build --release -p dyrep-cli --features "$FEATURES" --target-dir target/cuda
 BIN=target/cuda/release/dyrep
 [ -x "$BIN" ] || die "build finished but $BIN is missing"
 echo "build-cuda: built $BIN"
 echo "build-cuda: it needs at run time (ldd):"
-ldd "$BIN" | grep -E 'cuda|nvrtc|cublas|curand' || true
+ldd "$BIN" | grep -E 'cuda|nvrtc|cublas|curand|nccl|mpi' || true
 # Smoke test on this machine: the stub stands in for the driver's libcuda.so.1, so the binary
 # must load and run a command that does not touch the GPU.
 ln -sf libcuda.so "$STUB_DIR/libcuda.so.1"
-if LD_LIBRARY_PATH="$STUB_DIR:$CUDA_ROOT/lib" "$BIN" ops > /dev/null; then
+if LD_LIBRARY_PATH="$STUB_DIR:$CUDA_ROOT/lib:$NCCL_LIB" "$BIN" ops > /dev/null; then
     echo "build-cuda: smoke test ok (the binary loads with the CUDA 13 libraries)"
 else
     die "the built binary does not start (see above)"
 fi
 echo "build-cuda: on a machine with the NVIDIA driver, run it with LD_LIBRARY_PATH reaching the"
-echo "CUDA 13 libraries, e.g. LD_LIBRARY_PATH=$CUDA_ROOT/lib $BIN --device cuda verify --kernels"
+echo "CUDA 13 and NCCL libraries, e.g. LD_LIBRARY_PATH=$CUDA_ROOT/lib:$NCCL_LIB $BIN --device cuda verify --kernels"

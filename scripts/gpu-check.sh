@@ -5,11 +5,14 @@
 #   2. every kernel on CUDA against the CPU kernels (dyrep verify --kernels --device cuda)
 #   3. a short DyRep training on CUDA with grows and cuts; every event's preserve_rel_err <= 2e-5
 #   4. dyrep bench train/eval on CUDA and CPU for bench-cifar and vgg16
+#   5. data-parallel training with NCCL: one rank; and one rank per GPU under mpirun where the
+#      machine has several GPUs, mpirun exists and the binary was built with --mpi
 # and prints one markdown table. Exit 1 if any check fails.
 #
 #   DYREP_BIN=target/cuda/release/dyrep scripts/gpu-check.sh
-# LD_LIBRARY_PATH must reach libcudart/libnvrtc/libcublas(Lt)/libcurand of CUDA 13; if it does
-# not, the script looks for a pip-installed nvidia/cu13/lib (e.g. PyTorch's) and uses that.
+# LD_LIBRARY_PATH must reach libcudart/libnvrtc/libcublas(Lt)/libcurand of CUDA 13 and NCCL's
+# libnccl.so.2; if it does not, the script looks for pip-installed nvidia/cu13/lib and
+# nvidia/nccl/lib (e.g. PyTorch's) and uses those.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,16 +20,21 @@ BIN=${DYREP_BIN:-target/cuda/release/dyrep}
 WORK=${GPU_CHECK_DIR:-$(mktemp -d)}
 [ -x "$BIN" ] || { echo "gpu-check: $BIN not found; build it with scripts/build-cuda.sh or set DYREP_BIN" >&2; exit 1; }
 
-if ! ldd "$BIN" | grep -q "libcublas.so.13 => /"; then
+# pip_lib SONAME SUBDIR: put a pip-installed nvidia/SUBDIR on LD_LIBRARY_PATH unless ldd finds SONAME.
+pip_lib() {
+    ldd "$BIN" | grep -q "$1 => /" && return 0
+    ldd "$BIN" | grep -q "$1" || return 0 # not linked: nothing to find
     for py in python3 /usr/bin/python3; do
-        lib=$("$py" -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13", "lib"))' 2>/dev/null) || continue
+        lib=$("$py" -c "import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], '$2'))" 2>/dev/null) || continue
         if [ -d "$lib" ]; then
             export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-            echo "gpu-check: using CUDA libraries from $lib"
-            break
+            echo "gpu-check: using $1 from $lib"
+            return 0
         fi
     done
-fi
+}
+pip_lib libcublas.so.13 cu13/lib
+pip_lib libnccl.so.2 nccl/lib
 ldd "$BIN" | grep -E "not found" && { echo "gpu-check: libraries missing (see above); set LD_LIBRARY_PATH" >&2; exit 1; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true
 
@@ -81,6 +89,32 @@ for model in bench-cifar vgg16; do
         table+=("$(row "bench $what $model" "cuda: $gpu" "cpu: $cpu")")
     done
 done
+
+# 5. Data-parallel training with NCCL.
+nccl_train() { # ranks launcher...
+    local n=$1; shift
+    local run="$WORK/nccl-$n"
+    rm -rf "$run"
+    t0=$(date +%s)
+    if "$@" "$BIN" --device cuda train --distributed --out "$run" --mode dyrep --epochs 2 \
+        --grow-interval 1 --grow-topk 4 --train-limit 4000 --test-limit 1000 --calib-batches 4 \
+        > "$WORK/nccl-$n.txt" 2>&1 && grep -q "gradients averaged by NCCL" "$WORK/nccl-$n.txt"; then
+        acc=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["final_test_acc"])' "$run/summary.json")
+        table+=("$(row "data-parallel DyRep on NCCL, $n rank(s)" "ok" "test acc $acc, $(( $(date +%s) - t0 )) s")")
+    else
+        status=1
+        table+=("$(row "data-parallel DyRep on NCCL, $n rank(s)" "FAILED" "$(tail -1 "$WORK/nccl-$n.txt")")")
+    fi
+}
+if ldd "$BIN" | grep -q libnccl; then
+    nccl_train 1
+    gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
+    if [ "$gpus" -gt 1 ] && command -v mpirun >/dev/null && ldd "$BIN" | grep -q libmpi; then
+        nccl_train "$gpus" mpirun --allow-run-as-root -np "$gpus"
+    fi
+else
+    table+=("$(row "data-parallel on NCCL" "skipped" "$BIN was built without NCCL")")
+fi
 
 echo
 echo "| check | result | details |"

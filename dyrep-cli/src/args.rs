@@ -383,6 +383,10 @@ pub(crate) struct BenchArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Also print each conv geometry's time per pass and GFLOP/s (own CPU kernels; always in
+    /// the JSON as `convs`).
+    #[arg(long)]
+    pub(crate) convs: bool,
 }
 
 /// `dyrep plot`'s arguments.

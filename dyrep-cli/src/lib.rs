@@ -29,11 +29,12 @@ pub const EXIT_VERIFY_FAILED: u8 = 2;
 pub const EXIT_USAGE: u8 = 1;
 /// Exit code of a run stopped by Ctrl-C (its last checkpoint is intact).
 pub const EXIT_INTERRUPTED: u8 = 130;
-/// Parses `--device`: `cpu`, `cuda` (= `cuda:0`) or `cuda:N`.
+/// Parses `--device`: `cpu`, `cuda` or `cuda:N`. `cuda` is GPU 0, or under an MPI launcher the
+/// GPU of this rank's index on its machine (one GPU per rank).
 pub fn parse_device(spec: &str) -> Result<candle_core::Device> {
     let ordinal = match spec {
         "cpu" => return Ok(candle_core::Device::Cpu),
-        "cuda" => 0,
+        "cuda" => dyrep_runtime::dist::local_rank(),
         s => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
             Some(Ok(n)) => n,
             _ => bail!("--device `{spec}`: expected cpu, cuda or cuda:N (e.g. cuda:1)"),

@@ -26,7 +26,7 @@ use crate::cpu::{
 };
 use crate::error::{KernelError, Result};
 use crate::isa::Isa;
-use crate::profile::{Phase, Timer};
+use crate::profile::{ConvKey, ConvPass, ConvTimer, Phase, Timer};
 use crate::{arg, check_own, Backend, ConvParams};
 
 /// Geometry of one conv call, validated at construction.
@@ -150,6 +150,26 @@ impl ConvShape {
     /// Multiply-accumulates of the forward pass.
     pub fn macs(&self) -> u64 {
         (self.n * self.out * self.kg() * self.ohw()) as u64
+    }
+
+    /// This conv in the per-conv profile.
+    pub(crate) fn profile_key(&self) -> ConvKey {
+        ConvKey {
+            c: self.c,
+            out: self.out,
+            h: self.h,
+            w: self.w,
+            kh: self.kh,
+            kw: self.kw,
+            stride: self.stride,
+            groups: self.groups,
+            shared: 0,
+        }
+    }
+
+    /// Times `pass` of this conv in the per-conv profile until the guard drops.
+    fn pass_timer(&self, pass: ConvPass) -> ConvTimer {
+        ConvTimer::start(self.profile_key(), pass, self.macs())
     }
 
     /// Whether images run in parallel (else each gemm is threaded).
@@ -392,6 +412,7 @@ impl ConvShape {
     /// Forward: `y[n] = W · cols(x[n])` per group.
     pub fn forward(&self, x: &[f32], weight: &[f32]) -> Vec<f32> {
         let _t = Timer::start(Phase::ConvForward);
+        let _c = self.pass_timer(ConvPass::Forward);
         if self.is_depthwise_direct() {
             return self.depthwise_forward(x, weight);
         }
@@ -416,6 +437,11 @@ impl ConvShape {
     }
 
     fn forward_with(&self, f: &ImageForward<'_>, x: &[f32]) -> Vec<f32> {
+        if f.direct.is_none() {
+            if let Some(g) = self.image_batch() {
+                return self.forward_batched(g, x, &f.weight);
+            }
+        }
         let (per_in, per_out) = (self.c * self.hw(), self.out * self.ohw());
         let mut y = uninit_vec(self.n * per_out);
         self.for_each_image(&mut y, per_out, |(img, y_img)| {
@@ -436,12 +462,17 @@ impl ConvShape {
             c: self.out,
             hw: self.ohw(),
         };
-        if self.is_depthwise_direct() || !self.parallel_images() || self.ohw() == 0 {
+        if self.is_depthwise_direct()
+            || !self.parallel_images()
+            || self.ohw() == 0
+            || (self.image_batch().is_some() && !self.is_direct())
+        {
             let y = self.forward(x, weight);
             let stats = channel_stats(&y, planes);
             return (y, stats);
         }
         let _t = Timer::start(Phase::ConvForward);
+        let _c = self.pass_timer(ConvPass::Forward);
         let f = ImageForward::new(self, weight, self.direct_path());
         let (ohw, per_in, per_out) = (self.ohw(), self.c * self.hw(), self.out * self.ohw());
         let mut y = uninit_vec(self.n * per_out);
@@ -483,6 +514,7 @@ impl ConvShape {
     /// `[out, c/groups, kh, kw]` order once at the end.
     pub fn weight_grad(&self, x: &[f32], dy: &[f32]) -> Vec<f32> {
         let _t = Timer::start(Phase::ConvWeightGrad);
+        let _c = self.pass_timer(ConvPass::WeightGrad);
         let (ohw, kg, og) = (self.ohw(), self.kg(), self.og());
         let per_image_in = self.c * self.hw();
         let per_image_out = self.out * ohw;
@@ -495,8 +527,13 @@ impl ConvShape {
             let chunks = (self.c * self.kh * self.kw * ohw).div_ceil(PATCH_CHUNK_FLOATS);
             self.ho.div_ceil(chunks.max(1)).max(1)
         };
+        let batch = self.image_batch();
         let accumulate_images = |range: std::ops::Range<usize>, parallel_gemm: bool| {
             let mut dw_cm = vec![0.0f32; wlen];
+            if let Some(g) = batch {
+                self.weight_grad_batched(g, x, dy, range, &mut dw_cm);
+                return dw_cm;
+            }
             for (i, img) in range.enumerate() {
                 let image = &x[img * per_image_in..(img + 1) * per_image_in];
                 let dy_img = &dy[img * per_image_out..(img + 1) * per_image_out];
@@ -568,6 +605,7 @@ impl ConvShape {
     /// col2im(`Wᵀ · dy[n]`) per image and group.
     pub fn input_grad(&self, weight: &[f32], dy: &[f32]) -> Vec<f32> {
         let _t = Timer::start(Phase::ConvInputGrad);
+        let _c = self.pass_timer(ConvPass::InputGrad);
         if self.is_depthwise_direct() {
             return self.depthwise_input_grad(weight, dy);
         }
@@ -583,6 +621,7 @@ impl ConvShape {
     /// it crops its output rows, the gemms accumulate, col2im adds anyway).
     pub(crate) fn input_grad_add(&self, weight: &[f32], dy: &[f32], dx: &mut [f32]) {
         let _t = Timer::start(Phase::ConvInputGrad);
+        let _c = self.pass_timer(ConvPass::InputGrad);
         if self.is_depthwise_direct() {
             let g = self.depthwise_input_grad(weight, dy);
             for (d, v) in dx.iter_mut().zip(g) {
@@ -593,6 +632,10 @@ impl ConvShape {
         match self.transposed() {
             Some(t) => {
                 let f = ImageForward::new(&t, &self.flipped_weight(weight), t.direct_path());
+                if let (None, Some(g)) = (f.direct, t.image_batch()) {
+                    t.forward_batched_add(g, dy, &f.weight, dx);
+                    return;
+                }
                 let (per_in, per_out) = (t.c * t.hw(), t.out * t.ohw());
                 t.for_each_image(dx, per_out, |(img, dx_img)| {
                     f.run_add(&dy[img * per_in..(img + 1) * per_in], dx_img)
@@ -646,6 +689,28 @@ impl ConvShape {
     /// [`Self::input_grad_col2im`] into `dx`: added to it when `accumulate`, else written (a
     /// pointwise conv's gemm overwrites; col2im always adds, so `dx` must then be zero).
     fn input_grad_col2im_into(&self, weight: &[f32], dy: &[f32], dx: &mut [f32], accumulate: bool) {
+        if self.is_pointwise() && self.image_batch().is_some() {
+            // The forward of the transposed 1×1 conv, several images per gemm.
+            if let Ok(t) = ConvShape::new(
+                &[self.n, self.out, self.h, self.w],
+                &[self.c, self.out, 1, 1],
+                1,
+                (0, 0),
+                1,
+            ) {
+                if let Some(g) = t.image_batch() {
+                    let (c, out) = (self.c, self.out);
+                    let wt: Vec<f32> = (0..c * out)
+                        .map(|i| weight[(i % out) * c + i / out])
+                        .collect();
+                    if !accumulate {
+                        dx.fill(0.0);
+                    }
+                    t.forward_batched_add(g, dy, &wt, dx);
+                    return;
+                }
+            }
+        }
         let (ohw, kg, og, cg) = (self.ohw(), self.kg(), self.og(), self.cg());
         let per_image_in = self.c * self.hw();
         let per_image_out = self.out * ohw;

@@ -36,6 +36,7 @@ mod pool;
 pub mod profile;
 mod relu;
 mod side;
+mod small_planes;
 mod stack;
 #[cfg(feature = "testing")]
 pub mod testing;

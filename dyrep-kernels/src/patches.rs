@@ -20,7 +20,7 @@ use rayon::prelude::*;
 
 use crate::conv::{tap_order, ConvShape};
 use crate::cpu::{sgemm, sgemm_strided, split_range, threads, with_scratch, Mat};
-use crate::profile::{Phase, Timer};
+use crate::profile::{ConvKey, ConvPass, ConvTimer, Phase, Timer};
 
 /// A conv reading the shared patch matrix: its geometry and its block of taps.
 #[derive(Clone, Debug)]
@@ -110,9 +110,20 @@ impl PatchShare {
         }
     }
 
+    /// Times `pass` of all members together in the per-conv profile until the guard drops.
+    fn pass_timer(&self, pass: ConvPass) -> ConvTimer {
+        let key = ConvKey {
+            out: self.members.iter().map(|m| m.shape.out).sum(),
+            shared: self.members.len(),
+            ..self.main.profile_key()
+        };
+        ConvTimer::start(key, pass, self.members.iter().map(|m| m.shape.macs()).sum())
+    }
+
     /// Every member's forward `[n, out, ho, wo]` (no bias), lowering each image once.
     pub fn forward(&self, x: &[f32], weights: &[&[f32]]) -> Vec<Vec<f32>> {
         let _t = Timer::start(Phase::ConvForward);
+        let _c = self.pass_timer(ConvPass::Forward);
         let (c, ohw) = (self.main.c, self.main.ohw());
         let per_in = c * self.main.hw();
         let perm: Vec<Vec<f32>> = self
@@ -126,7 +137,19 @@ impl PatchShare {
             .iter()
             .map(|m| vec![0.0f32; m.shape.n * m.shape.out * ohw])
             .collect();
-        let (ranges, parallel_gemm) = self.image_ranges();
+        let batch = self.main.image_batch();
+        let (ranges, parallel_gemm) = match batch {
+            // The batches of `ConvShape::forward_batched`, so each member computes what it
+            // computes alone.
+            Some(g) => (
+                (0..self.main.n)
+                    .step_by(g)
+                    .map(|s| s..(s + g).min(self.main.n))
+                    .collect(),
+                false,
+            ),
+            None => self.image_ranges(),
+        };
         // Per range, every member's slice of outputs for those images.
         let mut jobs: Vec<(Range<usize>, Vec<&mut [f32]>)> =
             ranges.iter().map(|r| (r.clone(), Vec::new())).collect();
@@ -140,6 +163,9 @@ impl PatchShare {
             }
         }
         let run = |(range, mut slices): (Range<usize>, Vec<&mut [f32]>)| {
+            if batch.is_some() {
+                return self.forward_batch(x, &perm, range, &mut slices);
+            }
             with_scratch(self.rows() * ohw, |cols| {
                 for (i, img) in range.enumerate() {
                     self.im2col(&x[img * per_in..(img + 1) * per_in], cols);
@@ -178,15 +204,21 @@ impl PatchShare {
     /// lowering each image once (accumulated column-major per thread, as `ConvShape` does).
     pub fn weight_grads(&self, x: &[f32], dzs: &[&[f32]]) -> Vec<Vec<f32>> {
         let _t = Timer::start(Phase::ConvWeightGrad);
+        let _c = self.pass_timer(ConvPass::WeightGrad);
         let (c, ohw) = (self.main.c, self.main.ohw());
         let per_in = c * self.main.hw();
         let (ranges, parallel_gemm) = self.image_ranges();
+        let batch = self.main.image_batch();
         let accumulate = |range: Range<usize>| -> Vec<Vec<f32>> {
             let mut acc: Vec<Vec<f32>> = self
                 .members
                 .iter()
                 .map(|m| vec![0.0f32; m.shape.out * m.taps.len() * c])
                 .collect();
+            if let Some(g) = batch {
+                self.weight_grads_batched(g, x, dzs, range, &mut acc);
+                return acc;
+            }
             with_scratch(self.rows() * ohw, |cols| {
                 for (i, img) in range.enumerate() {
                     self.im2col(&x[img * per_in..(img + 1) * per_in], cols);
@@ -233,6 +265,109 @@ impl PatchShare {
             .zip(sum)
             .map(|(m, cm)| m.shape.weight_from_patch_cm(&cm))
             .collect()
+    }
+}
+
+/// Small planes, several images per gemm (`small_planes.rs`), in the batches and with the gemm
+/// shapes each member uses on its own.
+impl PatchShare {
+    /// Every member's forward of the images `imgs` (one batch) into its slice of outputs.
+    fn forward_batch(
+        &self,
+        x: &[f32],
+        perm: &[Vec<f32>],
+        imgs: Range<usize>,
+        slices: &mut [&mut [f32]],
+    ) {
+        let (c, ohw) = (self.main.c, self.main.ohw());
+        let width = imgs.len() * ohw;
+        let widest = self.members.iter().map(|m| m.shape.out).max().unwrap_or(0);
+        with_scratch(self.rows() * width + widest * width, |scratch| {
+            let (cols, product) = scratch.split_at_mut(self.rows() * width);
+            self.main.im2col_images(x, imgs.clone(), cols);
+            for ((m, w), out) in self.members.iter().zip(perm).zip(slices.iter_mut()) {
+                let (mo, k) = (m.shape.out, m.taps.len() * c);
+                let product = &mut product[..mo * width];
+                sgemm(
+                    product,
+                    width,
+                    Mat {
+                        data: w,
+                        rows: mo,
+                        cols: k,
+                        rs: k,
+                        cs: 1,
+                    },
+                    Mat {
+                        data: &cols[m.taps.start * c * width..m.taps.end * c * width],
+                        rows: k,
+                        cols: width,
+                        rs: width,
+                        cs: 1,
+                    },
+                    false,
+                    false,
+                );
+                for (i, y_img) in out.chunks_exact_mut(mo * ohw).enumerate() {
+                    for (o, dst) in y_img.chunks_exact_mut(ohw).enumerate() {
+                        dst.copy_from_slice(&product[o * width + i * ohw..][..ohw]);
+                    }
+                }
+            }
+        });
+    }
+
+    /// Every member's weight gradient summed over the images `range`, `g` per gemm, into its
+    /// column-major accumulator (overwritten).
+    fn weight_grads_batched(
+        &self,
+        g: usize,
+        x: &[f32],
+        dzs: &[&[f32]],
+        range: Range<usize>,
+        acc: &mut [Vec<f32>],
+    ) {
+        let (c, ohw) = (self.main.c, self.main.ohw());
+        let widest = self.members.iter().map(|m| m.shape.out).max().unwrap_or(0);
+        for (batch, start) in range.clone().step_by(g).enumerate() {
+            let imgs = start..(start + g).min(range.end);
+            let width = imgs.len() * ohw;
+            with_scratch(self.rows() * width + widest * width, |scratch| {
+                let (cols, dz_batch) = scratch.split_at_mut(self.rows() * width);
+                self.main.im2col_images(x, imgs.clone(), cols);
+                for ((m, dz), a) in self.members.iter().zip(dzs).zip(acc.iter_mut()) {
+                    let (mo, k) = (m.shape.out, m.taps.len() * c);
+                    let dz_batch = &mut dz_batch[..mo * width];
+                    for (i, img) in imgs.clone().enumerate() {
+                        for o in 0..mo {
+                            dz_batch[o * width + i * ohw..][..ohw]
+                                .copy_from_slice(&dz[(img * mo + o) * ohw..][..ohw]);
+                        }
+                    }
+                    sgemm_strided(
+                        a,
+                        1,
+                        mo,
+                        Mat {
+                            data: dz_batch,
+                            rows: mo,
+                            cols: width,
+                            rs: width,
+                            cs: 1,
+                        },
+                        Mat {
+                            data: &cols[m.taps.start * c * width..m.taps.end * c * width],
+                            rows: width,
+                            cols: k,
+                            rs: 1,
+                            cs: width,
+                        },
+                        batch > 0,
+                        false,
+                    );
+                }
+            });
+        }
     }
 }
 

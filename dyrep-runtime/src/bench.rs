@@ -49,6 +49,60 @@ pub struct BenchReport {
     pub optimizer_ms: f64,
     /// Milliseconds per iteration inside each own CPU kernel (empty with candle's ops).
     pub kernel_ms: std::collections::BTreeMap<String, f64>,
+    /// Each conv geometry's time and GFLOP/s in the own CPU kernels (empty with candle's ops),
+    /// largest input planes first, then by channels.
+    pub convs: Vec<ConvTime>,
+}
+
+/// The time of one conv geometry in a benchmark iteration (all convs of that geometry in the
+/// model together).
+#[derive(Clone, Debug, Serialize)]
+pub struct ConvTime {
+    /// `c→out k×k s1 h×w` (`shared N` where N branch convs of a grown block share a patch
+    /// matrix and are timed together).
+    pub conv: String,
+    /// Calls per iteration (forward passes).
+    pub calls: f64,
+    /// Milliseconds per iteration: forward, input gradient, weight gradient.
+    pub forward_ms: f64,
+    pub input_grad_ms: f64,
+    pub weight_grad_ms: f64,
+    /// Useful GFLOP/s over its passes (2 × MACs per pass).
+    pub gflops: f64,
+}
+
+impl ConvTime {
+    fn from_profile(
+        key: &dyrep_api::kernels::profile::ConvKey,
+        t: &dyrep_api::kernels::profile::ConvTimes,
+        iters: usize,
+    ) -> ConvTime {
+        let per_iter = |x: f64| x / iters as f64;
+        let seconds: f64 = t.seconds.iter().sum();
+        let macs: u64 = t.macs.iter().sum();
+        let mut conv = format!(
+            "{}→{} {}×{} s{} {}×{}",
+            key.c, key.out, key.kh, key.kw, key.stride, key.h, key.w
+        );
+        if key.groups > 1 {
+            conv += &format!(" g{}", key.groups);
+        }
+        if key.shared > 0 {
+            conv += &format!(" shared {}", key.shared);
+        }
+        ConvTime {
+            conv,
+            calls: per_iter(t.calls[0] as f64),
+            forward_ms: per_iter(t.seconds[0] * 1e3),
+            input_grad_ms: per_iter(t.seconds[1] * 1e3),
+            weight_grad_ms: per_iter(t.seconds[2] * 1e3),
+            gflops: if seconds > 0.0 {
+                2.0 * macs as f64 / seconds / 1e9
+            } else {
+                0.0
+            },
+        }
+    }
 }
 
 /// The default benchmark batch of a model: the peer benchmark's 128 for `bench-small`, 64 else.
@@ -144,6 +198,7 @@ pub fn bench(spec: &BenchSpec, device: &Device) -> Result<BenchReport> {
             .filter(|(_, s)| *s > 0.0)
             .map(|(p, s)| (p.name().to_string(), s * 1e3 / iters as f64))
             .collect(),
+        convs: conv_times(iters),
     })
 }
 
@@ -203,6 +258,24 @@ fn bench_model(
     Ok((m, mode_name))
 }
 
+/// The per-conv profile of the timed iterations, largest planes first, then by channels.
+fn conv_times(iters: usize) -> Vec<ConvTime> {
+    let mut by_conv = dyrep_api::kernels::profile::per_conv();
+    by_conv.sort_by_key(|(k, _)| {
+        (
+            std::cmp::Reverse(k.h * k.w),
+            k.c,
+            k.out,
+            std::cmp::Reverse(k.kh * k.kw),
+            k.shared,
+        )
+    });
+    by_conv
+        .iter()
+        .map(|(k, t)| ConvTime::from_profile(k, t, iters))
+        .collect()
+}
+
 /// One warm-up step, then `iters` timed ones: the total seconds and the seconds spent in
 /// forward (with the loss), backward and the optimizer step (`train`), or in the eval forward.
 fn time_steps(
@@ -242,9 +315,11 @@ fn time_steps(
     };
     step(&mut [0.0; 3])?;
     dyrep_api::kernels::profile::reset();
+    dyrep_api::kernels::profile::set_per_conv(true);
     let t0 = Instant::now();
-    for _ in 0..iters {
-        step(&mut split)?;
-    }
-    Ok((t0.elapsed().as_secs_f64(), split))
+    let timed = (0..iters).try_for_each(|_| step(&mut split));
+    let seconds = t0.elapsed().as_secs_f64();
+    dyrep_api::kernels::profile::set_per_conv(false);
+    timed?;
+    Ok((seconds, split))
 }

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use dyrep_api::TensorRole;
 
 use crate::error::{Result, RuntimeError};
@@ -34,6 +34,16 @@ pub trait Comm {
     fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()>;
     /// Rank 0's values to every rank (same length everywhere).
     fn broadcast(&self, buf: &mut [f32]) -> Result<()>;
+    /// Element-wise sum over every rank of an f32 tensor, as a new tensor on its device. By
+    /// default through host memory and [`Comm::all_reduce_sum`]; NCCL's communicator keeps GPU
+    /// tensors on the GPU.
+    fn all_reduce_sum_tensor(&self, t: &Tensor) -> Result<Tensor> {
+        let mut flat = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        self.all_reduce_sum(&mut flat)?;
+        Ok(Tensor::from_vec(flat, t.dims(), t.device())?)
+    }
+    /// What carries the gradients' all-reduce, for the run's log (`MPI`, `NCCL`, ...).
+    fn backend(&self) -> &'static str;
     /// Ends every rank's process with `code` at once: what a rank that fails alone does, so
     /// the others do not wait forever in their next collective (or in MPI's finalisation).
     /// Returns for one process, which has no one to stop.
@@ -59,6 +69,9 @@ impl Comm for SingleProcess {
     }
     fn broadcast(&self, _: &mut [f32]) -> Result<()> {
         Ok(())
+    }
+    fn backend(&self) -> &'static str {
+        "one process"
     }
     fn abort_all(&self, _: i32) {}
 }
@@ -90,23 +103,56 @@ pub fn launched_by_mpi() -> bool {
     .any(|k| std::env::var_os(k).is_some())
 }
 
+/// This process's index among the ranks on its machine (0 when no launcher says so): the GPU
+/// that `--device cuda` means under `mpirun` (one GPU per rank).
+pub fn local_rank() -> usize {
+    [
+        "OMPI_COMM_WORLD_LOCAL_RANK",
+        "MPI_LOCALRANKID",
+        "SLURM_LOCALID",
+        "PMI_LOCAL_RANK",
+    ]
+    .iter()
+    .find_map(|k| std::env::var(k).ok()?.parse().ok())
+    .unwrap_or(0)
+}
+
 /// The processes of this run: the MPI world when `distributed` (or when an MPI launcher started
-/// the process), else this process alone.
-pub fn init(distributed: bool) -> Result<Rc<dyn Comm>> {
+/// the process), else this process alone. On a GPU `device`, with the `nccl` feature, the
+/// gradients are reduced by NCCL in GPU memory ([`nccl::NcclComm`]).
+pub fn init(distributed: bool, device: &Device) -> Result<Rc<dyn Comm>> {
     if !distributed && !launched_by_mpi() {
         return Ok(Rc::new(SingleProcess));
     }
+    let processes = processes(device)?;
+    #[cfg(feature = "nccl")]
+    if device.is_cuda() {
+        return Ok(Rc::new(nccl::NcclComm::new(processes, device)?));
+    }
+    Ok(processes)
+}
+
+/// The process communicator of a distributed run: MPI's world, or — in a build with NCCL but
+/// without MPI, started without a launcher — this process alone (a one-rank NCCL run).
+#[cfg_attr(feature = "mpi", allow(unused_variables))]
+fn processes(device: &Device) -> Result<Rc<dyn Comm>> {
     #[cfg(feature = "mpi")]
     {
         Ok(Rc::new(mpi_comm::MpiComm::init()?))
     }
     #[cfg(not(feature = "mpi"))]
     {
+        if cfg!(feature = "nccl") && device.is_cuda() && !launched_by_mpi() {
+            return Ok(Rc::new(SingleProcess));
+        }
         Err(RuntimeError::Config(
             "--distributed needs a dyrep built with MPI: `cargo build --release -p dyrep-cli --features mpi` (Debian: apt install libopenmpi-dev openmpi-bin libclang-dev), then `mpirun -np N dyrep train ... --distributed`".into(),
         ))
     }
 }
+
+#[cfg(feature = "nccl")]
+mod nccl;
 
 #[cfg(feature = "mpi")]
 mod mpi_comm {
@@ -161,6 +207,9 @@ mod mpi_comm {
         fn broadcast(&self, buf: &mut [f32]) -> Result<()> {
             self.world.process_at_rank(0).broadcast_into(buf);
             Ok(())
+        }
+        fn backend(&self) -> &'static str {
+            "MPI"
         }
         fn abort_all(&self, code: i32) {
             self.world.abort(code)
@@ -272,7 +321,6 @@ pub fn average_running_stats(comm: &dyn Comm, model: &Model) -> Result<()> {
     set_from_flat(&vars, &flat, 1.0 / world as f32)
 }
 
-/// Sums `values` over the ranks (f64: counts and loss sums stay exact).
 /// Averages a set of tensors over the ranks, in key order (the same on every rank): a
 /// scorer's probe gradients, which each rank computes on its own batch.
 pub fn average_tensors(comm: &dyn Comm, tensors: &mut BTreeMap<String, Tensor>) -> Result<()> {
@@ -286,30 +334,30 @@ pub fn average_tensors(comm: &dyn Comm, tensors: &mut BTreeMap<String, Tensor>) 
     Ok(())
 }
 
-/// The mean over the ranks of each tensor, in one all-reduce of their concatenation (every rank
-/// passes tensors of the same shapes in the same order).
+/// The mean over the ranks of each tensor, in one all-reduce of their concatenation on their
+/// device (every rank passes tensors of the same shapes in the same order).
 fn average(comm: &dyn Comm, tensors: &[Tensor]) -> Result<Vec<Tensor>> {
-    let mut flat = Vec::with_capacity(tensors.iter().map(Tensor::elem_count).sum());
-    for t in tensors {
-        flat.extend(
-            t.flatten_all()?
-                .to_dtype(candle_core::DType::F32)?
-                .to_vec1::<f32>()?,
-        );
-    }
-    comm.all_reduce_sum(&mut flat)?;
-    let scale = 1.0 / comm.size() as f32;
+    let flat: Vec<Tensor> = tensors
+        .iter()
+        .map(|t| t.flatten_all()?.to_dtype(DType::F32))
+        .collect::<candle_core::Result<_>>()?;
+    let summed = comm.all_reduce_sum_tensor(&Tensor::cat(&flat, 0)?)?;
+    let mean = (summed * (1.0 / comm.size() as f64))?;
     let mut at = 0;
     let mut out = Vec::with_capacity(tensors.len());
     for t in tensors {
         let n = t.elem_count();
-        let avg: Vec<f32> = flat[at..at + n].iter().map(|x| x * scale).collect();
-        out.push(Tensor::from_vec(avg, t.dims(), t.device())?.to_dtype(t.dtype())?);
+        out.push(
+            mean.narrow(0, at, n)?
+                .reshape(t.dims())?
+                .to_dtype(t.dtype())?,
+        );
         at += n;
     }
     Ok(out)
 }
 
+/// Sums `values` over the ranks (f64: counts and loss sums stay exact).
 pub fn sum_over_ranks(comm: &dyn Comm, values: &mut [f64]) -> Result<()> {
     comm.all_reduce_sum_f64(values)
 }

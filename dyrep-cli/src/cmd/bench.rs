@@ -20,6 +20,7 @@ pub(crate) fn run(args: BenchArgs, ctx: &mut Ctx<'_>) -> Result<u8> {
         width,
         iters,
         json,
+        convs,
         ..
     } = args;
     let mode = Mode::parse(&mode)?;
@@ -53,8 +54,28 @@ pub(crate) fn run(args: BenchArgs, ctx: &mut Ctx<'_>) -> Result<u8> {
                 parts.join(", ")
             )?;
         }
+        if convs {
+            print_convs(&mut ctx.out, &r.convs)?;
+        }
     }
     Ok(0)
+}
+
+/// The per-conv table: each conv geometry's milliseconds per iteration and GFLOP/s.
+fn print_convs(out: &mut dyn Write, convs: &[dyrep_runtime::bench::ConvTime]) -> Result<()> {
+    writeln!(
+        out,
+        "  {:<34} {:>6} {:>9} {:>11} {:>12} {:>8}",
+        "conv (in→out k×k stride plane)", "calls", "fwd ms", "in-grad ms", "w-grad ms", "GFLOP/s"
+    )?;
+    for c in convs {
+        writeln!(
+            out,
+            "  {:<34} {:>6.0} {:>9.2} {:>11.2} {:>12.2} {:>8.1}",
+            c.conv, c.calls, c.forward_ms, c.input_grad_ms, c.weight_grad_ms, c.gflops
+        )?;
+    }
+    Ok(())
 }
 
 /// `dyrep bench data`: images/s of the input pipeline alone.

@@ -1,7 +1,7 @@
 //! `dyrep train`: trains a run (or resumes one).
 
 use anyhow::Result;
-use dyrep_runtime::train::{train, RunOptions, TrainConfig};
+use dyrep_runtime::train::{train, RunOptions, TrainConfig, TrainProgress};
 use std::path::PathBuf;
 
 use super::Ctx;
@@ -34,7 +34,7 @@ pub(crate) fn run(args: Box<TrainArgs>, ctx: &mut Ctx<'_>) -> Result<u8> {
             (cfg, out_dir, false)
         }
     };
-    let comm = dyrep_runtime::dist::init(args.distributed)?;
+    let comm = dyrep_runtime::dist::init(args.distributed, &ctx.device)?;
     // In a data-parallel run rank 0 reports; the other ranks print only errors.
     let verbosity = match comm.rank() {
         0 => ctx.verbosity,
@@ -50,6 +50,13 @@ pub(crate) fn run(args: Box<TrainArgs>, ctx: &mut Ctx<'_>) -> Result<u8> {
         comm: Some(comm.clone()),
     };
     let mut reporter = TrainReporter::new(verbosity);
+    if args.distributed || comm.size() > 1 {
+        reporter.report(TrainProgress::Line(&format!(
+            "data-parallel: {} rank(s), gradients averaged by {}",
+            comm.size(),
+            comm.backend()
+        )));
+    }
     if let Err(e) = train(cfg, &opts, &mut |p| reporter.report(p)) {
         let interrupted = matches!(e, dyrep_runtime::RuntimeError::Interrupted(_));
         if comm.size() > 1 && !interrupted {

@@ -101,7 +101,7 @@ impl Trainer {
     ) -> Result<Trainer> {
         cfg.validate()?;
         let comm = comm_of(opts);
-        check_distributed(&cfg, comm.size(), &opts.device)?;
+        check_distributed(&cfg, &opts.device)?;
         let file = cfg.read_model_file()?;
         if let Some(f) = &file {
             cfg.model = f.name.clone();
@@ -605,14 +605,11 @@ fn comm_of(opts: &RunOptions) -> std::rc::Rc<dyn Comm> {
 }
 
 /// What a data-parallel run does not do yet, refused before anything is written.
-fn check_distributed(cfg: &TrainConfig, world: usize, device: &Device) -> Result<()> {
+fn check_distributed(cfg: &TrainConfig, device: &Device) -> Result<()> {
     if cfg.sync_bn && !device.is_cpu() {
         return Err(RuntimeError::Config(
             "--sync-bn runs its collectives on the CPU over MPI and is not built for GPUs yet; train without it (per-rank batch statistics, the reference's default)".into(),
         ));
-    }
-    if world == 1 {
-        return Ok(());
     }
     Ok(())
 }

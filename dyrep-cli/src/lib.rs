@@ -46,8 +46,12 @@ pub fn parse_device(spec: &str) -> Result<candle_core::Device> {
              scripts/build-cuda.sh (cargo feature `cuda`) or use --device cpu"
         );
     }
-    candle_core::Device::new_cuda(ordinal)
-        .map_err(|e| anyhow::anyhow!("--device {spec}: cannot open CUDA device {ordinal}: {e}"))
+    candle_core::Device::new_cuda(ordinal).map_err(|e| {
+        // candle's CUDA errors carry a backtrace after their first line.
+        let reason = e.to_string();
+        let reason = reason.lines().next().unwrap_or_default();
+        anyhow::anyhow!("--device {spec}: cannot open CUDA device {ordinal}: {reason}")
+    })
 }
 
 /// Runs `dyrep` with the process arguments.

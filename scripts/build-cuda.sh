@@ -121,5 +121,14 @@ if LD_LIBRARY_PATH="$STUB_DIR:$CUDA_ROOT/lib:$NCCL_LIB" "$BIN" ops > /dev/null; 
 else
     die "the built binary does not start (see above)"
 fi
+# A compact copy for machines reached through a size limit (the binary carries candle's PTX
+# kernels as text: ~60 MB stripped, ~12 MB compressed); scripts/gpu-check.sh unpacks it.
+if command -v strip >/dev/null && command -v xz >/dev/null; then
+    strip -o target/cuda/dyrep-stripped "$BIN"
+    xz -T0 -6 -c target/cuda/dyrep-stripped > target/cuda/dyrep.xz.partial
+    mv target/cuda/dyrep.xz.partial target/cuda/dyrep.xz
+    rm -f target/cuda/dyrep-stripped
+    echo "build-cuda: compact copy target/cuda/dyrep.xz ($(du -h target/cuda/dyrep.xz | cut -f1); DYREP_BIN=target/cuda/dyrep.xz scripts/gpu-check.sh unpacks it)"
+fi
 echo "build-cuda: on a machine with the NVIDIA driver, run it with LD_LIBRARY_PATH reaching the"
 echo "CUDA 13 and NCCL libraries, e.g. LD_LIBRARY_PATH=$CUDA_ROOT/lib:$NCCL_LIB $BIN --device cuda verify --kernels"

@@ -10,6 +10,7 @@
 # and prints one markdown table. Exit 1 if any check fails.
 #
 #   DYREP_BIN=target/cuda/release/dyrep scripts/gpu-check.sh
+#   DYREP_BIN=target/cuda/dyrep.xz scripts/gpu-check.sh   # the compact copy (unpacked first)
 # LD_LIBRARY_PATH must reach libcudart/libnvrtc/libcublas(Lt)/libcurand of CUDA 13 and NCCL's
 # libnccl.so.2; if it does not, the script looks for pip-installed nvidia/cu13/lib and
 # nvidia/nccl/lib (e.g. PyTorch's) and uses those.
@@ -18,6 +19,13 @@ cd "$(dirname "$0")/.."
 
 BIN=${DYREP_BIN:-target/cuda/release/dyrep}
 WORK=${GPU_CHECK_DIR:-$(mktemp -d)}
+# The compact copy build-cuda.sh writes (stripped, xz): unpacked into the work folder.
+if [ "${BIN%.xz}" != "$BIN" ] && [ -f "$BIN" ]; then
+    python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$BIN" "$WORK/dyrep" \
+        || { echo "gpu-check: cannot unpack $BIN" >&2; exit 1; }
+    chmod +x "$WORK/dyrep"
+    BIN=$WORK/dyrep
+fi
 [ -x "$BIN" ] || { echo "gpu-check: $BIN not found; build it with scripts/build-cuda.sh or set DYREP_BIN" >&2; exit 1; }
 
 # pip_lib SONAME SUBDIR: put a pip-installed nvidia/SUBDIR on LD_LIBRARY_PATH unless ldd finds SONAME.

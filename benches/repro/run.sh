@@ -130,7 +130,8 @@ write_tables() {
     "$BIN" -q compare $finished --group-by mode,scorer,dep --baseline origin \
         --svg "$out/groups.svg" > "$out/tables.md"
     # shellcheck disable=SC2086
-    "$BIN" -q compare $finished --group-by mode,scorer,dep --baseline origin --json > "$out/tables.json"
+    "$BIN" -q compare $finished --group-by mode,scorer,dep --baseline origin --json \
+        --svg "$out/groups.svg" > "$out/tables.json"
     echo "run.sh: tables of $(echo "$finished" | wc -l) finished runs in $out/tables.md"
 }
 

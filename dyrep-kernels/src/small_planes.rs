@@ -105,29 +105,28 @@ impl ConvShape {
 
     /// The forward `[n, out, ho, wo]` of every image, `g` images per gemm, batches in parallel.
     pub(crate) fn forward_batched(&self, g: usize, x: &[f32], weight: &[f32]) -> Vec<f32> {
-        let (ohw, per_out) = (self.ohw(), self.out * self.ohw());
-        let mut y: Vec<MaybeUninit<f32>> = uninit_vec(self.n * per_out);
-        y.par_chunks_mut(g * per_out)
-            .enumerate()
-            .for_each(|(b, chunk)| {
-                let imgs = b * g..b * g + chunk.len() / per_out;
-                self.batch_forward(x, weight, imgs, |product, width| {
-                    for (i, y_img) in chunk.chunks_exact_mut(per_out).enumerate() {
-                        for (o, dst) in y_img.chunks_exact_mut(ohw).enumerate() {
-                            let src = &product[o * width + i * ohw..][..ohw];
-                            for (d, &s) in dst.iter_mut().zip(src) {
-                                d.write(s);
-                            }
-                        }
-                    }
-                });
-            });
-        // SAFETY: the chunks cover `y`, and each image's every output was written above.
+        let mut y: Vec<MaybeUninit<f32>> = uninit_vec(self.n * self.out * self.ohw());
+        self.forward_batched_into(g, x, weight, &mut y, |d, s| {
+            d.write(s);
+        });
+        // SAFETY: the batches cover `y`, and each image's every output was written above.
         unsafe { assume_init_vec(y) }
     }
 
     /// [`Self::forward_batched`] added into `y` instead of returned.
     pub(crate) fn forward_batched_add(&self, g: usize, x: &[f32], weight: &[f32], y: &mut [f32]) {
+        self.forward_batched_into(g, x, weight, y, |d, s| *d += s);
+    }
+
+    /// The batched forward, each output handed to `put` with its place in `y` `[n, out, ho, wo]`.
+    fn forward_batched_into<T: Send>(
+        &self,
+        g: usize,
+        x: &[f32],
+        weight: &[f32],
+        y: &mut [T],
+        put: impl Fn(&mut T, f32) + Sync,
+    ) {
         let (ohw, per_out) = (self.ohw(), self.out * self.ohw());
         y.par_chunks_mut(g * per_out)
             .enumerate()
@@ -138,7 +137,7 @@ impl ConvShape {
                         for (o, dst) in y_img.chunks_exact_mut(ohw).enumerate() {
                             let src = &product[o * width + i * ohw..][..ohw];
                             for (d, &s) in dst.iter_mut().zip(src) {
-                                *d += s;
+                                put(d, s);
                             }
                         }
                     }

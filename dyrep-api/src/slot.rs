@@ -108,6 +108,10 @@ pub struct RepBlock {
     branches: Vec<Box<dyn RepOp>>,
 }
 
+/// The conv unit's BN after a block, whether a ReLU follows it, and the max pool after that
+/// (if any): what the block op can run on the branches' sum.
+type PostUnit<'a> = (&'a BatchNorm, bool, Option<dyrep_kernels::MaxPoolParams>);
+
 impl RepBlock {
     /// Assembles a block, checking that every branch has the block's geometry, that names are
     /// unique and that `main` is a main branch (has a main slot).
@@ -232,9 +236,9 @@ impl RepBlock {
     }
 
     /// The block op over `fused` (then `others` added), recording each fused batch norm's
-    /// statistics. With `post = (bn, relu)` the conv unit's BN (and ReLU) after the block runs
-    /// in the same op when every branch is in it; the flag says whether it did (else the caller
-    /// applies it).
+    /// statistics. With `post = (bn, relu, pool)` the conv unit's BN (and ReLU and max pool)
+    /// after the block runs in the same op when every branch is in it; the flag says whether it
+    /// did (else the caller applies them).
     fn run_block_op(
         &self,
         x: &Tensor,
@@ -242,20 +246,22 @@ impl RepBlock {
         fused: &[crate::op::BranchParts<'_>],
         others: &[&dyn RepOp],
         eps: f64,
-        post: Option<(&BatchNorm, bool)>,
+        post: Option<PostUnit<'_>>,
     ) -> Result<(Tensor, bool)> {
         let branches: Vec<dyrep_kernels::BlockBranch<'_>> =
             fused.iter().map(crate::exec::block_branch).collect();
-        let post = post
-            .filter(|(bn, _)| others.is_empty() && bn.uses_batch_stats(train) && bn.eps() == eps);
-        let post_bn = post.map(|(bn, relu)| dyrep_kernels::PostBn {
+        let post = post.filter(|(bn, _, _)| {
+            others.is_empty() && bn.uses_batch_stats(train) && bn.eps() == eps
+        });
+        let post_bn = post.map(|(bn, relu, pool)| dyrep_kernels::PostBn {
             gamma: bn.gamma().as_tensor(),
             beta: bn.beta().as_tensor(),
             relu,
+            pool,
         });
         let out = dyrep_kernels::block_train(x, &branches, post_bn, eps)?;
         let mut bns = crate::exec::fused_batch_norms(fused);
-        if let Some((bn, _)) = post {
+        if let Some((bn, _, _)) = post {
             bns.push(bn);
         }
         // Each BN records the statistics of what it saw (a conv output with its bias).
@@ -492,7 +498,7 @@ impl Slot {
                     // Training: the block op takes the unit's BN and ReLU too when it can.
                     if let ExecPath::BlockOp { fused, others, eps } = ExecPath::choose(b, train) {
                         let (y, post_applied) =
-                            b.run_block_op(x, train, &fused, &others, eps, Some((bn, relu)))?;
+                            b.run_block_op(x, train, &fused, &others, eps, Some((bn, relu, None)))?;
                         return if post_applied { Ok(y) } else { finish(y) };
                     }
                 }
@@ -501,9 +507,10 @@ impl Slot {
         }
     }
 
-    /// [`Self::forward_bn_t`] followed by a max pool, fused into one op when the slot is a
-    /// plain conv and `bn` uses batch statistics ([`crate::layers::conv_bn_max_pool`]); `None`
-    /// otherwise (the caller runs the two).
+    /// [`Self::forward_bn_t`] followed by a max pool, fused into one op when `bn` uses batch
+    /// statistics and the slot is a plain conv ([`crate::layers::conv_bn_max_pool`]) or a block
+    /// that trains as one block op (the pool runs inside it: the unpooled activation is never
+    /// stored); `None` otherwise (the caller runs the two).
     pub fn forward_bn_max_pool_t(
         &self,
         x: &Tensor,
@@ -514,7 +521,27 @@ impl Slot {
     ) -> Result<Option<Tensor>> {
         match self {
             Slot::Conv(c) => crate::layers::conv_bn_max_pool(&c.conv, bn, x, train, relu, pool),
-            Slot::Block(_) => Ok(None),
+            Slot::Block(b) => {
+                if !bn.uses_batch_stats(train) {
+                    return Ok(None);
+                }
+                let ExecPath::BlockOp { fused, others, eps } = ExecPath::choose(b, train) else {
+                    return Ok(None);
+                };
+                let post = Some((bn, relu, Some(pool)));
+                let (y, post_applied) = b.run_block_op(x, train, &fused, &others, eps, post)?;
+                if post_applied {
+                    return Ok(Some(y));
+                }
+                let y = bn.forward_t(&y, train)?;
+                let y = if relu { crate::layers::relu(&y)? } else { y };
+                Ok(Some(crate::layers::max_pool2d(
+                    &y,
+                    pool.k,
+                    pool.stride,
+                    pool.padding,
+                )?))
+            }
         }
     }
 

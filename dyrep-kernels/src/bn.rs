@@ -174,7 +174,6 @@ pub(crate) unsafe fn bn_backward_with(
     first_pass: impl Fn(usize, std::ops::Range<usize>, &mut [MaybeUninit<f32>]) -> (f32, f32) + Sync,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (c, hw) = (p.c, p.hw.max(1));
-    let m = p.count().max(1) as f64;
     let mut dz = uninit_vec(z.len());
     let plane_sums: Vec<(f32, f32)> = dz
         .par_chunks_mut(hw)
@@ -184,39 +183,142 @@ pub(crate) unsafe fn bn_backward_with(
     // SAFETY: `first_pass` writes every element of its plane (the caller's contract), and the
     // planes cover `dz`.
     let mut dz = unsafe { assume_init_vec(dz) };
-    let mut sums = vec![(0.0f64, 0.0f64); c];
-    for (pi, (a, b)) in plane_sums.into_iter().enumerate() {
-        sums[pi % c].0 += a as f64;
-        sums[pi % c].1 += b as f64;
-    }
-    // dz = a·g + e·(z−μ) + f with a = γ·istd, e = −a·istd²·Σg(z−μ)/M, f = −a·Σg/M.
-    let coef: Vec<(f32, f32, f32)> = (0..c)
-        .map(|ch| {
-            let istd = inv_std[ch] as f64;
-            let a = gamma[ch] as f64 * istd;
-            let (s1, s2) = sums[ch];
-            (
-                a as f32,
-                (-a * istd * istd * s2 / m) as f32,
-                (-a * s1 / m) as f32,
-            )
-        })
-        .collect();
+    let grad = GradCoefs::new(plane_sums.into_iter(), p, inv_std, gamma);
     dz.par_chunks_mut(hw)
         .zip(z.par_chunks(hw))
         .enumerate()
         .for_each(|(pi, (out, zp))| {
-            let (a, e, f) = coef[pi % c];
+            let (a, e, f) = grad.coef[pi % c];
             let st = stats[pi % c];
             for (o, &v) in out.iter_mut().zip(zp) {
                 *o = a * *o + e * ((v - st.shift) - st.mean_rel) + f;
             }
         });
-    let dgamma = (0..c)
-        .map(|ch| (sums[ch].1 * inv_std[ch] as f64) as f32)
-        .collect();
-    let dbeta = sums.iter().map(|s| s.0 as f32).collect();
+    let (dgamma, dbeta) = grad.affine_grads(inv_std);
     (dz, dgamma, dbeta)
+}
+
+/// The gradient through one train-mode BN from its per-plane sums `(Σ g, Σ g·(z − μ))` (in
+/// plane order): per channel `dz = a·g + e·(z−μ) + f` with `a = γ·istd`,
+/// `e = −a·istd²·Σg(z−μ)/M`, `f = −a·Σg/M`, the sums added per channel in f64.
+pub(crate) struct GradCoefs {
+    sums: Vec<(f64, f64)>,
+    coef: Vec<(f32, f32, f32)>,
+}
+
+impl GradCoefs {
+    fn new(
+        plane_sums: impl Iterator<Item = (f32, f32)>,
+        p: Planes,
+        inv_std: &[f32],
+        gamma: &[f32],
+    ) -> Self {
+        let c = p.c;
+        let m = p.count().max(1) as f64;
+        let mut sums = vec![(0.0f64, 0.0f64); c];
+        for (pi, (a, b)) in plane_sums.enumerate() {
+            sums[pi % c].0 += a as f64;
+            sums[pi % c].1 += b as f64;
+        }
+        let coef = (0..c)
+            .map(|ch| {
+                let istd = inv_std[ch] as f64;
+                let a = gamma[ch] as f64 * istd;
+                let (s1, s2) = sums[ch];
+                (
+                    a as f32,
+                    (-a * istd * istd * s2 / m) as f32,
+                    (-a * s1 / m) as f32,
+                )
+            })
+            .collect();
+        Self { sums, coef }
+    }
+
+    /// `(dγ, dβ)`: `Σ g·(z−μ)·istd` and `Σ g` per channel.
+    pub(crate) fn affine_grads(&self, inv_std: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let dgamma = self
+            .sums
+            .iter()
+            .zip(inv_std)
+            .map(|(s, &istd)| (s.1 * istd as f64) as f32)
+            .collect();
+        let dbeta = self.sums.iter().map(|s| s.0 as f32).collect();
+        (dgamma, dbeta)
+    }
+}
+
+/// One of several BNs whose outputs receive the same gradient (for [`shared_grad_coefs`]):
+/// its input `z` and what it was normalised with.
+pub(crate) struct SharedBn<'a> {
+    pub z: &'a [f32],
+    pub stats: &'a [ChannelStats],
+    pub inv_std: &'a [f32],
+    pub gamma: &'a [f32],
+}
+
+/// The first half of [`bn_backward`] (without a ReLU) for several BNs over inputs of one shape
+/// whose outputs are summed, so that one gradient `dy` reaches them all (a grown block's
+/// single-stage branches): every BN's per-plane sums in one parallel pass that reads each plane
+/// of `dy` from memory once for all of them. [`GradCoefs::dz`] then writes each BN's input
+/// gradient straight from `dy`. The same values, bit for bit, as [`bn_backward`] on each BN:
+/// the same sums in the same lane order, and `a·g + e·(z−μ) + f` in the same order of operations.
+pub(crate) fn shared_grad_coefs(dy: &[f32], p: Planes, bns: &[SharedBn<'_>]) -> Vec<GradCoefs> {
+    assert!(
+        bns.iter().all(|b| b.z.len() == dy.len()),
+        "shared_grad_coefs: gradient and input lengths differ"
+    );
+    let hw = p.hw.max(1);
+    let plane_sums: Vec<Vec<(f32, f32)>> = (0..dy.len() / hw)
+        .into_par_iter()
+        .map(|pi| {
+            let range = pi * hw..(pi + 1) * hw;
+            bns.iter()
+                .map(|b| {
+                    let st = b.stats[pi % p.c];
+                    GradPass {
+                        dy: &dy[range.clone()],
+                        z: &b.z[range.clone()],
+                        relu_out: None,
+                        shift: st.shift,
+                        mean_rel: st.mean_rel,
+                        out_scale: 1.0,
+                    }
+                    .run(None)
+                })
+                .collect()
+        })
+        .collect();
+    bns.iter()
+        .enumerate()
+        .map(|(bi, b)| GradCoefs::new(plane_sums.iter().map(|s| s[bi]), p, b.inv_std, b.gamma))
+        .collect()
+}
+
+impl GradCoefs {
+    /// The BN's input gradient `a·g + e·(z−μ) + f` from the gradient `dy` reaching its output
+    /// and its input `z` (normalised with `stats`).
+    pub(crate) fn dz(&self, dy: &[f32], z: &[f32], stats: &[ChannelStats], p: Planes) -> Vec<f32> {
+        assert!(
+            z.len() == dy.len(),
+            "GradCoefs::dz: gradient and input lengths differ"
+        );
+        let hw = p.hw.max(1);
+        let mut dz = uninit_vec(dy.len());
+        dz.par_chunks_mut(hw)
+            .zip(dy.par_chunks(hw).zip(z.par_chunks(hw)))
+            .enumerate()
+            .for_each(|(pi, (out, (gp, zp)))| {
+                let (a, e, f) = self.coef[pi % p.c];
+                let st = stats[pi % p.c];
+                for ((o, &g), &v) in out.iter_mut().zip(gp).zip(zp) {
+                    o.write(a * g + e * ((v - st.shift) - st.mean_rel) + f);
+                }
+            });
+        // SAFETY: the planes cover `dz` (it has `dy`'s length, as `z`: asserted) and every
+        // element of each was written just above.
+        unsafe { assume_init_vec(dz) }
+    }
 }
 
 /// `y = x·a_c + b_c`, parallel over (image, channel) planes.
@@ -543,6 +645,53 @@ mod tests {
                 "{c}: var {} vs {var}",
                 st.var
             );
+        }
+    }
+
+    /// Several BNs fed one gradient: the shared pass and `GradCoefs::dz` give what
+    /// `bn_backward` gives each of them, bit for bit (a plane of 37 values leaves a tail after
+    /// the vectors of 16; each BN's inputs have their own offset, scale and statistics).
+    #[test]
+    fn shared_bn_backward_equals_bn_backward_bitwise() {
+        let p = Planes { n: 3, c: 4, hw: 37 };
+        let len = p.n * p.c * p.hw;
+        let dy = test_values(len, 21);
+        let inputs: Vec<Vec<f32>> = (0..3u64)
+            .map(|k| {
+                test_values(len, 30 + k)
+                    .iter()
+                    .map(|v| (k as f32 + 1.0) * 2.5 * v + 10.0 * k as f32)
+                    .collect()
+            })
+            .collect();
+        let gammas: Vec<Vec<f32>> = (0..3u64).map(|k| test_values(p.c, 40 + k)).collect();
+        let norms: Vec<(Vec<ChannelStats>, Vec<f32>)> = inputs
+            .iter()
+            .map(|z| {
+                let stats = channel_stats(z, p);
+                let inv_std = stats.iter().map(|s| 1.0 / (s.var + 1e-5).sqrt()).collect();
+                (stats, inv_std)
+            })
+            .collect();
+        let bns: Vec<SharedBn<'_>> = inputs
+            .iter()
+            .zip(&norms)
+            .zip(&gammas)
+            .map(|((z, (stats, inv_std)), gamma)| SharedBn {
+                z,
+                stats,
+                inv_std,
+                gamma,
+            })
+            .collect();
+        for (k, (bn, grad)) in bns.iter().zip(shared_grad_coefs(&dy, p, &bns)).enumerate() {
+            let want = bn_backward(&dy, None, bn.z, p, bn.stats, bn.inv_std, bn.gamma);
+            let got_dz = grad.dz(&dy, bn.z, bn.stats, p);
+            let (got_dgamma, got_dbeta) = grad.affine_grads(bn.inv_std);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got_dz), bits(&want.0), "BN {k}: dz");
+            assert_eq!(bits(&got_dgamma), bits(&want.1), "BN {k}: dgamma");
+            assert_eq!(bits(&got_dbeta), bits(&want.2), "BN {k}: dbeta");
         }
     }
 }

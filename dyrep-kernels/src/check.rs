@@ -240,6 +240,8 @@ struct BlockCheckCase {
     bias: bool,
     post: bool,
     relu: bool,
+    /// A 2×2 max pool after the unit's BN (only with `post`).
+    pool: bool,
     first_bn: usize,
     bias_arg: usize,
     args: Vec<Tensor>,
@@ -271,6 +273,7 @@ impl BlockCheckCase {
             return Ok(None);
         }
         let (bias, post, relu) = (r.below(2) == 0, r.below(2) == 0, r.below(2) == 0);
+        let pool = post && ho >= 2 && wo >= 2 && r.below(2) == 0;
         let t = |v: Vec<f32>, shape: &[usize]| Tensor::from_vec(v, shape, &cpu);
         // Arguments: x, the four one-stage weights, the two-stage weights (1×1, k×k; 1×1),
         // then γ, β of every BN, then the main bias.
@@ -318,10 +321,14 @@ impl BlockCheckCase {
                 &[cout],
             )?,
         ];
-        let up = r.values(n * cout * ho * wo);
+        let up = if pool {
+            r.values(n * cout * (ho / 2) * (wo / 2))
+        } else {
+            r.values(n * cout * ho * wo)
+        };
 
         let what = format!(
-            "x {n}x{cin}x{h}x{w}, k {k}, stride {stride}, groups {groups}, out {cout}, identity {identity}, bias {bias}, post BN {post} (relu {relu})"
+            "x {n}x{cin}x{h}x{w}, k {k}, stride {stride}, groups {groups}, out {cout}, identity {identity}, bias {bias}, post BN {post} (relu {relu}, 2×2 max pool {pool})"
         );
         Ok(Some(BlockCheckCase {
             k,
@@ -331,6 +338,7 @@ impl BlockCheckCase {
             bias,
             post,
             relu,
+            pool,
             first_bn,
             bias_arg,
             args,
@@ -404,6 +412,11 @@ impl BlockCheckCase {
             gamma: bn(next + 4).0,
             beta: bn(next + 4).1,
             relu,
+            pool: self.pool.then_some(MaxPoolParams {
+                k: 2,
+                stride: 2,
+                padding: 0,
+            }),
         });
         block_train_on(b, &a[0], &branches, post_bn, 1e-5)
     }

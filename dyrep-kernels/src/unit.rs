@@ -81,10 +81,29 @@ pub(crate) fn unit_forward(
     w: &[f32],
     gb: &[f32],
 ) -> candle_core::Result<(Vec<f32>, Vec<usize>, Saved)> {
-    let c = shape.out;
     let (z, stats) = shape.forward_stats(x, w);
+    let (y, dims, inv_std) = tail_forward(&z, &shape.output_dims(), &stats, tail, gb)?;
+    let saved = Saved {
+        stats,
+        inv_std,
+        conv_out: keep.then_some(z),
+    };
+    Ok((y, dims, saved))
+}
+
+/// What follows the conv in a unit (or the branches' sum in a grown block), on its output `z`
+/// (`dims`) with batch statistics `stats` and `gb = [γ; β]`: the BN, ReLU and max pool. Returns
+/// the output, its dims and the BN's `1/sqrt(σ² + ε)` per channel.
+pub(crate) fn tail_forward(
+    z: &[f32],
+    dims: &[usize],
+    stats: &[ChannelStats],
+    tail: UnitTail,
+    gb: &[f32],
+) -> candle_core::Result<(Vec<f32>, Vec<usize>, Vec<f32>)> {
     let _t = Timer::start(Phase::BnForward);
-    let planes = Planes::of(&shape.output_dims())?;
+    let planes = Planes::of(dims)?;
+    let c = planes.c;
     let inv_std: Vec<f32> = stats
         .iter()
         .map(|s| (1.0 / (s.var as f64 + tail.eps).sqrt()) as f32)
@@ -105,11 +124,11 @@ pub(crate) fn unit_forward(
                 });
             // SAFETY: `y` and `z` have the same length and are split into the same planes;
             // every plane of `y` is written element by element from its plane of `z`.
-            (unsafe { assume_init_vec(y) }, shape.output_dims().to_vec())
+            (unsafe { assume_init_vec(y) }, dims.to_vec())
         }
         Some(pool) => {
             // Each plane is normalised into a scratch buffer and pooled from there.
-            let ps = pool_shape(pool, &shape.output_dims())?;
+            let ps = pool_shape(pool, dims)?;
             let ohw = (ps.ho * ps.wo).max(1);
             let mut y = vec![0.0f32; ps.planes * ps.ho * ps.wo];
             y.par_chunks_mut(ohw)
@@ -127,12 +146,7 @@ pub(crate) fn unit_forward(
             (y, vec![planes.n, c, ps.ho, ps.wo])
         }
     };
-    let saved = Saved {
-        stats,
-        inv_std,
-        conv_out: keep.then_some(z),
-    };
-    Ok((y, dims, saved))
+    Ok((y, dims, inv_std))
 }
 
 /// The BN (+ReLU, +pool) part of one unit's backward on slices: from the gradient `dy` of the
@@ -146,15 +160,30 @@ pub(crate) fn unit_bn_backward(
     dy: &[f32],
     op: &'static str,
 ) -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
-    let planes = Planes::of(&shape.output_dims())?;
-    let c = shape.out;
     let Some(z) = saved.conv_out.as_ref() else {
         return Err(candle_core::Error::Msg(format!(
             "{op}: backward without a kept forward (the op was built for inference)"
         )));
     };
+    let norm = (saved.stats.as_slice(), saved.inv_std.as_slice());
+    tail_backward(&shape.output_dims(), tail, norm, z, gb, (y, dy), op)
+}
+
+/// The backward of [`tail_forward`]: from the gradient `dy` of its output `y` to the gradient
+/// of its input `z` (`dims`, normalised with `(stats, inv_std)`), and `[dγ; dβ]`. With a max
+/// pool the unpooled activation is recomputed per plane.
+pub(crate) fn tail_backward(
+    dims: &[usize],
+    tail: UnitTail,
+    (stats, inv_std): (&[ChannelStats], &[f32]),
+    z: &[f32],
+    gb: &[f32],
+    (y, dy): (&[f32], &[f32]),
+    op: &'static str,
+) -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
+    let planes = Planes::of(dims)?;
+    let c = planes.c;
     let _t = Timer::start(Phase::BnBackward);
-    let (stats, inv_std) = (&saved.stats, &saved.inv_std);
     let (dz, dgamma, dbeta) = match tail.pool {
         None => {
             if dy.len() != z.len() || (tail.relu && y.len() != z.len()) {
@@ -175,7 +204,7 @@ pub(crate) fn unit_bn_backward(
             )
         }
         Some(pool) => {
-            let ps = pool_shape(pool, &shape.output_dims())?;
+            let ps = pool_shape(pool, dims)?;
             let ohw = ps.ho * ps.wo;
             if dy.len() != ps.planes * ohw {
                 return Err(candle_core::Error::Msg(format!(

@@ -580,7 +580,10 @@ proptest! {
         n in 1usize..3, c in 1usize..4, c1 in 1usize..4, h in 3usize..8, w in 3usize..8,
         k in prop_oneof![Just(3usize), Just(5)], stride in 1usize..3, groups2 in any::<bool>(),
         factor in prop_oneof![Just(0.1f64), Just(1.0), Just(0.25)], seed in any::<u64>(),
-        post in prop_oneof![Just(None), Just(Some(false)), Just(Some(true))],
+        post in prop_oneof![
+            Just(None), Just(Some((false, false))), Just(Some((true, false))),
+            Just(Some((false, true))), Just(Some((true, true))),
+        ],
     ) {
         // DBB's two-stage branches beside a k×k main conv: 1×1 → BN → pad k/2 with the BN's
         // constant → k×k conv (stride) → BN, and 1×1 → BN → pad → k×k average pool → BN. The
@@ -614,6 +617,7 @@ proptest! {
         let (ho, wo) = ((h - 1) / stride + 1, (w - 1) / stride + 1);
         prop_assume!(n * ho * wo >= 6);
         prop_assume!(stride == 1 || (h - 1) % 2 == (w - 1) % 2);
+        prop_assume!(!matches!(post, Some((_, true))) || (ho >= 2 && wo >= 2));
         let conv = |s: usize, pad: usize| ConvParams { stride: s, padding: (pad, pad), groups };
         let block = |b: Backend, a: &[Tensor]| {
             let bs = [
@@ -639,7 +643,11 @@ proptest! {
                     }),
                 },
             ];
-            let pb = post.map(|relu| PostBn { gamma: &a[15], beta: &a[16], relu });
+            // (relu, pool): the unit's ReLU and a 2×2 max pool after its BN.
+            let pool2 = MaxPoolParams { k: 2, stride: 2, padding: 0 };
+            let pb = post.map(|(relu, pool)| PostBn {
+                gamma: &a[15], beta: &a[16], relu, pool: pool.then_some(pool2),
+            });
             block_train_on(b, &a[0], &bs, pb, 1e-5).unwrap()
         };
         // The pad constants BNAndPad uses: the BN's eval output for a zero input with the
@@ -673,10 +681,11 @@ proptest! {
             ];
             let y = match post {
                 None => y,
-                Some(relu) => {
+                Some((relu, pool)) => {
                     let o = batch_norm_train_on(own, &y, &a[15], &a[16], 1e-5).unwrap();
                     stats.push((o.mean, o.var));
-                    if relu { relu_on(own, &o.y).unwrap() } else { o.y }
+                    let y = if relu { relu_on(own, &o.y).unwrap() } else { o.y };
+                    if pool { pool2d_on(own, PoolKind::Max, &y, 2, 2, 0).unwrap() } else { y }
                 }
             };
             (y, stats)

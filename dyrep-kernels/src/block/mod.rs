@@ -12,7 +12,9 @@ pub(crate) use op::*;
 
 use candle_core::{DType, Tensor};
 
-use crate::{arg, check_own, check_per_channel, Backend, ConvParams, KernelError, Result};
+use crate::{
+    arg, check_own, check_per_channel, Backend, ConvParams, KernelError, MaxPoolParams, Result,
+};
 
 /// One branch of a block for [`block_train`]: a conv (weight `[out, in/groups, kh, kw]` and its
 /// geometry) or the identity (`None`), followed by a batch norm with `gamma`, `beta`, and
@@ -81,13 +83,15 @@ pub enum StageOp<'a> {
     AvgPool { k: usize, stride: usize },
 }
 
-/// The BN (and optional ReLU) that follows a block in its conv unit, run on the branches' sum
-/// inside the block op: `relu(BN(Σ branches))`.
+/// The BN (and optional ReLU and max pool) that follows a block in its conv unit, run on the
+/// branches' sum inside the block op: `pool(relu(BN(Σ branches)))`. With the pool, the unpooled
+/// activation is never stored (the backward recomputes it per plane, as a plain conv unit's).
 #[derive(Clone, Copy, Debug)]
 pub struct PostBn<'a> {
     pub gamma: &'a Tensor,
     pub beta: &'a Tensor,
     pub relu: bool,
+    pub pool: Option<MaxPoolParams>,
 }
 
 /// One batch norm's batch statistics from [`block_train`]: mean, biased variance and the number
@@ -149,6 +153,9 @@ pub fn block_train_on(
             out_dims[1],
             &[("gamma", pb.gamma), ("beta", pb.beta)],
         )?;
+        if let Some(p) = pb.pool {
+            crate::pool::PoolShape::new(crate::PoolKind::Max, &out_dims, p.k, p.stride, p.padding)?;
+        }
     }
     match backend {
         Backend::Own => {
@@ -188,6 +195,7 @@ pub fn block_train_on(
                     Some(PostGeom {
                         gb_offset: at,
                         relu: pb.relu,
+                        pool: pb.pool,
                     })
                 }
                 None => None,
@@ -212,8 +220,8 @@ pub fn block_train_on(
                 saved: saved.clone(),
             };
             let y = x.contiguous()?.apply_op3(&w_flat, &gb_flat, op)?;
-            let (_, _, ho, wo) = y.dims4()?;
-            let out_count = y.dim(0)? * ho * wo;
+            // Values per channel of the branches' sum (before the unit's pool, if any).
+            let out_count = out_dims[0] * out_dims[2] * out_dims[3];
             let guard = saved.lock();
             let mut stats = Vec::new();
             for (g, count) in geoms.iter().zip(&counts) {

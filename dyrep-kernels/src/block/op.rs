@@ -17,7 +17,8 @@ use rayon::prelude::*;
 
 use super::layout::{output_dims, BranchGeom, StageGeom};
 use crate::bn::{
-    bn_backward, channel_stats, plane_sums, stats_from_plane_sums, ChannelStats, PlaneSums, Planes,
+    bn_backward, channel_stats, plane_sums, shared_grad_coefs, stats_from_plane_sums, ChannelStats,
+    GradCoefs, PlaneSums, Planes, SharedBn,
 };
 use crate::conv::ConvShape;
 use crate::cpu::{slice_f32, tensor_like, with_f32, with_scratch};
@@ -25,6 +26,8 @@ use crate::patches::PatchShare;
 use crate::pool::{box_sums, pad_plane, PoolKind, PoolShape};
 use crate::profile::{Phase, Timer};
 use crate::side::SideChannel;
+use crate::unit::{tail_backward, tail_forward, UnitTail};
+use crate::MaxPoolParams;
 
 /// Normalisation of one BN in the forward: statistics and `1/sqrt(σ² + ε)`.
 #[derive(Debug, Default, Clone)]
@@ -73,12 +76,23 @@ impl BlockSaved {
     }
 }
 
-/// The unit's BN (and ReLU) applied to the block's sum inside the op.
+/// The unit's BN (and ReLU and max pool) applied to the block's sum inside the op.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct PostGeom {
     /// Offset of its `[γ; β]` in the flat γβ.
     pub gb_offset: usize,
     pub relu: bool,
+    pub pool: Option<MaxPoolParams>,
+}
+
+impl PostGeom {
+    fn tail(&self, eps: f64) -> UnitTail {
+        UnitTail {
+            eps,
+            relu: self.relu,
+            pool: self.pool,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -107,6 +121,49 @@ impl BlockOp {
             of_branch[i] = m;
         }
         Some((plan, of_branch))
+    }
+
+    /// Per branch, for the single-stage ones (whose BN's output enters the sum, so the gradient
+    /// `g` reaching the sum reaches it), their BN's gradient coefficients from one shared pass
+    /// over `g`; `None` for the two-stage branches.
+    fn single_stage_coefs(
+        &self,
+        g: &[f32],
+        x: &[f32],
+        saved: &BlockSaved,
+        gb: &[f32],
+        planes: Planes,
+    ) -> candle_core::Result<Vec<Option<GradCoefs>>> {
+        let _t = Timer::start(Phase::BnBackward);
+        let mut at = Vec::new();
+        let mut bns = Vec::new();
+        for (bi, (b, kept)) in self.branches.iter().zip(&saved.branches).enumerate() {
+            if b.second.is_some() {
+                continue;
+            }
+            let z = match (&b.conv, &kept.z1) {
+                (Some(_), Some(z)) => z.as_slice(),
+                (None, _) => x,
+                (Some(_), None) => {
+                    return Err(candle_core::Error::Msg(format!(
+                        "{}: backward without a kept forward",
+                        self.name()
+                    )))
+                }
+            };
+            at.push(bi);
+            bns.push(SharedBn {
+                z,
+                stats: &kept.bn1.stats,
+                inv_std: &kept.bn1.inv_std,
+                gamma: &gb[b.gb_offset..b.gb_offset + planes.c],
+            });
+        }
+        let mut out: Vec<Option<GradCoefs>> = (0..self.branches.len()).map(|_| None).collect();
+        for (bi, coefs) in at.into_iter().zip(shared_grad_coefs(g, planes, &bns)) {
+            out[bi] = Some(coefs);
+        }
+        Ok(out)
     }
 
     fn normalisation(&self, z: &[f32], planes: Planes) -> BnSaved {
@@ -158,31 +215,6 @@ fn sum_normalised(terms: &[Term<'_>], c: usize, hw: usize, len: usize) -> Vec<f3
         }
     });
     y
-}
-
-/// `BN(y)` (then ReLU) into a new buffer, parallel over planes.
-fn normalised(
-    y: &[f32],
-    c: usize,
-    hw: usize,
-    st: &[ChannelStats],
-    a: &[f32],
-    beta: &[f32],
-    relu: bool,
-) -> Vec<f32> {
-    let mut out = vec![0.0f32; y.len()];
-    out.par_chunks_mut(hw.max(1))
-        .zip(y.par_chunks(hw.max(1)))
-        .enumerate()
-        .for_each(|(i, (op, yp))| {
-            let ch = i % c;
-            let (s, ac, bc) = (st[ch], a[ch], beta[ch]);
-            for (o, &v) in op.iter_mut().zip(yp) {
-                let n = ((v - s.shift) - s.mean_rel) * ac + bc;
-                *o = if relu { n.max(0.0) } else { n };
-            }
-        });
-    out
 }
 
 /// `BN(z)` written into the interior of planes padded by `pad` on every side and filled with
@@ -453,25 +485,18 @@ impl CustomOp3 for BlockOp {
         }
         drop(bn_timer);
         if let Some(post) = self.post {
-            let _t = Timer::start(Phase::BnForward);
-            let bn = self.normalisation(&y, planes);
+            let stats = {
+                let _t = Timer::start(Phase::BnForward);
+                channel_stats(&y, planes)
+            };
             let g = &gb[post.gb_offset..post.gb_offset + 2 * planes.c];
-            let a = bn_scale(&g[..planes.c], &bn.inv_std);
-            let out = normalised(
-                &y,
-                planes.c,
-                planes.hw,
-                &bn.stats,
-                &a,
-                &g[planes.c..],
-                post.relu,
-            );
+            let (out, out_dims, inv_std) = tail_forward(&y, &dims, &stats, post.tail(self.eps), g)?;
             if self.keep_for_backward {
                 saved.sum = Some(y);
             }
-            saved.post = Some(bn);
+            saved.post = Some(BnSaved { stats, inv_std });
             *self.saved.lock() = saved;
-            return Ok((CpuStorage::F32(out), Shape::from(dims)));
+            return Ok((CpuStorage::F32(out), Shape::from(out_dims)));
         }
         *self.saved.lock() = saved;
         Ok((CpuStorage::F32(y), Shape::from(dims)))
@@ -505,24 +530,21 @@ impl CustomOp3 for BlockOp {
                 let (Some(sum), Some(bn)) = (&saved.sum, &saved.post) else {
                     return Err(missing());
                 };
-                let _t = Timer::start(Phase::BnBackward);
-                let gamma = &gb_v[post.gb_offset..post.gb_offset + planes.c];
-                let (dz, dgamma, dbeta) = with_f32(dy, self.name(), |g| {
+                let (dz, dgb_post) = with_f32(dy, self.name(), |g| {
                     with_f32(y, self.name(), |out| {
-                        bn_backward(
-                            g,
-                            post.relu.then_some(out),
+                        tail_backward(
+                            &dims,
+                            post.tail(self.eps),
+                            (&bn.stats, &bn.inv_std),
                             sum,
-                            planes,
-                            &bn.stats,
-                            &bn.inv_std,
-                            gamma,
+                            &gb_v[post.gb_offset..post.gb_offset + 2 * planes.c],
+                            (out, g),
+                            self.name(),
                         )
                     })
-                })??;
+                })???;
                 let o = post.gb_offset;
-                dgb[o..o + planes.c].copy_from_slice(&dgamma);
-                dgb[o + planes.c..o + 2 * planes.c].copy_from_slice(&dbeta);
+                dgb[o..o + 2 * planes.c].copy_from_slice(&dgb_post);
                 Some(dz)
             }
         };
@@ -537,6 +559,9 @@ impl CustomOp3 for BlockOp {
                         Some((plan, _)) => vec![None; plan.members.len()],
                         None => Vec::new(),
                     };
+                    // The single-stage branches' BNs all receive `g`: their reductions in one
+                    // pass over it.
+                    let mut single = self.single_stage_coefs(g, xs, &saved, &gb_v, planes)?;
                     for (bi, (b, kept)) in self.branches.iter().zip(&saved.branches).enumerate() {
                         let first_dims = b.first_dims(x.dims());
                         let p1 = Planes::of(&first_dims)?;
@@ -598,16 +623,22 @@ impl CustomOp3 for BlockOp {
                             (Some(_), None) => return Err(missing()),
                         };
                         let bn_timer = Timer::start(Phase::BnBackward);
-                        let gamma1 = &gb_v[b.gb_offset..b.gb_offset + p1.c];
-                        let (dz, dgamma, dbeta) = bn_backward(
-                            &g1,
-                            None,
-                            z1,
-                            p1,
-                            &kept.bn1.stats,
-                            &kept.bn1.inv_std,
-                            gamma1,
-                        );
+                        let (dz, dgamma, dbeta) = match single[bi].take() {
+                            Some(grad) => {
+                                let dz = grad.dz(&g1, z1, &kept.bn1.stats, p1);
+                                let (dgamma, dbeta) = grad.affine_grads(&kept.bn1.inv_std);
+                                (dz, dgamma, dbeta)
+                            }
+                            None => bn_backward(
+                                &g1,
+                                None,
+                                z1,
+                                p1,
+                                &kept.bn1.stats,
+                                &kept.bn1.inv_std,
+                                &gb_v[b.gb_offset..b.gb_offset + p1.c],
+                            ),
+                        };
                         let o = b.gb_offset;
                         dgb[o..o + p1.c].copy_from_slice(&dgamma);
                         dgb[o + p1.c..o + 2 * p1.c].copy_from_slice(&dbeta);

@@ -112,6 +112,9 @@ pub(super) fn block_train_candle(
         } else {
             o.y
         };
+        if let Some(p) = pb.pool {
+            y = pool2d_on(Backend::Candle, PoolKind::Max, &y, p.k, p.stride, p.padding)?;
+        }
     }
     Ok(BlockTrain { y, stats })
 }

@@ -559,8 +559,9 @@ mod tests {
     #[test]
     fn stacked_conv_units_train_as_the_separate_layers() {
         // bench-small's five conv units (two with their max pools) run as one stack op. With its
-        // second unit grown the run breaks there: unit 0 alone (one fused op), the block and its
-        // max pool, then units 2..4 as a stack of three (one conv → max pool pair inside).
+        // second unit grown the run breaks there: unit 0 alone (one fused op), the block with its
+        // BN, ReLU and max pool in one block op, then units 2..4 as a stack of three (one conv →
+        // max pool pair inside).
         for grow in [false, true] {
             let build_one = || {
                 let mut m = build("bench-small", [1, 28, 28]);

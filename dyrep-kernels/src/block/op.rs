@@ -194,27 +194,48 @@ struct Term<'a> {
 }
 
 /// `Σ BN(z)` over every branch, in one pass over `[N, C, H, W]` planes of `hw` values: each
-/// plane of the sum is written once instead of read and written again per branch.
-fn sum_normalised(terms: &[Term<'_>], c: usize, hw: usize, len: usize) -> Vec<f32> {
+/// plane of the sum is written once instead of read and written again per branch. With
+/// `stats`, also the sum's per-channel batch statistics, from each plane's sums taken while it
+/// is in cache — the same values, bit for bit, as [`channel_stats`] of the sum afterwards.
+fn sum_normalised(
+    terms: &[Term<'_>],
+    c: usize,
+    hw: usize,
+    len: usize,
+    stats: bool,
+) -> (Vec<f32>, Option<Vec<ChannelStats>>) {
     let mut y = vec![0.0f32; len];
-    y.par_chunks_mut(hw.max(1)).enumerate().for_each(|(i, yp)| {
-        let ch = i % c;
-        let at = i * hw;
-        for (t, term) in terms.iter().enumerate() {
-            let (s, ac, bc) = (term.stats[ch], term.a[ch], term.beta[ch]);
-            let zp = &term.z[at..at + yp.len()];
-            if t == 0 {
-                for (o, &v) in yp.iter_mut().zip(zp) {
-                    *o = ((v - s.shift) - s.mean_rel) * ac + bc;
-                }
-            } else {
-                for (o, &v) in yp.iter_mut().zip(zp) {
-                    *o += ((v - s.shift) - s.mean_rel) * ac + bc;
+    let sums: Vec<Option<PlaneSums>> = y
+        .par_chunks_mut(hw.max(1))
+        .enumerate()
+        .map(|(i, yp)| {
+            let ch = i % c;
+            let at = i * hw;
+            for (t, term) in terms.iter().enumerate() {
+                let (s, ac, bc) = (term.stats[ch], term.a[ch], term.beta[ch]);
+                let zp = &term.z[at..at + yp.len()];
+                if t == 0 {
+                    for (o, &v) in yp.iter_mut().zip(zp) {
+                        *o = ((v - s.shift) - s.mean_rel) * ac + bc;
+                    }
+                } else {
+                    for (o, &v) in yp.iter_mut().zip(zp) {
+                        *o += ((v - s.shift) - s.mean_rel) * ac + bc;
+                    }
                 }
             }
-        }
+            stats.then(|| plane_sums(yp))
+        })
+        .collect();
+    let stats = stats.then(|| {
+        (0..c)
+            .map(|ch| {
+                let planes = sums.iter().skip(ch).step_by(c).flatten().copied();
+                stats_from_plane_sums(planes, hw)
+            })
+            .collect()
     });
-    y
+    (y, stats)
 }
 
 /// `BN(z)` written into the interior of planes padded by `pad` on every side and filled with
@@ -475,7 +496,7 @@ impl CustomOp3 for BlockOp {
             })
             .collect::<candle_core::Result<_>>()?;
         let len = dims.iter().product();
-        let y = sum_normalised(&terms, planes.c, planes.hw, len);
+        let (y, sum_stats) = sum_normalised(&terms, planes.c, planes.hw, len, self.post.is_some());
         drop(terms);
         if !self.keep_for_backward {
             for kept in &mut saved.branches {
@@ -484,11 +505,7 @@ impl CustomOp3 for BlockOp {
             }
         }
         drop(bn_timer);
-        if let Some(post) = self.post {
-            let stats = {
-                let _t = Timer::start(Phase::BnForward);
-                channel_stats(&y, planes)
-            };
+        if let (Some(post), Some(stats)) = (self.post, sum_stats) {
             let g = &gb[post.gb_offset..post.gb_offset + 2 * planes.c];
             let (out, out_dims, inv_std) = tail_forward(&y, &dims, &stats, post.tail(self.eps), g)?;
             if self.keep_for_backward {

@@ -108,9 +108,14 @@ pub struct RepBlock {
     branches: Vec<Box<dyn RepOp>>,
 }
 
-/// The conv unit's BN after a block, whether a ReLU follows it, and the max pool after that
-/// (if any): what the block op can run on the branches' sum.
-type PostUnit<'a> = (&'a BatchNorm, bool, Option<dyrep_kernels::MaxPoolParams>);
+/// The conv unit's BN after a block (none in the reference DBB and RepVGG forms), whether a
+/// ReLU follows, and the max pool after that (if any): what the block op can run on the
+/// branches' sum.
+type PostUnit<'a> = (
+    Option<&'a BatchNorm>,
+    bool,
+    Option<dyrep_kernels::MaxPoolParams>,
+);
 
 impl RepBlock {
     /// Assembles a block, checking that every branch has the block's geometry, that names are
@@ -236,9 +241,9 @@ impl RepBlock {
     }
 
     /// The block op over `fused` (then `others` added), recording each fused batch norm's
-    /// statistics. With `post = (bn, relu, pool)` the conv unit's BN (and ReLU and max pool)
-    /// after the block runs in the same op when every branch is in it; the flag says whether it
-    /// did (else the caller applies them).
+    /// statistics. With `post = (bn, relu, pool)` the conv unit's BN, ReLU and max pool after
+    /// the block run in the same op when every branch is in it and the BN (if any) normalises
+    /// with batch statistics; the flag says whether they did (else the caller applies them).
     fn run_block_op(
         &self,
         x: &Tensor,
@@ -251,17 +256,16 @@ impl RepBlock {
         let branches: Vec<dyrep_kernels::BlockBranch<'_>> =
             fused.iter().map(crate::exec::block_branch).collect();
         let post = post.filter(|(bn, _, _)| {
-            others.is_empty() && bn.uses_batch_stats(train) && bn.eps() == eps
+            others.is_empty() && bn.is_none_or(|bn| bn.uses_batch_stats(train) && bn.eps() == eps)
         });
-        let post_bn = post.map(|(bn, relu, pool)| dyrep_kernels::PostBn {
-            gamma: bn.gamma().as_tensor(),
-            beta: bn.beta().as_tensor(),
+        let tail = post.map(|(bn, relu, pool)| dyrep_kernels::BlockTail {
+            bn: bn.map(|bn| (bn.gamma().as_tensor(), bn.beta().as_tensor())),
             relu,
             pool,
         });
-        let out = dyrep_kernels::block_train(x, &branches, post_bn, eps)?;
+        let out = dyrep_kernels::block_train(x, &branches, tail, eps)?;
         let mut bns = crate::exec::fused_batch_norms(fused);
-        if let Some((bn, _, _)) = post {
+        if let Some((Some(bn), _, _)) = post {
             bns.push(bn);
         }
         // Each BN records the statistics of what it saw (a conv output with its bias).
@@ -497,8 +501,14 @@ impl Slot {
                 if bn.uses_batch_stats(train) {
                     // Training: the block op takes the unit's BN and ReLU too when it can.
                     if let ExecPath::BlockOp { fused, others, eps } = ExecPath::choose(b, train) {
-                        let (y, post_applied) =
-                            b.run_block_op(x, train, &fused, &others, eps, Some((bn, relu, None)))?;
+                        let (y, post_applied) = b.run_block_op(
+                            x,
+                            train,
+                            &fused,
+                            &others,
+                            eps,
+                            Some((Some(bn), relu, None)),
+                        )?;
                         return if post_applied { Ok(y) } else { finish(y) };
                     }
                 }
@@ -528,7 +538,7 @@ impl Slot {
                 let ExecPath::BlockOp { fused, others, eps } = ExecPath::choose(b, train) else {
                     return Ok(None);
                 };
-                let post = Some((bn, relu, Some(pool)));
+                let post = Some((Some(bn), relu, Some(pool)));
                 let (y, post_applied) = b.run_block_op(x, train, &fused, &others, eps, post)?;
                 if post_applied {
                     return Ok(Some(y));
@@ -543,6 +553,35 @@ impl Slot {
                 )?))
             }
         }
+    }
+
+    /// A unit without a BN after this slot (the reference DBB and RepVGG forms, where the block
+    /// replaces conv and BN): the forward, then a ReLU (`relu`) and a max pool (`pool`), all in
+    /// one block op while the slot is a block training as one; `None` otherwise (the caller
+    /// runs them).
+    pub fn forward_relu_pool_t(
+        &self,
+        x: &Tensor,
+        train: bool,
+        relu: bool,
+        pool: Option<dyrep_kernels::MaxPoolParams>,
+    ) -> Result<Option<Tensor>> {
+        let Slot::Block(b) = self else {
+            return Ok(None);
+        };
+        let ExecPath::BlockOp { fused, others, eps } = ExecPath::choose(b, train) else {
+            return Ok(None);
+        };
+        let post = Some((None, relu, pool));
+        let (y, post_applied) = b.run_block_op(x, train, &fused, &others, eps, post)?;
+        if post_applied {
+            return Ok(Some(y));
+        }
+        let y = if relu { crate::layers::relu(&y)? } else { y };
+        Ok(Some(match pool {
+            Some(p) => crate::layers::max_pool2d(&y, p.k, p.stride, p.padding)?,
+            None => y,
+        }))
     }
 
     /// The exact eval-mode equivalent kernel of the whole tree (a detached copy).

@@ -9,7 +9,7 @@ use candle_core::{Device, Tensor, Var};
 use crate::{
     batch_norm_train_on, block_train_on, conv2d_on, conv_affine_on, conv_bn_max_pool_train_on,
     conv_bn_stack_train_on, conv_bn_train_on, pool2d_on, relu_on, Backend, BlockBranch, BlockStage,
-    ConvParams, ConvShape, MaxPoolParams, PadFrom, PoolKind, PostBn, Result, StackUnitArgs,
+    BlockTail, ConvParams, ConvShape, MaxPoolParams, PadFrom, PoolKind, Result, StackUnitArgs,
     StageOp,
 };
 
@@ -239,8 +239,11 @@ struct BlockCheckCase {
     identity: bool,
     bias: bool,
     post: bool,
+    /// Without `post`: the unit's ReLU (and pool) after the block all the same, no BN between
+    /// (the reference DBB and RepVGG forms).
+    tail_only: bool,
     relu: bool,
-    /// A 2×2 max pool after the unit's BN (only with `post`).
+    /// A 2×2 max pool after the unit's BN and ReLU (with `post` or `tail_only`).
     pool: bool,
     first_bn: usize,
     bias_arg: usize,
@@ -273,7 +276,8 @@ impl BlockCheckCase {
             return Ok(None);
         }
         let (bias, post, relu) = (r.below(2) == 0, r.below(2) == 0, r.below(2) == 0);
-        let pool = post && ho >= 2 && wo >= 2 && r.below(2) == 0;
+        let tail_only = !post && r.below(2) == 0;
+        let pool = (post || tail_only) && ho >= 2 && wo >= 2 && r.below(2) == 0;
         let t = |v: Vec<f32>, shape: &[usize]| Tensor::from_vec(v, shape, &cpu);
         // Arguments: x, the four one-stage weights, the two-stage weights (1×1, k×k; 1×1),
         // then γ, β of every BN, then the main bias.
@@ -328,7 +332,7 @@ impl BlockCheckCase {
         };
 
         let what = format!(
-            "x {n}x{cin}x{h}x{w}, k {k}, stride {stride}, groups {groups}, out {cout}, identity {identity}, bias {bias}, post BN {post} (relu {relu}, 2×2 max pool {pool})"
+            "x {n}x{cin}x{h}x{w}, k {k}, stride {stride}, groups {groups}, out {cout}, identity {identity}, bias {bias}, post BN {post}, tail without BN {tail_only} (relu {relu}, 2×2 max pool {pool})"
         );
         Ok(Some(BlockCheckCase {
             k,
@@ -337,6 +341,7 @@ impl BlockCheckCase {
             identity,
             bias,
             post,
+            tail_only,
             relu,
             pool,
             first_bn,
@@ -408,9 +413,8 @@ impl BlockCheckCase {
                 }),
             });
         }
-        let post_bn = post.then(|| PostBn {
-            gamma: bn(next + 4).0,
-            beta: bn(next + 4).1,
+        let post_bn = (post || self.tail_only).then(|| BlockTail {
+            bn: post.then(|| bn(next + 4)),
             relu,
             pool: self.pool.then_some(MaxPoolParams {
                 k: 2,

@@ -47,8 +47,8 @@ use std::sync::OnceLock;
 use candle_core::{DType, Tensor};
 
 pub use block::{
-    block_train, block_train_on, BlockBnStats, BlockBranch, BlockStage, BlockTrain, PadFrom,
-    PostBn, StageOp,
+    block_train, block_train_on, BlockBnStats, BlockBranch, BlockStage, BlockTail, BlockTrain,
+    PadFrom, StageOp,
 };
 pub use bn::{
     batch_norm_train, batch_norm_train_on, channel_affine, channel_affine_on, BatchNormTrain,

@@ -14,7 +14,7 @@ use candle_core::{Device, Tensor, Var};
 use dyrep_kernels::{
     batch_norm_train_on, block_train_on, channel_affine_on, conv2d_on, conv_bn_max_pool_train_on,
     conv_bn_stack_train_on, conv_bn_train_on, pad_const_on, pool2d_on, relu_on, Backend,
-    BlockBranch, BlockStage, ConvParams, ConvShape, MaxPoolParams, PadFrom, PoolKind, PostBn,
+    BlockBranch, BlockStage, BlockTail, ConvParams, ConvShape, MaxPoolParams, PadFrom, PoolKind,
     StackUnitArgs, StageOp,
 };
 use proptest::prelude::*;
@@ -584,6 +584,7 @@ proptest! {
             Just(None), Just(Some((false, false))), Just(Some((true, false))),
             Just(Some((false, true))), Just(Some((true, true))),
         ],
+        post_bn in any::<bool>(),
     ) {
         // DBB's two-stage branches beside a k×k main conv: 1×1 → BN → pad k/2 with the BN's
         // constant → k×k conv (stride) → BN, and 1×1 → BN → pad → k×k average pool → BN. The
@@ -608,7 +609,8 @@ proptest! {
             args.push(t(data(seed ^ (20 + i as u64), *size, 0.0), &[*size]));
             args.push(t(data(seed ^ (30 + i as u64), *size, 0.0), &[*size]));
         }
-        if post.is_none() {
+        let with_post_bn = post.is_some() && post_bn;
+        if !with_post_bn {
             args.truncate(15);
         }
         // Running statistics the pad constants start from (no gradient).
@@ -645,8 +647,9 @@ proptest! {
             ];
             // (relu, pool): the unit's ReLU and a 2×2 max pool after its BN.
             let pool2 = MaxPoolParams { k: 2, stride: 2, padding: 0 };
-            let pb = post.map(|(relu, pool)| PostBn {
-                gamma: &a[15], beta: &a[16], relu, pool: pool.then_some(pool2),
+            // Without `post_bn` the tail has no BN (the reference DBB and RepVGG forms).
+            let pb = post.map(|(relu, pool)| BlockTail {
+                bn: post_bn.then(|| (&a[15], &a[16])), relu, pool: pool.then_some(pool2),
             });
             block_train_on(b, &a[0], &bs, pb, 1e-5).unwrap()
         };
@@ -682,9 +685,14 @@ proptest! {
             let y = match post {
                 None => y,
                 Some((relu, pool)) => {
-                    let o = batch_norm_train_on(own, &y, &a[15], &a[16], 1e-5).unwrap();
-                    stats.push((o.mean, o.var));
-                    let y = if relu { relu_on(own, &o.y).unwrap() } else { o.y };
+                    let y = if post_bn {
+                        let o = batch_norm_train_on(own, &y, &a[15], &a[16], 1e-5).unwrap();
+                        stats.push((o.mean, o.var));
+                        o.y
+                    } else {
+                        y
+                    };
+                    let y = if relu { relu_on(own, &y).unwrap() } else { y };
                     if pool { pool2d_on(own, PoolKind::Max, &y, 2, 2, 0).unwrap() } else { y }
                 }
             };
@@ -698,14 +706,14 @@ proptest! {
         }
         let own = block(Backend::Own, &args);
         let (_, sep_stats) = separate(&args);
-        prop_assert_eq!(own.stats.len(), 5 + usize::from(post.is_some()));
+        prop_assert_eq!(own.stats.len(), 5 + usize::from(with_post_bn));
         for (i, (st, (m, v))) in own.stats.iter().zip(&sep_stats).enumerate() {
             check(&format!("mean of BN {i}"), &st.mean, &to_f64(m))?;
             check(&format!("variance of BN {i}"), &st.var, &to_f64(v))?;
         }
         let counts: Vec<usize> = own.stats.iter().map(|s| s.count).collect();
         let mut want = vec![n * ho * wo, n * h * w, n * ho * wo, n * h * w, n * ho * wo];
-        if post.is_some() {
+        if with_post_bn {
             want.push(n * ho * wo);
         }
         prop_assert_eq!(counts, want);

@@ -83,13 +83,14 @@ pub enum StageOp<'a> {
     AvgPool { k: usize, stride: usize },
 }
 
-/// The BN (and optional ReLU and max pool) that follows a block in its conv unit, run on the
-/// branches' sum inside the block op: `pool(relu(BN(Σ branches)))`. With the pool, the unpooled
+/// What follows a block in its conv unit, run on the branches' sum inside the block op:
+/// `pool(relu(BN(Σ branches)))`, each of the three optional. With the pool, the unpooled
 /// activation is never stored (the backward recomputes it per plane, as a plain conv unit's).
 #[derive(Clone, Copy, Debug)]
-pub struct PostBn<'a> {
-    pub gamma: &'a Tensor,
-    pub beta: &'a Tensor,
+pub struct BlockTail<'a> {
+    /// The unit's train-mode BN `(γ, β)`; `None` where the unit has none (the reference DBB
+    /// and RepVGG forms, whose block replaces the conv and its BN).
+    pub bn: Option<(&'a Tensor, &'a Tensor)>,
     pub relu: bool,
     pub pool: Option<MaxPoolParams>,
 }
@@ -103,7 +104,7 @@ pub struct BlockBnStats {
     pub count: usize,
 }
 
-/// The summed output of a block's branches (through the [`PostBn`] if one was given) and every
+/// The summed output of a block's branches (through the [`BlockTail`] if one was given) and every
 /// BN's batch statistics in argument order (a two-stage branch's first BN, then its second; the
 /// post BN last).
 #[derive(Debug)]
@@ -129,7 +130,7 @@ pub(crate) fn block_shape_error(detail: String) -> KernelError {
 pub fn block_train(
     x: &Tensor,
     branches: &[BlockBranch<'_>],
-    post: Option<PostBn<'_>>,
+    post: Option<BlockTail<'_>>,
     eps: f64,
 ) -> Result<BlockTrain> {
     block_train_on(Backend::for_tensor(x), x, branches, post, eps)
@@ -140,19 +141,23 @@ pub fn block_train_on(
     backend: Backend,
     x: &Tensor,
     branches: &[BlockBranch<'_>],
-    post: Option<PostBn<'_>>,
+    post: Option<BlockTail<'_>>,
     eps: f64,
 ) -> Result<BlockTrain> {
     let x = &arg(x);
     let geoms = block_geoms(x, branches)?;
     let out_dims = output_dims(&geoms, x.dims())?;
+    // A tail without BN, ReLU or pool is no tail.
+    let post = post.filter(|pb| pb.bn.is_some() || pb.relu || pb.pool.is_some());
     if let Some(pb) = post {
-        check_per_channel(
-            "block post BN",
-            &out_dims,
-            out_dims[1],
-            &[("gamma", pb.gamma), ("beta", pb.beta)],
-        )?;
+        if let Some((gamma, beta)) = pb.bn {
+            check_per_channel(
+                "block post BN",
+                &out_dims,
+                out_dims[1],
+                &[("gamma", gamma), ("beta", beta)],
+            )?;
+        }
         if let Some(p) = pb.pool {
             crate::pool::PoolShape::new(crate::PoolKind::Max, &out_dims, p.k, p.stride, p.padding)?;
         }
@@ -187,19 +192,19 @@ pub fn block_train_on(
             for w in &weights {
                 check_own(w, "block")?;
             }
-            let post_geom = match post {
-                Some(pb) => {
+            let post_geom = post.map(|pb| {
+                let bn_offset = pb.bn.map(|(gamma, beta)| {
                     let at: usize = gbs.iter().map(|t| t.elem_count()).sum();
-                    gbs.push(arg(pb.gamma));
-                    gbs.push(arg(pb.beta));
-                    Some(PostGeom {
-                        gb_offset: at,
-                        relu: pb.relu,
-                        pool: pb.pool,
-                    })
+                    gbs.push(arg(gamma));
+                    gbs.push(arg(beta));
+                    at
+                });
+                PostGeom {
+                    bn_offset,
+                    relu: pb.relu,
+                    pool: pb.pool,
                 }
-                None => None,
-            };
+            });
             let gb_flat = Tensor::cat(&gbs, 0)?;
             let keep = x.track_op() || w_flat.track_op() || gb_flat.track_op();
             let saved = crate::side::SideChannel::new(BlockSaved::default());
@@ -230,7 +235,7 @@ pub fn block_train_on(
                     stats.push(out_count);
                 }
             }
-            if post.is_some() {
+            if post.is_some_and(|pb| pb.bn.is_some()) {
                 stats.push(out_count);
             }
             let stats = guard

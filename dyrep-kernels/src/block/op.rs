@@ -76,11 +76,11 @@ impl BlockSaved {
     }
 }
 
-/// The unit's BN (and ReLU and max pool) applied to the block's sum inside the op.
+/// The unit's BN, ReLU and max pool (each optional) applied to the block's sum inside the op.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct PostGeom {
-    /// Offset of its `[γ; β]` in the flat γβ.
-    pub gb_offset: usize,
+    /// Offset of the BN's `[γ; β]` in the flat γβ; `None` without a BN.
+    pub bn_offset: Option<usize>,
     pub relu: bool,
     pub pool: Option<MaxPoolParams>,
 }
@@ -496,7 +496,9 @@ impl CustomOp3 for BlockOp {
             })
             .collect::<candle_core::Result<_>>()?;
         let len = dims.iter().product();
-        let (y, sum_stats) = sum_normalised(&terms, planes.c, planes.hw, len, self.post.is_some());
+        let post_bn = self.post.and_then(|p| p.bn_offset);
+        let (mut y, sum_stats) =
+            sum_normalised(&terms, planes.c, planes.hw, len, post_bn.is_some());
         drop(terms);
         if !self.keep_for_backward {
             for kept in &mut saved.branches {
@@ -505,18 +507,38 @@ impl CustomOp3 for BlockOp {
             }
         }
         drop(bn_timer);
-        if let (Some(post), Some(stats)) = (self.post, sum_stats) {
-            let g = &gb[post.gb_offset..post.gb_offset + 2 * planes.c];
-            let (out, out_dims, inv_std) = tail_forward(&y, &dims, &stats, post.tail(self.eps), g)?;
-            if self.keep_for_backward {
-                saved.sum = Some(y);
+        let (out, out_dims) = match (self.post, post_bn, sum_stats) {
+            (Some(post), Some(off), Some(stats)) => {
+                let g = &gb[off..off + 2 * planes.c];
+                let (out, out_dims, inv_std) =
+                    tail_forward(&y, &dims, &stats, post.tail(self.eps), g)?;
+                if self.keep_for_backward {
+                    saved.sum = Some(y);
+                }
+                saved.post = Some(BnSaved { stats, inv_std });
+                (out, out_dims)
             }
-            saved.post = Some(BnSaved { stats, inv_std });
-            *self.saved.lock() = saved;
-            return Ok((CpuStorage::F32(out), Shape::from(out_dims)));
-        }
+            (Some(post), None, _) => match post.pool {
+                // Without a BN: the ReLU in place (its backward reads the output), or the
+                // ReLU and pool per plane (the backward recomputes them from the kept sum).
+                None => {
+                    if post.relu {
+                        relu_in_place(&mut y);
+                    }
+                    (y, dims)
+                }
+                Some(pool) => {
+                    let (out, out_dims) = relu_max_pool(&y, &dims, post.relu, pool)?;
+                    if self.keep_for_backward {
+                        saved.sum = Some(y);
+                    }
+                    (out, out_dims)
+                }
+            },
+            _ => (y, dims),
+        };
         *self.saved.lock() = saved;
-        Ok((CpuStorage::F32(y), Shape::from(dims)))
+        Ok((CpuStorage::F32(out), Shape::from(out_dims)))
     }
 
     fn bwd(
@@ -540,11 +562,25 @@ impl CustomOp3 for BlockOp {
         let mut dx: Option<Vec<f32>> = x.track_op().then(|| vec![0.0f32; x.elem_count()]);
         let mut dw = vec![0.0f32; weights.elem_count()];
         let mut dgb = vec![0.0f32; gb_v.len()];
-        // Through the unit's ReLU and BN first: the gradient reaching the branches' sum.
+        // Through the unit's pool, ReLU and BN first: the gradient reaching the branches' sum.
         let dsum: Option<Vec<f32>> = match self.post {
             None => None,
+            Some(post) if post.bn_offset.is_none() => {
+                let _t = Timer::start(Phase::Relu);
+                let dz = with_f32(dy, self.name(), |g| {
+                    with_f32(y, self.name(), |out| match post.pool {
+                        None => Ok(relu_backward(out, g)),
+                        Some(pool) => {
+                            let sum = saved.sum.as_deref().ok_or_else(missing)?;
+                            relu_max_pool_backward(sum, &dims, post.relu, pool, g)
+                        }
+                    })
+                })???;
+                Some(dz)
+            }
             Some(post) => {
-                let (Some(sum), Some(bn)) = (&saved.sum, &saved.post) else {
+                let (Some(sum), Some(bn), Some(off)) = (&saved.sum, &saved.post, post.bn_offset)
+                else {
                     return Err(missing());
                 };
                 let (dz, dgb_post) = with_f32(dy, self.name(), |g| {
@@ -554,14 +590,13 @@ impl CustomOp3 for BlockOp {
                             post.tail(self.eps),
                             (&bn.stats, &bn.inv_std),
                             sum,
-                            &gb_v[post.gb_offset..post.gb_offset + 2 * planes.c],
+                            &gb_v[off..off + 2 * planes.c],
                             (out, g),
                             self.name(),
                         )
                     })
                 })???;
-                let o = post.gb_offset;
-                dgb[o..o + 2 * planes.c].copy_from_slice(&dgb_post);
+                dgb[off..off + 2 * planes.c].copy_from_slice(&dgb_post);
                 Some(dz)
             }
         };
@@ -728,6 +763,96 @@ impl CustomOp3 for BlockOp {
             .transpose()?;
         Ok((dx, dw, dgb))
     }
+}
+
+/// `max(v, 0)` in place, in parallel.
+fn relu_in_place(y: &mut [f32]) {
+    y.par_chunks_mut(1 << 14).for_each(|c| {
+        for v in c {
+            *v = v.max(0.0);
+        }
+    });
+}
+
+/// The ReLU's backward from its output: the gradient where the output is positive.
+fn relu_backward(out: &[f32], dy: &[f32]) -> Vec<f32> {
+    let mut dz = vec![0.0f32; out.len()];
+    dz.par_chunks_mut(1 << 14)
+        .zip(out.par_chunks(1 << 14).zip(dy.par_chunks(1 << 14)))
+        .for_each(|(o, (ys, g))| {
+            for ((o, &v), &d) in o.iter_mut().zip(ys).zip(g) {
+                *o = if v > 0.0 { d } else { 0.0 };
+            }
+        });
+    dz
+}
+
+/// The max pool (after a ReLU when `relu`) of `[N, C, H, W]` data `z`, each plane rectified in
+/// scratch and pooled from there (the rectified activation is never stored).
+fn relu_max_pool(
+    z: &[f32],
+    dims: &[usize],
+    relu: bool,
+    pool: MaxPoolParams,
+) -> candle_core::Result<(Vec<f32>, Vec<usize>)> {
+    let _t = Timer::start(Phase::Pool);
+    let ps = PoolShape::new(PoolKind::Max, dims, pool.k, pool.stride, pool.padding)
+        .map_err(candle_core::Error::wrap)?;
+    let (hw, ohw) = ((dims[2] * dims[3]).max(1), (ps.ho * ps.wo).max(1));
+    let mut y = vec![0.0f32; ps.planes * ps.ho * ps.wo];
+    y.par_chunks_mut(ohw)
+        .zip(z.par_chunks(hw))
+        .for_each(|(yp, zp)| {
+            with_scratch(zp.len(), |act| {
+                for (o, &v) in act.iter_mut().zip(zp) {
+                    *o = if relu { v.max(0.0) } else { v };
+                }
+                ps.max_plane(act, yp);
+            })
+        });
+    Ok((y, vec![dims[0], dims[1], ps.ho, ps.wo]))
+}
+
+/// The backward of [`relu_max_pool`]: from the pooled gradient `dy` to the gradient of `z`,
+/// the rectified planes recomputed.
+fn relu_max_pool_backward(
+    z: &[f32],
+    dims: &[usize],
+    relu: bool,
+    pool: MaxPoolParams,
+    dy: &[f32],
+) -> candle_core::Result<Vec<f32>> {
+    let ps = PoolShape::new(PoolKind::Max, dims, pool.k, pool.stride, pool.padding)
+        .map_err(candle_core::Error::wrap)?;
+    let (hw, ohw) = ((dims[2] * dims[3]).max(1), (ps.ho * ps.wo).max(1));
+    if dy.len() != ps.planes * ps.ho * ps.wo || z.len() != ps.planes * hw {
+        return Err(candle_core::Error::Msg(format!(
+            "block pool backward: {} gradient values for {} planes of {}×{}",
+            dy.len(),
+            ps.planes,
+            ps.ho,
+            ps.wo
+        )));
+    }
+    let mut dz = vec![0.0f32; z.len()];
+    dz.par_chunks_mut(hw)
+        .zip(z.par_chunks(hw).zip(dy.par_chunks(ohw)))
+        .for_each(|(dzp, (zp, dyp))| {
+            with_scratch(zp.len(), |act| {
+                for (o, &v) in act.iter_mut().zip(zp) {
+                    *o = if relu { v.max(0.0) } else { v };
+                }
+                ps.max_plane_backward(act, dyp, dzp);
+                if relu {
+                    for (d, &a) in dzp.iter_mut().zip(act.iter()) {
+                        if a <= 0.0 {
+                            *d = 0.0;
+                        }
+                    }
+                }
+            })
+        });
+    Ok(dz)
 }
 
 /// Adds a per-channel bias to `[N, C, H, W]` data.

@@ -5,7 +5,7 @@
 use candle_core::{DType, Tensor};
 
 use super::{
-    n_out_channels, pad_constants, BlockBnStats, BlockBranch, BlockTrain, PostBn, StageOp,
+    n_out_channels, pad_constants, BlockBnStats, BlockBranch, BlockTail, BlockTrain, StageOp,
 };
 use crate::{
     batch_norm_train_on, conv_bn_train_on, pad_const_on, pool2d_on, relu_on, Backend,
@@ -16,7 +16,7 @@ use crate::{
 pub(super) fn block_train_candle(
     x: &Tensor,
     branches: &[BlockBranch<'_>],
-    post: Option<PostBn<'_>>,
+    post: Option<BlockTail<'_>>,
     eps: f64,
 ) -> Result<BlockTrain> {
     let mut y: Option<Tensor> = None;
@@ -101,17 +101,18 @@ pub(super) fn block_train_candle(
     }
     let mut y = y.unwrap_or_else(|| x.clone());
     if let Some(pb) = post {
-        let o = batch_norm_train_on(Backend::Candle, &y, pb.gamma, pb.beta, eps)?;
-        stats.push(BlockBnStats {
-            mean: o.mean,
-            var: o.var,
-            count: count(&o.y)?,
-        });
-        y = if pb.relu {
-            relu_on(Backend::Candle, &o.y)?
-        } else {
-            o.y
-        };
+        if let Some((gamma, beta)) = pb.bn {
+            let o = batch_norm_train_on(Backend::Candle, &y, gamma, beta, eps)?;
+            stats.push(BlockBnStats {
+                mean: o.mean,
+                var: o.var,
+                count: count(&o.y)?,
+            });
+            y = o.y;
+        }
+        if pb.relu {
+            y = relu_on(Backend::Candle, &y)?;
+        }
         if let Some(p) = pb.pool {
             y = pool2d_on(Backend::Candle, PoolKind::Max, &y, p.k, p.stride, p.padding)?;
         }

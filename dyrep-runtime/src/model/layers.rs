@@ -87,6 +87,9 @@ impl ConvUnit {
         match &self.bn {
             Some(bn) => Ok(self.slot.forward_bn_t(x, bn, train, self.relu)?),
             None => {
+                if let Some(y) = self.slot.forward_relu_pool_t(x, train, self.relu, None)? {
+                    return Ok(y);
+                }
                 let y = self.slot.forward_t(x, train)?;
                 if self.relu {
                     Ok(dyrep_api::layers::relu(&y)?)
@@ -105,13 +108,16 @@ impl ConvUnit {
         train: bool,
         pool: dyrep_api::kernels::MaxPoolParams,
     ) -> Result<Tensor> {
-        if let Some(bn) = &self.bn {
-            if let Some(y) = self
+        let fused = match &self.bn {
+            Some(bn) => self
                 .slot
-                .forward_bn_max_pool_t(x, bn, train, self.relu, pool)?
-            {
-                return Ok(y);
-            }
+                .forward_bn_max_pool_t(x, bn, train, self.relu, pool)?,
+            None => self
+                .slot
+                .forward_relu_pool_t(x, train, self.relu, Some(pool))?,
+        };
+        if let Some(y) = fused {
+            return Ok(y);
         }
         let y = self.forward_t(x, train)?;
         Ok(max_pool2d(&y, pool.k, pool.stride, pool.padding)?)

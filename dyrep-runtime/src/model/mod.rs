@@ -561,10 +561,20 @@ mod tests {
         // bench-small's five conv units (two with their max pools) run as one stack op. With its
         // second unit grown the run breaks there: unit 0 alone (one fused op), the block with its
         // BN, ReLU and max pool in one block op, then units 2..4 as a stack of three (one conv →
-        // max pool pair inside).
-        for grow in [false, true] {
+        // max pool pair inside). In the reference DBB and RepVGG forms every unit is a block
+        // without a BN after it: each block op runs the unit's ReLU and max pool too.
+        let forms = [None, Some(Mode::Dbb), Some(Mode::Repvgg)];
+        for (grow, form) in [(false, None), (true, None)]
+            .into_iter()
+            .chain(forms[1..].iter().map(|&f| (false, f)))
+        {
             let build_one = || {
                 let mut m = build("bench-small", [1, 28, 28]);
+                if let Some(mode) = form {
+                    let mut rng = SeededRng::new(9);
+                    let mut ctx = InitCtx::new(&mut rng, &Device::Cpu);
+                    apply_mode(&mut m, mode, BaselineForm::Reference, &mut ctx).unwrap();
+                }
                 if grow {
                     let path = m.units()[1].conv_path.clone();
                     let (slot, _) = m.slot_mut(&path).unwrap();
@@ -606,11 +616,11 @@ mod tests {
                 separate = l.forward_t(&separate, true).unwrap();
             }
             let c = dyrep_api::equivalence::compare(&stacked, &separate).unwrap();
-            assert!(c.rel < 1e-6, "grow {grow}: logits: {c:?}");
+            assert!(c.rel < 1e-6, "grow {grow} {form:?}: logits: {c:?}");
             let gs = grads_of(&separate_model, &separate);
             for ((path, gf), (_, gs)) in grads_of(&stacked_model, &stacked).iter().zip(&gs) {
                 let c = dyrep_api::equivalence::compare(gf, gs).unwrap();
-                assert!(c.rel < 1e-5, "grow {grow}: {path}: {c:?}");
+                assert!(c.rel < 1e-5, "grow {grow} {form:?}: {path}: {c:?}");
             }
             // Every BN recorded its batch statistics into its running statistics.
             let running = |m: &Model| {
@@ -625,7 +635,7 @@ mod tests {
                 .zip(&running(&separate_model))
             {
                 let c = dyrep_api::equivalence::compare(a, b).unwrap();
-                assert!(c.rel < 1e-6, "grow {grow}: {path}: {c:?}");
+                assert!(c.rel < 1e-6, "grow {grow} {form:?}: {path}: {c:?}");
             }
         }
     }

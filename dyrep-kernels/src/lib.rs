@@ -3,15 +3,16 @@
 //! register blocks, im2col + `gemm` otherwise; per-axis padding, any stride, groups), a grown
 //! block's branches as one op with one shared patch matrix, fused conv → batch norm → ReLU
 //! (train and eval; in training optionally → max pool, the unpooled activation never stored),
-//! batch norm with lane-parallel reductions, ReLU, and average/max pooling with padding and any
-//! stride (2×2/2 max pools vectorised).
+//! batch norm with lane-parallel reductions, ReLU, average/max pooling with padding and any
+//! stride (2×2/2 max pools vectorised), and the SGD step in one pass.
 //!
 //! Every public function picks the backend from its input: f32 tensors on the CPU use the own
 //! kernels, anything else (CUDA, other dtypes) uses candle's ops composed to the same maths, so
 //! callers stay device-generic. `DYREP_KERNELS=candle` in the environment forces candle's ops on
 //! the CPU too (for A/B benchmarks); the `*_on` functions choose explicitly (for tests). Each
 //! op's file holds its public entry points, its own kernel and its candle composition side by
-//! side (`conv.rs`, `bn.rs`, `unit.rs` (one conv unit), `stack.rs`, `block/`, `pool.rs`, `pad.rs`, `relu.rs`);
+//! side (`conv.rs`, `bn.rs`, `unit.rs` (one conv unit), `stack.rs`, `block/`, `pool.rs`, `pad.rs`, `relu.rs`,
+//! `sgd.rs`);
 //! this file keeps the backend choice, `no_grad` and the checks the entry points share.
 
 // Every unsafe operation sits in an `unsafe` block with a `// SAFETY:` comment, also inside
@@ -35,6 +36,7 @@ mod patches;
 mod pool;
 pub mod profile;
 mod relu;
+mod sgd;
 mod side;
 mod small_planes;
 mod stack;
@@ -59,6 +61,7 @@ pub use pad::{pad_const, pad_const_on};
 pub use pool::{avg_pool2d, max_pool2d, pool2d_on};
 pub use pool::{PoolKind, PoolShape};
 pub use relu::{relu, relu_on};
+pub use sgd::{sgd_step, sgd_step_on, SgdStep, SgdUpdate};
 pub use stack::{
     conv_bn_stack_train, conv_bn_stack_train_on, conv_unit_dims, StackTrain, StackUnitArgs,
 };

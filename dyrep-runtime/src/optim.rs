@@ -69,24 +69,20 @@ impl Sgd {
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };
+            let decayed = c.decay_bn_and_bias || !role.is_bn_or_bias();
+            let step = dyrep_api::kernels::SgdStep {
+                lr,
+                momentum: c.momentum,
+                nesterov: c.nesterov,
+                weight_decay: decayed.then_some(c.weight_decay),
+            };
             let theta = var.as_detached_tensor();
-            let mut d = g.detach();
-            if c.weight_decay != 0.0 && (c.decay_bn_and_bias || !role.is_bn_or_bias()) {
-                d = (d + (&theta * c.weight_decay)?)?;
-            }
-            if c.momentum != 0.0 {
-                let buf = match self.buffers.get(path) {
-                    Some(b) if b.dims() == d.dims() => ((b * c.momentum)? + &d)?,
-                    _ => d.copy()?,
-                };
-                d = if c.nesterov {
-                    (d + (&buf * c.momentum)?)?
-                } else {
-                    buf.clone()
-                };
+            let up = dyrep_api::kernels::sgd_step(&theta, g, self.buffers.get(path), step)
+                .map_err(dyrep_api::Error::from)?;
+            if let Some(buf) = up.buffer {
                 self.buffers.insert(path.clone(), buf);
             }
-            var.set(&(theta - (d * lr)?)?)?;
+            var.set(&up.theta)?;
         }
         Ok(())
     }

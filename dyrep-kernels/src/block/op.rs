@@ -7,10 +7,13 @@
 //! becomes a graph node (candle would add each one's gradient through a fresh zero tensor); the
 //! branches add their input gradients into one buffer where they are made. A stride-1 average
 //! branch never stores its padded input: each plane is normalised, padded and pooled in cache.
-//! Optionally the BN (and ReLU) that follows the block in its conv unit runs in the same op on the
-//! sum. Arguments `(x, weights, γβ)`: every conv's weight (then its bias, if it has one) flattened
-//! and concatenated in branch order (a two-stage branch's first conv, then its second), and every
-//! BN's `[γ; β]` concatenated in the same order, the unit's BN last.
+//! Optionally what follows the block in its conv unit runs in the same op on the sum: its BN (none
+//! in the reference DBB/RepVGG forms), ReLU and max pool, as a plain unit runs them
+//! (`crate::unit::tail_forward`: each plane normalised and pooled in cache). In the backward the
+//! single-stage branches' BNs, which all receive the sum's gradient, take their reductions from
+//! one shared pass over it. Arguments `(x, weights, γβ)`: every conv's weight (then its bias, if
+//! it has one) flattened and concatenated in branch order (a two-stage branch's first conv, then
+//! its second), and every BN's `[γ; β]` concatenated in the same order, the unit's BN last.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;

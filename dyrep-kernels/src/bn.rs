@@ -268,30 +268,33 @@ pub(crate) fn shared_grad_coefs(dy: &[f32], p: Planes, bns: &[SharedBn<'_>]) -> 
         bns.iter().all(|b| b.z.len() == dy.len()),
         "shared_grad_coefs: gradient and input lengths differ"
     );
-    let hw = p.hw.max(1);
-    let plane_sums: Vec<Vec<(f32, f32)>> = (0..dy.len() / hw)
-        .into_par_iter()
-        .map(|pi| {
+    let (hw, k) = (p.hw.max(1), bns.len().max(1));
+    // Plane `pi`'s sums for BN `bi` at `pi·k + bi`.
+    let mut plane_sums = vec![(0.0f32, 0.0f32); dy.len() / hw * k];
+    plane_sums
+        .par_chunks_mut(k)
+        .enumerate()
+        .for_each(|(pi, sums)| {
             let range = pi * hw..(pi + 1) * hw;
-            bns.iter()
-                .map(|b| {
-                    let st = b.stats[pi % p.c];
-                    GradPass {
-                        dy: &dy[range.clone()],
-                        z: &b.z[range.clone()],
-                        relu_out: None,
-                        shift: st.shift,
-                        mean_rel: st.mean_rel,
-                        out_scale: 1.0,
-                    }
-                    .run(None)
-                })
-                .collect()
-        })
-        .collect();
+            for (out, b) in sums.iter_mut().zip(bns) {
+                let st = b.stats[pi % p.c];
+                *out = GradPass {
+                    dy: &dy[range.clone()],
+                    z: &b.z[range.clone()],
+                    relu_out: None,
+                    shift: st.shift,
+                    mean_rel: st.mean_rel,
+                    out_scale: 1.0,
+                }
+                .run(None);
+            }
+        });
     bns.iter()
         .enumerate()
-        .map(|(bi, b)| GradCoefs::new(plane_sums.iter().map(|s| s[bi]), p, b.inv_std, b.gamma))
+        .map(|(bi, b)| {
+            let sums = plane_sums.iter().skip(bi).step_by(k).copied();
+            GradCoefs::new(sums, p, b.inv_std, b.gamma)
+        })
         .collect()
 }
 

@@ -6,10 +6,12 @@
 //! it runs the composition's f32 operations in the composition's order — candle multiplies by
 //! a scalar as `v·s + 0` — so both give the same bits.
 
+use std::mem::MaybeUninit;
+
 use candle_core::Tensor;
 use rayon::prelude::*;
 
-use crate::cpu::with_f32;
+use crate::cpu::{assume_init_vec, uninit_vec, with_f32};
 use crate::{arg, check_own, Backend, KernelError, Result};
 
 /// The hyper-parameters of one step.
@@ -107,6 +109,39 @@ impl Scalars {
         };
         (th - (d * self.lr + 0.0), buf)
     }
+
+    /// [`Self::update`] over one chunk: every element of `out` (and of `buf_out`, given with
+    /// momentum) is written.
+    fn chunk(
+        &self,
+        th: &[f32],
+        g: &[f32],
+        prev: Option<&[f32]>,
+        out: &mut [MaybeUninit<f32>],
+        buf_out: Option<&mut [MaybeUninit<f32>]>,
+    ) {
+        match (buf_out, prev) {
+            (Some(bo), Some(p)) => {
+                for ((((o, b), &t), &gv), &pv) in out.iter_mut().zip(bo).zip(th).zip(g).zip(p) {
+                    let (t2, b2) = self.update(t, gv, Some(pv));
+                    o.write(t2);
+                    b.write(b2);
+                }
+            }
+            (Some(bo), None) => {
+                for (((o, b), &t), &gv) in out.iter_mut().zip(bo).zip(th).zip(g) {
+                    let (t2, b2) = self.update(t, gv, None);
+                    o.write(t2);
+                    b.write(b2);
+                }
+            }
+            (None, _) => {
+                for ((o, &t), &gv) in out.iter_mut().zip(th).zip(g) {
+                    o.write(self.update(t, gv, None).0);
+                }
+            }
+        }
+    }
 }
 
 /// Values per parallel chunk: small parameters run in one.
@@ -125,8 +160,8 @@ fn sgd_step_own(
         weight_decay: step.weight_decay.filter(|&w| w != 0.0).map(|w| w as f32),
     };
     let n = theta.elem_count();
-    let mut new_theta = vec![0.0f32; n];
-    let mut new_buf = vec![0.0f32; if s.momentum.is_some() { n } else { 0 }];
+    let mut new_theta = uninit_vec(n);
+    let mut new_buf = uninit_vec(if s.momentum.is_some() { n } else { 0 });
     with_f32(theta, "sgd_step", |th| {
         with_f32(grad, "sgd_step", |g| -> candle_core::Result<()> {
             let mut run = |prev: Option<&[f32]>| {
@@ -135,18 +170,14 @@ fn sgd_step_own(
                     chunks
                         .zip(new_buf.par_chunks_mut(CHUNK))
                         .for_each(|((i, out), bout)| {
-                            let at = i * CHUNK;
-                            for (j, (o, b)) in out.iter_mut().zip(bout.iter_mut()).enumerate() {
-                                let k = at + j;
-                                (*o, *b) = s.update(th[k], g[k], prev.map(|p| p[k]));
-                            }
+                            let r = i * CHUNK..i * CHUNK + out.len();
+                            let prev = prev.map(|p| &p[r.clone()]);
+                            s.chunk(&th[r.clone()], &g[r], prev, out, Some(bout));
                         });
                 } else {
                     chunks.for_each(|(i, out)| {
-                        let at = i * CHUNK;
-                        for (j, o) in out.iter_mut().enumerate() {
-                            *o = s.update(th[at + j], g[at + j], None).0;
-                        }
+                        let r = i * CHUNK..i * CHUNK + out.len();
+                        s.chunk(&th[r.clone()], &g[r], None, out, None);
                     });
                 }
             };
@@ -159,6 +190,9 @@ fn sgd_step_own(
             }
         })?
     })??;
+    // SAFETY: the chunks cover both buffers (`new_buf` is empty without momentum) and
+    // `Scalars::chunk` writes every element of the chunks it is given.
+    let (new_theta, new_buf) = unsafe { (assume_init_vec(new_theta), assume_init_vec(new_buf)) };
     let dims = theta.dims();
     Ok(SgdUpdate {
         theta: Tensor::from_vec(new_theta, dims, theta.device())?,

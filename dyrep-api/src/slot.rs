@@ -117,6 +117,19 @@ type PostUnit<'a> = (
     Option<dyrep_kernels::MaxPoolParams>,
 );
 
+/// A conv unit's tail on the block output `y`, op by op: BN, ReLU, max pool.
+fn apply_tail(y: Tensor, (bn, relu, pool): PostUnit<'_>, train: bool) -> Result<Tensor> {
+    let y = match bn {
+        Some(bn) => bn.forward_t(&y, train)?,
+        None => y,
+    };
+    let y = if relu { crate::layers::relu(&y)? } else { y };
+    match pool {
+        Some(p) => crate::layers::max_pool2d(&y, p.k, p.stride, p.padding),
+        None => Ok(y),
+    }
+}
+
 impl RepBlock {
     /// Assembles a block, checking that every branch has the block's geometry, that names are
     /// unique and that `main` is a main branch (has a main slot).
@@ -238,6 +251,30 @@ impl RepBlock {
                 Ok(y)
             }
         }
+    }
+
+    /// The block followed by its conv unit's `tail` (BN, ReLU, max pool, each optional) while the
+    /// block trains through the block op: the tail inside the op when it can be, else after it;
+    /// `None` where the block does not train as one op (or the BN does not use batch
+    /// statistics), and the caller runs block and tail.
+    fn forward_tail_t(
+        &self,
+        x: &Tensor,
+        train: bool,
+        tail: PostUnit<'_>,
+    ) -> Result<Option<Tensor>> {
+        if tail.0.is_some_and(|bn| !bn.uses_batch_stats(train)) {
+            return Ok(None);
+        }
+        let ExecPath::BlockOp { fused, others, eps } = ExecPath::choose(self, train) else {
+            return Ok(None);
+        };
+        let (y, applied) = self.run_block_op(x, train, &fused, &others, eps, Some(tail))?;
+        Ok(Some(if applied {
+            y
+        } else {
+            apply_tail(y, tail, train)?
+        }))
     }
 
     /// The block op over `fused` (then `others` added), recording each fused batch norm's
@@ -490,29 +527,11 @@ impl Slot {
         match self {
             Slot::Conv(c) => crate::layers::conv_bn(&c.conv, bn, x, train, relu),
             Slot::Block(b) => {
-                let finish = |y: Tensor| -> Result<Tensor> {
-                    let y = bn.forward_t(&y, train)?;
-                    if relu {
-                        crate::layers::relu(&y)
-                    } else {
-                        Ok(y)
-                    }
-                };
-                if bn.uses_batch_stats(train) {
-                    // Training: the block op takes the unit's BN and ReLU too when it can.
-                    if let ExecPath::BlockOp { fused, others, eps } = ExecPath::choose(b, train) {
-                        let (y, post_applied) = b.run_block_op(
-                            x,
-                            train,
-                            &fused,
-                            &others,
-                            eps,
-                            Some((Some(bn), relu, None)),
-                        )?;
-                        return if post_applied { Ok(y) } else { finish(y) };
-                    }
+                let tail = (Some(bn), relu, None);
+                match b.forward_tail_t(x, train, tail)? {
+                    Some(y) => Ok(y),
+                    None => apply_tail(b.forward_t(x, train)?, tail, train),
                 }
-                finish(b.forward_t(x, train)?)
             }
         }
     }
@@ -531,27 +550,7 @@ impl Slot {
     ) -> Result<Option<Tensor>> {
         match self {
             Slot::Conv(c) => crate::layers::conv_bn_max_pool(&c.conv, bn, x, train, relu, pool),
-            Slot::Block(b) => {
-                if !bn.uses_batch_stats(train) {
-                    return Ok(None);
-                }
-                let ExecPath::BlockOp { fused, others, eps } = ExecPath::choose(b, train) else {
-                    return Ok(None);
-                };
-                let post = Some((Some(bn), relu, Some(pool)));
-                let (y, post_applied) = b.run_block_op(x, train, &fused, &others, eps, post)?;
-                if post_applied {
-                    return Ok(Some(y));
-                }
-                let y = bn.forward_t(&y, train)?;
-                let y = if relu { crate::layers::relu(&y)? } else { y };
-                Ok(Some(crate::layers::max_pool2d(
-                    &y,
-                    pool.k,
-                    pool.stride,
-                    pool.padding,
-                )?))
-            }
+            Slot::Block(b) => b.forward_tail_t(x, train, (Some(bn), relu, Some(pool))),
         }
     }
 
@@ -566,22 +565,10 @@ impl Slot {
         relu: bool,
         pool: Option<dyrep_kernels::MaxPoolParams>,
     ) -> Result<Option<Tensor>> {
-        let Slot::Block(b) = self else {
-            return Ok(None);
-        };
-        let ExecPath::BlockOp { fused, others, eps } = ExecPath::choose(b, train) else {
-            return Ok(None);
-        };
-        let post = Some((None, relu, pool));
-        let (y, post_applied) = b.run_block_op(x, train, &fused, &others, eps, post)?;
-        if post_applied {
-            return Ok(Some(y));
+        match self {
+            Slot::Block(b) => b.forward_tail_t(x, train, (None, relu, pool)),
+            Slot::Conv(_) => Ok(None),
         }
-        let y = if relu { crate::layers::relu(&y)? } else { y };
-        Ok(Some(match pool {
-            Some(p) => crate::layers::max_pool2d(&y, p.k, p.stride, p.padding)?,
-            None => y,
-        }))
     }
 
     /// The exact eval-mode equivalent kernel of the whole tree (a detached copy).

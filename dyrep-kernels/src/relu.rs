@@ -38,20 +38,23 @@ impl CustomOp1 for ReluOp {
     fn bwd(&self, x: &Tensor, y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let _t = Timer::start(Phase::Relu);
         let dx = with_f32(y, self.name(), |ys| {
-            with_f32(dy, self.name(), |g| {
-                let mut dx = vec![0.0f32; ys.len()];
-                dx.par_chunks_mut(CHUNK)
-                    .zip(ys.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-                    .for_each(|(o, (ys, g))| {
-                        for ((o, &v), &d) in o.iter_mut().zip(ys).zip(g) {
-                            *o = if v > 0.0 { d } else { 0.0 };
-                        }
-                    });
-                dx
-            })
+            with_f32(dy, self.name(), |g| relu_grad(ys, g))
         })??;
         Ok(Some(tensor_like(dx, x.dims(), x)?))
     }
+}
+
+/// The ReLU's input gradient from its output `y`: `dy` where `y > 0`, else 0.
+pub(crate) fn relu_grad(y: &[f32], dy: &[f32]) -> Vec<f32> {
+    let mut dx = vec![0.0f32; y.len()];
+    dx.par_chunks_mut(CHUNK)
+        .zip(y.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
+        .for_each(|(o, (ys, g))| {
+            for ((o, &v), &d) in o.iter_mut().zip(ys).zip(g) {
+                *o = if v > 0.0 { d } else { 0.0 };
+            }
+        });
+    dx
 }
 
 /// `max(x, 0)`.

@@ -127,26 +127,62 @@ pub(crate) fn tail_forward(
             (unsafe { assume_init_vec(y) }, dims.to_vec())
         }
         Some(pool) => {
-            // Each plane is normalised into a scratch buffer and pooled from there.
             let ps = pool_shape(pool, dims)?;
-            let ohw = (ps.ho * ps.wo).max(1);
-            let mut y = vec![0.0f32; ps.planes * ps.ho * ps.wo];
-            y.par_chunks_mut(ohw)
-                .zip(z.par_chunks(hw))
-                .enumerate()
-                .for_each(|(i, (yp, zp))| {
-                    let (st, a, b) = coef(i % c);
-                    with_scratch(zp.len(), |unpooled| {
-                        for (o, &v) in unpooled.iter_mut().zip(zp) {
-                            *o = normalised(v, st, a, b, tail.relu);
-                        }
-                        ps.max_plane(unpooled, yp);
-                    });
-                });
+            let y = max_pool_activated(z, hw, &ps, |i| {
+                let (st, a, b) = coef(i % c);
+                move |v| normalised(v, st, a, b, tail.relu)
+            });
             (y, vec![planes.n, c, ps.ho, ps.wo])
         }
     };
     Ok((y, dims, inv_std))
+}
+
+/// The max pool `ps` of an activation of `[N, C, H, W]` data `z` (planes of `hw` values):
+/// `act(plane)` gives plane `plane`'s activation of one value; each plane is activated into a
+/// scratch buffer and pooled from there, so the activation is never stored.
+pub(crate) fn max_pool_activated<A: Fn(f32) -> f32>(
+    z: &[f32],
+    hw: usize,
+    ps: &PoolShape,
+    act: impl Fn(usize) -> A + Sync,
+) -> Vec<f32> {
+    let ohw = (ps.ho * ps.wo).max(1);
+    let mut y = vec![0.0f32; ps.planes * ps.ho * ps.wo];
+    y.par_chunks_mut(ohw)
+        .zip(z.par_chunks(hw.max(1)))
+        .enumerate()
+        .for_each(|(i, (yp, zp))| {
+            let act = act(i);
+            with_scratch(zp.len(), |unpooled| {
+                for (o, &v) in unpooled.iter_mut().zip(zp) {
+                    *o = act(v);
+                }
+                ps.max_plane(unpooled, yp);
+            });
+        });
+    y
+}
+
+/// The backward of one plane of [`max_pool_activated`]: the plane's activation `act` of `zp`
+/// again, in scratch, and the pooled gradient `dyp` spread back over it; returns
+/// `f(unpooled, d_unpooled)`.
+pub(crate) fn with_unpooled_grad<R>(
+    ps: &PoolShape,
+    zp: &[f32],
+    act: impl Fn(f32) -> f32,
+    dyp: &[f32],
+    f: impl FnOnce(&[f32], &[f32]) -> R,
+) -> R {
+    with_scratch(2 * zp.len(), |buf| {
+        let (unpooled, d_unpooled) = buf.split_at_mut(zp.len());
+        for (o, &v) in unpooled.iter_mut().zip(zp) {
+            *o = act(v);
+        }
+        d_unpooled.fill(0.0);
+        ps.max_plane_backward(unpooled, dyp, d_unpooled);
+        f(unpooled, d_unpooled)
+    })
 }
 
 /// The BN (+ReLU, +pool) part of one unit's backward on slices: from the gradient `dy` of the
@@ -219,15 +255,9 @@ pub(crate) fn tail_backward(
                 let ch = pi % c;
                 let (st, a, b) = (stats[ch], gb[ch] * inv_std[ch], gb[c + ch]);
                 let zp = &z[range];
-                with_scratch(2 * zp.len(), |buf| {
-                    // The forward's unpooled activation again, and the pool's gradient spread
-                    // back over it.
-                    let (unpooled, d_unpooled) = buf.split_at_mut(zp.len());
-                    for (o, &v) in unpooled.iter_mut().zip(zp) {
-                        *o = normalised(v, st, a, b, tail.relu);
-                    }
-                    d_unpooled.fill(0.0);
-                    ps.max_plane_backward(unpooled, &dy[pi * ohw..(pi + 1) * ohw], d_unpooled);
+                let act = |v| normalised(v, st, a, b, tail.relu);
+                let dyp = &dy[pi * ohw..(pi + 1) * ohw];
+                with_unpooled_grad(&ps, zp, act, dyp, |unpooled, d_unpooled| {
                     GradPass {
                         dy: d_unpooled,
                         z: zp,

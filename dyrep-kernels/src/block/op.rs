@@ -28,8 +28,9 @@ use crate::cpu::{slice_f32, tensor_like, with_f32, with_scratch};
 use crate::patches::PatchShare;
 use crate::pool::{box_sums, pad_plane, PoolKind, PoolShape};
 use crate::profile::{Phase, Timer};
+use crate::relu::relu_grad;
 use crate::side::SideChannel;
-use crate::unit::{tail_backward, tail_forward, UnitTail};
+use crate::unit::{max_pool_activated, tail_backward, tail_forward, with_unpooled_grad, UnitTail};
 use crate::MaxPoolParams;
 
 /// Normalisation of one BN in the forward: statistics and `1/sqrt(σ² + ε)`.
@@ -50,6 +51,18 @@ pub(crate) struct BranchSaved {
     pub padded: Option<Vec<f32>>,
     pub z2: Option<Vec<f32>>,
     pub bn2: Option<BnSaved>,
+}
+
+impl BranchSaved {
+    /// The first BN's input: the kept conv output, or the block input `x` for the identity
+    /// branch; `None` when a conv output was not kept.
+    fn first_bn_input<'a>(&'a self, b: &BranchGeom, x: &'a [f32]) -> Option<&'a [f32]> {
+        match (&b.conv, &self.z1) {
+            (Some(_), Some(z)) => Some(z),
+            (None, _) => Some(x),
+            (Some(_), None) => None,
+        }
+    }
 }
 
 /// What the forward keeps, per branch in order, and for the unit's BN after the sum.
@@ -144,15 +157,11 @@ impl BlockOp {
             if b.second.is_some() {
                 continue;
             }
-            let z = match (&b.conv, &kept.z1) {
-                (Some(_), Some(z)) => z.as_slice(),
-                (None, _) => x,
-                (Some(_), None) => {
-                    return Err(candle_core::Error::Msg(format!(
-                        "{}: backward without a kept forward",
-                        self.name()
-                    )))
-                }
+            let Some(z) = kept.first_bn_input(b, x) else {
+                return Err(candle_core::Error::Msg(format!(
+                    "{}: backward without a kept forward",
+                    self.name()
+                )));
             };
             at.push(bi);
             bns.push(SharedBn {
@@ -572,7 +581,7 @@ impl CustomOp3 for BlockOp {
                 let _t = Timer::start(Phase::Relu);
                 let dz = with_f32(dy, self.name(), |g| {
                     with_f32(y, self.name(), |out| match post.pool {
-                        None => Ok(relu_backward(out, g)),
+                        None => Ok(relu_grad(out, g)),
                         Some(pool) => {
                             let sum = saved.sum.as_deref().ok_or_else(missing)?;
                             relu_max_pool_backward(sum, &dims, post.relu, pool, g)
@@ -672,11 +681,7 @@ impl CustomOp3 for BlockOp {
                                 std::borrow::Cow::Owned(interior)
                             }
                         };
-                        let z1: &[f32] = match (&b.conv, &kept.z1) {
-                            (Some(_), Some(z)) => z,
-                            (None, _) => xs,
-                            (Some(_), None) => return Err(missing()),
-                        };
+                        let z1 = kept.first_bn_input(b, xs).ok_or_else(missing)?;
                         let bn_timer = Timer::start(Phase::BnBackward);
                         let (dz, dgamma, dbeta) = match single[bi].take() {
                             Some(grad) => {
@@ -777,17 +782,9 @@ fn relu_in_place(y: &mut [f32]) {
     });
 }
 
-/// The ReLU's backward from its output: the gradient where the output is positive.
-fn relu_backward(out: &[f32], dy: &[f32]) -> Vec<f32> {
-    let mut dz = vec![0.0f32; out.len()];
-    dz.par_chunks_mut(1 << 14)
-        .zip(out.par_chunks(1 << 14).zip(dy.par_chunks(1 << 14)))
-        .for_each(|(o, (ys, g))| {
-            for ((o, &v), &d) in o.iter_mut().zip(ys).zip(g) {
-                *o = if v > 0.0 { d } else { 0.0 };
-            }
-        });
-    dz
+/// The identity or a ReLU, as the activation [`max_pool_activated`] pools.
+fn rectifier(relu: bool) -> impl Fn(f32) -> f32 + Copy {
+    move |v| if relu { v.max(0.0) } else { v }
 }
 
 /// The max pool (after a ReLU when `relu`) of `[N, C, H, W]` data `z`, each plane rectified in
@@ -801,18 +798,7 @@ fn relu_max_pool(
     let _t = Timer::start(Phase::Pool);
     let ps = PoolShape::new(PoolKind::Max, dims, pool.k, pool.stride, pool.padding)
         .map_err(candle_core::Error::wrap)?;
-    let (hw, ohw) = ((dims[2] * dims[3]).max(1), (ps.ho * ps.wo).max(1));
-    let mut y = vec![0.0f32; ps.planes * ps.ho * ps.wo];
-    y.par_chunks_mut(ohw)
-        .zip(z.par_chunks(hw))
-        .for_each(|(yp, zp)| {
-            with_scratch(zp.len(), |act| {
-                for (o, &v) in act.iter_mut().zip(zp) {
-                    *o = if relu { v.max(0.0) } else { v };
-                }
-                ps.max_plane(act, yp);
-            })
-        });
+    let y = max_pool_activated(z, dims[2] * dims[3], &ps, |_| rectifier(relu));
     Ok((y, vec![dims[0], dims[1], ps.ho, ps.wo]))
 }
 
@@ -841,17 +827,9 @@ fn relu_max_pool_backward(
     dz.par_chunks_mut(hw)
         .zip(z.par_chunks(hw).zip(dy.par_chunks(ohw)))
         .for_each(|(dzp, (zp, dyp))| {
-            with_scratch(zp.len(), |act| {
-                for (o, &v) in act.iter_mut().zip(zp) {
-                    *o = if relu { v.max(0.0) } else { v };
-                }
-                ps.max_plane_backward(act, dyp, dzp);
-                if relu {
-                    for (d, &a) in dzp.iter_mut().zip(act.iter()) {
-                        if a <= 0.0 {
-                            *d = 0.0;
-                        }
-                    }
+            with_unpooled_grad(&ps, zp, rectifier(relu), dyp, |act, d| {
+                for ((o, &dv), &a) in dzp.iter_mut().zip(d).zip(act) {
+                    *o = if relu && a <= 0.0 { 0.0 } else { dv };
                 }
             })
         });

@@ -261,7 +261,7 @@ pub(crate) fn tail_backward(
                     GradPass {
                         dy: d_unpooled,
                         z: zp,
-                        relu_out: tail.relu.then_some(&*unpooled),
+                        relu_out: tail.relu.then_some(unpooled),
                         shift: st.shift,
                         mean_rel: st.mean_rel,
                         out_scale: 1.0,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The CIFAR-10 reproduction grid of REPRODUCTION.md: origin, dbb, dyrep (synflow) x 3 seeds,
-# repvgg and dyrep without Dep x 2, the scorer ablation (random, snip, grad_norm) x 2, all with
-# configs/repro/cifar10-vgg16-w025.toml. Resumable at two levels:
+# repvgg and dyrep without Dep x 2, the scorer ablation (random, snip, grad_norm) x 2, then six
+# one-seed probes of DyRep's settings, all with configs/repro/cifar10-vgg16-w025.toml.
+# Resumable at two levels:
 #
 # - across machines and sessions: every finished run's results (summary, metrics, events, the
 #   resolved config, its log and the machine it ran on) are copied into benches/repro/results/
@@ -114,28 +115,62 @@ GRID_RUNS=(
     "dyrep-grad_norm-s1|--mode dyrep --scorer grad_norm --seed 1"
 )
 
+# One-seed probes of what moves DyRep's accuracy and cost (REPRODUCTION.md "Probes"): each
+# changes one setting of dyrep-s0 and is compared with it. They run after the grid and have
+# their own table (benches/repro/probes.md), so the grid's groups stay the paper's.
+PROBE_RUNS=(
+    "dyrep-depth1-s0|--mode dyrep --max-depth 1 --seed 0"
+    "dyrep-gamma1-s0|--mode dyrep --gamma0 1 --seed 0"
+    "dyrep-interval2-s0|--mode dyrep --grow-interval 2 --seed 0"
+    "dyrep-lambda03-s0|--mode dyrep --cut-threshold 0.3 --seed 0"
+    "dyrep-topk2-s0|--mode dyrep --grow-topk 2 --seed 0"
+    "dyrep-calib78-s0|--mode dyrep --calib-batches 78 --seed 0"
+)
+
 wanted() {
     [ -z "${ONLY:-}" ] && return 0
     case ",$ONLY," in *",$1,"*) return 0 ;; esac
     return 1
 }
 
-# The tables and chart of every published run (after each run, and at the end).
-write_tables() {
-    local finished out
-    finished=$(find "$RESULTS" -mindepth 2 -maxdepth 2 -name summary.json | sed 's|/summary.json||' | sort)
-    [ -n "$finished" ] || return 0
-    out=$(dirname "$RESULTS")
-    # shellcheck disable=SC2086 # one argument per run directory
-    "$BIN" -q compare $finished --group-by mode,scorer,dep --baseline origin \
-        --svg "$out/groups.svg" > "$out/tables.md"
-    # shellcheck disable=SC2086
-    "$BIN" -q compare $finished --group-by mode,scorer,dep --baseline origin --json \
-        --svg "$out/groups.svg" > "$out/tables.json"
-    echo "run.sh: tables of $(echo "$finished" | wc -l) finished runs in $out/tables.md"
+# The published runs among the named ones, as result folders.
+published() {
+    local name
+    for name in "$@"; do
+        [ -f "$RESULTS/$name/summary.json" ] && echo "$RESULTS/$name"
+    done
+    return 0
 }
 
-for entry in "${GRID_RUNS[@]}"; do
+# The grid's tables and chart (grouped by mode, scorer and Dep, against origin by seed) and the
+# probes' table (a row per run, beside the seed-0 runs they change), after each run and at the end.
+write_tables() {
+    local names=() probes=() entry finished out
+    for entry in "${GRID_RUNS[@]}"; do names+=("${entry%%|*}"); done
+    for entry in "${PROBE_RUNS[@]}"; do probes+=("${entry%%|*}"); done
+    out=$(dirname "$RESULTS")
+    finished=$(published "${names[@]}")
+    if [ -n "$finished" ]; then
+        # shellcheck disable=SC2086 # one argument per run directory
+        "$BIN" -q compare $finished --group-by mode,scorer,dep --baseline origin \
+            --svg "$out/groups.svg" > "$out/tables.md"
+        # shellcheck disable=SC2086
+        "$BIN" -q compare $finished --group-by mode,scorer,dep --baseline origin --json \
+            --svg "$out/groups.svg" > "$out/tables.json"
+        echo "run.sh: tables of $(echo "$finished" | wc -l) finished grid runs in $out/tables.md"
+    fi
+    finished=$(published "${probes[@]}")
+    if [ -n "$finished" ]; then
+        finished="$(published origin-s0 dbb-s0 dyrep-s0) $finished"
+        # shellcheck disable=SC2086
+        "$BIN" -q compare $finished --svg "$out/probes.svg" > "$out/probes.md"
+        # shellcheck disable=SC2086
+        "$BIN" -q compare $finished --json --svg "$out/probes.svg" > "$out/probes.json"
+        echo "run.sh: table of the probes in $out/probes.md"
+    fi
+}
+
+for entry in "${GRID_RUNS[@]}" "${PROBE_RUNS[@]}"; do
     name=${entry%%|*}
     flags=${entry#*|}
     wanted "$name" || continue

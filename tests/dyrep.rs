@@ -1,9 +1,10 @@
 //! End-to-end tests of the `dyrep` mode (paper §4; docs/REFERENCE.md "Growth schedule (Rep)", "Dep
 //! (cut)", "Scores", "Optimizer state when parameters change") on the bundled data with small
 //! limits: blocks grow every epoch (nested ones too), every grow and cut keeps the eval output
-//! (preserve_rel_err ≤ 2e-5 in events.jsonl), every registered scorer selects a conv, a run resumed
-//! in the middle of a grow interval (scorer accumulators in flight) ends bitwise equal to an
-//! uninterrupted one, and the trained network fuses back to the plain one.
+//! (preserve_rel_err ≤ 2e-5 in events.jsonl), every grow lists the ranking it was chosen from,
+//! every registered scorer selects a conv, a run resumed in the middle of a grow interval (scorer
+//! accumulators in flight) ends bitwise equal to an uninterrupted one, and the trained network
+//! fuses back to the plain one.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -89,6 +90,31 @@ fn blocks_grow_recursively_keep_the_output_and_fuse_back() {
         }
         assert!(e["preserve_rel_err"].as_f64().unwrap() <= 2e-5, "{e}");
     }
+    // Each grow lists the ranking it was chosen from, best first; one adjustment's grows are
+    // its top entries.
+    for e in &grows {
+        let ranking = e["ranking"].as_array().unwrap();
+        let scores: Vec<f64> = ranking
+            .iter()
+            .map(|r| r["score"].as_f64().unwrap())
+            .collect();
+        assert!(scores.windows(2).all(|w| w[0] >= w[1]), "unsorted: {e}");
+        let same: Vec<&str> = grows
+            .iter()
+            .filter(|g| g["epoch"] == e["epoch"])
+            .map(|g| g["path"].as_str().unwrap())
+            .collect();
+        let top: Vec<&str> = ranking[..same.len()]
+            .iter()
+            .map(|r| r["path"].as_str().unwrap())
+            .collect();
+        assert_eq!(top, same, "{e}");
+        let own = ranking.iter().find(|r| r["path"] == e["path"]).unwrap();
+        assert_eq!(own["score"], e["score"], "{e}");
+    }
+    assert!(ev
+        .iter()
+        .all(|e| e["kind"] == "grow" || e.get("ranking").is_none()));
     let s: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     assert_eq!(s["grows"].as_u64().unwrap() as usize, grows.len());

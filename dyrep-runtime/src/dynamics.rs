@@ -217,6 +217,17 @@ pub struct Event {
     pub params: usize,
     pub macs: u64,
     pub preserve_rel_err: f64,
+    /// Every growable conv the scorer ranked for this grow, best first (grow): what the grown
+    /// conv was chosen over.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub ranking: Vec<ScoredConv>,
+}
+
+/// A growable conv and its score at a grow step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScoredConv {
+    pub path: String,
+    pub score: f64,
 }
 
 /// Gradients that scorers have seen; the only thing the optimizer steps on.
@@ -397,6 +408,13 @@ pub fn grow_step(
         .filter(|(p, _)| growable.contains(p))
         .collect();
     ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let ranking: Vec<ScoredConv> = ranked
+        .iter()
+        .map(|(path, score)| ScoredConv {
+            path: path.clone(),
+            score: *score,
+        })
+        .collect();
     let specs = ctx.cfg.branch_specs()?;
     let main = dyrep_ops::main_spec();
     let purpose = match ctx.step {
@@ -447,6 +465,7 @@ pub fn grow_step(
             params: model.param_count(),
             macs: model.macs()?,
             preserve_rel_err: compare(&before, &after)?.rel,
+            ranking: ranking.clone(),
         });
     }
     Ok(events)
@@ -573,6 +592,7 @@ pub fn cut_step(
                 params: model.param_count(),
                 macs: model.macs()?,
                 preserve_rel_err: compare(&before, &after)?.rel,
+                ranking: Vec::new(),
             });
         }
     }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The CIFAR-10 reproduction grid of REPRODUCTION.md: origin, dbb, dyrep (synflow) x 3 seeds,
-# repvgg and dyrep without Dep x 2, the scorer ablation (random, snip, grad_norm) x 2, then six
+# repvgg and dyrep without Dep x 2, the scorer ablation (random, snip, grad_norm) x 2, then seven
 # one-seed probes of DyRep's settings, all with configs/repro/cifar10-vgg16-w025.toml.
 # Resumable at two levels:
 #
@@ -121,6 +121,7 @@ GRID_RUNS=(
 PROBE_RUNS=(
     "dyrep-depth1-s0|--mode dyrep --max-depth 1 --seed 0"
     "dyrep-gamma1-s0|--mode dyrep --gamma0 1 --seed 0"
+    "dyrep-dbbops-s0|--mode dyrep --ops conv1x1,conv1x1_kxk,conv1x1_avg --seed 0"
     "dyrep-interval2-s0|--mode dyrep --grow-interval 2 --seed 0"
     "dyrep-lambda03-s0|--mode dyrep --cut-threshold 0.3 --seed 0"
     "dyrep-topk2-s0|--mode dyrep --grow-topk 2 --seed 0"

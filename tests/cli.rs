@@ -348,6 +348,18 @@ fn device_flag_rejects_bad_specs_and_cuda_without_the_feature() {
 /// A finished run directory as `dyrep train` leaves it, for the files `compare` reads: its
 /// config and one test accuracy per epoch.
 fn fake_run(dir: &std::path::Path, mode: &str, seed: u64, test_acc: &[f64]) {
+    fake_run_costing(dir, mode, seed, test_acc, 2_000_000, 10.0);
+}
+
+/// [`fake_run`] with the MACs of its network and the seconds each epoch took.
+fn fake_run_costing(
+    dir: &std::path::Path,
+    mode: &str,
+    seed: u64,
+    test_acc: &[f64],
+    macs: u64,
+    seconds: f64,
+) {
     std::fs::create_dir_all(dir).unwrap();
     let scorer = if mode == "dyrep" {
         "\n[dyrep]\nscorer = \"snip\"\n"
@@ -362,8 +374,8 @@ fn fake_run(dir: &std::path::Path, mode: &str, seed: u64, test_acc: &[f64]) {
     let mut csv = String::from("epoch,split,loss,acc,lr,params,macs,branches,seconds\n");
     for (i, a) in test_acc.iter().enumerate() {
         let e = i + 1;
-        csv.push_str(&format!("{e},train,1.0,0.5,0.1,1000,2000000,0,10\n"));
-        csv.push_str(&format!("{e},test,1.0,{a},0.1,1000,2000000,0,10\n"));
+        csv.push_str(&format!("{e},train,1.0,0.5,0.1,1000,{macs},0,{seconds}\n"));
+        csv.push_str(&format!("{e},test,1.0,{a},0.1,1000,{macs},0,{seconds}\n"));
     }
     std::fs::write(dir.join("metrics.csv"), csv).unwrap();
 }
@@ -444,6 +456,82 @@ fn compare_groups_runs_by_mode_and_pairs_seeds_with_the_baseline() {
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).contains("--baseline dbb: no such group (groups: origin)"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn compare_states_each_groups_cost_against_the_cost_group() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    // MACs 2 M / 5 M / 4 M and 10 / 40 / 30 s per epoch: dyrep costs 0.80× DBB's MACs and
+    // 0.75× its time; origin 0.40× and 0.25×.
+    fake_run_costing(&d.join("o0"), "origin", 0, &[0.5], 2_000_000, 10.0);
+    fake_run_costing(&d.join("b0"), "dbb", 0, &[0.5], 5_000_000, 40.0);
+    fake_run_costing(&d.join("d0"), "dyrep", 0, &[0.5], 4_000_000, 30.0);
+    let dirs: Vec<String> = ["o0", "b0", "d0"]
+        .iter()
+        .map(|r| d.join(r).display().to_string())
+        .collect();
+    let svg = d.join("g.svg").display().to_string();
+    let mut a: Vec<&str> = vec!["compare"];
+    a.extend(dirs.iter().map(String::as_str));
+    a.extend([
+        "--group-by",
+        "mode",
+        "--baseline",
+        "origin",
+        "--cost-vs",
+        "dbb",
+    ]);
+    a.extend(["--svg", svg.as_str()]);
+    let o = dyrep(&a);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let t = stdout(&o);
+    assert!(t.contains("| MACs / dbb | time / dbb |"), "{t}");
+    let row = |g: &str| {
+        t.lines()
+            .find(|l| l.starts_with(&format!("| {g} |")))
+            .unwrap()
+            .to_string()
+    };
+    assert!(row("dyrep").ends_with("| 0.80× | 0.75× |"), "{t}");
+    assert!(row("origin").ends_with("| 0.40× | 0.25× |"), "{t}");
+    assert!(row("dbb").ends_with("| 1.00× | 1.00× |"), "{t}");
+    a.push("--json");
+    let o = dyrep(&a);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let dy = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["group"] == "dyrep")
+        .unwrap();
+    assert_eq!(dy["cost_vs"]["group"], "dbb", "{v}");
+    assert!(
+        (dy["cost_vs"]["macs"].as_f64().unwrap() - 0.8).abs() < 1e-12,
+        "{v}"
+    );
+    // Without --cost-vs the table keeps its columns; an unknown cost group is one clear line.
+    let plain: Vec<&str> = a
+        .iter()
+        .copied()
+        .filter(|x| !["--cost-vs", "dbb", "--json"].contains(x))
+        .collect();
+    let o = dyrep(&plain);
+    assert!(!stdout(&o).contains("MACs / dbb"), "{}", stdout(&o));
+    let o = dyrep(&[
+        "compare",
+        dirs[0].as_str(),
+        "--group-by",
+        "mode",
+        "--cost-vs",
+        "dbb",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("--cost-vs dbb: no such group (groups: origin)"),
         "{}",
         stderr(&o)
     );

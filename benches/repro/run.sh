@@ -21,14 +21,16 @@
 # unless CIFAR_DIR names one) and runs/<name>/ with the checkpoints. After every run it writes
 # benches/repro/tables.{md,json} and groups.svg from every published result. ONLY=name1,name2
 # runs just those runs; EXTRA adds flags to every new run and RESULTS moves the results folder
-# (for a smoke test: EXTRA="--epochs 2 --train-limit 1000" RESULTS=/tmp/r).
+# (for a smoke test: EXTRA="--epochs 2 --train-limit 1000" RESULTS=/tmp/r/results). The probes'
+# results go beside it, to benches/repro/probes/, so results/ holds the grid's runs only.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
 GRID=${GRID:-$ROOT/grid-cifar10}
 RESULTS=${RESULTS:-$ROOT/benches/repro/results}
+PROBES=$(dirname "$RESULTS")/probes
 CONFIG=$ROOT/configs/repro/cifar10-vgg16-w025.toml
-mkdir -p "$GRID/bin" "$GRID/runs" "$RESULTS"
+mkdir -p "$GRID/bin" "$GRID/runs" "$RESULTS" "$PROBES"
 
 exec 9>"$GRID/.lock"
 if ! flock -n 9; then
@@ -81,15 +83,16 @@ machine_line() {
 
 # Copies a finished run's files into the results folder, all or nothing.
 publish() {
-    local name=$1 dir=$2 tmp
-    tmp=$(mktemp -d "$RESULTS/.$name.XXXXXX")
+    local name=$1 dir=$2 tmp dest
+    dest=$(results_of "$name")
+    tmp=$(mktemp -d "$dest/.$name.XXXXXX")
     for f in "${KEEP[@]}"; do
         [ -f "$dir/$f" ] && cp "$dir/$f" "$tmp/"
     done
     [ -f "$GRID/runs/$name.machine" ] && cp "$GRID/runs/$name.machine" "$tmp/machine.txt"
-    rm -rf "${RESULTS:?}/$name"
-    mv "$tmp" "$RESULTS/$name"
-    echo "run.sh: $name published to $RESULTS/$name (commit it)"
+    rm -rf "${dest:?}/$name"
+    mv "$tmp" "$dest/$name"
+    echo "run.sh: $name published to $dest/$name (commit it)"
 }
 
 # name | flags on top of the config. In priority order: the first paired comparison first.
@@ -134,11 +137,20 @@ wanted() {
     return 1
 }
 
+# The folder a run's results are published to: the probes' or the grid's.
+results_of() {
+    local entry
+    for entry in "${PROBE_RUNS[@]}"; do
+        [ "${entry%%|*}" = "$1" ] && { echo "$PROBES"; return 0; }
+    done
+    echo "$RESULTS"
+}
+
 # The published runs among the named ones, as result folders.
 published() {
     local name
     for name in "$@"; do
-        [ -f "$RESULTS/$name/summary.json" ] && echo "$RESULTS/$name"
+        [ -f "$(results_of "$name")/$name/summary.json" ] && echo "$(results_of "$name")/$name"
     done
     return 0
 }
@@ -175,8 +187,8 @@ for entry in "${GRID_RUNS[@]}" "${PROBE_RUNS[@]}"; do
     name=${entry%%|*}
     flags=${entry#*|}
     wanted "$name" || continue
-    if [ -f "$RESULTS/$name/summary.json" ]; then
-        echo "run.sh: $name finished ($(head -1 "$RESULTS/$name/machine.txt" 2>/dev/null || echo 'machine not recorded'))"
+    if [ -f "$(results_of "$name")/$name/summary.json" ]; then
+        echo "run.sh: $name finished ($(head -1 "$(results_of "$name")/$name/machine.txt" 2>/dev/null || echo 'machine not recorded'))"
         continue
     fi
     dir=$GRID/runs/$name

@@ -3,7 +3,8 @@
 //! test accuracy, average params and MACs (epoch-weighted, as the paper's Table 2), train time,
 //! grows and cuts — and compared with a baseline group by seed: the mean of the per-seed
 //! differences with a 95 % Student-t confidence interval (paired, so the variation that seeds
-//! share cancels). The chart draws each group's mean test-accuracy curve with a ±1 std band.
+//! share cancels) — and, optionally, with a cost group: average MACs and train time over its
+//! (the paper's claim is DyRep's cost against DBB's). The chart draws each group's mean test-accuracy curve with a ±1 std band.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -99,6 +100,19 @@ pub struct GroupRow {
     pub delta_best_acc: Option<Paired>,
     /// Mean train time over the baseline's.
     pub time_ratio: Option<f64>,
+    /// Against the cost group (`--cost-vs`, e.g. DBB's): mean average MACs and mean train time
+    /// over that group's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_vs: Option<CostRatio>,
+}
+
+/// A group's training cost relative to another group's (the paper's claim is DyRep's against
+/// DBB's): average MACs are exact, train time is as noisy as the machine was shared.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CostRatio {
+    pub group: String,
+    pub macs: Option<f64>,
+    pub time: Option<f64>,
 }
 
 /// A `--group-by` key as a config path: `mode`, `width`, ... as they are; `scorer`, `dep`,
@@ -181,19 +195,23 @@ fn group_runs<'a>(
 }
 
 /// Groups `runs` by the comma-separated `group_by` keys and summarises each group; with a
-/// `baseline` label, pairs every other group with it by seed.
+/// `baseline` label, pairs every other group with it by seed; with a `cost_vs` label, states
+/// every group's average MACs and train time relative to that group's.
 pub fn group_rows(
     runs: &[RunRecord],
     group_by: &str,
     baseline: Option<&str>,
+    cost_vs: Option<&str>,
 ) -> Result<Vec<GroupRow>> {
     let groups = group_runs(runs, group_by)?;
-    if let Some(b) = baseline {
-        if !groups.contains_key(b) {
-            return Err(RuntimeError::Config(format!(
-                "--baseline {b}: no such group (groups: {})",
-                groups.keys().cloned().collect::<Vec<_>>().join(", ")
-            )));
+    for (flag, name) in [("--baseline", baseline), ("--cost-vs", cost_vs)] {
+        if let Some(b) = name {
+            if !groups.contains_key(b) {
+                return Err(RuntimeError::Config(format!(
+                    "{flag} {b}: no such group (groups: {})",
+                    groups.keys().cloned().collect::<Vec<_>>().join(", ")
+                )));
+            }
         }
     }
     let seed_of = |r: &RunRecord| r.config.as_ref().map_or(0, |c| c.seed);
@@ -204,6 +222,8 @@ pub fn group_rows(
     };
     let base = baseline.and_then(|b| groups.get(b));
     let base_time = base.map(|rs| Stat::of(&values(rs, |r| r.train_seconds)).mean);
+    let ratio = |mine: f64, theirs: f64| (theirs > 0.0).then(|| mine / theirs);
+    let cost_base = cost_vs.and_then(|c| groups.get(c).map(|rs| (c, rs)));
     let mut rows = Vec::new();
     for (group, rs) in &groups {
         let is_base = Some(group.as_str()) == baseline;
@@ -217,6 +237,15 @@ pub fn group_rows(
             Paired::of(&diffs).filter(|_| !is_base)
         };
         let time = Stat::of(&values(rs, |r| r.train_seconds));
+        let macs = Stat::of(&values(rs, |r| r.avg_macs));
+        let cost_vs = cost_base.map(|(c, theirs)| CostRatio {
+            group: c.to_string(),
+            macs: ratio(macs.mean, Stat::of(&values(theirs, |r| r.avg_macs)).mean),
+            time: ratio(
+                time.mean,
+                Stat::of(&values(theirs, |r| r.train_seconds)).mean,
+            ),
+        });
         rows.push(GroupRow {
             group: group.clone(),
             runs: rs.iter().map(|r| r.name.clone()).collect(),
@@ -224,13 +253,14 @@ pub fn group_rows(
             final_test_acc: Stat::of(&values(rs, |r| r.final_test_acc)),
             best_test_acc: Stat::of(&values(rs, |r| r.best_test_acc)),
             avg_params: Stat::of(&values(rs, |r| r.avg_params)),
-            avg_macs: Stat::of(&values(rs, |r| r.avg_macs)),
+            avg_macs: macs,
             train_seconds: time,
             grows: Stat::of(&values(rs, |r| r.grows as f64)),
             cuts: Stat::of(&values(rs, |r| r.cuts as f64)),
             delta_final_acc: paired(|r| r.final_test_acc),
             delta_best_acc: paired(|r| r.best_test_acc),
-            time_ratio: base_time.filter(|t| *t > 0.0).map(|t| time.mean / t),
+            time_ratio: base_time.and_then(|t| ratio(time.mean, t)),
+            cost_vs,
         });
     }
     Ok(rows)
@@ -275,16 +305,28 @@ fn delta(p: &Option<Paired>) -> String {
 }
 
 /// The markdown table of grouped runs: accuracies in %, Δ in percentage points with the 95 %
-/// confidence interval of the paired mean.
+/// confidence interval of the paired mean; with a cost group, two more columns (MACs and time
+/// over that group's).
 pub fn group_markdown(rows: &[GroupRow], baseline: Option<&str>) -> String {
     let vs = baseline.unwrap_or("baseline");
+    let cost_group = rows
+        .iter()
+        .find_map(|r| r.cost_vs.as_ref().map(|c| c.group.clone()));
+    let times = |v: Option<f64>| v.map_or("—".into(), |t| format!("{t:.2}×"));
     let mut s = format!(
-        "| group | runs | final acc (%) | best acc (%) | Δ final vs {vs} (pp, 95 % CI) | Δ best vs {vs} (pp) | avg params (M) | avg MACs (M) | train time (s) | time / {vs} | grows | cuts |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| group | runs | final acc (%) | best acc (%) | Δ final vs {vs} (pp, 95 % CI) | Δ best vs {vs} (pp) | avg params (M) | avg MACs (M) | train time (s) | time / {vs} | grows | cuts |"
     );
+    let mut rule = String::from("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    if let Some(c) = &cost_group {
+        s.push_str(&format!(" MACs / {c} | time / {c} |"));
+        rule.push_str("---:|---:|");
+    }
+    s.push('\n');
+    s.push_str(&rule);
+    s.push('\n');
     for r in rows {
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {:.3} | {:.2} | {} | {} | {:.1} | {:.1} |\n",
+            "| {} | {} | {} | {} | {} | {} | {:.3} | {:.2} | {} | {} | {:.1} | {:.1} |",
             r.group,
             r.runs.len(),
             pm(&r.final_test_acc, 100.0, 2),
@@ -294,10 +336,14 @@ pub fn group_markdown(rows: &[GroupRow], baseline: Option<&str>) -> String {
             r.avg_params.mean / 1e6,
             r.avg_macs.mean / 1e6,
             pm(&r.train_seconds, 1.0, 0),
-            r.time_ratio.map_or("—".into(), |t| format!("{t:.2}×")),
+            times(r.time_ratio),
             r.grows.mean,
             r.cuts.mean,
         ));
+        if let Some(c) = &r.cost_vs {
+            s.push_str(&format!(" {} | {} |", times(c.macs), times(c.time)));
+        }
+        s.push('\n');
     }
     s
 }

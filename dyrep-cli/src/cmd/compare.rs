@@ -16,12 +16,18 @@ pub(crate) fn run(args: CompareArgs, ctx: &mut Ctx<'_>) -> Result<u8> {
             json,
             group_by: Some(keys),
             baseline,
+            cost_vs,
         } => {
             let records = runs
                 .iter()
                 .map(|r| report::read_run(r))
                 .collect::<dyrep_runtime::Result<Vec<_>>>()?;
-            let rows = dyrep_runtime::groups::group_rows(&records, &keys, baseline.as_deref())?;
+            let rows = dyrep_runtime::groups::group_rows(
+                &records,
+                &keys,
+                baseline.as_deref(),
+                cost_vs.as_deref(),
+            )?;
             dyrep_runtime::groups::plot_groups(&records, &keys, &svg)?;
             if json {
                 crate::render::print_json(&mut ctx.out, &rows)?;

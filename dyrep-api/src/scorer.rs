@@ -184,4 +184,32 @@ mod tests {
         m.clear();
         assert!(m.means().is_empty());
     }
+
+    /// Checkpoints keep the accumulators as JSON, and a resumed run must score exactly as an
+    /// uninterrupted one: every f64 must parse back to the same bits (serde_json's default
+    /// parser is off by one ulp for some values; the workspace turns on `float_roundtrip`).
+    #[test]
+    fn accumulators_survive_json_bit_for_bit() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(20261202);
+        let mut m = MeanAccumulator::default();
+        for i in 0..2000 {
+            let mantissa: f64 = rng.random_range(-1.0..1.0);
+            let exponent: i32 = rng.random_range(-40..10);
+            m.add(&format!("conv{}", i % 97), mantissa * 10f64.powi(exponent));
+        }
+        let back: MeanAccumulator =
+            serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+        for ((pa, a), (pb, b)) in m.sums.iter().zip(&back.sums) {
+            assert_eq!(pa, pb);
+            assert_eq!(
+                a.0.to_bits(),
+                b.0.to_bits(),
+                "{pa}: {:e} came back as {:e}",
+                a.0,
+                b.0
+            );
+            assert_eq!(a.1, b.1);
+        }
+    }
 }

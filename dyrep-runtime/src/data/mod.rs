@@ -557,6 +557,47 @@ mod tests {
         assert_eq!(s.balanced_subset(22, 3, 0, 2).labels, s.labels);
     }
 
+    /// `benches/peer/cifar10-subset-1000.txt` (the images the PyTorch check of the reproduction
+    /// trains on) must be the subset `--train-limit 10000` keeps of CIFAR-10's 10 × 5,000
+    /// training images, or that check trains on other data than the grid.
+    #[test]
+    fn the_peer_subset_file_is_the_reproductions_training_subset() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../benches/peer/cifar10-subset-1000.txt"
+        );
+        let text = std::fs::read_to_string(path).unwrap();
+        let (classes, per_class) = (10usize, 5000usize);
+        let split = Split {
+            images: Vec::new(),
+            labels: (0..classes as u32)
+                .flat_map(|c| std::iter::repeat_n(c, per_class))
+                .collect(),
+            files: (0..classes * per_class)
+                .map(|i| ImageSource::File(PathBuf::from(i.to_string())))
+                .collect(),
+        };
+        let sub = split.balanced_subset(10_000, classes, SUBSET_SEED, 3 * 32 * 32);
+        let mut chosen = vec![Vec::new(); classes];
+        for (file, &label) in sub.files.iter().zip(&sub.labels) {
+            let ImageSource::File(p) = file else {
+                panic!("not a file: {file:?}")
+            };
+            let index: usize = p.to_str().unwrap().parse().unwrap();
+            chosen[label as usize].push(index - label as usize * per_class);
+        }
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), classes, "{path}: one line per class");
+        for (class, line) in lines.iter().enumerate() {
+            let mut listed: Vec<usize> = line
+                .split_whitespace()
+                .map(|t| t.parse().unwrap())
+                .collect();
+            listed.sort_unstable();
+            assert_eq!(listed, chosen[class], "{path}: class {class}");
+        }
+    }
+
     #[test]
     fn a_limited_dataset_recomputes_its_statistics_and_reports_missing_classes() {
         let ds = bundled_default().unwrap();

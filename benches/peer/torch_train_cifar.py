@@ -1,0 +1,240 @@
+#!/usr/bin/env python3
+"""The reproduction's plain recipe in PyTorch: `origin` of configs/repro/cifar10-vgg16-w025.toml
+(VGG-16 at width 0.25 on 1,000 images per class of the CIFAR-10 JPEG copy, the full test set,
+40 epochs, batch 128, SGD 0.9 without Nesterov, lr 0.1 cosine per step to 1e-6, weight decay
+1e-4 on every parameter, crop 32 pad 4, flip, Cutout 16), written so its run folder reads like a
+dyrep run's (metrics.csv, summary.json, config.resolved.toml) and `dyrep compare` groups it.
+
+It answers one question about REPRODUCTION.md's results: whether the plain network's accuracy
+and its spread over seeds are a property of the protocol or of dyrep's trainer. Everything but
+the framework is dyrep's: the same training images (`--subset`, the within-class positions that
+dyrep's seeded class-balanced subset keeps; see below), normalisation by the subset's channel
+statistics, zero padding as a zero pixel normalised like the others, Cutout after normalisation
+(centre uniform, square clipped at the borders), the last partial batch dropped, the lr of step
+s (0-based) min + (max - min)(1 + cos(pi s / total)) / 2, PyTorch's BN (momentum 0.1, eps 1e-5),
+convs from N(0, 2 / (k^2 C_out)), linear layers from U(+-1/sqrt(out)) with zero bias. The random
+streams (initial weights, data order, augmentation) are PyTorch's, so seed s here and seed s of
+dyrep are different draws: compare groups, not pairs.
+
+Not run in CI. Setup and use (outside the repository; the torch venv of BENCHMARKS.md):
+    /tmp/torchvenv/bin/pip install torch numpy pillow
+    /tmp/torchvenv/bin/python benches/peer/torch_train_cifar.py --data /work/data/cifar10 \
+        --subset benches/peer/cifar10-subset-1000.txt --seed 0 --out /work/torch/origin-s0
+    dyrep compare /work/torch/origin-s* --group-by mode
+
+`--subset` holds ten lines, one per class in sorted class order, each the positions (0-based,
+among that class's training files sorted by name) of the images dyrep's `--train-limit 10000`
+keeps: per class, positions 0..4999 shuffled by dyrep's SeededRng for the purpose
+"subset:<class>" with seed 0 (Fisher-Yates from the back, as `Split::balanced_subset`), first
+1,000 kept. The unit test `the_peer_subset_file_is_the_reproductions_training_subset`
+(dyrep-runtime) checks benches/peer/cifar10-subset-1000.txt against that rule.
+"""
+
+import argparse
+import csv
+import json
+import math
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
+
+
+class Vgg16(nn.Module):
+    """dyrep's vgg16 (the paper's CIFAR VGG-16) at `width`, with dyrep's initialisation."""
+
+    def __init__(self, width, classes=10):
+        super().__init__()
+        ch = lambda c: max(1, round(c * width))
+        layers, c = [], 3
+        for v in VGG16:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += [nn.Conv2d(c, ch(v), 3, padding=1, bias=False), nn.BatchNorm2d(ch(v)), nn.ReLU(inplace=True)]
+                c = ch(v)
+        layers.append(nn.MaxPool2d(2, stride=1))
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Linear(c, ch(512)), nn.ReLU(inplace=True), nn.Linear(ch(512), classes))
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                k = m.kernel_size[0] * m.kernel_size[1]
+                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / (k * m.out_channels)))
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                bound = 1.0 / math.sqrt(m.out_features)
+                nn.init.uniform_(m.weight, -bound, bound)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x):
+        return self.classifier(self.features(x).flatten(1))
+
+
+def read_split(root, classes, positions=None):
+    """u8 images [N, 3, 32, 32] and labels of `root/<class>/*`, in class then name order;
+    only `positions[class]` of each class when given (kept in file order, as dyrep does)."""
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        files = sorted(os.listdir(os.path.join(root, name)))
+        keep = range(len(files)) if positions is None else sorted(positions[label])
+        for i in keep:
+            with Image.open(os.path.join(root, name, files[i])) as im:
+                images.append(np.asarray(im.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1))
+            labels.append(label)
+    return torch.from_numpy(np.stack(images)), torch.tensor(labels)
+
+
+def augment(raw, mean, std, gen, pad=4, cutout=16):
+    """Random crop with zero padding, horizontal flip, normalisation, then Cutout."""
+    n, c, h, w = raw.shape
+    padded = F.pad(raw.float(), (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    flip = torch.rand(n, generator=gen) < 0.5
+    cy = torch.randint(0, h, (n,), generator=gen)
+    cx = torch.randint(0, w, (n,), generator=gen)
+    out = torch.empty(n, c, h, w)
+    for i in range(n):
+        img = padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w]
+        out[i] = img.flip(2) if flip[i] else img
+    out = (out / 255.0 - mean) / std
+    half = cutout // 2
+    for i in range(n):
+        y0, y1 = max(int(cy[i]) - half, 0), min(int(cy[i]) + cutout - half, h)
+        x0, x1 = max(int(cx[i]) - half, 0), min(int(cx[i]) + cutout - half, w)
+        out[i, :, y0:y1, x0:x1] = 0.0
+    return out
+
+
+def evaluate(model, images, labels, mean, std, batch=256):
+    model.eval()
+    loss, correct = 0.0, 0
+    with torch.no_grad():
+        for s in range(0, len(images), batch):
+            x = (images[s : s + batch].float() / 255.0 - mean) / std
+            y = labels[s : s + batch]
+            out = model(x)
+            loss += F.cross_entropy(out, y, reduction="sum").item()
+            correct += (out.argmax(1) == y).sum().item()
+    return loss / len(images), correct / len(images)
+
+
+def write_atomic(path, text):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True, help="the CIFAR-10 image folder (train/, test/)")
+    ap.add_argument("--subset", required=True, help="the within-class positions to train on")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--width", type=float, default=0.25)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--config",
+        default=os.path.join(os.path.dirname(__file__), "../repro/results/origin-s0/config.resolved.toml"),
+        help="the dyrep config this run follows (copied with its seed into the run folder)",
+    )
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    gen = torch.Generator().manual_seed(a.seed + 1_000_003)
+    os.makedirs(a.out, exist_ok=True)
+
+    classes = sorted(d for d in os.listdir(os.path.join(a.data, "train")) if not d.startswith("."))
+    with open(a.subset) as f:
+        positions = [[int(t) for t in line.split()] for line in f if line.strip()]
+    if len(positions) != len(classes):
+        raise SystemExit(f"{a.subset}: {len(positions)} lines for {len(classes)} classes; one line per class")
+    train_x, train_y = read_split(os.path.join(a.data, "train"), classes, positions)
+    test_x, test_y = read_split(os.path.join(a.data, "test"), classes)
+    flat = train_x.double().div(255.0).transpose(0, 1).reshape(3, -1)
+    mean = flat.mean(1).float().view(1, 3, 1, 1)
+    std = flat.std(1, unbiased=False).float().view(1, 3, 1, 1)
+
+    model = Vgg16(a.width, len(classes))
+    params = sum(p.numel() for p in model.parameters())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4)
+    batch, lr_max, lr_min = 128, 0.1, 1e-6
+    steps = len(train_x) // batch
+    total = steps * a.epochs
+    macs = 19_924_224 if a.width == 0.25 else 0
+
+    with open(a.config) as f:
+        cfg = f.read()
+    cfg = "\n".join(f"seed = {a.seed}" if l.startswith("seed = ") else l for l in cfg.splitlines())
+    write_atomic(
+        os.path.join(a.out, "config.resolved.toml"),
+        f"# PyTorch {torch.__version__} run of this config by benches/peer/torch_train_cifar.py\n{cfg}\n",
+    )
+    rows = [["epoch", "split", "loss", "acc", "lr", "params", "macs", "branches", "seconds"]]
+    best, step, train_seconds = 0.0, 0, 0.0
+    for epoch in range(1, a.epochs + 1):
+        model.train()
+        t0 = time.perf_counter()
+        order = torch.randperm(len(train_x), generator=gen)
+        loss_sum, correct, seen = 0.0, 0, 0
+        for b in range(steps):
+            idx = order[b * batch : (b + 1) * batch]
+            x = augment(train_x[idx], mean, std, gen)
+            y = train_y[idx]
+            lr = lr_min + (lr_max - lr_min) * (1 + math.cos(math.pi * step / total)) / 2
+            for g in opt.param_groups:
+                g["lr"] = lr
+            out = model(x)
+            loss = F.cross_entropy(out, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.item() * len(y)
+            correct += (out.argmax(1) == y).sum().item()
+            seen += len(y)
+            step += 1
+        train_seconds += time.perf_counter() - t0
+        test_loss, test_acc = evaluate(model, test_x, test_y, mean, std)
+        best = max(best, test_acc)
+        common = [f"{lr:.6e}", params, macs, 0, f"{train_seconds:.3f}"]
+        rows.append([epoch, "train", f"{loss_sum / seen:.6f}", f"{correct / seen:.6f}", *common])
+        rows.append([epoch, "test", f"{test_loss:.6f}", f"{test_acc:.6f}", *common])
+        print(f"epoch {epoch}/{a.epochs} train loss {loss_sum / seen:.4f} acc {correct / seen:.4f} "
+              f"test acc {test_acc:.4f} ({train_seconds:.0f} s)", flush=True)
+        tmp = os.path.join(a.out, "metrics.csv.tmp")
+        with open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows(rows)
+        os.replace(tmp, os.path.join(a.out, "metrics.csv"))
+
+    summary = {
+        "model": "vgg16",
+        "mode": "origin",
+        "dataset": f"image-folder:{a.data}",
+        "epochs": a.epochs,
+        "seed": a.seed,
+        "final_test_acc": test_acc,
+        "best_test_acc": best,
+        "avg_params": float(params),
+        "avg_macs": float(macs),
+        "final_params": params,
+        "final_macs": macs,
+        "train_seconds": train_seconds,
+        "grows": 0,
+        "cuts": 0,
+        "framework": f"pytorch {torch.__version__}",
+    }
+    write_atomic(os.path.join(a.out, "summary.json"), json.dumps(summary, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -143,6 +143,7 @@ def main():
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--width", type=float, default=0.25)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--stop-after", type=int, help="stop after this many epochs (the schedule stays --epochs long)")
     ap.add_argument(
         "--config",
         default=os.path.join(os.path.dirname(__file__), "../repro/results/origin-s0/config.resolved.toml"),
@@ -215,6 +216,8 @@ def main():
         with open(tmp, "w", newline="") as f:
             csv.writer(f).writerows(rows)
         os.replace(tmp, os.path.join(a.out, "metrics.csv"))
+        if a.stop_after is not None and epoch >= a.stop_after:
+            return
 
     summary = {
         "model": "vgg16",

@@ -204,10 +204,11 @@ def main():
             correct += (out.argmax(1) == y).sum().item()
             seen += len(y)
             step += 1
-        train_seconds += time.perf_counter() - t0
+        epoch_seconds = time.perf_counter() - t0
+        train_seconds += epoch_seconds
         test_loss, test_acc = evaluate(model, test_x, test_y, mean, std)
         best = max(best, test_acc)
-        common = [f"{lr:.6e}", params, macs, 0, f"{train_seconds:.3f}"]
+        common = [f"{lr:.6e}", params, macs, 0, f"{epoch_seconds:.3f}"]
         rows.append([epoch, "train", f"{loss_sum / seen:.6f}", f"{correct / seen:.6f}", *common])
         rows.append([epoch, "test", f"{test_loss:.6f}", f"{test_acc:.6f}", *common])
         print(f"epoch {epoch}/{a.epochs} train loss {loss_sum / seen:.4f} acc {correct / seen:.4f} "

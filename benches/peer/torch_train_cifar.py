@@ -43,25 +43,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
+# The network as `benches/peer/torchbench.py` defines it (the script's folder is on sys.path).
+from torchbench import Vgg16 as BenchVgg16  # noqa: E402
 
 
-class Vgg16(nn.Module):
+class Vgg16(BenchVgg16):
     """dyrep's vgg16 (the paper's CIFAR VGG-16) at `width`, with dyrep's initialisation."""
 
     def __init__(self, width, classes=10):
-        super().__init__()
-        ch = lambda c: max(1, round(c * width))
-        layers, c = [], 3
-        for v in VGG16:
-            if v == "M":
-                layers.append(nn.MaxPool2d(2))
-            else:
-                layers += [nn.Conv2d(c, ch(v), 3, padding=1, bias=False), nn.BatchNorm2d(ch(v)), nn.ReLU(inplace=True)]
-                c = ch(v)
-        layers.append(nn.MaxPool2d(2, stride=1))
-        self.features = nn.Sequential(*layers)
-        self.classifier = nn.Sequential(nn.Linear(c, ch(512)), nn.ReLU(inplace=True), nn.Linear(ch(512), classes))
+        super().__init__(3, width, classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 k = m.kernel_size[0] * m.kernel_size[1]
@@ -73,9 +63,6 @@ class Vgg16(nn.Module):
                 bound = 1.0 / math.sqrt(m.out_features)
                 nn.init.uniform_(m.weight, -bound, bound)
                 nn.init.zeros_(m.bias)
-
-    def forward(self, x):
-        return self.classifier(self.features(x).flatten(1))
 
 
 def read_split(root, classes, positions=None):

@@ -32,6 +32,7 @@ keeps: per class, positions 0..4999 shuffled by dyrep's SeededRng for the purpos
 
 import argparse
 import csv
+import io
 import json
 import math
 import os
@@ -44,7 +45,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 # The network as `benches/peer/torchbench.py` defines it (the script's folder is on sys.path).
-from torchbench import Vgg16 as BenchVgg16  # noqa: E402
+from torchbench import Vgg16 as BenchVgg16
+from torchbench import macs_per_image
 
 
 class Vgg16(BenchVgg16):
@@ -159,7 +161,7 @@ def main():
     batch, lr_max, lr_min = 128, 0.1, 1e-6
     steps = len(train_x) // batch
     total = steps * a.epochs
-    macs = 19_924_224 if a.width == 0.25 else 0
+    macs = macs_per_image(model, [3, 32, 32])
 
     with open(a.config) as f:
         cfg = f.read()
@@ -200,10 +202,9 @@ def main():
         rows.append([epoch, "test", f"{test_loss:.6f}", f"{test_acc:.6f}", *common])
         print(f"epoch {epoch}/{a.epochs} train loss {loss_sum / seen:.4f} acc {correct / seen:.4f} "
               f"test acc {test_acc:.4f} ({train_seconds:.0f} s)", flush=True)
-        tmp = os.path.join(a.out, "metrics.csv.tmp")
-        with open(tmp, "w", newline="") as f:
-            csv.writer(f).writerows(rows)
-        os.replace(tmp, os.path.join(a.out, "metrics.csv"))
+        table = io.StringIO(newline="")
+        csv.writer(table).writerows(rows)
+        write_atomic(os.path.join(a.out, "metrics.csv"), table.getvalue())
         if a.stop_after is not None and epoch >= a.stop_after:
             return
 

@@ -165,6 +165,7 @@ fn fuse_verifies_repvgg_and_dbb_and_gives_the_plain_model() {
             serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap())
                 .unwrap();
         assert_eq!(summary["baseline_form"], "reference", "{summary}");
+        assert_eq!(summary["baseline_init"], "pytorch", "{summary}");
         let fused = tmp.path().join(format!("{mode}-fused"));
         let ck = run.join("checkpoints/last");
         let o = dyrep(&[
@@ -312,6 +313,32 @@ fn bad_names_and_files_exit_1_with_a_clear_message() {
                 "official".into(),
             ],
             "expected `reference` or `dyrep`",
+        ),
+        (
+            vec!["train".into(), "--baseline-init".into(), "fan_out".into()],
+            "--baseline-init only applies to --mode repvgg or dbb",
+        ),
+        (
+            vec![
+                "train".into(),
+                "--mode".into(),
+                "dbb".into(),
+                "--baseline-form".into(),
+                "dyrep".into(),
+                "--baseline-init".into(),
+                "fan_out".into(),
+            ],
+            "--baseline-init only applies to --baseline-form reference",
+        ),
+        (
+            vec![
+                "train".into(),
+                "--mode".into(),
+                "repvgg".into(),
+                "--baseline-init".into(),
+                "kaiming".into(),
+            ],
+            "expected `pytorch` or `fan_out`",
         ),
         (
             vec![

@@ -27,7 +27,7 @@ pub use bn::{BatchNorm, BnEval, BN_EPS, BN_MOMENTUM};
 pub use error::{Error, Result};
 pub use exec::{branchwise, ExecPath};
 pub use geom::ConvGeom;
-pub use init::{InitCtx, DEFAULT_GAMMA0};
+pub use init::{ConvInit, InitCtx, DEFAULT_GAMMA0};
 pub use kernel::Kernel;
 pub use op::{
     find_op, not_applicable, op_spec, ops, BranchParts, OpEntry, OpSpec, RepOp, SecondStage,

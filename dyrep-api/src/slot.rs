@@ -612,7 +612,7 @@ impl Slot {
         ctx: &mut InitCtx<'_>,
     ) -> Result<()> {
         let target = self.equivalent()?;
-        self.grow_independent(main, branches, ctx)?;
+        self.grow_independent(main, branches, true, ctx)?;
         match self {
             Slot::Block(b) => b.restore_equivalent(&target),
             Slot::Conv(_) => Ok(()),
@@ -620,13 +620,16 @@ impl Slot {
     }
 
     /// [`Slot::grow`] without the restore: every branch keeps its own fresh initialisation
-    /// (the old conv in the main branch, the new branches as built, every BN as new), so the
-    /// block computes something else than the old conv. This is how the DBB and RepVGG authors
-    /// build their training-time blocks (docs/REFERENCE.md, "Baselines").
+    /// (the new branches as built, every BN as new), so the block computes something else than
+    /// the old conv. The main branch holds the old conv when `keep_conv` (pretrained weights, or
+    /// a draw of the same distribution), else its own fresh one, as the DBB and RepVGG authors
+    /// build their training-time blocks (docs/REFERENCE.md, "Baselines"). The RNG is drawn the
+    /// same either way.
     pub fn grow_independent(
         &mut self,
         main: &dyn OpSpec,
         branches: &[Box<dyn OpSpec>],
+        keep_conv: bool,
         ctx: &mut InitCtx<'_>,
     ) -> Result<()> {
         let geom = match self {
@@ -659,8 +662,10 @@ impl Slot {
                 ),
             });
         }
-        // The old conv moves into the main branch; the main's fresh conv is dropped.
-        std::mem::swap(main_slot, self);
+        if keep_conv {
+            // The old conv moves into the main branch; the main's fresh conv is dropped.
+            std::mem::swap(main_slot, self);
+        }
         *self = Slot::Block(RepBlock {
             geom,
             main: main_op,

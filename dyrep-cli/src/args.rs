@@ -221,6 +221,11 @@ pub(crate) struct TrainArgs {
     /// grows one (`dyrep`: the BN kept, the block equal to the fresh conv).
     #[arg(long, value_name = "FORM", value_parser = dyrep_runtime::train::BaselineForm::parse)]
     pub(crate) baseline_form: Option<dyrep_runtime::train::BaselineForm>,
+    /// repvgg / dbb modes, reference form: how the blocks' convs start (`pytorch`: every conv
+    /// fresh with PyTorch's default init, as the reference; the default) or `fan_out` (the
+    /// model's conv kept as the main branch, the new ones fan-out normal: dyrep's earlier form).
+    #[arg(long, value_name = "INIT", value_parser = dyrep_runtime::train::BaselineInit::parse)]
+    pub(crate) baseline_init: Option<dyrep_runtime::train::BaselineInit>,
     /// dyrep mode: branch ops for new blocks, comma-separated (default: every registered op).
     #[arg(help_heading = DYREP_HEADING, long, value_name = "A,B", value_delimiter = ',')]
     pub(crate) ops: Option<Vec<String>>,

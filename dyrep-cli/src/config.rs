@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 
-use dyrep_runtime::train::{Mode, TrainConfig};
+use dyrep_runtime::train::{BaselineForm, Mode, TrainConfig};
 
 use crate::args::{TrainArgs, DYREP_HEADING, RUN_HEADING};
 
@@ -76,6 +76,9 @@ impl TrainArgs {
         self.apply_data_flags(&mut cfg);
         if let Some(v) = self.baseline_form {
             cfg.baseline_form = v;
+        }
+        if let Some(v) = self.baseline_init {
+            cfg.baseline_init = v;
         }
         self.apply_dyrep_flags(&mut cfg.dyrep);
         self.check_mode_flags(&cfg)?;
@@ -159,10 +162,21 @@ impl TrainArgs {
                 cfg.mode.as_str()
             );
         }
-        if self.baseline_form.is_some() && !matches!(cfg.mode, Mode::Repvgg | Mode::Dbb) {
+        for (flag, given) in [
+            ("--baseline-form", self.baseline_form.is_some()),
+            ("--baseline-init", self.baseline_init.is_some()),
+        ] {
+            if given && !matches!(cfg.mode, Mode::Repvgg | Mode::Dbb) {
+                anyhow::bail!(
+                    "{flag} only applies to --mode repvgg or dbb (the mode is `{}`)",
+                    cfg.mode.as_str()
+                );
+            }
+        }
+        if self.baseline_init.is_some() && cfg.baseline_form != BaselineForm::Reference {
             anyhow::bail!(
-                "--baseline-form only applies to --mode repvgg or dbb (the mode is `{}`)",
-                cfg.mode.as_str()
+                "--baseline-init only applies to --baseline-form reference (DyRep's form starts \
+                 each block equal to the conv)"
             );
         }
         Ok(())

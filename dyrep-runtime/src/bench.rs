@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::alloc::peak_rss_bytes;
 use crate::error::{Result, RuntimeError};
 use crate::metrics::cross_entropy;
-use crate::model::{apply_mode, BaselineForm, Mode};
+use crate::model::{apply_mode, Baseline, BlockStart, Mode};
 use crate::model::{build_model, find_model, ModelConfig};
 use crate::optim::{Sgd, SgdConfig};
 
@@ -230,7 +230,7 @@ fn bench_model(
     let mut ctx = InitCtx::new(rng, device);
     let cfg = ModelConfig::named(spec.model.as_str(), input, 10, spec.width);
     let mut m = build_model(&cfg, &mut ctx)?;
-    apply_mode(&mut m, spec.mode, BaselineForm::Reference, &mut ctx)?;
+    apply_mode(&mut m, spec.mode, Baseline::default(), &mut ctx)?;
     let mut mode_name = spec.mode.as_str().to_string();
     if let Some(names) = spec.grow_ops.as_deref() {
         let names: Vec<String> = if names.iter().any(|n| n == "all") {
@@ -250,7 +250,7 @@ fn bench_model(
             &*dyrep_ops::main_spec(),
             &specs,
             &|g| g.k > 1,
-            false,
+            BlockStart::EqualToConv,
             &mut ctx,
         )?;
         mode_name = format!("{mode_name}+{}", names.join(","));

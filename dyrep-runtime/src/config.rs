@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::loader::Augment;
 use crate::dynamics::DyrepConfig;
 use crate::error::{io, Result, RuntimeError};
-pub use crate::model::{BaselineForm, Mode};
+pub use crate::model::{BaselineForm, BaselineInit, Mode};
 use crate::optim::SgdConfig;
 
 /// Every setting of a run (the TOML config file; `config.resolved.toml` in the run directory).
@@ -44,6 +44,9 @@ pub struct TrainConfig {
     pub test_limit: Option<usize>,
     /// How `repvgg` and `dbb` build their blocks (the reference's form by default).
     pub baseline_form: BaselineForm,
+    /// How the reference form draws its blocks' convs (the reference's, PyTorch's default init,
+    /// by default).
+    pub baseline_init: BaselineInit,
     /// Start from plain pretrained weights with conventional names (a `.safetensors` file as
     /// `dyrep export` writes it), in any mode (paper §5.4 "D").
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -97,6 +100,7 @@ impl Default for TrainConfig {
             train_limit: None,
             test_limit: None,
             baseline_form: BaselineForm::Reference,
+            baseline_init: BaselineInit::Pytorch,
             init_from: None,
             workers: 0,
             dist_same_data: false,
@@ -128,6 +132,14 @@ impl TrainConfig {
             return bad(format!(
                 "need 0 <= min_lr <= lr and lr > 0 (lr {}, min_lr {})",
                 self.lr, self.min_lr
+            ));
+        }
+        if self.baseline_form == BaselineForm::Dyrep && self.baseline_init != BaselineInit::Pytorch
+        {
+            return bad(format!(
+                "baseline_init = \"{}\" only applies to baseline_form = \"reference\" (DyRep's \
+                 form starts each block equal to the conv); remove it",
+                self.baseline_init.as_str()
             ));
         }
         if !(0.0..1.0).contains(&self.label_smoothing) {
@@ -298,11 +310,32 @@ mod tests {
             "augment.imagenet.crop_fraction",
             "dyrep.max_grow_epochs",
             "dyrep.scorer",
+            "baseline_init",
         ] {
             assert!(
                 keys.iter().any(|x| x == k),
                 "`{k}` is not a known key: {keys:?}"
             );
         }
+    }
+
+    /// A config file that leaves `baseline_init` out gets the reference's init; `fan_out` with
+    /// DyRep's form (which has no use for it) is refused, naming the setting.
+    #[test]
+    fn baseline_init_defaults_to_pytorch_and_needs_the_reference_form() {
+        let cfg: TrainConfig = toml::from_str("mode = \"dbb\"").unwrap();
+        assert_eq!(cfg.baseline_init, BaselineInit::Pytorch);
+        let cfg: TrainConfig =
+            toml::from_str("mode = \"dbb\"\nbaseline_init = \"fan_out\"").unwrap();
+        cfg.validate().unwrap();
+        let cfg: TrainConfig = toml::from_str(
+            "mode = \"dbb\"\nbaseline_form = \"dyrep\"\nbaseline_init = \"fan_out\"",
+        )
+        .unwrap();
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("baseline_init = \"fan_out\" only applies"),
+            "{e}"
+        );
     }
 }

@@ -61,6 +61,10 @@ pub struct Summary {
     /// How the `repvgg` / `dbb` blocks were built (`reference` or `dyrep`); absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub baseline_form: Option<String>,
+    /// How the reference form drew its blocks' convs (`pytorch` or `fan_out`); absent otherwise
+    /// and in summaries written before the setting existed (those drew `fan_out`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_init: Option<String>,
     pub dataset: String,
     pub epochs: usize,
     pub seed: u64,

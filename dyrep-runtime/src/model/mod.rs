@@ -14,7 +14,7 @@ mod zoo;
 
 pub use file::{ArchFile, LayerSpec};
 pub use layers::{BasicBlock, Bottleneck, ConvUnit, Layer, Linear};
-pub use mode::{apply_mode, BaselineForm, Mode};
+pub use mode::{apply_mode, Baseline, BaselineForm, BaselineInit, Mode};
 pub use registry::{find_model, models, ModelBuilder, ModelEntry};
 pub use zoo::{build_model, ModelConfig};
 
@@ -26,6 +26,16 @@ use serde::{Deserialize, Serialize};
 use dyrep_api::{ConvGeom, InitCtx, OpSpec, Slot, SlotArch, TensorRole};
 
 use crate::error::{Result, RuntimeError};
+
+/// How [`Model::grow_all`] starts each block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockStart {
+    /// Equal to the conv it replaces (paper eq. 6); the BN after the conv stays.
+    EqualToConv,
+    /// Every branch from its own initialisation and the BN after the conv dropped; the main
+    /// branch holds the old conv when `keep_conv`, else a fresh one.
+    Independent { keep_conv: bool },
+}
 
 /// Version of the `arch.json` layout.
 pub const ARCH_FORMAT_VERSION: u32 = 1;
@@ -404,13 +414,14 @@ impl Model {
     }
 
     /// Grows every eligible conv with the given branch specs (those that apply), as the static
-    /// `repvgg` and `dbb` modes do. `eligible(geom)` picks the convs.
+    /// `repvgg` and `dbb` modes do. `eligible(geom)` picks the convs; `start` says how each
+    /// block starts.
     pub fn grow_all(
         &mut self,
         main: &dyn OpSpec,
         branches: &[Box<dyn OpSpec>],
         eligible: &dyn Fn(&ConvGeom) -> bool,
-        independent: bool,
+        start: BlockStart,
         ctx: &mut InitCtx<'_>,
     ) -> Result<usize> {
         let mut grown = 0;
@@ -427,11 +438,12 @@ impl Model {
             if specs.is_empty() {
                 continue;
             }
-            if independent {
-                u.slot.grow_independent(main, &specs, ctx)?;
-                u.drop_bn_after_block();
-            } else {
-                u.slot.grow(main, &specs, ctx)?;
+            match start {
+                BlockStart::Independent { keep_conv } => {
+                    u.slot.grow_independent(main, &specs, keep_conv, ctx)?;
+                    u.drop_bn_after_block();
+                }
+                BlockStart::EqualToConv => u.slot.grow(main, &specs, ctx)?,
             }
             grown += 1;
         }
@@ -495,7 +507,7 @@ mod tests {
                 &*dyrep_ops::main_spec(),
                 &dbb,
                 &|g| g.k > 1,
-                false,
+                BlockStart::EqualToConv,
                 &mut ctx,
             )
             .unwrap();
@@ -573,7 +585,7 @@ mod tests {
                 if let Some(mode) = form {
                     let mut rng = SeededRng::new(9);
                     let mut ctx = InitCtx::new(&mut rng, &Device::Cpu);
-                    apply_mode(&mut m, mode, BaselineForm::Reference, &mut ctx).unwrap();
+                    apply_mode(&mut m, mode, Baseline::default(), &mut ctx).unwrap();
                 }
                 if grow {
                     let path = m.units()[1].conv_path.clone();
@@ -670,7 +682,7 @@ mod tests {
             &*dyrep_ops::main_spec(),
             &specs,
             &|g| g.k > 1,
-            false,
+            BlockStart::EqualToConv,
             &mut ctx,
         )
         .unwrap();
@@ -730,7 +742,7 @@ mod tests {
             .unwrap();
         let plain_y = m.forward_t(&x, false).unwrap();
         let mut ctx = InitCtx::new(&mut rng, &Device::Cpu);
-        let n = apply_mode(&mut m, Mode::Dbb, BaselineForm::Reference, &mut ctx).unwrap();
+        let n = apply_mode(&mut m, Mode::Dbb, Baseline::default(), &mut ctx).unwrap();
         assert!(n > 0);
         let grown: Vec<&ConvUnit> = m
             .units()
@@ -772,6 +784,86 @@ mod tests {
         plain.load_tensors(&m.tensor_map().unwrap()).unwrap();
     }
 
+    /// The reference form's two initialisations. `pytorch`: every conv of every block, main
+    /// included, is a fresh draw within PyTorch's bound ±1/√fan_in (a uniform draw never leaves
+    /// it; the fan-out normal of the plain convs does, for one entry in ~3 on vgg-tiny's convs);
+    /// `fan_out`: the model's own conv stays as the main branch, bit for bit, as dyrep built the
+    /// baselines before the setting existed; pretrained convs stay under either.
+    #[test]
+    fn reference_form_draws_pytorch_default_convs_unless_fan_out_or_pretrained() {
+        let conv_weights = |m: &Model| -> BTreeMap<String, Vec<f32>> {
+            m.tensors()
+                .into_iter()
+                .filter(|(_, _, r)| *r == TensorRole::ConvWeight)
+                .map(|(p, v, _)| {
+                    let w = v
+                        .as_tensor()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap();
+                    (p, w)
+                })
+                .collect()
+        };
+        let fan_in = |m: &Model, path: &str| -> f64 {
+            let (_, v, _) = m.tensors().into_iter().find(|(p, _, _)| p == path).unwrap();
+            let d = v.as_tensor().dims().to_vec();
+            (d[1] * d[2] * d[3]) as f64
+        };
+        let within_bound = |m: &Model, path: &str, w: &[f32]| {
+            let bound = 1.0 / fan_in(m, path).sqrt();
+            w.iter().all(|x| (*x as f64).abs() <= bound)
+        };
+        let plain = build("vgg-tiny", [1, 12, 12]);
+        let plain_w = conv_weights(&plain);
+        // The plain convs are fan-out normal and leave PyTorch's bound somewhere.
+        assert!(plain_w.iter().any(|(p, w)| !within_bound(&plain, p, w)));
+        let main_of = |u: &ConvUnit| format!("{}.{}.conv.weight", u.conv_path, dyrep_ops::MAIN_OP);
+        for (init, pretrained) in [
+            (BaselineInit::Pytorch, false),
+            (BaselineInit::FanOut, false),
+            (BaselineInit::Pytorch, true),
+        ] {
+            let mut m = build("vgg-tiny", [1, 12, 12]);
+            let mut rng = SeededRng::new(11);
+            let mut ctx = InitCtx::new(&mut rng, &Device::Cpu);
+            let baseline = Baseline {
+                init,
+                pretrained,
+                ..Baseline::default()
+            };
+            let n = apply_mode(&mut m, Mode::Dbb, baseline, &mut ctx).unwrap();
+            assert!(n > 0);
+            assert_eq!(
+                ctx.conv_init,
+                dyrep_api::ConvInit::FanOutNormal,
+                "ctx restored"
+            );
+            let w = conv_weights(&m);
+            let units = m.units();
+            for u in units.iter().filter(|u| u.slot.is_block()) {
+                let main = main_of(u);
+                let old = &plain_w[&format!("{}.weight", u.conv_path)];
+                let kept = &w[&main] == old;
+                assert_eq!(kept, init == BaselineInit::FanOut || pretrained, "{main}");
+                let branch_convs: Vec<_> = w
+                    .iter()
+                    .filter(|(p, _)| p.starts_with(&format!("{}.", u.conv_path)) && **p != main)
+                    .collect();
+                assert!(branch_convs.len() >= 2, "{}", u.conv_path);
+                for (p, bw) in branch_convs {
+                    if init == BaselineInit::Pytorch {
+                        assert!(within_bound(&m, p, bw), "{p} outside ±1/√fan_in");
+                    }
+                }
+                if init == BaselineInit::Pytorch && !pretrained {
+                    assert!(within_bound(&m, &main, &w[&main]), "{main}");
+                }
+            }
+        }
+    }
+
     /// DyRep's form keeps the unit BN and starts the block equal to the conv.
     #[test]
     fn dyrep_form_blocks_keep_the_unit_bn_and_the_output() {
@@ -781,7 +873,11 @@ mod tests {
             .unwrap();
         let plain_y = m.forward_t(&x, false).unwrap();
         let mut ctx = InitCtx::new(&mut rng, &Device::Cpu);
-        apply_mode(&mut m, Mode::Dbb, BaselineForm::Dyrep, &mut ctx).unwrap();
+        let dyrep_form = Baseline {
+            form: BaselineForm::Dyrep,
+            ..Baseline::default()
+        };
+        apply_mode(&mut m, Mode::Dbb, dyrep_form, &mut ctx).unwrap();
         assert!(m.units().iter().all(|u| u.bn.is_some() && !u.bn_dropped));
         let c =
             dyrep_api::equivalence::compare(&plain_y, &m.forward_t(&x, false).unwrap()).unwrap();

@@ -1,12 +1,12 @@
 //! The training modes and how the static ones build their blocks (docs/REFERENCE.md "Training
-//! recipes"): `origin` (plain), `repvgg` (every 3×3 as conv + 1×1 + identity, γ = 1), `dbb`
-//! (every k×k as DBB's k×k + 1×1 + 1×1→k×k + 1×1→avg, γ = 1) and `dyrep` (paper §4: branches
-//! grown and cut while training, so the model starts plain).
+//! recipes", "Baselines"): `origin` (plain), `repvgg` (every 3×3 as conv + 1×1 + identity,
+//! γ = 1), `dbb` (every k×k as DBB's k×k + 1×1 + 1×1→k×k + 1×1→avg, γ = 1) and `dyrep` (paper
+//! §4: branches grown and cut while training, so the model starts plain).
 
-use dyrep_api::{op_spec, InitCtx, OpSpec};
+use dyrep_api::{op_spec, ConvInit, InitCtx, OpSpec};
 use serde::{Deserialize, Serialize};
 
-use super::Model;
+use super::{BlockStart, Model};
 use crate::error::{Result, RuntimeError};
 
 /// Training mode.
@@ -85,12 +85,54 @@ impl BaselineForm {
     }
 }
 
-/// Turns the convs a static mode targets into blocks (γ = 1 on every branch), in `form`;
-/// returns how many convs it grew (0 for `origin` and `dyrep`).
+/// How the reference-form blocks of `repvgg` and `dbb` draw their conv weights.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BaselineInit {
+    /// As the reference's `--dbb` and the official RepVGG and DBB: every conv of the block
+    /// fresh, main included, with PyTorch's default init (kaiming-uniform, a = √5: variance
+    /// 1/(3·fan_in)).
+    #[default]
+    Pytorch,
+    /// dyrep before this setting existed: the model's conv (fan-out normal, 2/fan_out) stays
+    /// as the main branch and the new branch convs are fan-out normal too, 6·C_in/C_out times
+    /// the reference's variance (docs/REFERENCE.md "Baselines").
+    FanOut,
+}
+
+impl BaselineInit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BaselineInit::Pytorch => "pytorch",
+            BaselineInit::FanOut => "fan_out",
+        }
+    }
+
+    pub fn parse(s: &str) -> std::result::Result<BaselineInit, String> {
+        match s {
+            "pytorch" => Ok(BaselineInit::Pytorch),
+            "fan_out" => Ok(BaselineInit::FanOut),
+            other => Err(format!("`{other}`: expected `pytorch` or `fan_out`")),
+        }
+    }
+}
+
+/// How the static modes build their blocks: the form, the initialisation of the reference
+/// form, and whether the model holds pretrained convs (`init_from`), which then stay as the
+/// main branches whatever `init` says.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Baseline {
+    pub form: BaselineForm,
+    pub init: BaselineInit,
+    pub pretrained: bool,
+}
+
+/// Turns the convs a static mode targets into blocks (γ = 1 on every branch), as `baseline`
+/// says; returns how many convs it grew (0 for `origin` and `dyrep`).
 pub fn apply_mode(
     model: &mut Model,
     mode: Mode,
-    form: BaselineForm,
+    baseline: Baseline,
     ctx: &mut InitCtx<'_>,
 ) -> Result<usize> {
     let main = dyrep_ops::main_spec();
@@ -103,19 +145,26 @@ pub fn apply_mode(
         .iter()
         .map(|n| op_spec(n))
         .collect::<dyrep_api::Result<_>>()?;
-    let gamma0 = ctx.gamma0;
-    ctx.gamma0 = 1.0;
     let eligible: &dyn Fn(&dyrep_api::ConvGeom) -> bool = match mode {
         Mode::Repvgg => &|g| g.k == 3 && g.is_same_padding(),
         _ => &|g| g.k > 1,
     };
-    let n = model.grow_all(
-        &*main,
-        &specs,
-        eligible,
-        form == BaselineForm::Reference,
-        ctx,
-    );
-    ctx.gamma0 = gamma0;
+    let (start, conv_init) = match (baseline.form, baseline.init) {
+        (BaselineForm::Dyrep, _) => (BlockStart::EqualToConv, ctx.conv_init),
+        (BaselineForm::Reference, BaselineInit::Pytorch) => (
+            BlockStart::Independent {
+                keep_conv: baseline.pretrained,
+            },
+            ConvInit::PytorchDefault,
+        ),
+        (BaselineForm::Reference, BaselineInit::FanOut) => (
+            BlockStart::Independent { keep_conv: true },
+            ConvInit::FanOutNormal,
+        ),
+    };
+    let saved = (ctx.gamma0, ctx.conv_init);
+    (ctx.gamma0, ctx.conv_init) = (1.0, conv_init);
+    let n = model.grow_all(&*main, &specs, eligible, start, ctx);
+    (ctx.gamma0, ctx.conv_init) = saved;
     n
 }

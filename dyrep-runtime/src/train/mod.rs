@@ -17,14 +17,14 @@ use candle_core::Device;
 use dyrep_api::{InitCtx, SeededRng};
 
 pub use crate::checkpoint::load_checkpoint_model;
-pub use crate::config::{BaselineForm, Mode, TrainConfig};
+pub use crate::config::{BaselineForm, BaselineInit, Mode, TrainConfig};
 use crate::data::loader::{eval_stream, BatchStream, Which};
 use crate::data::Dataset;
 use crate::dynamics::Event;
 use crate::error::Result;
 use crate::metrics::{correct, cross_entropy};
 pub use crate::model::apply_mode;
-use crate::model::{build_model, ArchFile, Model, ModelConfig};
+use crate::model::{build_model, ArchFile, Baseline, Model, ModelConfig};
 pub use crate::run_state::{EpochRecord, RunState, Summary};
 
 /// Runs (or resumes) training; `echo` receives every log line.
@@ -116,7 +116,12 @@ pub fn build_for(
     if let Some(file) = &cfg.init_from {
         crate::export::load_plain_weights(&model, file)?;
     }
-    apply_mode(&mut model, cfg.mode, cfg.baseline_form, &mut ctx)?;
+    let baseline = Baseline {
+        form: cfg.baseline_form,
+        init: cfg.baseline_init,
+        pretrained: cfg.init_from.is_some(),
+    };
+    apply_mode(&mut model, cfg.mode, baseline, &mut ctx)?;
     Ok(model)
 }
 

@@ -15,7 +15,7 @@ use dyrep_api::TensorRole;
 use super::run_dir::RunDir;
 use super::{build_for, eval_sums, evaluate, loss_and_acc, RunOptions, TrainProgress};
 use crate::checkpoint::{self, CheckpointData};
-use crate::config::{Mode, TrainConfig};
+use crate::config::{BaselineForm, Mode, TrainConfig};
 use crate::data::loader::{
     eval_stream_of, make_batch, rank_shard, steps_per_epoch, train_stream_of_rank, Batch, Which,
 };
@@ -451,6 +451,9 @@ impl Trainer {
             mode: cfg.mode.as_str().into(),
             baseline_form: matches!(cfg.mode, Mode::Repvgg | Mode::Dbb)
                 .then(|| cfg.baseline_form.as_str().to_string()),
+            baseline_init: (matches!(cfg.mode, Mode::Repvgg | Mode::Dbb)
+                && cfg.baseline_form == BaselineForm::Reference)
+                .then(|| cfg.baseline_init.as_str().to_string()),
             dataset: self.data.spec.clone(),
             epochs: state.epochs_done,
             seed: cfg.seed,

@@ -151,10 +151,15 @@ fn config_value(cfg: &toml::Table, path: &str) -> Option<String> {
 }
 
 /// A run's group label: the first key's value alone, the others as `key=value`; `[dyrep]`
-/// settings only for dyrep-mode runs (an origin run has no scorer).
-fn label(cfg: &TrainConfig, keys: &[String]) -> Result<String> {
-    let table = toml::Table::try_from(cfg)
-        .map_err(|e| RuntimeError::Config(format!("cannot read a run's config: {e}")))?;
+/// settings only for dyrep-mode runs (an origin run has no scorer). Values come from the
+/// settings the run recorded when given (`recorded`): one its config does not name, because the
+/// run predates it, reads `-` rather than today's default.
+fn label(cfg: &TrainConfig, recorded: Option<&toml::Table>, keys: &[String]) -> Result<String> {
+    let table = match recorded {
+        Some(t) => t.clone(),
+        None => toml::Table::try_from(cfg)
+            .map_err(|e| RuntimeError::Config(format!("cannot read a run's config: {e}")))?,
+    };
     let mut parts = Vec::new();
     for (i, key) in keys.iter().enumerate() {
         if key.starts_with("dyrep.") && cfg.mode != crate::config::Mode::Dyrep {
@@ -189,7 +194,10 @@ fn group_runs<'a>(
                 r.dir.display()
             ))
         })?;
-        groups.entry(label(cfg, &keys)?).or_default().push(r);
+        groups
+            .entry(label(cfg, r.recorded.as_ref(), &keys)?)
+            .or_default()
+            .push(r);
     }
     Ok(groups)
 }
@@ -503,11 +511,31 @@ mod tests {
     fn labels_skip_dyrep_settings_of_other_modes() {
         let keys = vec!["mode".to_string(), "dyrep.scorer".to_string()];
         let origin = TrainConfig::default();
-        assert_eq!(label(&origin, &keys).unwrap(), "origin");
+        assert_eq!(label(&origin, None, &keys).unwrap(), "origin");
         let dyrep = TrainConfig {
             mode: crate::config::Mode::Dyrep,
             ..TrainConfig::default()
         };
-        assert_eq!(label(&dyrep, &keys).unwrap(), "dyrep scorer=synflow");
+        assert_eq!(label(&dyrep, None, &keys).unwrap(), "dyrep scorer=synflow");
+    }
+
+    /// A run written before `baseline_init` existed drew its blocks `fan_out`; today's default
+    /// is `pytorch`, so its label must say the setting was not recorded, not the default.
+    #[test]
+    fn labels_of_runs_that_predate_a_setting_do_not_read_its_default() {
+        let keys = vec!["mode".to_string(), "baseline_init".to_string()];
+        let old_text = "mode = \"dbb\"\nbaseline_form = \"reference\"\n";
+        let cfg: TrainConfig = toml::from_str(old_text).unwrap();
+        let recorded: toml::Table = old_text.parse().unwrap();
+        assert_eq!(
+            label(&cfg, Some(&recorded), &keys).unwrap(),
+            "dbb baseline_init=-"
+        );
+        let new_text = format!("{old_text}baseline_init = \"pytorch\"\n");
+        let recorded: toml::Table = new_text.parse().unwrap();
+        assert_eq!(
+            label(&cfg, Some(&recorded), &keys).unwrap(),
+            "dbb baseline_init=pytorch"
+        );
     }
 }

@@ -42,6 +42,9 @@ pub struct RunRecord {
     pub events: Vec<Event>,
     /// The run's `config.resolved.toml`, when it is readable.
     pub config: Option<TrainConfig>,
+    /// The same file as written: the settings the run recorded. A setting added to dyrep after
+    /// the run is absent here, where `config` holds today's default for it.
+    pub recorded: Option<toml::Table>,
 }
 
 fn bad(path: &Path, reason: impl std::fmt::Display) -> RuntimeError {
@@ -130,6 +133,11 @@ pub fn read_run(dir: &Path) -> Result<RunRecord> {
     }
     let cfg_path = dir.join("config.resolved.toml");
     let config = TrainConfig::from_toml_file(&cfg_path).ok();
+    let recorded = config.as_ref().and_then(|_| {
+        std::fs::read_to_string(&cfg_path)
+            .ok()
+            .and_then(|text| text.parse::<toml::Table>().ok())
+    });
     let (model, mode) = match &config {
         Some(c) => (c.model.clone(), c.mode.as_str().to_string()),
         None => ("?".into(), "?".into()),
@@ -147,6 +155,7 @@ pub fn read_run(dir: &Path) -> Result<RunRecord> {
         epochs,
         events,
         config,
+        recorded,
     })
 }
 

@@ -7,8 +7,10 @@
 # - across machines and sessions: every finished run's results (summary, metrics, events, the
 #   resolved config, its log and the machine it ran on) are copied into benches/repro/results/
 #   <name>/, which is committed; a run whose results are there is never run again. The binary is
-#   built from the commit in benches/repro/PINNED (one commit for the whole grid, whatever
-#   machine a run lands on).
+#   built from the commit in benches/repro/PINNED, whatever machine a run lands on; every run's
+#   machine.txt names the commit of each start and resume. The pin moved once, when the
+#   baselines got the reference's initialisation (`baseline_init`); the new pin reproduces the
+#   first one's runs bit for bit (REPRODUCTION.md "Protocol").
 # - within a session: a stopped run continues from its last checkpoint in $GRID (`dyrep train
 #   --resume`, exact on the CPU), so the runner can be killed and started again any number of
 #   times. A run cut off with its machine starts over on the next one.
@@ -57,6 +59,11 @@ if [ ! -x "$BIN" ] || [ "$(cat "$GRID/bin/COMMIT" 2>/dev/null)" != "$PIN" ]; the
 fi
 echo "run.sh: binary $BIN from $PIN"
 
+# The grid's first pin (5adcf66) predates the batching of small conv planes, which sums in
+# another order; with it off, later pins train every mode they share with it to the same bits
+# (REPRODUCTION.md "A note on bits"), so runs of either pin are of one protocol.
+export DYREP_BATCH_SMALL_PLANES=0
+
 # The data.
 DATA=${CIFAR_DIR:-$GRID/data}
 if [ ! -d "$DATA/train" ]; then
@@ -78,7 +85,7 @@ machine_line() {
     local cpu isa
     cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
     isa=$(grep -qw avx512f /proc/cpuinfo && echo avx512 || { grep -qw avx2 /proc/cpuinfo && echo avx2 || echo scalar; })
-    echo "$(date -u +%FT%TZ) commit $PIN, $(nproc) cpus, $cpu, $isa${DYREP_ISA:+ (DYREP_ISA=$DYREP_ISA)}"
+    echo "$(date -u +%FT%TZ) commit $PIN, $(nproc) cpus, $cpu, $isa${DYREP_ISA:+ (DYREP_ISA=$DYREP_ISA)}, DYREP_BATCH_SMALL_PLANES=$DYREP_BATCH_SMALL_PLANES"
 }
 
 # Copies a finished run's files into the results folder, all or nothing.
@@ -129,6 +136,15 @@ PROBE_RUNS=(
     "dyrep-lambda03-s0|--mode dyrep --cut-threshold 0.3 --seed 0"
     "dyrep-topk2-s0|--mode dyrep --grow-topk 2 --seed 0"
     "dyrep-calib78-s0|--mode dyrep --calib-batches 78 --seed 0"
+    # DBB and RepVGG as dyrep first built them (before `baseline_init` existed, the pinned
+    # commit 5adcf66): the model's conv kept as the main branch, the new convs fan-out normal.
+    # They ran in the grid's first round and are kept as what they are (REPRODUCTION.md "DBB's
+    # initialisation"); this binary rebuilds them bit for bit with `--baseline-init fan_out`.
+    "dbb-fanout-s0|--mode dbb --baseline-init fan_out --seed 0"
+    "dbb-fanout-s1|--mode dbb --baseline-init fan_out --seed 1"
+    "dbb-fanout-s2|--mode dbb --baseline-init fan_out --seed 2"
+    "repvgg-fanout-s0|--mode repvgg --baseline-init fan_out --seed 0"
+    "repvgg-fanout-s1|--mode repvgg --baseline-init fan_out --seed 1"
 )
 
 wanted() {
@@ -164,12 +180,15 @@ write_tables() {
     out=$(dirname "$RESULTS")
     finished=$(published "${names[@]}")
     if [ -n "$finished" ]; then
+        # Each group's cost against DBB's (the paper's claim) once a DBB run is in.
+        local cost=()
+        [ -n "$(published dbb-s0 dbb-s1 dbb-s2)" ] && cost=(--cost-vs dbb)
         # shellcheck disable=SC2086 # one argument per run directory
-        "$BIN" -q compare $finished --group-by mode,scorer,dep --baseline origin \
+        "$BIN" -q compare $finished --group-by mode,scorer,dep --baseline origin "${cost[@]}" \
             --svg "$out/groups.svg" > "$out/tables.md"
         # shellcheck disable=SC2086
-        "$BIN" -q compare $finished --group-by mode,scorer,dep --baseline origin --json \
-            --svg "$out/groups.svg" > "$out/tables.json"
+        "$BIN" -q compare $finished --group-by mode,scorer,dep --baseline origin "${cost[@]}" \
+            --json --svg "$out/groups.svg" > "$out/tables.json"
         echo "run.sh: tables of $(echo "$finished" | wc -l) finished grid runs in $out/tables.md"
     fi
     finished=$(published "${probes[@]}")

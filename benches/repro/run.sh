@@ -138,8 +138,9 @@ PROBE_RUNS=(
     "dyrep-calib78-s0|--mode dyrep --calib-batches 78 --seed 0"
     # DBB and RepVGG as dyrep first built them (before `baseline_init` existed, the pinned
     # commit 5adcf66): the model's conv kept as the main branch, the new convs fan-out normal.
-    # They ran in the grid's first round and are kept as what they are (REPRODUCTION.md "DBB's
-    # initialisation"); this binary rebuilds them bit for bit with `--baseline-init fan_out`.
+    # They ran in the grid's first round and are kept as what they are (REPRODUCTION.md, "The
+    # baselines' earlier initialisation"); `--baseline-init fan_out` builds them again (checked
+    # on the first epoch of seed 0: benches/repro/diagnostics/pin-change).
     "dbb-fanout-s0|--mode dbb --baseline-init fan_out --seed 0"
     "dbb-fanout-s1|--mode dbb --baseline-init fan_out --seed 1"
     "dbb-fanout-s2|--mode dbb --baseline-init fan_out --seed 2"

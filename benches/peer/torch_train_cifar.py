@@ -28,6 +28,14 @@ keeps: per class, positions 0..4999 shuffled by dyrep's SeededRng for the purpos
 "subset:<class>" with seed 0 (Fisher-Yates from the back, as `Split::balanced_subset`), first
 1,000 kept. The unit test `the_peer_subset_file_is_the_reproductions_training_subset`
 (dyrep-runtime) checks benches/peer/cifar10-subset-1000.txt against that rule.
+
+`--mode dbb` trains the reproduction's DBB baseline instead, as the reference's `--dbb` builds it
+(docs/REFERENCE.md "Baselines"): every 3x3 conv and the BN after it become one block of four
+branches, each ending in its own BN (1x1; 1x1 then 3x3; 1x1 then 3x3 average pooling; 3x3 with
+a bias), summed; the model's BN becomes an identity; every conv of the block keeps PyTorch's
+default initialisation and every BN starts at gamma 1, beta 0. The 1x1 -> 3x3 and 1x1 -> avg
+branches pad the 1x1's BN output with that BN's eval-mode value of a zero input (running
+statistics, no gradient), so each branch equals one 3x3 conv on the zero-padded input.
 """
 
 import argparse
@@ -65,6 +73,53 @@ class Vgg16(BenchVgg16):
                 bound = 1.0 / math.sqrt(m.out_features)
                 nn.init.uniform_(m.weight, -bound, bound)
                 nn.init.zeros_(m.bias)
+
+
+class BnAndPad(nn.BatchNorm2d):
+    """BN, then `pad` pixels on every side holding the BN's eval-mode output for a zero input."""
+
+    def __init__(self, channels, pad):
+        super().__init__(channels)
+        self.pad = pad
+
+    def forward(self, x):
+        out = super().forward(x)
+        fill = (self.bias - self.weight * self.running_mean / torch.sqrt(self.running_var + self.eps)).detach()
+        fill = fill.view(1, -1, 1, 1)
+        return F.pad(out - fill, (self.pad,) * 4) + fill
+
+
+class ReferenceDbb(nn.Module):
+    """The reference's DBB baseline block for a 3x3 conv of stride 1, pad 1, groups 1; convs
+    keep PyTorch's default initialisation."""
+
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.dbb_1x1 = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
+        self.dbb_1x1_kxk = nn.Sequential(
+            nn.Conv2d(cin, cin, 1, bias=False), BnAndPad(cin, 1),
+            nn.Conv2d(cin, cout, 3, bias=False), nn.BatchNorm2d(cout),
+        )
+        self.dbb_1x1_avg = nn.Sequential(
+            nn.Conv2d(cin, cout, 1, bias=False), BnAndPad(cout, 1),
+            nn.AvgPool2d(3, stride=1), nn.BatchNorm2d(cout),
+        )
+        self.dbb_kxk = nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=True), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        return self.dbb_1x1(x) + self.dbb_1x1_kxk(x) + self.dbb_1x1_avg(x) + self.dbb_kxk(x)
+
+
+def to_reference_dbb(model):
+    """Every 3x3 conv of `model.features` and the BN after it -> ReferenceDbb, Identity."""
+    layers = list(model.features)
+    for i, m in enumerate(layers):
+        if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3):
+            assert isinstance(layers[i + 1], nn.BatchNorm2d), "a 3x3 conv without a BN after it"
+            layers[i] = ReferenceDbb(m.in_channels, m.out_channels)
+            layers[i + 1] = nn.Identity()
+    model.features = nn.Sequential(*layers)
+    return model
 
 
 def read_split(root, classes, positions=None):
@@ -128,6 +183,7 @@ def main():
     ap.add_argument("--data", required=True, help="the CIFAR-10 image folder (train/, test/)")
     ap.add_argument("--subset", required=True, help="the within-class positions to train on")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--mode", choices=["origin", "dbb"], default="origin")
     ap.add_argument("--out", required=True)
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--width", type=float, default=0.25)
@@ -135,10 +191,12 @@ def main():
     ap.add_argument("--stop-after", type=int, help="stop after this many epochs (the schedule stays --epochs long)")
     ap.add_argument(
         "--config",
-        default=os.path.join(os.path.dirname(__file__), "../repro/results/origin-s0/config.resolved.toml"),
-        help="the dyrep config this run follows (copied with its seed into the run folder)",
+        help="the dyrep config this run follows, copied with its seed and mode into the run folder "
+        "(default: the grid's <mode>-s0 run's)",
     )
     a = ap.parse_args()
+    if a.config is None:
+        a.config = os.path.join(os.path.dirname(__file__), f"../repro/results/{a.mode}-s0/config.resolved.toml")
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     gen = torch.Generator().manual_seed(a.seed + 1_000_003)
@@ -156,6 +214,8 @@ def main():
     std = flat.std(1, unbiased=False).float().view(1, 3, 1, 1)
 
     model = Vgg16(a.width, len(classes))
+    if a.mode == "dbb":
+        model = to_reference_dbb(model)
     params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4)
     batch, lr_max, lr_min = 128, 0.1, 1e-6
@@ -165,7 +225,8 @@ def main():
 
     with open(a.config) as f:
         cfg = f.read()
-    cfg = "\n".join(f"seed = {a.seed}" if l.startswith("seed = ") else l for l in cfg.splitlines())
+    set_line = {"seed = ": f"seed = {a.seed}", "mode = ": f'mode = "{a.mode}"'}
+    cfg = "\n".join(next((v for k, v in set_line.items() if l.startswith(k)), l) for l in cfg.splitlines())
     write_atomic(
         os.path.join(a.out, "config.resolved.toml"),
         f"# PyTorch {torch.__version__} run of this config by benches/peer/torch_train_cifar.py\n{cfg}\n",
@@ -210,7 +271,7 @@ def main():
 
     summary = {
         "model": "vgg16",
-        "mode": "origin",
+        "mode": a.mode,
         "dataset": f"image-folder:{a.data}",
         "epochs": a.epochs,
         "seed": a.seed,

@@ -136,6 +136,22 @@ def read_split(root, classes, positions=None):
     return torch.from_numpy(np.stack(images)), torch.tensor(labels)
 
 
+def load_data(data, subset):
+    """The classes, the training subset and the test set of the image folder `data` as u8
+    tensors with labels, and the subset's per-channel mean and std (as dyrep normalises)."""
+    classes = sorted(d for d in os.listdir(os.path.join(data, "train")) if not d.startswith("."))
+    with open(subset) as f:
+        positions = [[int(t) for t in line.split()] for line in f if line.strip()]
+    if len(positions) != len(classes):
+        raise SystemExit(f"{subset}: {len(positions)} lines for {len(classes)} classes; one line per class")
+    train = read_split(os.path.join(data, "train"), classes, positions)
+    test = read_split(os.path.join(data, "test"), classes)
+    flat = train[0].double().div(255.0).transpose(0, 1).reshape(3, -1)
+    mean = flat.mean(1).float().view(1, 3, 1, 1)
+    std = flat.std(1, unbiased=False).float().view(1, 3, 1, 1)
+    return classes, train, test, mean, std
+
+
 def augment(raw, mean, std, gen, pad=4, cutout=16):
     """Random crop with zero padding, horizontal flip, normalisation, then Cutout."""
     n, c, h, w = raw.shape
@@ -202,16 +218,7 @@ def main():
     gen = torch.Generator().manual_seed(a.seed + 1_000_003)
     os.makedirs(a.out, exist_ok=True)
 
-    classes = sorted(d for d in os.listdir(os.path.join(a.data, "train")) if not d.startswith("."))
-    with open(a.subset) as f:
-        positions = [[int(t) for t in line.split()] for line in f if line.strip()]
-    if len(positions) != len(classes):
-        raise SystemExit(f"{a.subset}: {len(positions)} lines for {len(classes)} classes; one line per class")
-    train_x, train_y = read_split(os.path.join(a.data, "train"), classes, positions)
-    test_x, test_y = read_split(os.path.join(a.data, "test"), classes)
-    flat = train_x.double().div(255.0).transpose(0, 1).reshape(3, -1)
-    mean = flat.mean(1).float().view(1, 3, 1, 1)
-    std = flat.std(1, unbiased=False).float().view(1, 3, 1, 1)
+    classes, (train_x, train_y), (test_x, test_y), mean, std = load_data(a.data, a.subset)
 
     model = Vgg16(a.width, len(classes))
     if a.mode == "dbb":

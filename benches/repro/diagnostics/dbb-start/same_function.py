@@ -95,19 +95,14 @@ def main():
             raise SystemExit(f"{k}: shape {tuple(v.shape)} in the checkpoint, {tuple(theirs[k].shape)} in the model")
     model.load_state_dict(mine, strict=False)
 
-    classes = sorted(d for d in os.listdir(os.path.join(data, "train")) if not d.startswith("."))
-    with open("benches/peer/cifar10-subset-1000.txt") as f:
-        positions = [[int(t) for t in line.split()] for line in f if line.strip()]
-    train_x, _ = peer.read_split(os.path.join(data, "train"), classes, positions)
-    test_x, test_y = peer.read_split(os.path.join(data, "test"), classes)
-    flat = train_x.double().div(255.0).transpose(0, 1).reshape(3, -1)
-    mean = flat.mean(1).float().view(1, 3, 1, 1)
-    std = flat.std(1, unbiased=False).float().view(1, 3, 1, 1)
+    _, _, (test_x, test_y), mean, std = peer.load_data(data, "benches/peer/cifar10-subset-1000.txt")
     loss, acc = peer.evaluate(model, test_x, test_y, mean, std)
 
     with open(os.path.join(run, "metrics.csv")) as f:
         logged = [r for r in csv.DictReader(f) if r["split"] == "test"]
-    row = next((r for r in logged if int(r["epoch"]) == epoch), logged[-1])
+    row = next((r for r in logged if int(r["epoch"]) == epoch), None)
+    if row is None:
+        raise SystemExit(f"{run}/metrics.csv: no test row for epoch {epoch}, the checkpoint's epoch")
     print(f"{run} epoch {row['epoch']}: dyrep test loss {float(row['loss']):.6f} acc {float(row['acc']):.4f}; "
           f"PyTorch on its weights: loss {loss:.6f} acc {acc:.4f}")
     same = abs(acc - float(row["acc"])) <= 1e-3 and abs(loss - float(row["loss"])) <= 1e-3 * max(1.0, loss)

@@ -232,7 +232,14 @@ fn train_inspect_fuse_export_eval_compare_end_to_end() {
     let rel = rel_err(&onnx, &logits);
     assert!(rel <= 1e-4, "ONNX vs dyrep logits relative error {rel:e}");
 
-    // compare: the table has both runs; the chart is written.
+    // compare: the table has both runs; without --svg no chart appears in the working
+    // directory (it used to write compare.svg there unasked); with it, the chart is written.
+    let o = ok(dyrep_in(d, &["compare", "origin", "dyrep"]));
+    assert!(!text(&o).contains("chart:"), "{}", text(&o));
+    assert!(
+        !d.join("compare.svg").exists(),
+        "compare wrote a chart nobody asked for"
+    );
     let o = ok(dyrep_in(
         d,
         &["compare", "origin", "dyrep", "--svg", "cmp.svg"],

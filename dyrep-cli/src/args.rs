@@ -160,15 +160,22 @@ pub(crate) struct TrainArgs {
     pub(crate) batch_size: Option<usize>,
     #[arg(long)]
     pub(crate) lr: Option<f64>,
+    /// Linear warm-up over the first N epochs, from --warmup-lr to --lr, before the cosine
+    /// decay (config keys `warmup_epochs`, `warmup_lr`; 0 = none).
+    #[arg(long, value_name = "N")]
+    pub(crate) warmup_epochs: Option<usize>,
+    /// The learning rate of the first warm-up epoch.
+    #[arg(long, value_name = "LR")]
+    pub(crate) warmup_lr: Option<f64>,
     #[arg(long)]
     pub(crate) seed: Option<u64>,
     /// Width multiplier of every channel count.
     #[arg(long)]
     pub(crate) width: Option<f64>,
-    /// Use only the first N training images.
+    /// Train on a class-balanced subset of N images (the same images for every seed and mode).
     #[arg(long, value_name = "N")]
     pub(crate) train_limit: Option<usize>,
-    /// Use only the first N test images.
+    /// Test on a class-balanced subset of N images.
     #[arg(long, value_name = "N")]
     pub(crate) test_limit: Option<usize>,
     /// Run directory (default runs/<model>-<mode>-seed<seed>).
@@ -411,9 +418,9 @@ pub(crate) struct CompareArgs {
     /// Run directories.
     #[arg(value_name = "RUN_DIR", required = true, num_args = 1..)]
     pub(crate) runs: Vec<PathBuf>,
-    /// SVG file for the chart.
-    #[arg(long, value_name = "FILE", default_value = "compare.svg")]
-    pub(crate) svg: PathBuf,
+    /// Also draw the runs' (or groups') test curves into this SVG file; no chart without it.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) svg: Option<PathBuf>,
     /// Print the rows as JSON instead of the markdown table.
     #[arg(long)]
     pub(crate) json: bool,

@@ -58,6 +58,12 @@ impl TrainArgs {
         if let Some(v) = self.lr {
             cfg.lr = v;
         }
+        if let Some(v) = self.warmup_epochs {
+            cfg.warmup_epochs = v;
+        }
+        if let Some(v) = self.warmup_lr {
+            cfg.warmup_lr = v;
+        }
         if let Some(v) = self.seed {
             cfg.seed = v;
         }

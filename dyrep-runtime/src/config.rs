@@ -39,7 +39,7 @@ pub struct TrainConfig {
     pub width: f64,
     pub seed: u64,
     pub augment: Augment,
-    /// Use only the first N training / test examples.
+    /// Train / test on a class-balanced subset of N examples (`Split::balanced_subset`).
     pub train_limit: Option<usize>,
     pub test_limit: Option<usize>,
     /// How `repvgg` and `dbb` build their blocks (the reference's form by default).
@@ -146,6 +146,12 @@ impl TrainConfig {
             return bad(format!(
                 "label_smoothing {} must be in [0, 1)",
                 self.label_smoothing
+            ));
+        }
+        if !(self.warmup_lr >= 0.0 && self.warmup_lr.is_finite()) {
+            return bad(format!(
+                "warmup_lr {} must be a finite number >= 0",
+                self.warmup_lr
             ));
         }
         if self.warmup_epochs >= self.epochs && self.warmup_epochs > 0 {
@@ -337,5 +343,17 @@ mod tests {
             e.contains("baseline_init = \"fan_out\" only applies"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_negative_or_non_finite_warmup_lr_is_refused() {
+        for bad_lr in ["-0.1", "nan", "inf"] {
+            let cfg: TrainConfig =
+                toml::from_str(&format!("warmup_epochs = 1\nwarmup_lr = {bad_lr}")).unwrap();
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains("warmup_lr"), "{bad_lr}: {e}");
+        }
+        let cfg: TrainConfig = toml::from_str("warmup_epochs = 1\nwarmup_lr = 0.01").unwrap();
+        cfg.validate().unwrap();
     }
 }

@@ -1,4 +1,5 @@
-//! `dyrep compare`: compares runs, one by one or grouped over seeds.
+//! `dyrep compare`: compares runs, one by one or grouped over seeds; the overlay chart is
+//! written only when `--svg` names a file.
 
 use anyhow::Result;
 use dyrep_runtime::report;
@@ -9,58 +10,43 @@ use crate::args::CompareArgs;
 use crate::Verbosity;
 
 pub(crate) fn run(args: CompareArgs, ctx: &mut Ctx<'_>) -> Result<u8> {
-    match args {
-        CompareArgs {
-            runs,
-            svg,
-            json,
-            group_by: Some(keys),
-            baseline,
-            cost_vs,
-        } => {
-            let records = runs
-                .iter()
-                .map(|r| report::read_run(r))
-                .collect::<dyrep_runtime::Result<Vec<_>>>()?;
+    let records = args
+        .runs
+        .iter()
+        .map(|r| report::read_run(r))
+        .collect::<dyrep_runtime::Result<Vec<_>>>()?;
+    match &args.group_by {
+        Some(keys) => {
             let rows = dyrep_runtime::groups::group_rows(
                 &records,
-                &keys,
-                baseline.as_deref(),
-                cost_vs.as_deref(),
+                keys,
+                args.baseline.as_deref(),
+                args.cost_vs.as_deref(),
             )?;
-            dyrep_runtime::groups::plot_groups(&records, &keys, &svg)?;
-            if json {
+            if let Some(svg) = &args.svg {
+                dyrep_runtime::groups::plot_groups(&records, keys, svg)?;
+            }
+            if args.json {
                 crate::render::print_json(&mut ctx.out, &rows)?;
             } else {
-                let table = dyrep_runtime::groups::group_markdown(&rows, baseline.as_deref());
+                let table = dyrep_runtime::groups::group_markdown(&rows, args.baseline.as_deref());
                 write!(ctx.out, "{table}")?;
-                if ctx.verbosity != Verbosity::Quiet {
-                    writeln!(ctx.out, "\nchart: {}", svg.display())?;
-                }
             }
         }
-        CompareArgs {
-            runs,
-            svg,
-            json,
-            group_by: None,
-            ..
-        } => {
-            let records = runs
-                .iter()
-                .map(|r| report::read_run(r))
-                .collect::<dyrep_runtime::Result<Vec<_>>>()?;
+        None => {
             let rows: Vec<report::RunRow> = records.iter().map(|r| r.row()).collect();
-            report::plot_compare(&records, &svg)?;
-            if json {
+            if let Some(svg) = &args.svg {
+                report::plot_compare(&records, svg)?;
+            }
+            if args.json {
                 crate::render::print_json(&mut ctx.out, &rows)?;
             } else {
                 write!(ctx.out, "{}", report::markdown_table(&rows))?;
-                if ctx.verbosity != Verbosity::Quiet {
-                    writeln!(ctx.out, "\nchart: {}", svg.display())?;
-                }
             }
         }
+    }
+    if let (Some(svg), false, false) = (&args.svg, args.json, ctx.verbosity == Verbosity::Quiet) {
+        writeln!(ctx.out, "\nchart: {}", svg.display())?;
     }
     Ok(0)
 }

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Does a new pin train the grid's first pin's runs to the same numbers? Runs the first epochs of
-# origin-s0, dbb-s0 and repvgg-s0 (with `--baseline-init fan_out`, as the first pin built them)
-# and dyrep-s0 with small-plane batching off, and compares every logged loss, accuracy, lr,
-# params, MACs and branch count, and dyrep's grow and cut events, with the published runs.
+# Does a new pin train the grid's published runs to the same numbers? Runs the first epochs of
+# origin-s0, dbb-s0 and repvgg-s0 (with `--baseline-init fan_out`, as the first pin built them,
+# and with the reference's init, as the second pin does), dyrep-s0 and dyrep-nodep-s0 with
+# small-plane batching off, and compares every logged loss, accuracy, lr, params, MACs and
+# branch count, and dyrep's grow and cut events, with the published runs. A run not published
+# yet is skipped with a line saying so.
 #
 #   BIN=target/release/dyrep CIFAR_DIR=/work/data/cifar10 OUT=/tmp/pin-check \
 #       benches/repro/diagnostics/pin-change/check.sh
@@ -17,8 +19,15 @@ for entry in \
     "origin-s0|2|results/origin-s0|--mode origin --seed 0" \
     "dbb-fanout-s0|1|probes/dbb-fanout-s0|--mode dbb --baseline-init fan_out --seed 0" \
     "repvgg-fanout-s0|1|probes/repvgg-fanout-s0|--mode repvgg --baseline-init fan_out --seed 0" \
-    "dyrep-s0|3|results/dyrep-s0|--mode dyrep --seed 0"; do
+    "dbb-s0|1|results/dbb-s0|--mode dbb --seed 0" \
+    "repvgg-s0|1|results/repvgg-s0|--mode repvgg --seed 0" \
+    "dyrep-s0|3|results/dyrep-s0|--mode dyrep --seed 0" \
+    "dyrep-nodep-s0|3|results/dyrep-nodep-s0|--mode dyrep --no-dep --seed 0"; do
     IFS='|' read -r name epochs published flags <<< "$entry"
+    if [ ! -f "benches/repro/$published/metrics.csv" ]; then
+        echo "$name: not published yet, skipped"
+        continue
+    fi
     # shellcheck disable=SC2086 # the flags are words
     "$BIN" -q train -c $CONFIG --data "image-folder:$CIFAR_DIR" --out "$OUT/$name" --force \
         --stop-after "$epochs" $flags > "$OUT/$name.log" 2>&1

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # The CIFAR-10 reproduction grid of REPRODUCTION.md: origin, dbb, dyrep (synflow) x 3 seeds,
-# repvgg and dyrep without Dep x 2, the scorer ablation (random, snip, grad_norm) x 2, then seven
-# one-seed probes of DyRep's settings, all with configs/repro/cifar10-vgg16-w025.toml.
+# repvgg and dyrep without Dep x 2, the scorer ablation (random, snip, grad_norm) x 2, then
+# one-seed probes (a warm-up for origin and DBB, seven of DyRep's settings, the baselines'
+# earlier initialisation), all with configs/repro/cifar10-vgg16-w025.toml.
 # Resumable at two levels:
 #
 # - across machines and sessions: every finished run's results (summary, metrics, events, the
 #   resolved config, its log and the machine it ran on) are copied into benches/repro/results/
 #   <name>/, which is committed; a run whose results are there is never run again. The binary is
 #   built from the commit in benches/repro/PINNED, whatever machine a run lands on; every run's
-#   machine.txt names the commit of each start and resume. The pin moved once, when the
-#   baselines got the reference's initialisation (`baseline_init`); the new pin reproduces the
-#   first one's runs bit for bit (REPRODUCTION.md "Protocol").
+#   machine.txt names the commit of each start and resume. The pin moved twice: when the
+#   baselines got the reference's initialisation (`baseline_init`), and when `train` got the
+#   `--warmup-epochs` flag the warm-up probes use; each new pin reproduces the published runs
+#   bit for bit (REPRODUCTION.md "Protocol", benches/repro/diagnostics/pin-change).
 # - within a session: a stopped run continues from its last checkpoint in $GRID (`dyrep train
 #   --resume`, exact on the CPU), so the runner can be killed and started again any number of
 #   times. A run cut off with its machine starts over on the next one.
@@ -125,10 +127,14 @@ GRID_RUNS=(
     "dyrep-grad_norm-s1|--mode dyrep --scorer grad_norm --seed 1"
 )
 
-# One-seed probes of what moves DyRep's accuracy and cost (REPRODUCTION.md "Probes"): each
-# changes one setting of dyrep-s0 and is compared with it. They run after the grid and have
+# One-seed probes (REPRODUCTION.md "Probes"): each changes one setting of a seed-0 run of the
+# grid (origin-s0, dbb-s0 or dyrep-s0) and is compared with it. They run after the grid and have
 # their own table (benches/repro/probes.md), so the grid's groups stay the paper's.
 PROBE_RUNS=(
+    # DBB's deficit starts in its first epoch (REPRODUCTION.md "DBB in PyTorch"): does a gentle
+    # start (two epochs of linear warm-up from lr 0.01) remove it, and what does it do to origin?
+    "dbb-warmup2-s0|--mode dbb --warmup-epochs 2 --warmup-lr 0.01 --seed 0"
+    "origin-warmup2-s0|--mode origin --warmup-epochs 2 --warmup-lr 0.01 --seed 0"
     "dyrep-depth1-s0|--mode dyrep --max-depth 1 --seed 0"
     "dyrep-gamma1-s0|--mode dyrep --gamma0 1 --seed 0"
     "dyrep-dbbops-s0|--mode dyrep --ops conv1x1,conv1x1_kxk,conv1x1_avg --seed 0"

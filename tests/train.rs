@@ -387,42 +387,52 @@ fn a_train_limit_that_misses_classes_is_refused_naming_them() {
     assert!(!t.contains("panicked"), "{t}");
 }
 
-/// `--warmup-epochs` / `--warmup-lr` reach the schedule: each warm-up epoch runs at
-/// warmup_lr + (lr − warmup_lr)·e/N, and the run's resolved config records both.
-#[test]
-fn warmup_flags_set_the_first_epochs_learning_rates() {
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("run");
-    let o = train(
-        &out,
-        &[
-            "--epochs",
-            "3",
-            "--warmup-epochs",
-            "2",
-            "--warmup-lr",
-            "0.01",
-        ],
-    );
-    assert!(o.status.success(), "{}", text(&o));
-    let metrics = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+/// The learning rate logged for each training epoch of a run.
+fn train_lrs(dir: &Path) -> Vec<f64> {
+    let metrics = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
     let mut lines = metrics.lines();
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
     let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
     let (split_col, lr_col) = (col("split"), col("lr"));
-    let lrs: Vec<f64> = lines
+    lines
         .map(|l| l.split(',').collect::<Vec<_>>())
         .filter(|f| f[split_col] == "train")
         .map(|f| f[lr_col].parse().unwrap())
-        .collect();
+        .collect()
+}
+
+/// `--warmup-epochs` / `--warmup-lr` reach the schedule: each warm-up epoch runs at
+/// warmup_lr + (lr − warmup_lr)·e/N, and the run's resolved config records both. Without
+/// `--warmup-lr` the first epoch runs at the reference's 1e-4 (the default was 0, which left
+/// the weights where they were for a whole epoch).
+#[test]
+fn warmup_flags_set_the_first_epochs_learning_rates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let flags = [
+        "--epochs",
+        "3",
+        "--warmup-epochs",
+        "2",
+        "--warmup-lr",
+        "0.01",
+    ];
+    let o = train(&out, &flags);
+    assert!(o.status.success(), "{}", text(&o));
     // SMALL trains at --lr 0.05: epoch 0 at 0.01, epoch 1 halfway, epoch 2 on the cosine.
-    assert_eq!(lrs.len(), 3, "{metrics}");
-    assert!((lrs[0] - 0.01).abs() < 1e-12, "{metrics}");
-    assert!((lrs[1] - 0.03).abs() < 1e-12, "{metrics}");
-    assert!(lrs[2] <= 0.05 && lrs[2] > 0.0, "{metrics}");
+    let lrs = train_lrs(&out);
+    assert_eq!(lrs.len(), 3, "{lrs:?}");
+    assert!((lrs[0] - 0.01).abs() < 1e-12, "{lrs:?}");
+    assert!((lrs[1] - 0.03).abs() < 1e-12, "{lrs:?}");
+    assert!(lrs[2] <= 0.05 && lrs[2] > 0.0, "{lrs:?}");
     let resolved = std::fs::read_to_string(out.join("config.resolved.toml")).unwrap();
     assert!(resolved.contains("warmup_epochs = 2"), "{resolved}");
     assert!(resolved.contains("warmup_lr = 0.01"), "{resolved}");
+
+    let default_lr = tmp.path().join("default-warmup-lr");
+    let o = train(&default_lr, &["--epochs", "2", "--warmup-epochs", "1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(train_lrs(&default_lr)[0], 1e-4);
 
     let o = train(
         &tmp.path().join("too-long"),

@@ -164,7 +164,7 @@ pub(crate) struct TrainArgs {
     /// decay (config keys `warmup_epochs`, `warmup_lr`; 0 = none).
     #[arg(long, value_name = "N")]
     pub(crate) warmup_epochs: Option<usize>,
-    /// The learning rate of the first warm-up epoch.
+    /// The learning rate of the first warm-up epoch (default 1e-4, the reference trainer's).
     #[arg(long, value_name = "LR")]
     pub(crate) warmup_lr: Option<f64>,
     #[arg(long)]

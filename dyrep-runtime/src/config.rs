@@ -32,7 +32,10 @@ pub struct TrainConfig {
     pub eval_batch_size: usize,
     pub lr: f64,
     pub min_lr: f64,
+    /// Epochs of linear warm-up before the cosine decay (0 = none; `optim::CosineSchedule`).
     pub warmup_epochs: usize,
+    /// The learning rate of the first warm-up epoch; 1e-4 as in the reference's trainer (with
+    /// 0 the first warm-up epoch would not move the weights).
     pub warmup_lr: f64,
     pub sgd: SgdConfig,
     pub label_smoothing: f64,
@@ -91,7 +94,7 @@ impl Default for TrainConfig {
             lr: 0.1,
             min_lr: 1e-5,
             warmup_epochs: 0,
-            warmup_lr: 0.0,
+            warmup_lr: 1e-4,
             sgd: SgdConfig::default(),
             label_smoothing: 0.0,
             width: 1.0,

@@ -402,7 +402,8 @@ fn train_lrs(dir: &Path) -> Vec<f64> {
 }
 
 /// `--warmup-epochs` / `--warmup-lr` reach the schedule: each warm-up epoch runs at
-/// warmup_lr + (lr − warmup_lr)·e/N, and the run's resolved config records both. Without
+/// warmup_lr + (lr − warmup_lr)·e/N, and the run's resolved config records both;
+/// `--warmup-per-step` raises it every step instead. Without
 /// `--warmup-lr` the first epoch runs at the reference's 1e-4 (the default was 0, which left
 /// the weights where they were for a whole epoch).
 #[test]
@@ -433,6 +434,23 @@ fn warmup_flags_set_the_first_epochs_learning_rates() {
     let o = train(&default_lr, &["--epochs", "2", "--warmup-epochs", "1"]);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(train_lrs(&default_lr)[0], 1e-4);
+
+    // Per step: SMALL has 8 steps an epoch, so 16 warm-up steps; an epoch's logged lr is its
+    // last step's, warmup_lr + (lr − warmup_lr)·s/16 at s = 7 and 15.
+    let per_step = tmp.path().join("per-step");
+    let o = train(&per_step, &[&flags[..], &["--warmup-per-step"]].concat());
+    assert!(o.status.success(), "{}", text(&o));
+    let lrs = train_lrs(&per_step);
+    assert!(
+        (lrs[0] - (0.01 + 0.04 * 7.0 / 16.0)).abs() < 1e-12,
+        "{lrs:?}"
+    );
+    assert!(
+        (lrs[1] - (0.01 + 0.04 * 15.0 / 16.0)).abs() < 1e-12,
+        "{lrs:?}"
+    );
+    let resolved = std::fs::read_to_string(per_step.join("config.resolved.toml")).unwrap();
+    assert!(resolved.contains("warmup_per_step = true"), "{resolved}");
 
     let o = train(
         &tmp.path().join("too-long"),

@@ -167,6 +167,10 @@ pub(crate) struct TrainArgs {
     /// The learning rate of the first warm-up epoch (default 1e-4, the reference trainer's).
     #[arg(long, value_name = "LR")]
     pub(crate) warmup_lr: Option<f64>,
+    /// Raise the warm-up's learning rate every step, not every epoch (config key
+    /// `warmup_per_step`; for runs of few long epochs).
+    #[arg(long)]
+    pub(crate) warmup_per_step: bool,
     #[arg(long)]
     pub(crate) seed: Option<u64>,
     /// Width multiplier of every channel count.

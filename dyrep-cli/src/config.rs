@@ -64,6 +64,9 @@ impl TrainArgs {
         if let Some(v) = self.warmup_lr {
             cfg.warmup_lr = v;
         }
+        if self.warmup_per_step {
+            cfg.warmup_per_step = true;
+        }
         if let Some(v) = self.seed {
             cfg.seed = v;
         }

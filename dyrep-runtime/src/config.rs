@@ -37,6 +37,9 @@ pub struct TrainConfig {
     /// The learning rate of the first warm-up epoch; 1e-4 as in the reference's trainer (with
     /// 0 the first warm-up epoch would not move the weights).
     pub warmup_lr: f64,
+    /// Raise the warm-up's learning rate every step instead of every epoch (for runs of few long
+    /// epochs; the reference steps per epoch). The lr still reaches `lr` after `warmup_epochs`.
+    pub warmup_per_step: bool,
     pub sgd: SgdConfig,
     pub label_smoothing: f64,
     pub width: f64,
@@ -95,6 +98,7 @@ impl Default for TrainConfig {
             min_lr: 1e-5,
             warmup_epochs: 0,
             warmup_lr: 1e-4,
+            warmup_per_step: false,
             sgd: SgdConfig::default(),
             label_smoothing: 0.0,
             width: 1.0,

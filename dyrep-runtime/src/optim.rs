@@ -115,10 +115,13 @@ impl Sgd {
     }
 }
 
-/// Cosine learning rate over steps after a linear warmup of whole epochs (docs/REFERENCE.md
-/// "Training recipes"): warmup epoch e (0-based) uses `warmup_lr + (lr −
-/// warmup_lr)·e/warmup_epochs`; afterwards `min_lr + (lr − min_lr)·(1 + cos(π·t/T))/2` with t the
-/// step since warmup and T the rest.
+/// Cosine learning rate over steps after a linear warmup (docs/REFERENCE.md "Training
+/// recipes"). Per epoch (the reference's): warmup epoch e (0-based) uses `warmup_lr + (lr −
+/// warmup_lr)·e/warmup_epochs`. Per step (`warmup_per_step`): step s of the W = warmup_epochs ·
+/// steps_per_epoch warm-up steps uses `warmup_lr + (lr − warmup_lr)·s/W`, which equals the
+/// per-epoch value at the first step of every epoch and rises in between — for runs of few long
+/// epochs. Afterwards `min_lr + (lr − min_lr)·(1 + cos(π·t/T))/2` with t the step since warmup
+/// and T the rest.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CosineSchedule {
@@ -126,15 +129,22 @@ pub struct CosineSchedule {
     pub min_lr: f64,
     pub warmup_epochs: usize,
     pub warmup_lr: f64,
+    #[serde(default)]
+    pub warmup_per_step: bool,
 }
 
 impl CosineSchedule {
+    /// The learning rate of global step `step`, taken in epoch `epoch` (0-based).
     pub fn lr_at(&self, epoch: usize, step: usize, steps_per_epoch: usize, epochs: usize) -> f64 {
-        if epoch < self.warmup_epochs {
+        let warm = self.warmup_epochs * steps_per_epoch;
+        if self.warmup_per_step && step < warm {
+            let f = step as f64 / warm as f64;
+            return self.warmup_lr + (self.lr - self.warmup_lr) * f;
+        }
+        if !self.warmup_per_step && epoch < self.warmup_epochs {
             let f = epoch as f64 / self.warmup_epochs as f64;
             return self.warmup_lr + (self.lr - self.warmup_lr) * f;
         }
-        let warm = self.warmup_epochs * steps_per_epoch;
         let total = (epochs * steps_per_epoch).saturating_sub(warm).max(1);
         let t = step.saturating_sub(warm).min(total);
         let cos = (std::f64::consts::PI * t as f64 / total as f64).cos();
@@ -210,11 +220,45 @@ mod tests {
             min_lr: 0.0,
             warmup_epochs: 2,
             warmup_lr: 0.0,
+            warmup_per_step: false,
         };
         assert_eq!(s.lr_at(0, 0, 10, 12), 0.0);
+        assert_eq!(s.lr_at(0, 9, 10, 12), 0.0);
         assert!((s.lr_at(1, 10, 10, 12) - 0.05).abs() < 1e-12);
         assert!((s.lr_at(2, 20, 10, 12) - 0.1).abs() < 1e-12);
         assert!((s.lr_at(7, 70, 10, 12) - 0.05).abs() < 1e-12);
         assert!(s.lr_at(11, 119, 10, 12) < 1e-3);
+    }
+
+    /// Per step, the warm-up rises every step, meets the per-epoch value at each epoch's first
+    /// step, reaches lr where the cosine starts and leaves the cosine as it was.
+    #[test]
+    fn cosine_with_per_step_warmup() {
+        let (per_epoch, epochs) = (10, 12);
+        let by_epoch = CosineSchedule {
+            lr: 0.1,
+            min_lr: 1e-6,
+            warmup_epochs: 3,
+            warmup_lr: 1e-4,
+            warmup_per_step: false,
+        };
+        let by_step = CosineSchedule {
+            warmup_per_step: true,
+            ..by_epoch.clone()
+        };
+        let lrs: Vec<f64> = (0..per_epoch * epochs)
+            .map(|s| by_step.lr_at(s / per_epoch, s, per_epoch, epochs))
+            .collect();
+        let warm = 3 * per_epoch;
+        assert!(lrs[..=warm].windows(2).all(|w| w[1] > w[0]), "{lrs:?}");
+        assert_eq!(lrs[0], 1e-4);
+        assert!((lrs[15] - (1e-4 + (0.1 - 1e-4) * 0.5)).abs() < 1e-12);
+        for s in 0..per_epoch * epochs {
+            let e = s / per_epoch;
+            let reference = by_epoch.lr_at(e, s, per_epoch, epochs);
+            if s % per_epoch == 0 || s >= warm {
+                assert!((lrs[s] - reference).abs() < 1e-12, "step {s}");
+            }
+        }
     }
 }

@@ -195,6 +195,7 @@ impl Trainer {
             min_lr: cfg.min_lr,
             warmup_epochs: cfg.warmup_epochs,
             warmup_lr: cfg.warmup_lr,
+            warmup_per_step: cfg.warmup_per_step,
         };
         let cfg_sync = cfg.sync_bn;
         let mut trainer = Trainer {

@@ -129,7 +129,6 @@ pub struct CosineSchedule {
     pub min_lr: f64,
     pub warmup_epochs: usize,
     pub warmup_lr: f64,
-    #[serde(default)]
     pub warmup_per_step: bool,
 }
 
@@ -137,12 +136,12 @@ impl CosineSchedule {
     /// The learning rate of global step `step`, taken in epoch `epoch` (0-based).
     pub fn lr_at(&self, epoch: usize, step: usize, steps_per_epoch: usize, epochs: usize) -> f64 {
         let warm = self.warmup_epochs * steps_per_epoch;
-        if self.warmup_per_step && step < warm {
-            let f = step as f64 / warm as f64;
-            return self.warmup_lr + (self.lr - self.warmup_lr) * f;
-        }
-        if !self.warmup_per_step && epoch < self.warmup_epochs {
-            let f = epoch as f64 / self.warmup_epochs as f64;
+        // How far into the warm-up this step is, if it is in it.
+        let warmup_progress = match self.warmup_per_step {
+            true => (step < warm).then(|| step as f64 / warm as f64),
+            false => (epoch < self.warmup_epochs).then(|| epoch as f64 / self.warmup_epochs as f64),
+        };
+        if let Some(f) = warmup_progress {
             return self.warmup_lr + (self.lr - self.warmup_lr) * f;
         }
         let total = (epochs * steps_per_epoch).saturating_sub(warm).max(1);

@@ -178,6 +178,11 @@ published() {
     return 0
 }
 
+# Said under every generated table: what its train-time column measured.
+time_note() {
+    printf '\n%s\n' "Train time is the wall-clock time of each run on the 2-core machine it ran on; most runs shared their cores with builds or tests for part of the time, so it is the noisiest column. Average MACs are exact: REPRODUCTION.md states cost by them."
+}
+
 # The grid's tables and chart (grouped by mode, scorer and Dep, against origin by seed) and the
 # probes' table (a row per run, beside the seed-0 runs they change), after each run and at the end.
 write_tables() {
@@ -196,6 +201,7 @@ write_tables() {
         # shellcheck disable=SC2086
         "$BIN" -q compare $finished --group-by mode,scorer,dep --baseline origin "${cost[@]}" \
             --json --svg "$out/groups.svg" > "$out/tables.json"
+        time_note >> "$out/tables.md"
         echo "run.sh: tables of $(echo "$finished" | wc -l) finished grid runs in $out/tables.md"
     fi
     finished=$(published "${probes[@]}")
@@ -203,6 +209,7 @@ write_tables() {
         finished="$(published origin-s0 dbb-s0 dyrep-s0) $finished"
         # shellcheck disable=SC2086
         "$BIN" -q compare $finished --svg "$out/probes.svg" > "$out/probes.md"
+        time_note >> "$out/probes.md"
         # shellcheck disable=SC2086
         "$BIN" -q compare $finished --json --svg "$out/probes.svg" > "$out/probes.json"
         echo "run.sh: table of the probes in $out/probes.md"

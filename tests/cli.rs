@@ -368,7 +368,10 @@ fn fake_run_costing(
     };
     std::fs::write(
         dir.join("config.resolved.toml"),
-        format!("mode = \"{mode}\"\nseed = {seed}\n{scorer}"),
+        format!(
+            "mode = \"{mode}\"\nseed = {seed}\nepochs = {}\n{scorer}",
+            test_acc.len()
+        ),
     )
     .unwrap();
     let mut csv = String::from("epoch,split,loss,acc,lr,params,macs,branches,seconds\n");
@@ -458,6 +461,79 @@ fn compare_groups_runs_by_mode_and_pairs_seeds_with_the_baseline() {
         stderr(&o).contains("--baseline dbb: no such group (groups: origin)"),
         "{}",
         stderr(&o)
+    );
+}
+
+/// A run still in progress (or stopped) was averaged into its group as if its last epoch were
+/// its final one, and a group holding two runs of one seed was paired with the baseline through
+/// one of them only; both are refused now, and the per-run table marks the unfinished run.
+#[test]
+fn compare_refuses_unfinished_runs_and_two_runs_of_a_seed_in_a_paired_group() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    fake_run(&d.join("o0"), "origin", 0, &[0.4, 0.5]);
+    fake_run(&d.join("d0"), "dyrep", 0, &[0.4, 0.53]);
+    // d1 asks for 3 epochs and has run 2 of them.
+    fake_run(&d.join("d1"), "dyrep", 1, &[0.4, 0.5, 0.6]);
+    let csv = std::fs::read_to_string(d.join("d1/metrics.csv")).unwrap();
+    let two_epochs: Vec<&str> = csv.lines().take(5).collect();
+    std::fs::write(d.join("d1/metrics.csv"), two_epochs.join("\n") + "\n").unwrap();
+    let path = |r: &str| d.join(r).display().to_string();
+    let (o0, d0, d1) = (path("o0"), path("d0"), path("d1"));
+
+    let o = dyrep(&["compare", &o0, &d0, &d1, "--group-by", "mode"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("this run is unfinished:") && e.contains(&format!("{d1} (2 of 3 epochs)")),
+        "{e}"
+    );
+    assert!(e.contains("dyrep train --resume DIR"), "{e}");
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    // Without --group-by the run is listed, its epochs marked as unfinished.
+    let o = dyrep(&["compare", &o0, &d1]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("| dyrep | 2 of 3 | 0.5000 |"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        stdout(&o).contains("| origin | 2 | 0.5000 |"),
+        "{}",
+        stdout(&o)
+    );
+    let o = dyrep(&["compare", &o0, &d1, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[1]["epochs"], 2, "{v}");
+    assert_eq!(v[1]["planned_epochs"], 3, "{v}");
+
+    // Two dyrep runs of seed 0 (scorers snip and random) grouped by mode alone.
+    fake_run(&d.join("r0"), "dyrep", 0, &[0.4, 0.45]);
+    let cfg = std::fs::read_to_string(d.join("r0/config.resolved.toml")).unwrap();
+    std::fs::write(
+        d.join("r0/config.resolved.toml"),
+        cfg.replace("\"snip\"", "\"random\""),
+    )
+    .unwrap();
+    let r0 = path("r0");
+    let base = ["compare", &o0, &d0, &r0, "--group-by"];
+    let o = dyrep(&[&base[..], &["mode", "--baseline", "origin"]].concat());
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("group `dyrep` has 2 runs of seed 0 (d0, r0)") && e.contains("mode,scorer"),
+        "{e}"
+    );
+    // Grouped without a baseline there is no pairing to spoil; by scorer each group has one run
+    // per seed.
+    assert!(dyrep(&[&base[..], &["mode"]].concat()).status.success());
+    let o = dyrep(&[&base[..], &["mode,scorer", "--baseline", "origin"]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("| dyrep scorer=random | 1 | 45.00 |"),
+        "{}",
+        stdout(&o)
     );
 }
 

@@ -176,11 +176,63 @@ fn label(cfg: &TrainConfig, recorded: Option<&toml::Table>, keys: &[String]) -> 
     Ok(parts.join(" "))
 }
 
-/// `runs` by their label for the comma-separated `group_by` keys.
+/// Refuses unfinished runs: a group's mean over seeds would mix a run's early accuracy with the
+/// others' final one.
+fn check_finished(runs: &[RunRecord]) -> Result<()> {
+    let unfinished: Vec<String> = runs
+        .iter()
+        .filter_map(|r| {
+            let row = r.row();
+            let planned = row.planned_epochs.filter(|_| row.is_unfinished())?;
+            Some(format!(
+                "{} ({} of {planned} epochs)",
+                r.dir.display(),
+                row.epochs
+            ))
+        })
+        .collect();
+    if unfinished.is_empty() {
+        return Ok(());
+    }
+    let (these, it) = if unfinished.len() == 1 {
+        ("this run is", "it")
+    } else {
+        ("these runs are", "them")
+    };
+    Err(RuntimeError::Config(format!(
+        "--group-by compares finished runs, but {these} unfinished: {}; let {it} finish \
+         (`dyrep train --resume DIR`) or leave {it} out",
+        unfinished.join(", ")
+    )))
+}
+
+/// Refuses a group with two runs of one seed when runs are paired by seed with a baseline: the
+/// pairing would keep one of them and drop the other without a word.
+fn check_one_run_per_seed(group: &str, rs: &[&RunRecord]) -> Result<()> {
+    let mut by_seed: BTreeMap<u64, Vec<&str>> = BTreeMap::new();
+    for r in rs {
+        by_seed
+            .entry(r.config.as_ref().map_or(0, |c| c.seed))
+            .or_default()
+            .push(&r.name);
+    }
+    match by_seed.iter().find(|(_, names)| names.len() > 1) {
+        None => Ok(()),
+        Some((seed, names)) => Err(RuntimeError::Config(format!(
+            "--baseline pairs runs by seed, but group `{group}` has {} runs of seed {seed} ({}); \
+             group by more settings (e.g. `--group-by mode,scorer,dep`) or leave runs out",
+            names.len(),
+            names.join(", ")
+        ))),
+    }
+}
+
+/// `runs` by their label for the comma-separated `group_by` keys; every run must have finished.
 fn group_runs<'a>(
     runs: &'a [RunRecord],
     group_by: &str,
 ) -> Result<BTreeMap<String, Vec<&'a RunRecord>>> {
+    check_finished(runs)?;
     let known = TrainConfig::known_keys();
     let keys = group_by
         .split(',')
@@ -203,8 +255,8 @@ fn group_runs<'a>(
 }
 
 /// Groups `runs` by the comma-separated `group_by` keys and summarises each group; with a
-/// `baseline` label, pairs every other group with it by seed; with a `cost_vs` label, states
-/// every group's average MACs and train time relative to that group's.
+/// `baseline` label, pairs every other group with it by seed (one run per seed and group); with
+/// a `cost_vs` label, states every group's average MACs and train time relative to that group's.
 pub fn group_rows(
     runs: &[RunRecord],
     group_by: &str,
@@ -220,6 +272,11 @@ pub fn group_rows(
                     groups.keys().cloned().collect::<Vec<_>>().join(", ")
                 )));
             }
+        }
+    }
+    if baseline.is_some() {
+        for (group, rs) in &groups {
+            check_one_run_per_seed(group, rs)?;
         }
     }
     let seed_of = |r: &RunRecord| r.config.as_ref().map_or(0, |c| c.seed);

@@ -165,7 +165,11 @@ pub struct RunRow {
     pub run: String,
     pub model: String,
     pub mode: String,
+    /// The epochs the run has finished.
     pub epochs: usize,
+    /// The epochs its config asks for (absent without a readable config): more than `epochs`
+    /// while the run is unfinished — still running, stopped, or cut off.
+    pub planned_epochs: Option<usize>,
     pub final_test_acc: f64,
     pub best_test_acc: f64,
     pub avg_params: f64,
@@ -183,6 +187,7 @@ impl RunRecord {
             model: self.model.clone(),
             mode: self.mode.clone(),
             epochs: self.epochs.len(),
+            planned_epochs: self.config.as_ref().map(|c| c.epochs),
             final_test_acc: self.epochs.last().map_or(0.0, |r| r.test_acc),
             best_test_acc: self.epochs.iter().map(|r| r.test_acc).fold(0.0, f64::max),
             avg_params: self.epochs.iter().map(|r| r.params).sum::<f64>() / n,
@@ -194,7 +199,22 @@ impl RunRecord {
     }
 }
 
-/// The markdown table of `dyrep compare`.
+impl RunRow {
+    /// Whether the run has fewer epochs than its config asks for.
+    pub fn is_unfinished(&self) -> bool {
+        self.planned_epochs.is_some_and(|p| self.epochs < p)
+    }
+
+    /// The epochs cell: `40`, or `16 of 40` for an unfinished run.
+    fn epochs_cell(&self) -> String {
+        match self.planned_epochs {
+            Some(p) if self.is_unfinished() => format!("{} of {p}", self.epochs),
+            _ => self.epochs.to_string(),
+        }
+    }
+}
+
+/// The markdown table of `dyrep compare`; an unfinished run's epochs read `done of planned`.
 pub fn markdown_table(rows: &[RunRow]) -> String {
     let mut s = String::from(
         "| run | model | mode | epochs | final acc | best acc | avg params (M) | avg MACs (M) | train time (s) | grows | cuts |\n\
@@ -206,7 +226,7 @@ pub fn markdown_table(rows: &[RunRow]) -> String {
             r.run,
             r.model,
             r.mode,
-            r.epochs,
+            r.epochs_cell(),
             r.final_test_acc,
             r.best_test_acc,
             r.avg_params / 1e6,

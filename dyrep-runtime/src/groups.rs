@@ -206,15 +206,17 @@ fn check_finished(runs: &[RunRecord]) -> Result<()> {
     )))
 }
 
+/// The seed a run was trained with (0 without a readable config, as grouping needs one anyway).
+fn seed_of(r: &RunRecord) -> u64 {
+    r.config.as_ref().map_or(0, |c| c.seed)
+}
+
 /// Refuses a group with two runs of one seed when runs are paired by seed with a baseline: the
 /// pairing would keep one of them and drop the other without a word.
 fn check_one_run_per_seed(group: &str, rs: &[&RunRecord]) -> Result<()> {
     let mut by_seed: BTreeMap<u64, Vec<&str>> = BTreeMap::new();
     for r in rs {
-        by_seed
-            .entry(r.config.as_ref().map_or(0, |c| c.seed))
-            .or_default()
-            .push(&r.name);
+        by_seed.entry(seed_of(r)).or_default().push(&r.name);
     }
     match by_seed.iter().find(|(_, names)| names.len() > 1) {
         None => Ok(()),
@@ -279,7 +281,6 @@ pub fn group_rows(
             check_one_run_per_seed(group, rs)?;
         }
     }
-    let seed_of = |r: &RunRecord| r.config.as_ref().map_or(0, |c| c.seed);
     let by_seed = |rs: &[&RunRecord], f: fn(&crate::report::RunRow) -> f64| {
         rs.iter()
             .map(|r| (seed_of(r), f(&r.row())))

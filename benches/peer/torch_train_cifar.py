@@ -19,7 +19,7 @@ dyrep are different draws: compare groups, not pairs.
 Not run in CI. Setup and use (outside the repository; the torch venv of BENCHMARKS.md):
     /tmp/torchvenv/bin/pip install torch numpy pillow
     /tmp/torchvenv/bin/python benches/peer/torch_train_cifar.py --data /work/data/cifar10 \
-        --subset benches/peer/cifar10-subset-1000.txt --seed 0 --out /work/torch/origin-s0
+        --subset benches/peer/cifar10-subset-1000.txt --seed 0 --out /work/torch/origin-s0 [--resume]
     dyrep compare /work/torch/origin-s* --group-by mode
 
 `--subset` holds ten lines, one per class in sorted class order, each the positions (0-based,
@@ -206,6 +206,12 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--stop-after", type=int, help="stop after this many epochs (the schedule stays --epochs long)")
     ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from --out's checkpoint.pt (written after every epoch) where there is one; "
+        "the run continues exactly as if it had not stopped",
+    )
+    ap.add_argument(
         "--config",
         help="the dyrep config this run follows, copied with its seed and mode into the run folder "
         "(default: the grid's <mode>-s0 run's)",
@@ -239,8 +245,17 @@ def main():
         f"# PyTorch {torch.__version__} run of this config by benches/peer/torch_train_cifar.py\n{cfg}\n",
     )
     rows = [["epoch", "split", "loss", "acc", "lr", "params", "macs", "branches", "seconds"]]
-    best, step, train_seconds = 0.0, 0, 0.0
-    for epoch in range(1, a.epochs + 1):
+    best, step, train_seconds, first_epoch, test_acc = 0.0, 0, 0.0, 1, 0.0
+    checkpoint = os.path.join(a.out, "checkpoint.pt")
+    if a.resume and os.path.exists(checkpoint):
+        state = torch.load(checkpoint, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"])
+        rows, best, step, train_seconds = state["rows"], state["best"], state["step"], state["train_seconds"]
+        first_epoch, test_acc = state["epoch"] + 1, state["test_acc"]
+        print(f"resuming {a.out} after epoch {state['epoch']}", flush=True)
+    for epoch in range(first_epoch, a.epochs + 1):
         model.train()
         t0 = time.perf_counter()
         order = torch.randperm(len(train_x), generator=gen)
@@ -273,6 +288,13 @@ def main():
         table = io.StringIO(newline="")
         csv.writer(table).writerows(rows)
         write_atomic(os.path.join(a.out, "metrics.csv"), table.getvalue())
+        state = {
+            "epoch": epoch, "step": step, "best": best, "test_acc": test_acc, "rows": rows,
+            "train_seconds": train_seconds, "model": model.state_dict(), "opt": opt.state_dict(),
+            "gen": gen.get_state(),
+        }
+        torch.save(state, checkpoint + ".tmp")
+        os.replace(checkpoint + ".tmp", checkpoint)
         if a.stop_after is not None and epoch >= a.stop_after:
             return
 

@@ -42,68 +42,6 @@ if ! flock -n 9; then
     exit 1
 fi
 
-# One binary for the whole grid: the pinned commit, built in $GRID.
-PIN=$(tr -d '[:space:]' < "$ROOT/benches/repro/PINNED")
-if ! git cat-file -e "$PIN^{commit}" 2>/dev/null; then
-    echo "run.sh: the pinned commit $PIN (benches/repro/PINNED) is not in this clone; fetch it or pin another" >&2
-    exit 1
-fi
-BIN=$GRID/bin/dyrep
-if [ ! -x "$BIN" ] || [ "$(cat "$GRID/bin/COMMIT" 2>/dev/null)" != "$PIN" ]; then
-    echo "run.sh: building the pinned commit $PIN"
-    rm -rf "$GRID/src" "$BIN"
-    mkdir -p "$GRID/src"
-    git archive "$PIN" | tar -x -C "$GRID/src"
-    CARGO_TARGET_DIR=$GRID/target cargo build --release -p dyrep-cli --manifest-path "$GRID/src/Cargo.toml"
-    cp "$GRID/target/release/dyrep" "$BIN.tmp"
-    mv "$BIN.tmp" "$BIN"
-    echo "$PIN" > "$GRID/bin/COMMIT"
-fi
-echo "run.sh: binary $BIN from $PIN"
-
-# The grid's first pin (5adcf66) predates the batching of small conv planes, which sums in
-# another order; with it off, later pins train every mode they share with it to the same bits
-# (REPRODUCTION.md "A note on bits"), so runs of either pin are of one protocol.
-export DYREP_BATCH_SMALL_PLANES=0
-
-# The data.
-DATA=${CIFAR_DIR:-$GRID/data}
-if [ ! -d "$DATA/train" ]; then
-    ARCHIVE=$ROOT/../shared/data/cifar10-jpg.tar.xz
-    if [ ! -f "$ARCHIVE" ]; then
-        echo "run.sh: no CIFAR-10 copy: set CIFAR_DIR to a folder with train/ and test/, or put cifar10-jpg.tar.xz in ../shared/data" >&2
-        exit 1
-    fi
-    mkdir -p "$DATA"
-    tar -xJf "$ARCHIVE" -C "$DATA"
-fi
-
-# What a run leaves in the results folder: small text files only (no checkpoints), and
-# machine.txt: a line per start or resume (date, commit, CPU, instruction-set tier).
-KEEP=(summary.json metrics.csv events.jsonl config.resolved.toml run.log)
-
-# The machine a run (or a resumed part of it) ran on.
-machine_line() {
-    local cpu isa
-    cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
-    isa=$(grep -qw avx512f /proc/cpuinfo && echo avx512 || { grep -qw avx2 /proc/cpuinfo && echo avx2 || echo scalar; })
-    echo "$(date -u +%FT%TZ) commit $PIN, $(nproc) cpus, $cpu, $isa${DYREP_ISA:+ (DYREP_ISA=$DYREP_ISA)}, DYREP_BATCH_SMALL_PLANES=$DYREP_BATCH_SMALL_PLANES"
-}
-
-# Copies a finished run's files into the results folder, all or nothing.
-publish() {
-    local name=$1 dir=$2 tmp dest
-    dest=$(results_of "$name")
-    tmp=$(mktemp -d "$dest/.$name.XXXXXX")
-    for f in "${KEEP[@]}"; do
-        [ -f "$dir/$f" ] && cp "$dir/$f" "$tmp/"
-    done
-    [ -f "$GRID/runs/$name.machine" ] && cp "$GRID/runs/$name.machine" "$tmp/machine.txt"
-    rm -rf "${dest:?}/$name"
-    mv "$tmp" "$dest/$name"
-    echo "run.sh: $name published to $dest/$name (commit it)"
-}
-
 # name | flags on top of the config. In priority order: the first paired comparison first.
 GRID_RUNS=(
     "origin-s0|--mode origin --seed 0"
@@ -193,6 +131,68 @@ check_order() {
     done
 }
 check_order
+
+# One binary for the whole grid: the pinned commit, built in $GRID.
+PIN=$(tr -d '[:space:]' < "$ROOT/benches/repro/PINNED")
+if ! git cat-file -e "$PIN^{commit}" 2>/dev/null; then
+    echo "run.sh: the pinned commit $PIN (benches/repro/PINNED) is not in this clone; fetch it or pin another" >&2
+    exit 1
+fi
+BIN=$GRID/bin/dyrep
+if [ ! -x "$BIN" ] || [ "$(cat "$GRID/bin/COMMIT" 2>/dev/null)" != "$PIN" ]; then
+    echo "run.sh: building the pinned commit $PIN"
+    rm -rf "$GRID/src" "$BIN"
+    mkdir -p "$GRID/src"
+    git archive "$PIN" | tar -x -C "$GRID/src"
+    CARGO_TARGET_DIR=$GRID/target cargo build --release -p dyrep-cli --manifest-path "$GRID/src/Cargo.toml"
+    cp "$GRID/target/release/dyrep" "$BIN.tmp"
+    mv "$BIN.tmp" "$BIN"
+    echo "$PIN" > "$GRID/bin/COMMIT"
+fi
+echo "run.sh: binary $BIN from $PIN"
+
+# The grid's first pin (5adcf66) predates the batching of small conv planes, which sums in
+# another order; with it off, later pins train every mode they share with it to the same bits
+# (REPRODUCTION.md "A note on bits"), so runs of either pin are of one protocol.
+export DYREP_BATCH_SMALL_PLANES=0
+
+# The data.
+DATA=${CIFAR_DIR:-$GRID/data}
+if [ ! -d "$DATA/train" ]; then
+    ARCHIVE=$ROOT/../shared/data/cifar10-jpg.tar.xz
+    if [ ! -f "$ARCHIVE" ]; then
+        echo "run.sh: no CIFAR-10 copy: set CIFAR_DIR to a folder with train/ and test/, or put cifar10-jpg.tar.xz in ../shared/data" >&2
+        exit 1
+    fi
+    mkdir -p "$DATA"
+    tar -xJf "$ARCHIVE" -C "$DATA"
+fi
+
+# What a run leaves in the results folder: small text files only (no checkpoints), and
+# machine.txt: a line per start or resume (date, commit, CPU, instruction-set tier).
+KEEP=(summary.json metrics.csv events.jsonl config.resolved.toml run.log)
+
+# The machine a run (or a resumed part of it) ran on.
+machine_line() {
+    local cpu isa
+    cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
+    isa=$(grep -qw avx512f /proc/cpuinfo && echo avx512 || { grep -qw avx2 /proc/cpuinfo && echo avx2 || echo scalar; })
+    echo "$(date -u +%FT%TZ) commit $PIN, $(nproc) cpus, $cpu, $isa${DYREP_ISA:+ (DYREP_ISA=$DYREP_ISA)}, DYREP_BATCH_SMALL_PLANES=$DYREP_BATCH_SMALL_PLANES"
+}
+
+# Copies a finished run's files into the results folder, all or nothing.
+publish() {
+    local name=$1 dir=$2 tmp dest
+    dest=$(results_of "$name")
+    tmp=$(mktemp -d "$dest/.$name.XXXXXX")
+    for f in "${KEEP[@]}"; do
+        [ -f "$dir/$f" ] && cp "$dir/$f" "$tmp/"
+    done
+    [ -f "$GRID/runs/$name.machine" ] && cp "$GRID/runs/$name.machine" "$tmp/machine.txt"
+    rm -rf "${dest:?}/$name"
+    mv "$tmp" "$dest/$name"
+    echo "run.sh: $name published to $dest/$name (commit it)"
+}
 
 wanted() {
     [ -z "${ONLY:-}" ] && return 0

@@ -2,7 +2,7 @@
 # The CIFAR-10 reproduction grid of REPRODUCTION.md: origin, dbb, dyrep (synflow) x 3 seeds,
 # repvgg and dyrep without Dep x 2, the scorer ablation (random, snip, grad_norm) x 2, and
 # one-seed probes (a warm-up for origin and DBB, seven of DyRep's settings, the baselines'
-# earlier initialisation), all with configs/repro/cifar10-vgg16-w025.toml, in RUN_ORDER.
+# earlier initialisation), all with configs/repro/cifar10-vgg16-w025.toml, in the order of RUNS.
 # Resumable at two levels:
 #
 # - across machines and sessions: every finished run's results (summary, metrics, events, the
@@ -42,95 +42,65 @@ if ! flock -n 9; then
     exit 1
 fi
 
-# name | flags on top of the config. In priority order: the first paired comparison first.
-GRID_RUNS=(
-    "origin-s0|--mode origin --seed 0"
-    "dbb-s0|--mode dbb --seed 0"
-    "dyrep-s0|--mode dyrep --seed 0"
-    "origin-s1|--mode origin --seed 1"
-    "dbb-s1|--mode dbb --seed 1"
-    "dyrep-s1|--mode dyrep --seed 1"
-    "origin-s2|--mode origin --seed 2"
-    "dbb-s2|--mode dbb --seed 2"
-    "dyrep-s2|--mode dyrep --seed 2"
-    "repvgg-s0|--mode repvgg --seed 0"
-    "repvgg-s1|--mode repvgg --seed 1"
-    "dyrep-nodep-s0|--mode dyrep --no-dep --seed 0"
-    "dyrep-nodep-s1|--mode dyrep --no-dep --seed 1"
-    "dyrep-random-s0|--mode dyrep --scorer random --seed 0"
-    "dyrep-random-s1|--mode dyrep --scorer random --seed 1"
-    "dyrep-snip-s0|--mode dyrep --scorer snip --seed 0"
-    "dyrep-snip-s1|--mode dyrep --scorer snip --seed 1"
-    "dyrep-grad_norm-s0|--mode dyrep --scorer grad_norm --seed 0"
-    "dyrep-grad_norm-s1|--mode dyrep --scorer grad_norm --seed 1"
-)
-
-# One-seed probes (REPRODUCTION.md "Probes"): each changes one setting of a seed-0 run of the
-# grid (origin-s0, dbb-s0 or dyrep-s0) and is compared with it. They run in RUN_ORDER's place and have
-# their own table (benches/repro/probes.md), so the grid's groups stay the paper's.
-PROBE_RUNS=(
+# Every run, in the order they run: kind | name | flags on top of the config. `grid` runs are
+# the paper's comparison (results/, grouped in tables.md); `probe` runs are one-seed probes
+# (REPRODUCTION.md "Probes"), each changing one setting of a seed-0 grid run (origin-s0, dbb-s0
+# or dyrep-s0) and compared with it (probes/, a row each in probes.md), so the grid's groups stay
+# the paper's. The first paired comparison comes first; three probes of DyRep's settings come
+# before the snip and grad_norm ablation — whether DyRep's cost falls below DBB's without nested
+# growth or with half the grows, and whether full-scale new branches move its accuracy, are what
+# the grid's first 15 runs left open (REPRODUCTION.md "Reading so far").
+RUNS=(
+    "grid|origin-s0|--mode origin --seed 0"
+    "grid|dbb-s0|--mode dbb --seed 0"
+    "grid|dyrep-s0|--mode dyrep --seed 0"
+    "grid|origin-s1|--mode origin --seed 1"
+    "grid|dbb-s1|--mode dbb --seed 1"
+    "grid|dyrep-s1|--mode dyrep --seed 1"
+    "grid|origin-s2|--mode origin --seed 2"
+    "grid|dbb-s2|--mode dbb --seed 2"
+    "grid|dyrep-s2|--mode dyrep --seed 2"
+    "grid|repvgg-s0|--mode repvgg --seed 0"
+    "grid|repvgg-s1|--mode repvgg --seed 1"
+    "grid|dyrep-nodep-s0|--mode dyrep --no-dep --seed 0"
+    "grid|dyrep-nodep-s1|--mode dyrep --no-dep --seed 1"
+    "grid|dyrep-random-s0|--mode dyrep --scorer random --seed 0"
+    "grid|dyrep-random-s1|--mode dyrep --scorer random --seed 1"
+    "probe|dyrep-depth1-s0|--mode dyrep --max-depth 1 --seed 0"
+    "probe|dyrep-interval2-s0|--mode dyrep --grow-interval 2 --seed 0"
+    "probe|dyrep-gamma1-s0|--mode dyrep --gamma0 1 --seed 0"
+    "grid|dyrep-snip-s0|--mode dyrep --scorer snip --seed 0"
+    "grid|dyrep-snip-s1|--mode dyrep --scorer snip --seed 1"
+    "grid|dyrep-grad_norm-s0|--mode dyrep --scorer grad_norm --seed 0"
+    "grid|dyrep-grad_norm-s1|--mode dyrep --scorer grad_norm --seed 1"
     # DBB's deficit starts in its first epoch (REPRODUCTION.md "DBB in PyTorch"): does a gentle
     # start (two epochs of linear warm-up from lr 0.01) remove it, and what does it do to origin?
-    "dbb-warmup2-s0|--mode dbb --warmup-epochs 2 --warmup-lr 0.01 --seed 0"
-    "origin-warmup2-s0|--mode origin --warmup-epochs 2 --warmup-lr 0.01 --seed 0"
-    "dyrep-depth1-s0|--mode dyrep --max-depth 1 --seed 0"
-    "dyrep-gamma1-s0|--mode dyrep --gamma0 1 --seed 0"
-    "dyrep-dbbops-s0|--mode dyrep --ops conv1x1,conv1x1_kxk,conv1x1_avg --seed 0"
-    "dyrep-interval2-s0|--mode dyrep --grow-interval 2 --seed 0"
-    "dyrep-lambda03-s0|--mode dyrep --cut-threshold 0.3 --seed 0"
-    "dyrep-topk2-s0|--mode dyrep --grow-topk 2 --seed 0"
-    "dyrep-calib78-s0|--mode dyrep --calib-batches 78 --seed 0"
+    "probe|dbb-warmup2-s0|--mode dbb --warmup-epochs 2 --warmup-lr 0.01 --seed 0"
+    "probe|origin-warmup2-s0|--mode origin --warmup-epochs 2 --warmup-lr 0.01 --seed 0"
+    "probe|dyrep-dbbops-s0|--mode dyrep --ops conv1x1,conv1x1_kxk,conv1x1_avg --seed 0"
+    "probe|dyrep-lambda03-s0|--mode dyrep --cut-threshold 0.3 --seed 0"
+    "probe|dyrep-topk2-s0|--mode dyrep --grow-topk 2 --seed 0"
+    "probe|dyrep-calib78-s0|--mode dyrep --calib-batches 78 --seed 0"
     # DBB and RepVGG as dyrep first built them (before `baseline_init` existed, the pinned
     # commit 5adcf66): the model's conv kept as the main branch, the new convs fan-out normal.
     # They ran in the grid's first round and are kept as what they are (REPRODUCTION.md, "The
     # baselines' earlier initialisation"); `--baseline-init fan_out` builds them again (checked
     # on the first epoch of seed 0: benches/repro/diagnostics/pin-change).
-    "dbb-fanout-s0|--mode dbb --baseline-init fan_out --seed 0"
-    "dbb-fanout-s1|--mode dbb --baseline-init fan_out --seed 1"
-    "dbb-fanout-s2|--mode dbb --baseline-init fan_out --seed 2"
-    "repvgg-fanout-s0|--mode repvgg --baseline-init fan_out --seed 0"
-    "repvgg-fanout-s1|--mode repvgg --baseline-init fan_out --seed 1"
+    "probe|dbb-fanout-s0|--mode dbb --baseline-init fan_out --seed 0"
+    "probe|dbb-fanout-s1|--mode dbb --baseline-init fan_out --seed 1"
+    "probe|dbb-fanout-s2|--mode dbb --baseline-init fan_out --seed 2"
+    "probe|repvgg-fanout-s0|--mode repvgg --baseline-init fan_out --seed 0"
+    "probe|repvgg-fanout-s1|--mode repvgg --baseline-init fan_out --seed 1"
 )
 
-# The order the runs run in (every run of the two lists once): the grid, except that three
-# probes of DyRep's settings come before the snip and grad_norm ablation — whether DyRep's cost
-# falls below DBB's without nested growth or with half the grows, and whether full-scale new
-# branches move its accuracy, are what the grid's first 15 runs left open (REPRODUCTION.md
-# "Reading so far").
-RUN_ORDER=(
-    origin-s0 dbb-s0 dyrep-s0 origin-s1 dbb-s1 dyrep-s1 origin-s2 dbb-s2 dyrep-s2
-    repvgg-s0 repvgg-s1 dyrep-nodep-s0 dyrep-nodep-s1 dyrep-random-s0 dyrep-random-s1
-    dyrep-depth1-s0 dyrep-interval2-s0 dyrep-gamma1-s0
-    dyrep-snip-s0 dyrep-snip-s1 dyrep-grad_norm-s0 dyrep-grad_norm-s1
-    dbb-warmup2-s0 origin-warmup2-s0 dyrep-dbbops-s0 dyrep-lambda03-s0 dyrep-topk2-s0
-    dyrep-calib78-s0
-    dbb-fanout-s0 dbb-fanout-s1 dbb-fanout-s2 repvgg-fanout-s0 repvgg-fanout-s1
-)
-
-# The flags of the run `name` (its entry in GRID_RUNS or PROBE_RUNS).
-flags_of() {
+# The names of the runs of one kind (`grid` or `probe`).
+names_of_kind() {
     local entry
-    for entry in "${GRID_RUNS[@]}" "${PROBE_RUNS[@]}"; do
-        [ "${entry%%|*}" = "$1" ] && { echo "${entry#*|}"; return 0; }
+    for entry in "${RUNS[@]}"; do
+        [ "${entry%%|*}" = "$1" ] && { entry=${entry#*|}; echo "${entry%%|*}"; }
     done
-    return 1
+    return 0
 }
-
-# RUN_ORDER names every run once and nothing else.
-check_order() {
-    local entry name
-    for entry in "${GRID_RUNS[@]}" "${PROBE_RUNS[@]}"; do
-        name=${entry%%|*}
-        if [ "$(printf '%s\n' "${RUN_ORDER[@]}" | grep -cxF "$name")" != 1 ]; then
-            echo "run.sh: $name must appear once in RUN_ORDER" >&2
-            return 1
-        fi
-    done
-    for name in "${RUN_ORDER[@]}"; do
-        flags_of "$name" > /dev/null || { echo "run.sh: RUN_ORDER names an unknown run $name" >&2; return 1; }
-    done
-}
-check_order
 
 # One binary for the whole grid: the pinned commit, built in $GRID.
 PIN=$(tr -d '[:space:]' < "$ROOT/benches/repro/PINNED")
@@ -202,11 +172,7 @@ wanted() {
 
 # The folder a run's results are published to: the probes' or the grid's.
 results_of() {
-    local entry
-    for entry in "${PROBE_RUNS[@]}"; do
-        [ "${entry%%|*}" = "$1" ] && { echo "$PROBES"; return 0; }
-    done
-    echo "$RESULTS"
+    if names_of_kind probe | grep -xF "$1" > /dev/null; then echo "$PROBES"; else echo "$RESULTS"; fi
 }
 
 # The published runs among the named ones, as result folders.
@@ -226,9 +192,9 @@ time_note() {
 # The grid's tables and chart (grouped by mode, scorer and Dep, against origin by seed) and the
 # probes' table (a row per run, beside the seed-0 runs they change), after each run and at the end.
 write_tables() {
-    local names=() probes=() entry finished out
-    for entry in "${GRID_RUNS[@]}"; do names+=("${entry%%|*}"); done
-    for entry in "${PROBE_RUNS[@]}"; do probes+=("${entry%%|*}"); done
+    local names probes finished out
+    mapfile -t names < <(names_of_kind grid)
+    mapfile -t probes < <(names_of_kind probe)
     out=$(dirname "$RESULTS")
     finished=$(published "${names[@]}")
     if [ -n "$finished" ]; then
@@ -256,8 +222,10 @@ write_tables() {
     fi
 }
 
-for name in "${RUN_ORDER[@]}"; do
-    flags=$(flags_of "$name")
+for entry in "${RUNS[@]}"; do
+    entry=${entry#*|}
+    name=${entry%%|*}
+    flags=${entry#*|}
     wanted "$name" || continue
     if [ -f "$(results_of "$name")/$name/summary.json" ]; then
         echo "run.sh: $name finished ($(head -1 "$(results_of "$name")/$name/machine.txt" 2>/dev/null || echo 'machine not recorded'))"

@@ -77,14 +77,16 @@ RUNS=(
     "grid|dyrep-snip-s1|--mode dyrep --scorer snip --seed 1"
     "grid|dyrep-grad_norm-s0|--mode dyrep --scorer grad_norm --seed 0"
     "grid|dyrep-grad_norm-s1|--mode dyrep --scorer grad_norm --seed 1"
+    # The rest of the causes the protocol asks to try on one seed (λ, top-k, calibration
+    # batches) before the probes of the baselines and of DBB's operation set.
+    "probe|dyrep-lambda03-s0|--mode dyrep --cut-threshold 0.3 --seed 0"
+    "probe|dyrep-topk2-s0|--mode dyrep --grow-topk 2 --seed 0"
+    "probe|dyrep-calib78-s0|--mode dyrep --calib-batches 78 --seed 0"
     # DBB's deficit starts in its first epoch (REPRODUCTION.md "DBB in PyTorch"): does a gentle
     # start (two epochs of linear warm-up from lr 0.01) remove it, and what does it do to origin?
     "probe|dbb-warmup2-s0|--mode dbb --warmup-epochs 2 --warmup-lr 0.01 --seed 0"
     "probe|origin-warmup2-s0|--mode origin --warmup-epochs 2 --warmup-lr 0.01 --seed 0"
     "probe|dyrep-dbbops-s0|--mode dyrep --ops conv1x1,conv1x1_kxk,conv1x1_avg --seed 0"
-    "probe|dyrep-lambda03-s0|--mode dyrep --cut-threshold 0.3 --seed 0"
-    "probe|dyrep-topk2-s0|--mode dyrep --grow-topk 2 --seed 0"
-    "probe|dyrep-calib78-s0|--mode dyrep --calib-batches 78 --seed 0"
     # DBB and RepVGG as dyrep first built them (before `baseline_init` existed, the pinned
     # commit 5adcf66): the model's conv kept as the main branch, the new convs fan-out normal.
     # They ran in the grid's first round and are kept as what they are (REPRODUCTION.md, "The

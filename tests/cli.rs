@@ -612,3 +612,58 @@ fn compare_states_each_groups_cost_against_the_cost_group() {
         stderr(&o)
     );
 }
+
+/// How many marks filled in `fill` a chart has: circles (`corners` None) or polygons of
+/// `corners` corners.
+fn marks(svg: &roxmltree::Document, fill: &str, corners: Option<usize>) -> usize {
+    svg.descendants()
+        .filter(|n| {
+            n.attribute("fill")
+                .is_some_and(|f| f.eq_ignore_ascii_case(fill))
+        })
+        .filter(|n| match corners {
+            None => n.has_tag_name("circle"),
+            Some(k) => {
+                n.has_tag_name("polygon")
+                    && n.attribute("points")
+                        .is_some_and(|p| p.split_whitespace().count() == k)
+            }
+        })
+        .count()
+}
+
+#[test]
+fn compare_charts_past_eight_runs_tell_repeated_colours_apart_by_marker() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let dirs: Vec<String> = (0..9)
+        .map(|seed| {
+            let run = d.join(format!("o{seed}"));
+            fake_run(&run, "origin", seed, &[0.3, 0.4, 0.5]);
+            run.display().to_string()
+        })
+        .collect();
+    let chart = |n: usize| {
+        let svg = d.join(format!("runs{n}.svg"));
+        let mut a: Vec<&str> = vec!["compare"];
+        a.extend(dirs[..n].iter().map(String::as_str));
+        let svg_arg = svg.display().to_string();
+        a.extend(["--svg", svg_arg.as_str()]);
+        let o = dyrep(&a);
+        assert!(o.status.success(), "{}", stderr(&o));
+        std::fs::read_to_string(svg).unwrap()
+    };
+    // The first palette colour: o0's points are circles, and with a ninth run, that run's
+    // points are triangles in the same colour (3 epochs × 3 panels), each legend showing its
+    // marker (an 8-corner outline for a circle, a 3-corner one for a triangle).
+    let first = "#1F77B4";
+    let eight = chart(8);
+    let eight = roxmltree::Document::parse(&eight).expect("well-formed chart");
+    assert_eq!(marks(&eight, first, None), 9);
+    assert_eq!(marks(&eight, first, Some(3)), 0);
+    assert_eq!(marks(&eight, first, Some(8)), 3);
+    let nine = chart(9);
+    let nine = roxmltree::Document::parse(&nine).expect("well-formed chart");
+    assert_eq!(marks(&nine, first, None), 9);
+    assert_eq!(marks(&nine, first, Some(3)), 9 + 3);
+}

@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::config::TrainConfig;
 use crate::error::{Result, RuntimeError};
+use crate::palette::{draw_marks, Style};
 use crate::report::RunRecord;
 
 /// Mean, sample standard deviation (0 for one value) and count.
@@ -414,17 +415,6 @@ pub fn group_markdown(rows: &[GroupRow], baseline: Option<&str>) -> String {
     s
 }
 
-const COLORS: [RGBColor; 8] = [
-    RGBColor(31, 119, 180),
-    RGBColor(255, 127, 14),
-    RGBColor(44, 160, 44),
-    RGBColor(214, 39, 40),
-    RGBColor(148, 103, 189),
-    RGBColor(140, 86, 75),
-    RGBColor(227, 119, 194),
-    RGBColor(127, 127, 127),
-];
-
 /// A group's curve: (epoch, mean, std) of the runs that reached each epoch.
 type MeanCurve = Vec<(f64, f64, f64)>;
 
@@ -490,7 +480,8 @@ pub fn plot_groups(runs: &[RunRecord], group_by: &str, out: &Path) -> Result<()>
             .draw()
             .map_err(|e| err(e.to_string()))?;
         for (i, (name, c)) in curves.iter().enumerate() {
-            let color = COLORS[i % COLORS.len()];
+            let style = Style::nth(i);
+            let color = style.color;
             let band: Vec<(f64, f64)> = c
                 .iter()
                 .map(|p| (p.0, p.1 + p.2))
@@ -509,9 +500,9 @@ pub fn plot_groups(runs: &[RunRecord], group_by: &str, out: &Path) -> Result<()>
                 ))
                 .map_err(|e| err(e.to_string()))?
                 .label(name.as_str())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-                });
+                .legend(move |at| style.legend_mark(at));
+            let means: Vec<(f64, f64)> = c.iter().map(|p| (p.0, p.1)).collect();
+            draw_marks(&mut chart, &means, style).map_err(err)?;
         }
         chart
             .configure_series_labels()

@@ -25,6 +25,7 @@ pub mod hash;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+mod palette;
 pub mod report;
 pub mod run_state;
 pub mod schedule;

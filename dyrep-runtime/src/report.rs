@@ -17,6 +17,7 @@ use crate::config::TrainConfig;
 use crate::dynamics::Event;
 use crate::error::{Result, RuntimeError};
 use crate::model::Model;
+use crate::palette::{draw_marks, Style, COLORS};
 
 /// One epoch of `metrics.csv` (train and test rows joined).
 #[derive(Clone, Debug, Default, Serialize)]
@@ -257,23 +258,13 @@ fn range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
     (lo - pad)..(hi + pad)
 }
 
-const SERIES: [RGBColor; 8] = [
-    RGBColor(31, 119, 180),
-    RGBColor(255, 127, 14),
-    RGBColor(44, 160, 44),
-    RGBColor(214, 39, 40),
-    RGBColor(148, 103, 189),
-    RGBColor(140, 86, 75),
-    RGBColor(227, 119, 194),
-    RGBColor(127, 127, 127),
-];
 const GROW: RGBColor = RGBColor(44, 160, 44);
 const CUT: RGBColor = RGBColor(214, 39, 40);
 
 type Panel<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
 
-/// A named line of (epoch, value) points in a colour.
-type Series = (String, Vec<(f64, f64)>, RGBColor);
+/// A named line of (epoch, value) points in a colour and marker.
+type Series = (String, Vec<(f64, f64)>, Style);
 
 /// One panel: named series over epochs, plus grow/cut markers at their epochs.
 fn panel(
@@ -298,16 +289,17 @@ fn panel(
         .y_desc(y_desc)
         .draw()
         .map_err(|e| e.to_string())?;
-    for (name, pts, color) in series {
-        let c = *color;
+    for (name, pts, style) in series {
+        let style = *style;
         chart
-            .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))
+            .draw_series(LineSeries::new(
+                pts.iter().copied(),
+                style.color.stroke_width(2),
+            ))
             .map_err(|e| e.to_string())?
             .label(name.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
-        chart
-            .draw_series(pts.iter().map(|p| Circle::new(*p, 3, c.filled())))
-            .map_err(|e| e.to_string())?;
+            .legend(move |at| style.legend_mark(at));
+        draw_marks(&mut chart, pts, style)?;
     }
     // Grows and cuts happen at the end of an epoch: a dashed-looking thin line there.
     for (kind_grow, label) in [(true, "grow"), (false, "cut")] {
@@ -371,8 +363,8 @@ pub fn plot_run(run: &RunRecord, out: &Path) -> Result<()> {
             )
             .map_err(|e| err(e.to_string()))?;
         let areas = root.split_evenly((2, 2));
-        let b = SERIES[0];
-        let o = SERIES[1];
+        let b = Style::circles(COLORS[0]);
+        let o = Style::circles(COLORS[1]);
         panel(
             &areas[0],
             "loss",
@@ -401,7 +393,11 @@ pub fn plot_run(run: &RunRecord, out: &Path) -> Result<()> {
             &areas[2],
             "parameters",
             "params (M)",
-            &[("params (M)".into(), ep(|r| r.params / 1e6), SERIES[2])],
+            &[(
+                "params (M)".into(),
+                ep(|r| r.params / 1e6),
+                Style::circles(COLORS[2]),
+            )],
             &events,
             max_epoch,
         )
@@ -410,7 +406,11 @@ pub fn plot_run(run: &RunRecord, out: &Path) -> Result<()> {
             &areas[3],
             "multiply-accumulates per image",
             "MACs (M)",
-            &[("MACs (M)".into(), ep(|r| r.macs / 1e6), SERIES[4])],
+            &[(
+                "MACs (M)".into(),
+                ep(|r| r.macs / 1e6),
+                Style::circles(COLORS[4]),
+            )],
             &events,
             max_epoch,
         )
@@ -434,7 +434,7 @@ pub fn plot_compare(runs: &[RunRecord], out: &Path) -> Result<()> {
                 (
                     format!("{} ({})", r.name, r.mode),
                     r.epochs.iter().map(|e| (e.epoch as f64, f(e))).collect(),
-                    SERIES[i % SERIES.len()],
+                    Style::nth(i),
                 )
             })
             .collect()

@@ -165,8 +165,13 @@ impl TrainArgs {
     fn check_mode_flags(&self, cfg: &TrainConfig) -> Result<()> {
         let dyrep_flags = self.dyrep_flags();
         if cfg.mode != Mode::Dyrep && !dyrep_flags.is_empty() {
+            let verb = if dyrep_flags.len() == 1 {
+                "applies"
+            } else {
+                "apply"
+            };
             anyhow::bail!(
-                "{} only apply to --mode dyrep (the mode is `{}`)",
+                "{} only {verb} to --mode dyrep (the mode is `{}`)",
                 dyrep_flags.join(", "),
                 cfg.mode.as_str()
             );

@@ -4,13 +4,16 @@
 //! kernel's register blocks run it (`direct.rs`); otherwise the forward lowers each image with
 //! im2col into a per-thread buffer (rows ordered by kernel tap, [`tap_order`], so a grown
 //! block's convs can share one: `patches.rs`) and runs one gemm per group (a 1×1 stride-1 conv
-//! reads the input in place). The weight gradient accumulates `dY · colsᵀ` over images into one
-//! column-major buffer per thread; the input gradient is, at stride 1, the forward conv of `dY`
-//! with the flipped kernel, else `Wᵀ · dY` followed by col2im, and is skipped when the input
-//! carries no gradient (the network's first layer). Images run in parallel with single-threaded
-//! gemms; a batch smaller than the thread count uses gemm's own threads instead. Depthwise convs
-//! (one input channel per output channel) skip the lowering: `depthwise.rs`. Outputs that are
-//! written in full are allocated uninitialised (no zero-fill pass).
+//! reads the input in place). The weight gradient accumulates `dY · colsᵀ` over fixed image
+//! ranges into one column-major buffer each, added in range order; the input gradient is, at
+//! stride 1, the forward conv of `dY` with the flipped kernel, else `Wᵀ · dY` followed by col2im,
+//! and is skipped when the input carries no gradient (the network's first layer). Images run in
+//! parallel; where there are fewer images (or image ranges) than threads, the gemms take the
+//! spare threads too. Which kernel runs and how sums are split depend on the shapes only, never
+//! on the thread count, and the threaded gemm computes the same bits as the single-threaded
+//! one, so a run's results do not depend on the number of cores (docs/ARCHITECTURE.md).
+//! Depthwise convs (one input channel per output channel) skip the lowering: `depthwise.rs`.
+//! Outputs that are written in full are allocated uninitialised (no zero-fill pass).
 
 use std::mem::MaybeUninit;
 
@@ -22,7 +25,7 @@ use crate::bn::{
 };
 use crate::cpu::{
     assume_init_slice, assume_init_vec, sgemm, sgemm_strided, sgemm_uninit, slice_f32, split_range,
-    tensor_like, threads, uninit_vec, with_f32, with_scratch, Mat,
+    sum_in_order, tensor_like, threads, uninit_vec, with_f32, with_scratch, Mat,
 };
 use crate::error::{KernelError, Result};
 use crate::isa::Isa;
@@ -172,9 +175,29 @@ impl ConvShape {
         ConvTimer::start(self.profile_key(), pass, self.macs())
     }
 
-    /// Whether images run in parallel (else each gemm is threaded).
+    /// Whether images run in parallel, each by one kernel call: at least two of them. A choice
+    /// by shape alone: the kernels that need it (direct, batched small planes, the forward with
+    /// fused statistics) and with them a run's bits do not depend on the thread count.
     pub(crate) fn parallel_images(&self) -> bool {
-        self.n >= threads()
+        self.n >= 2
+    }
+
+    /// Whether each image's gemms take threads too: fewer images than threads. Scheduling
+    /// only: the threaded gemm's bits equal the single-threaded one's (`cpu.rs` tests).
+    fn threaded_image_gemms(&self) -> bool {
+        self.n < threads()
+    }
+
+    /// The image ranges whose weight-gradient sums are taken separately (in parallel) and then
+    /// added in this order: at most [`WEIGHT_GRAD_PARTIALS`], whole small-plane batches each,
+    /// fixed by the batch and the plane, so the sum's rounding does not depend on the thread
+    /// count.
+    pub(crate) fn weight_grad_ranges(&self) -> Vec<std::ops::Range<usize>> {
+        let unit = self.image_batch().unwrap_or(1);
+        split_range(self.n.div_ceil(unit), WEIGHT_GRAD_PARTIALS)
+            .into_iter()
+            .map(|r| (r.start * unit).min(self.n)..(r.end * unit).min(self.n))
+            .collect()
     }
 
     /// The valid output-column range `[lo, hi)` for kernel column `kx` at stride 1.
@@ -493,8 +516,8 @@ impl ConvShape {
         (unsafe { assume_init_vec(y) }, stats)
     }
 
-    /// Runs `f(image, chunk)` over the per-image chunks of `out`: images in parallel when there
-    /// are at least as many as threads (then each gemm runs single-threaded), else in order.
+    /// Runs `f(image, chunk)` over the per-image chunks of `out`: in parallel when there are
+    /// several images, else in order.
     fn for_each_image<T: Send>(
         &self,
         out: &mut [T],
@@ -508,8 +531,8 @@ impl ConvShape {
         }
     }
 
-    /// Weight gradient: `Σₙ dy[n] · cols(x[n])ᵀ` per group. Each thread accumulates its images
-    /// into a column-major buffer (group `g`'s element `(o, r)` at `g·og·kg + r·og + o`), which
+    /// Weight gradient: `Σₙ dy[n] · cols(x[n])ᵀ` per group. Each of the fixed image ranges
+    /// ([`Self::weight_grad_ranges`]) accumulates its images into a column-major buffer (group `g`'s element `(o, r)` at `g·og·kg + r·og + o`), which
     /// lets the gemm read the patch matrix without transposing it; the sum is put back in
     /// `[out, c/groups, kh, kw]` order once at the end.
     pub fn weight_grad(&self, x: &[f32], dy: &[f32]) -> Vec<f32> {
@@ -531,7 +554,7 @@ impl ConvShape {
         let accumulate_images = |range: std::ops::Range<usize>, parallel_gemm: bool| {
             let mut dw_cm = vec![0.0f32; wlen];
             if let Some(g) = batch {
-                self.weight_grad_batched(g, x, dy, range, &mut dw_cm);
+                self.weight_grad_batched(g, x, dy, range, parallel_gemm, &mut dw_cm);
                 return dw_cm;
             }
             for (i, img) in range.enumerate() {
@@ -579,23 +602,13 @@ impl ConvShape {
             }
             dw_cm
         };
-        let dw_cm = if self.parallel_images() {
-            let partials: Vec<Vec<f32>> = split_range(self.n, threads())
-                .into_par_iter()
-                .map(|r| accumulate_images(r, false))
-                .collect();
-            let mut parts = partials.into_iter();
-            let mut sum = parts.next().unwrap_or_else(|| vec![0.0; wlen]);
-            for p in parts {
-                for (a, b) in sum.iter_mut().zip(&p) {
-                    *a += b;
-                }
-            }
-            sum
-        } else {
-            accumulate_images(0..self.n, true)
-        };
-        self.weight_from_patch_cm(&dw_cm)
+        let ranges = self.weight_grad_ranges();
+        let parallel_gemm = ranges.len() < threads();
+        let partials: Vec<Vec<f32>> = ranges
+            .into_par_iter()
+            .map(|r| accumulate_images(r, parallel_gemm))
+            .collect();
+        self.weight_from_patch_cm(&sum_in_order(partials, wlen))
     }
 
     /// Input gradient. At stride 1 (with padding below the kernel size) it is the forward conv
@@ -714,7 +727,7 @@ impl ConvShape {
         let (ohw, kg, og, cg) = (self.ohw(), self.kg(), self.og(), self.cg());
         let per_image_in = self.c * self.hw();
         let per_image_out = self.out * ohw;
-        let parallel_gemm = !self.parallel_images();
+        let parallel_gemm = self.threaded_image_gemms();
         let pointwise = self.is_pointwise();
         let weight = &self.patch_weight(weight)[..];
         let one = |(img, dx_img): (usize, &mut [f32])| {
@@ -778,7 +791,7 @@ impl<'a> ImageForward<'a> {
                 None => shape.patch_weight(weight),
             },
             direct,
-            parallel_gemm: !shape.parallel_images(),
+            parallel_gemm: shape.threaded_image_gemms(),
         }
     }
 
@@ -863,6 +876,15 @@ pub(crate) fn tap_order(kh: usize, kw: usize) -> Vec<(usize, usize)> {
     }
     order
 }
+
+/// The most image ranges a weight gradient is summed over separately before they are added
+/// (in a fixed order). A constant, not the thread count, so that the result's rounding is the
+/// same on every machine. Each range costs a weight-sized buffer, zeroed and added once per
+/// step: with 8, vgg16 at width 0.25 (batch 128, 2 threads) spent 4-6 % more time in its
+/// weight gradients than with the 2 ranges two threads used before; with 4 the difference was
+/// below the measurement's noise (BENCHMARKS.md). With more threads than ranges, each range's
+/// gemms are threaded.
+const WEIGHT_GRAD_PARTIALS: usize = 4;
 
 /// Floats of patch matrix the weight gradient lowers at once (1 MiB: half this machine's L2,
 /// so im2col's output is still in L2 when the gemm packs it; 2-3 % off the weight gradient of
@@ -1001,7 +1023,63 @@ pub fn conv2d_on(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::test_values;
+    use crate::cpu::{assert_same_bits, on_threads, test_values};
+
+    /// Every pass of a conv computes the same bits on 1 to 5 threads: the direct kernel
+    /// (32×32 and 16×16 planes), batched small planes (4×4 and 2×2, a ragged last batch), a
+    /// pointwise conv, stride 2 (col2im), grouped, depthwise; one image, fewer images than
+    /// threads and many (more than the weight gradient's partial sums, not a multiple of them).
+    #[test]
+    fn conv_passes_do_not_depend_on_the_thread_count() {
+        // Input (without the batch), weight, stride, padding, groups.
+        type Case = ([usize; 3], [usize; 4], usize, (usize, usize), usize);
+        let cases: [Case; 8] = [
+            ([3, 32, 32], [16, 3, 3, 3], 1, (1, 1), 1),
+            ([8, 16, 16], [32, 8, 3, 3], 1, (1, 1), 1),
+            ([16, 4, 4], [16, 16, 3, 3], 1, (1, 1), 1),
+            ([24, 2, 2], [8, 24, 3, 3], 1, (1, 1), 1),
+            ([12, 6, 5], [7, 12, 1, 1], 1, (0, 0), 1),
+            ([5, 9, 8], [6, 5, 3, 3], 2, (1, 1), 1),
+            ([6, 7, 7], [4, 3, 3, 1], 1, (1, 0), 2),
+            ([8, 6, 6], [8, 1, 3, 3], 1, (1, 1), 8),
+        ];
+        for (case, ([c, h, w], wshape, stride, pad, groups)) in cases.into_iter().enumerate() {
+            for n in [1, 3, 37] {
+                let s = ConvShape::new(&[n, c, h, w], &wshape, stride, pad, groups).unwrap();
+                let seed = (case * 10 + n) as u64;
+                let x = test_values(n * c * h * w, seed);
+                let wt = test_values(wshape.iter().product(), seed ^ 1);
+                let dy = test_values(n * s.out * s.ho * s.wo, seed ^ 2);
+                let passes = || {
+                    let stats = s.forward_stats(&x, &wt).1;
+                    let stats: Vec<f32> = stats
+                        .iter()
+                        .flat_map(|st| [st.shift, st.mean_rel, st.var])
+                        .collect();
+                    [
+                        s.forward(&x, &wt),
+                        stats,
+                        s.input_grad(&wt, &dy),
+                        s.weight_grad(&x, &dy),
+                    ]
+                };
+                let one = on_threads(1, passes);
+                for t in 2..=5 {
+                    let other = on_threads(t, passes);
+                    for (p, name) in ["forward", "stats", "input grad", "weight grad"]
+                        .iter()
+                        .enumerate()
+                    {
+                        assert_same_bits(
+                            &one[p],
+                            &other[p],
+                            &format!("case {case}, batch {n}, {name} on 1 and {t} threads"),
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn shape_rejects_bad_groups_and_small_inputs() {

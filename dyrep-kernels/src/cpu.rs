@@ -8,6 +8,7 @@ use std::mem::MaybeUninit;
 
 use candle_core::{CpuStorage, Layout, Storage, Tensor};
 use gemm::Parallelism;
+use rayon::prelude::*;
 
 /// The contiguous f32 data of a custom op's argument.
 pub(crate) fn slice_f32<'a>(
@@ -263,6 +264,28 @@ pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R 
     }
 }
 
+/// The element-wise sum of `parts` (each `len` floats), added in their order,
+/// `((p₀ + p₁) + p₂) + …`, on any thread count: threads split the elements, never the parts.
+/// Zeros when there are none.
+pub(crate) fn sum_in_order(parts: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
+    const CHUNK: usize = 1 << 14;
+    let mut parts = parts.into_iter();
+    let Some(mut sum) = parts.next() else {
+        return vec![0.0; len];
+    };
+    let rest: Vec<Vec<f32>> = parts.collect();
+    if !rest.is_empty() {
+        sum.par_chunks_mut(CHUNK).enumerate().for_each(|(i, s)| {
+            for p in &rest {
+                for (a, b) in s.iter_mut().zip(&p[i * CHUNK..]) {
+                    *a += b;
+                }
+            }
+        });
+    }
+    sum
+}
+
 /// Splits `0..n` into at most `parts` contiguous ranges of near-equal size.
 pub(crate) fn split_range(n: usize, parts: usize) -> Vec<std::ops::Range<usize>> {
     let parts = parts.clamp(1, n.max(1));
@@ -292,6 +315,25 @@ pub(crate) fn test_values(len: usize, seed: u64) -> Vec<f32> {
             ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         })
         .collect()
+}
+
+/// Runs `f` on a rayon pool of `threads` threads (unit tests of thread-count independence).
+#[cfg(test)]
+pub(crate) fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("a rayon pool")
+        .install(f)
+}
+
+/// Bit-for-bit equality of two float slices (unit tests), naming the first difference.
+#[cfg(test)]
+pub(crate) fn assert_same_bits(a: &[f32], b: &[f32], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: length");
+    if let Some(i) = (0..a.len()).find(|&i| a[i].to_bits() != b[i].to_bits()) {
+        panic!("{what}[{i}]: {} vs {}", a[i], b[i]);
+    }
 }
 
 #[cfg(test)]
@@ -397,5 +439,57 @@ mod tests {
             }) + a.len()
         });
         assert_eq!(v, 7);
+    }
+}
+
+#[cfg(test)]
+mod thread_count_tests {
+    use super::*;
+
+    /// The threaded gemm splits the product's rows and columns among threads, never the sum
+    /// over the inner dimension: every output is the same dot product in the same order on any
+    /// thread count, and equal to the single-threaded gemm's. The kernels rely on this to keep
+    /// a run's bits independent of the core count.
+    #[test]
+    fn gemm_bits_do_not_depend_on_its_threads() {
+        // (m, k, n, dst_rs = 1: column-major destination) — above the gemm's threading
+        // threshold, with ragged edges against its register blocks.
+        for (case, (m, k, n, col_major)) in [
+            (64, 576, 1024, false),
+            (37, 1153, 259, false),
+            (128, 4000, 96, true),
+            (9, 30, 1000, true),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let a = test_values(m * k, case as u64);
+            let b = test_values(k * n, case as u64 ^ 7);
+            let (rs, cs) = if col_major { (1, m) } else { (n, 1) };
+            let run = |parallel: bool| {
+                let mut dst = test_values(m * n, 99);
+                let am = Mat {
+                    data: &a,
+                    rows: m,
+                    cols: k,
+                    rs: k,
+                    cs: 1,
+                };
+                let bm = Mat {
+                    data: &b,
+                    rows: k,
+                    cols: n,
+                    rs: n,
+                    cs: 1,
+                };
+                sgemm_strided(&mut dst, rs, cs, am, bm, true, parallel);
+                dst
+            };
+            let single = run(false);
+            for t in 1..=5 {
+                let threaded = on_threads(t, || run(true));
+                assert_same_bits(&single, &threaded, &format!("case {case}, {t} threads"));
+            }
+        }
     }
 }

@@ -19,7 +19,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::conv::{tap_order, ConvShape};
-use crate::cpu::{sgemm, sgemm_strided, split_range, threads, with_scratch, Mat};
+use crate::cpu::{sgemm, sgemm_strided, sum_in_order, threads, with_scratch, Mat};
 use crate::profile::{ConvKey, ConvPass, ConvTimer, Phase, Timer};
 
 /// A conv reading the shared patch matrix: its geometry and its block of taps.
@@ -100,14 +100,12 @@ impl PatchShare {
         self.main.im2col(image, cols);
     }
 
-    /// Image ranges run in parallel (each with single-threaded gemms), or one range with
-    /// threaded gemms when the batch is smaller than the thread count.
+    /// The main conv's weight-gradient image ranges ([`ConvShape::weight_grad_ranges`]: fixed
+    /// by the shapes), and whether their gemms take threads too (fewer ranges than threads).
     fn image_ranges(&self) -> (Vec<Range<usize>>, bool) {
-        if self.main.parallel_images() {
-            (split_range(self.main.n, threads()), false)
-        } else {
-            (std::iter::once(0..self.main.n).collect(), true)
-        }
+        let ranges = self.main.weight_grad_ranges();
+        let parallel_gemm = ranges.len() < threads();
+        (ranges, parallel_gemm)
     }
 
     /// Times `pass` of all members together in the per-conv profile until the guard drops.
@@ -146,7 +144,7 @@ impl PatchShare {
                     .step_by(g)
                     .map(|s| s..(s + g).min(self.main.n))
                     .collect(),
-                false,
+                self.main.threaded_batch_gemms(g),
             ),
             None => self.image_ranges(),
         };
@@ -164,7 +162,7 @@ impl PatchShare {
         }
         let run = |(range, mut slices): (Range<usize>, Vec<&mut [f32]>)| {
             if batch.is_some() {
-                return self.forward_batch(x, &perm, range, &mut slices);
+                return self.forward_batch(x, &perm, range, parallel_gemm, &mut slices);
             }
             with_scratch(self.rows() * ohw, |cols| {
                 for (i, img) in range.enumerate() {
@@ -201,7 +199,8 @@ impl PatchShare {
     }
 
     /// Every member's weight gradient `[out, c, kh, kw]` for its output gradient `dz`,
-    /// lowering each image once (accumulated column-major per thread, as `ConvShape` does).
+    /// lowering each image once (accumulated column-major per image range and added in range
+    /// order, as `ConvShape` does).
     pub fn weight_grads(&self, x: &[f32], dzs: &[&[f32]]) -> Vec<Vec<f32>> {
         let _t = Timer::start(Phase::ConvWeightGrad);
         let _c = self.pass_timer(ConvPass::WeightGrad);
@@ -216,7 +215,7 @@ impl PatchShare {
                 .map(|m| vec![0.0f32; m.shape.out * m.taps.len() * c])
                 .collect();
             if let Some(g) = batch {
-                self.weight_grads_batched(g, x, dzs, range, &mut acc);
+                self.weight_grads_batched(g, x, dzs, range, parallel_gemm, &mut acc);
                 return acc;
             }
             with_scratch(self.rows() * ohw, |cols| {
@@ -250,20 +249,16 @@ impl PatchShare {
             });
             acc
         };
-        let partials: Vec<Vec<Vec<f32>>> = ranges.into_par_iter().map(accumulate).collect();
-        let mut parts = partials.into_iter();
-        let mut sum = parts.next().unwrap_or_default();
-        for p in parts {
-            for (a, b) in sum.iter_mut().zip(&p) {
-                for (x, y) in a.iter_mut().zip(b) {
-                    *x += y;
-                }
-            }
-        }
+        let mut partials: Vec<Vec<Vec<f32>>> = ranges.into_par_iter().map(accumulate).collect();
         self.members
             .iter()
-            .zip(sum)
-            .map(|(m, cm)| m.shape.weight_from_patch_cm(&cm))
+            .enumerate()
+            .map(|(j, m)| {
+                let parts = partials.iter_mut().map(|p| std::mem::take(&mut p[j]));
+                let len = m.shape.out * m.taps.len() * c;
+                m.shape
+                    .weight_from_patch_cm(&sum_in_order(parts.collect(), len))
+            })
             .collect()
     }
 }
@@ -277,6 +272,7 @@ impl PatchShare {
         x: &[f32],
         perm: &[Vec<f32>],
         imgs: Range<usize>,
+        parallel_gemm: bool,
         slices: &mut [&mut [f32]],
     ) {
         let (c, ohw) = (self.main.c, self.main.ohw());
@@ -306,7 +302,7 @@ impl PatchShare {
                         cs: 1,
                     },
                     false,
-                    false,
+                    parallel_gemm,
                 );
                 for (i, y_img) in out.chunks_exact_mut(mo * ohw).enumerate() {
                     for (o, dst) in y_img.chunks_exact_mut(ohw).enumerate() {
@@ -325,6 +321,7 @@ impl PatchShare {
         x: &[f32],
         dzs: &[&[f32]],
         range: Range<usize>,
+        parallel_gemm: bool,
         acc: &mut [Vec<f32>],
     ) {
         let (c, ohw) = (self.main.c, self.main.ohw());
@@ -363,7 +360,7 @@ impl PatchShare {
                             cs: width,
                         },
                         batch > 0,
-                        false,
+                        parallel_gemm,
                     );
                 }
             });
@@ -392,7 +389,7 @@ fn block_of(
 mod tests {
     use super::*;
 
-    use crate::cpu::test_values as values;
+    use crate::cpu::{on_threads, test_values as values};
 
     fn shape(x: [usize; 4], out: usize, k: (usize, usize), stride: usize) -> ConvShape {
         ConvShape::new(&x, &[out, x[1], k.0, k.1], stride, (k.0 / 2, k.1 / 2), 1)
@@ -474,6 +471,51 @@ mod tests {
                     &s.weight_grad(&xs, &dzs[j]),
                     &format!("case {seed} weight grad {i}"),
                 );
+            }
+        }
+    }
+
+    /// A block's shared lowering computes the same bits on 1 to 4 threads, small planes
+    /// (batched) and large, with batches of one image, fewer than threads and many.
+    #[test]
+    fn shared_lowering_does_not_depend_on_the_thread_count() {
+        for (seed, x) in [[1, 6, 9, 9], [3, 5, 4, 4], [37, 6, 2, 3], [19, 4, 12, 10]]
+            .into_iter()
+            .enumerate()
+        {
+            let shapes = [
+                shape(x, 8, (3, 3), 1),
+                shape(x, 5, (1, 3), 1),
+                shape(x, 3, (3, 1), 1),
+            ];
+            let (plan, _) = PatchShare::plan(&shapes).expect("the branches share");
+            let xs = values(x.iter().product(), seed as u64);
+            let ws: Vec<Vec<f32>> = shapes
+                .iter()
+                .enumerate()
+                .map(|(i, s)| values(s.weight_len(), 100 + i as u64))
+                .collect();
+            let w_refs: Vec<&[f32]> = ws.iter().map(|w| w.as_slice()).collect();
+            let dzs: Vec<Vec<f32>> = shapes
+                .iter()
+                .enumerate()
+                .map(|(j, s)| values(s.output_dims().iter().product(), 200 + j as u64))
+                .collect();
+            let dz_refs: Vec<&[f32]> = dzs.iter().map(|d| d.as_slice()).collect();
+            let passes = || {
+                let mut all = plan.forward(&xs, &w_refs);
+                all.extend(plan.weight_grads(&xs, &dz_refs));
+                all
+            };
+            let one = on_threads(1, passes);
+            for t in 2..=4 {
+                for (i, (a, b)) in one.iter().zip(on_threads(t, passes)).enumerate() {
+                    same(
+                        a,
+                        &b,
+                        &format!("case {seed}, output {i}, 1 and {t} threads"),
+                    );
+                }
             }
         }
     }

@@ -35,9 +35,10 @@ fn enabled() -> bool {
 impl ConvShape {
     /// Images per gemm where this conv is lowered (the direct kernel, where it runs, goes
     /// first): `Some(G ≥ 2)` with one group on planes of fewer than 32 outputs, when images run
-    /// in parallel (G is at most each thread's share of the batch); `None`: one image per gemm.
-    /// It depends only on the batch, the plane and the groups, so the convs of a grown block
-    /// that share a patch matrix (`patches.rs`) all batch alike.
+    /// in parallel (G is at most half the batch, so two threads share it); `None`: one image per
+    /// gemm. It depends only on the batch, the plane and the groups — not on the thread count,
+    /// since a gemm's width sets its blocking and so its rounding — and the convs of a grown
+    /// block that share a patch matrix (`patches.rs`) all batch alike.
     pub(crate) fn image_batch(&self) -> Option<usize> {
         let ohw = self.ohw();
         if !enabled()
@@ -48,8 +49,14 @@ impl ConvShape {
         {
             return None;
         }
-        let g = BATCH_COLUMNS.div_ceil(ohw).min(self.n.div_ceil(threads()));
+        let g = BATCH_COLUMNS.div_ceil(ohw).min(self.n.div_ceil(2));
         (g >= 2).then_some(g)
+    }
+
+    /// Whether the gemms of `g`-image batches take threads too: fewer batches than threads
+    /// (scheduling only: the threaded gemm's bits equal the single-threaded one's).
+    pub(crate) fn threaded_batch_gemms(&self, g: usize) -> bool {
+        self.n.div_ceil(g.max(1)) < threads()
     }
 
     /// The patch matrices of images `imgs`, side by side: row `r` of the `i`-th image at
@@ -77,6 +84,7 @@ impl ConvShape {
         x: &[f32],
         weight: &[f32],
         imgs: Range<usize>,
+        parallel_gemm: bool,
         f: impl FnOnce(&[f32], usize) -> R,
     ) -> R {
         let (kg, out) = (self.c * self.kh * self.kw, self.out);
@@ -98,7 +106,7 @@ impl ConvShape {
                 rs: width,
                 cs: 1,
             };
-            sgemm(product, width, w, p, false, false);
+            sgemm(product, width, w, p, false, parallel_gemm);
             f(product, width)
         })
     }
@@ -128,11 +136,12 @@ impl ConvShape {
         put: impl Fn(&mut T, f32) + Sync,
     ) {
         let (ohw, per_out) = (self.ohw(), self.out * self.ohw());
+        let parallel_gemm = self.threaded_batch_gemms(g);
         y.par_chunks_mut(g * per_out)
             .enumerate()
             .for_each(|(b, chunk)| {
                 let imgs = b * g..b * g + chunk.len() / per_out;
-                self.batch_forward(x, weight, imgs, |product, width| {
+                self.batch_forward(x, weight, imgs, parallel_gemm, |product, width| {
                     for (i, y_img) in chunk.chunks_exact_mut(per_out).enumerate() {
                         for (o, dst) in y_img.chunks_exact_mut(ohw).enumerate() {
                             let src = &product[o * width + i * ohw..][..ohw];
@@ -153,6 +162,7 @@ impl ConvShape {
         x: &[f32],
         dy: &[f32],
         range: Range<usize>,
+        parallel_gemm: bool,
         dw_cm: &mut [f32],
     ) {
         let (kg, out, ohw) = (self.c * self.kh * self.kw, self.out, self.ohw());
@@ -187,7 +197,7 @@ impl ConvShape {
                     rs: 1,
                     cs: width,
                 };
-                sgemm_strided(dw_cm, 1, out, d, p, batch > 0, false);
+                sgemm_strided(dw_cm, 1, out, d, p, batch > 0, parallel_gemm);
             });
         }
     }

@@ -396,6 +396,15 @@ mod tests {
             .expect("test shape")
     }
 
+    /// Test weights for each of `shapes`, a seed per conv.
+    fn weights_of(shapes: &[ConvShape]) -> Vec<Vec<f32>> {
+        shapes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| values(s.weight_len(), 100 + i as u64))
+            .collect()
+    }
+
     /// Bit for bit: a shared lowering must compute what each conv computes on its own.
     fn same(a: &[f32], b: &[f32], what: &str) {
         assert_eq!(a.len(), b.len(), "{what}");
@@ -441,11 +450,7 @@ mod tests {
             let want_members = if stride == 1 { 3 } else { 4 };
             assert_eq!(plan.members.len(), want_members, "case {seed}");
             let xs = values(x.iter().product(), seed as u64);
-            let ws: Vec<Vec<f32>> = shapes
-                .iter()
-                .enumerate()
-                .map(|(i, s)| values(s.weight_len(), 100 + i as u64))
-                .collect();
+            let ws = weights_of(&shapes);
             let member_ws: Vec<&[f32]> = (0..shapes.len())
                 .filter(|&i| index[i].is_some())
                 .map(|i| ws[i].as_slice())
@@ -490,11 +495,7 @@ mod tests {
             ];
             let (plan, _) = PatchShare::plan(&shapes).expect("the branches share");
             let xs = values(x.iter().product(), seed as u64);
-            let ws: Vec<Vec<f32>> = shapes
-                .iter()
-                .enumerate()
-                .map(|(i, s)| values(s.weight_len(), 100 + i as u64))
-                .collect();
+            let ws = weights_of(&shapes);
             let w_refs: Vec<&[f32]> = ws.iter().map(|w| w.as_slice()).collect();
             let dzs: Vec<Vec<f32>> = shapes
                 .iter()

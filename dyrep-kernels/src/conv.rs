@@ -532,9 +532,10 @@ impl ConvShape {
     }
 
     /// Weight gradient: `Σₙ dy[n] · cols(x[n])ᵀ` per group. Each of the fixed image ranges
-    /// ([`Self::weight_grad_ranges`]) accumulates its images into a column-major buffer (group `g`'s element `(o, r)` at `g·og·kg + r·og + o`), which
-    /// lets the gemm read the patch matrix without transposing it; the sum is put back in
-    /// `[out, c/groups, kh, kw]` order once at the end.
+    /// ([`Self::weight_grad_ranges`]) accumulates its images into a column-major buffer (group
+    /// `g`'s element `(o, r)` at `g·og·kg + r·og + o`), which lets the gemm read the patch
+    /// matrix without transposing it; the buffers are added in range order and the sum is put
+    /// back in `[out, c/groups, kh, kw]` order once at the end.
     pub fn weight_grad(&self, x: &[f32], dy: &[f32]) -> Vec<f32> {
         let _t = Timer::start(Phase::ConvWeightGrad);
         let _c = self.pass_timer(ConvPass::WeightGrad);

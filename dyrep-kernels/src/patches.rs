@@ -389,7 +389,7 @@ fn block_of(
 mod tests {
     use super::*;
 
-    use crate::cpu::{on_threads, test_values as values};
+    use crate::cpu::{assert_same_bits, on_threads, test_values as values};
 
     fn shape(x: [usize; 4], out: usize, k: (usize, usize), stride: usize) -> ConvShape {
         ConvShape::new(&x, &[out, x[1], k.0, k.1], stride, (k.0 / 2, k.1 / 2), 1)
@@ -406,13 +406,6 @@ mod tests {
     }
 
     /// Bit for bit: a shared lowering must compute what each conv computes on its own.
-    fn same(a: &[f32], b: &[f32], what: &str) {
-        assert_eq!(a.len(), b.len(), "{what}");
-        for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            assert_eq!(x.to_bits(), y.to_bits(), "{what}[{i}]: {x} vs {y}");
-        }
-    }
-
     #[test]
     fn tap_blocks_of_the_dyrep_branches_are_contiguous() {
         for k in [3, 5, 7] {
@@ -466,12 +459,12 @@ mod tests {
             let dws = plan.weight_grads(&xs, &dz_refs);
             for (i, s) in shapes.iter().enumerate() {
                 let Some(j) = index[i] else { continue };
-                same(
+                assert_same_bits(
                     &outs[j],
                     &s.forward_lowered(&xs, &ws[i]),
                     &format!("case {seed} forward {i}"),
                 );
-                same(
+                assert_same_bits(
                     &dws[j],
                     &s.weight_grad(&xs, &dzs[j]),
                     &format!("case {seed} weight grad {i}"),
@@ -511,7 +504,7 @@ mod tests {
             let one = on_threads(1, passes);
             for t in 2..=4 {
                 for (i, (a, b)) in one.iter().zip(on_threads(t, passes)).enumerate() {
-                    same(
+                    assert_same_bits(
                         a,
                         &b,
                         &format!("case {seed}, output {i}, 1 and {t} threads"),

@@ -348,17 +348,19 @@ fn device_flag_rejects_bad_specs_and_cuda_without_the_feature() {
 /// A finished run directory as `dyrep train` leaves it, for the files `compare` reads: its
 /// config and one test accuracy per epoch.
 fn fake_run(dir: &std::path::Path, mode: &str, seed: u64, test_acc: &[f64]) {
-    fake_run_costing(dir, mode, seed, test_acc, 2_000_000, 10.0);
+    fake_run_costing(dir, mode, seed, test_acc, 2_000_000, (10.0, None));
 }
 
-/// [`fake_run`] with the MACs of its network and the seconds each epoch took.
+/// [`fake_run`] with the MACs of its network and the wall-clock and processor seconds each
+/// epoch took (without processor seconds: a `metrics.csv` as written before they were
+/// recorded, which has no such column).
 fn fake_run_costing(
     dir: &std::path::Path,
     mode: &str,
     seed: u64,
     test_acc: &[f64],
     macs: u64,
-    seconds: f64,
+    (seconds, cpu): (f64, Option<f64>),
 ) {
     std::fs::create_dir_all(dir).unwrap();
     let scorer = if mode == "dyrep" {
@@ -374,11 +376,21 @@ fn fake_run_costing(
         ),
     )
     .unwrap();
-    let mut csv = String::from("epoch,split,loss,acc,lr,params,macs,branches,seconds\n");
+    let mut csv = String::from("epoch,split,loss,acc,lr,params,macs,branches,seconds");
+    csv.push_str(if cpu.is_some() {
+        ",cpu_seconds\n"
+    } else {
+        "\n"
+    });
+    let cpu = cpu.map_or(String::new(), |c| format!(",{c}"));
     for (i, a) in test_acc.iter().enumerate() {
         let e = i + 1;
-        csv.push_str(&format!("{e},train,1.0,0.5,0.1,1000,{macs},0,{seconds}\n"));
-        csv.push_str(&format!("{e},test,1.0,{a},0.1,1000,{macs},0,{seconds}\n"));
+        csv.push_str(&format!(
+            "{e},train,1.0,0.5,0.1,1000,{macs},0,{seconds}{cpu}\n"
+        ));
+        csv.push_str(&format!(
+            "{e},test,1.0,{a},0.1,1000,{macs},0,{seconds}{cpu}\n"
+        ));
     }
     std::fs::write(dir.join("metrics.csv"), csv).unwrap();
 }
@@ -437,6 +449,8 @@ fn compare_groups_runs_by_mode_and_pairs_seeds_with_the_baseline() {
         "{t}"
     );
     assert!(t.contains("+2.00 [-10.71, +14.71] (n=2)"), "{t}");
+    // Runs written before processor time was recorded: train time, no processor time.
+    assert!(t.contains("| 20 ± 0 | 1.00× | — |"), "{t}");
     roxmltree::Document::parse(&std::fs::read_to_string(d.join("groups.svg")).unwrap())
         .expect("group chart is well-formed XML");
     // An unknown key or baseline is one clear line.
@@ -541,11 +555,33 @@ fn compare_refuses_unfinished_runs_and_two_runs_of_a_seed_in_a_paired_group() {
 fn compare_states_each_groups_cost_against_the_cost_group() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    // MACs 2 M / 5 M / 4 M and 10 / 40 / 30 s per epoch: dyrep costs 0.80× DBB's MACs and
-    // 0.75× its time; origin 0.40× and 0.25×.
-    fake_run_costing(&d.join("o0"), "origin", 0, &[0.5], 2_000_000, 10.0);
-    fake_run_costing(&d.join("b0"), "dbb", 0, &[0.5], 5_000_000, 40.0);
-    fake_run_costing(&d.join("d0"), "dyrep", 0, &[0.5], 4_000_000, 30.0);
+    // MACs 2 M / 5 M / 4 M, 10 / 40 / 30 s and 16 / 64 / 32 processor seconds per epoch:
+    // dyrep costs 0.80× DBB's MACs, 0.75× its time and 0.50× its processor time; origin
+    // 0.40×, 0.25× and 0.25×.
+    fake_run_costing(
+        &d.join("o0"),
+        "origin",
+        0,
+        &[0.5],
+        2_000_000,
+        (10.0, Some(16.0)),
+    );
+    fake_run_costing(
+        &d.join("b0"),
+        "dbb",
+        0,
+        &[0.5],
+        5_000_000,
+        (40.0, Some(64.0)),
+    );
+    fake_run_costing(
+        &d.join("d0"),
+        "dyrep",
+        0,
+        &[0.5],
+        4_000_000,
+        (30.0, Some(32.0)),
+    );
     let dirs: Vec<String> = ["o0", "b0", "d0"]
         .iter()
         .map(|r| d.join(r).display().to_string())
@@ -565,16 +601,20 @@ fn compare_states_each_groups_cost_against_the_cost_group() {
     let o = dyrep(&a);
     assert!(o.status.success(), "{}", stderr(&o));
     let t = stdout(&o);
-    assert!(t.contains("| MACs / dbb | time / dbb |"), "{t}");
+    assert!(t.contains("| MACs / dbb | time / dbb | CPU / dbb |"), "{t}");
     let row = |g: &str| {
         t.lines()
             .find(|l| l.starts_with(&format!("| {g} |")))
             .unwrap()
             .to_string()
     };
-    assert!(row("dyrep").ends_with("| 0.80× | 0.75× |"), "{t}");
-    assert!(row("origin").ends_with("| 0.40× | 0.25× |"), "{t}");
-    assert!(row("dbb").ends_with("| 1.00× | 1.00× |"), "{t}");
+    assert!(row("dyrep").ends_with("| 0.80× | 0.75× | 0.50× |"), "{t}");
+    assert!(row("origin").ends_with("| 0.40× | 0.25× | 0.25× |"), "{t}");
+    assert!(row("dbb").ends_with("| 1.00× | 1.00× | 1.00× |"), "{t}");
+    assert!(
+        row("dyrep").contains("| 32 | 0.0 | 0.0 |"),
+        "processor seconds, grows, cuts: {t}"
+    );
     a.push("--json");
     let o = dyrep(&a);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();

@@ -42,11 +42,11 @@ fn train(out: &Path, extra: &[&str]) -> Output {
     dyrep(&args)
 }
 
-fn metrics_without_seconds(dir: &Path) -> Vec<String> {
+fn metrics_without_times(dir: &Path) -> Vec<String> {
     std::fs::read_to_string(dir.join("metrics.csv"))
         .unwrap()
         .lines()
-        .map(|l| l.rsplit_once(',').unwrap().0.to_string())
+        .map(without_times)
         .collect()
 }
 
@@ -92,6 +92,7 @@ fn run_directory_has_every_file_and_summary_keys() {
         "final_params",
         "final_macs",
         "train_seconds",
+        "train_cpu_seconds",
         "peak_rss_bytes",
         "grows",
         "cuts",
@@ -101,7 +102,25 @@ fn run_directory_has_every_file_and_summary_keys() {
     let acc = s["final_test_acc"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&acc));
     let header = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
-    assert!(header.starts_with("epoch,split,loss,acc,lr,params,macs,branches,seconds\n"));
+    assert!(
+        header.starts_with("epoch,split,loss,acc,lr,params,macs,branches,seconds,cpu_seconds\n")
+    );
+    // The epoch's processor seconds: positive, and what the summary adds up.
+    let cpu: f64 = header
+        .lines()
+        .nth(1)
+        .unwrap()
+        .rsplit(',')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(cpu > 0.0, "{header}");
+    let total = s["train_cpu_seconds"].as_f64().unwrap();
+    assert!(
+        (total - cpu).abs() <= 1e-3,
+        "summary {total} against metrics.csv {cpu}"
+    );
     // The resolved config is a valid config file for another run.
     let again = tmp.path().join("again");
     let cfg = out.join("config.resolved.toml");
@@ -114,8 +133,8 @@ fn run_directory_has_every_file_and_summary_keys() {
     ]);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(
-        metrics_without_seconds(&out),
-        metrics_without_seconds(&again),
+        metrics_without_times(&out),
+        metrics_without_times(&again),
         "same config, same seed: same numbers"
     );
 }
@@ -137,7 +156,7 @@ fn resumed_run_ends_bitwise_equal_to_an_uninterrupted_one() {
     );
     let o = dyrep(&["train", "--resume", b.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
-    assert_eq!(metrics_without_seconds(&a), metrics_without_seconds(&b));
+    assert_eq!(metrics_without_times(&a), metrics_without_times(&b));
     let wa = std::fs::read(a.join("checkpoints/last/model.safetensors")).unwrap();
     let wb = std::fs::read(b.join("checkpoints/last/model.safetensors")).unwrap();
     assert!(wa == wb, "final weights differ after resume");
@@ -518,4 +537,10 @@ fn copy_dir(from: &Path, to: &Path) {
         let e = e.unwrap();
         std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
     }
+}
+
+/// A `metrics.csv` line without its last two columns, the wall-clock and processor seconds
+/// (the only ones that differ between equal runs).
+fn without_times(line: &str) -> String {
+    line.rsplitn(3, ',').last().unwrap().to_string()
 }

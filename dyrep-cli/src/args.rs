@@ -74,9 +74,9 @@ pub(crate) enum Command {
     )]
     Plot(PlotArgs),
     /// Compare runs: one chart with every run overlaid and a markdown table (final and best
-    /// accuracy, average params and MACs, train time, grows, cuts: the paper's Table 2).
+    /// accuracy, average params and MACs, train and CPU time, grows, cuts: the paper's Table 2).
     #[command(
-        after_help = "Examples:\n  dyrep compare runs/origin runs/dbb runs/dyrep\n  dyrep compare runs/* --svg table2.svg --json\n  dyrep compare grid/* --group-by mode,scorer --baseline origin --cost-vs dbb --svg groups.svg\n\nWith --group-by, runs that share the named settings (config keys; `scorer`, `dep`, ... stand\nfor `dyrep.scorer`, `dyrep.dep`, and apply to dyrep-mode runs only) form one row: mean ± std\nover the runs, with --baseline the mean per-seed difference to that group with its 95 %\nconfidence interval, and with --cost-vs each group's average MACs and train time over that\ngroup's; the chart shows each group's mean test-accuracy curve with a ±1 std band. Grouped\nruns must have finished (without --group-by an unfinished run's epochs read `16 of 40`), and\nwith --baseline every group holds one run per seed."
+        after_help = "Examples:\n  dyrep compare runs/origin runs/dbb runs/dyrep\n  dyrep compare runs/* --svg table2.svg --json\n  dyrep compare grid/* --group-by mode,scorer --baseline origin --cost-vs dbb --svg groups.svg\n\nWith --group-by, runs that share the named settings (config keys; `scorer`, `dep`, ... stand\nfor `dyrep.scorer`, `dyrep.dep`, and apply to dyrep-mode runs only) form one row: mean ± std\nover the runs, with --baseline the mean per-seed difference to that group with its 95 %\nconfidence interval, and with --cost-vs each group's average MACs, train time and CPU time\nover that group's; the chart shows each group's mean test-accuracy curve with a ±1 std band. Grouped\nruns must have finished (without --group-by an unfinished run's epochs read `16 of 40`), and\nwith --baseline every group holds one run per seed."
     )]
     Compare(CompareArgs),
     /// Print the tree of grown blocks of a checkpoint: each branch's op, weight shapes and γ
@@ -434,8 +434,8 @@ pub(crate) struct CompareArgs {
     /// The group the others are compared with, by seed (e.g. `origin`); needs --group-by.
     #[arg(long, value_name = "GROUP", requires = "group_by")]
     pub(crate) baseline: Option<String>,
-    /// The group whose training cost the others are stated against (e.g. `dbb`): average MACs
-    /// and train time over its; needs --group-by.
+    /// The group whose training cost the others are stated against (e.g. `dbb`): average MACs,
+    /// train time and CPU time over its; needs --group-by.
     #[arg(long, value_name = "GROUP", requires = "group_by")]
     pub(crate) cost_vs: Option<String>,
 }

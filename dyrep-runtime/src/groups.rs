@@ -94,6 +94,8 @@ pub struct GroupRow {
     pub avg_params: Stat,
     pub avg_macs: Stat,
     pub train_seconds: Stat,
+    /// Processor seconds, when every run of the group recorded them.
+    pub train_cpu_seconds: Option<Stat>,
     pub grows: Stat,
     pub cuts: Stat,
     /// Against the baseline group, by seed (absent for the baseline and without one).
@@ -108,12 +110,16 @@ pub struct GroupRow {
 }
 
 /// A group's training cost relative to another group's (the paper's claim is DyRep's against
-/// DBB's): average MACs are exact, train time is as noisy as the machine was shared.
+/// DBB's): average MACs are exact, train time is as noisy as the machine was shared, processor
+/// time less so.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct CostRatio {
     pub group: String,
     pub macs: Option<f64>,
     pub time: Option<f64>,
+    /// Processor time over that group's (absent where a run lacks it): unlike train time, not
+    /// inflated by pauses or by other jobs holding the cores.
+    pub cpu: Option<f64>,
 }
 
 /// A `--group-by` key as a config path: `mode`, `width`, ... as they are; `scorer`, `dep`,
@@ -304,6 +310,7 @@ pub fn group_rows(
             Paired::of(&diffs).filter(|_| !is_base)
         };
         let time = Stat::of(&values(rs, |r| r.train_seconds));
+        let cpu = cpu_stat(rs);
         let macs = Stat::of(&values(rs, |r| r.avg_macs));
         let cost_vs = cost_base.map(|(c, theirs)| CostRatio {
             group: c.to_string(),
@@ -312,6 +319,9 @@ pub fn group_rows(
                 time.mean,
                 Stat::of(&values(theirs, |r| r.train_seconds)).mean,
             ),
+            cpu: cpu
+                .zip(cpu_stat(theirs))
+                .and_then(|(mine, theirs)| ratio(mine.mean, theirs.mean)),
         });
         rows.push(GroupRow {
             group: group.clone(),
@@ -322,6 +332,7 @@ pub fn group_rows(
             avg_params: Stat::of(&values(rs, |r| r.avg_params)),
             avg_macs: macs,
             train_seconds: time,
+            train_cpu_seconds: cpu,
             grows: Stat::of(&values(rs, |r| r.grows as f64)),
             cuts: Stat::of(&values(rs, |r| r.cuts as f64)),
             delta_final_acc: paired(|r| r.final_test_acc),
@@ -335,6 +346,12 @@ pub fn group_rows(
 
 fn values(rs: &[&RunRecord], f: fn(&crate::report::RunRow) -> f64) -> Vec<f64> {
     rs.iter().map(|r| f(&r.row())).collect()
+}
+
+/// The group's processor seconds, when every run recorded them.
+fn cpu_stat(rs: &[&RunRecord]) -> Option<Stat> {
+    let cpu: Option<Vec<f64>> = rs.iter().map(|r| r.row().train_cpu_seconds).collect();
+    cpu.map(|v| Stat::of(&v))
 }
 
 /// `mean ± std`; a group of one run has no spread to show, so just its value.
@@ -372,8 +389,9 @@ fn delta(p: &Option<Paired>) -> String {
 }
 
 /// The markdown table of grouped runs: accuracies in %, Δ in percentage points with the 95 %
-/// confidence interval of the paired mean; with a cost group, two more columns (MACs and time
-/// over that group's).
+/// confidence interval of the paired mean; processor time where every run of a group recorded
+/// it (— otherwise); with a cost group, three more columns (MACs, time and processor time over
+/// that group's).
 pub fn group_markdown(rows: &[GroupRow], baseline: Option<&str>) -> String {
     let vs = baseline.unwrap_or("baseline");
     let cost_group = rows
@@ -381,19 +399,20 @@ pub fn group_markdown(rows: &[GroupRow], baseline: Option<&str>) -> String {
         .find_map(|r| r.cost_vs.as_ref().map(|c| c.group.clone()));
     let times = |v: Option<f64>| v.map_or("—".into(), |t| format!("{t:.2}×"));
     let mut s = format!(
-        "| group | runs | final acc (%) | best acc (%) | Δ final vs {vs} (pp, 95 % CI) | Δ best vs {vs} (pp) | avg params (M) | avg MACs (M) | train time (s) | time / {vs} | grows | cuts |"
+        "| group | runs | final acc (%) | best acc (%) | Δ final vs {vs} (pp, 95 % CI) | Δ best vs {vs} (pp) | avg params (M) | avg MACs (M) | train time (s) | time / {vs} | CPU time (s) | grows | cuts |"
     );
-    let mut rule = String::from("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut rule =
+        String::from("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     if let Some(c) = &cost_group {
-        s.push_str(&format!(" MACs / {c} | time / {c} |"));
-        rule.push_str("---:|---:|");
+        s.push_str(&format!(" MACs / {c} | time / {c} | CPU / {c} |"));
+        rule.push_str("---:|---:|---:|");
     }
     s.push('\n');
     s.push_str(&rule);
     s.push('\n');
     for r in rows {
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {:.3} | {:.2} | {} | {} | {:.1} | {:.1} |",
+            "| {} | {} | {} | {} | {} | {} | {:.3} | {:.2} | {} | {} | {} | {:.1} | {:.1} |",
             r.group,
             r.runs.len(),
             pm(&r.final_test_acc, 100.0, 2),
@@ -404,11 +423,19 @@ pub fn group_markdown(rows: &[GroupRow], baseline: Option<&str>) -> String {
             r.avg_macs.mean / 1e6,
             pm(&r.train_seconds, 1.0, 0),
             times(r.time_ratio),
+            r.train_cpu_seconds
+                .as_ref()
+                .map_or("—".into(), |c| pm(c, 1.0, 0)),
             r.grows.mean,
             r.cuts.mean,
         ));
         if let Some(c) = &r.cost_vs {
-            s.push_str(&format!(" {} | {} |", times(c.macs), times(c.time)));
+            s.push_str(&format!(
+                " {} | {} | {} |",
+                times(c.macs),
+                times(c.time),
+                times(c.cpu)
+            ));
         }
         s.push('\n');
     }

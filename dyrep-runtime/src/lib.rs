@@ -12,6 +12,7 @@ pub mod alloc;
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
+pub mod cpu_time;
 pub mod data;
 pub mod data_bench;
 pub mod dist;

@@ -30,6 +30,8 @@ pub struct EpochRow {
     pub params: f64,
     pub macs: f64,
     pub seconds: f64,
+    /// Processor seconds; absent in files written before they were recorded.
+    pub cpu_seconds: Option<f64>,
 }
 
 /// What a run directory holds, read back.
@@ -76,6 +78,8 @@ fn parse_metrics(path: &Path) -> Result<Vec<EpochRow>> {
         col("macs")?,
         col("seconds")?,
     );
+    // Optional: runs written before processor time was recorded lack the column.
+    let ccpu = header.iter().position(|h| *h == "cpu_seconds");
     let mut rows: Vec<EpochRow> = Vec::new();
     for (i, line) in lines.enumerate() {
         if line.trim().is_empty() {
@@ -94,6 +98,10 @@ fn parse_metrics(path: &Path) -> Result<Vec<EpochRow>> {
                 params: num(cp)?,
                 macs: num(cm)?,
                 seconds: num(csec)?,
+                cpu_seconds: match ccpu {
+                    Some(c) if f.get(c).is_some_and(|v| !v.is_empty()) => Some(num(c)?),
+                    _ => None,
+                },
                 ..EpochRow::default()
             });
         }
@@ -176,6 +184,8 @@ pub struct RunRow {
     pub avg_params: f64,
     pub avg_macs: f64,
     pub train_seconds: f64,
+    /// Processor seconds over the epochs; absent when an epoch lacks them.
+    pub train_cpu_seconds: Option<f64>,
     pub grows: usize,
     pub cuts: usize,
 }
@@ -194,6 +204,7 @@ impl RunRecord {
             avg_params: self.epochs.iter().map(|r| r.params).sum::<f64>() / n,
             avg_macs: self.epochs.iter().map(|r| r.macs).sum::<f64>() / n,
             train_seconds: self.epochs.iter().map(|r| r.seconds).sum(),
+            train_cpu_seconds: self.epochs.iter().map(|r| r.cpu_seconds).sum(),
             grows: self.events.iter().filter(|e| e.kind == "grow").count(),
             cuts: self.events.iter().filter(|e| e.kind == "cut").count(),
         }
@@ -218,12 +229,15 @@ impl RunRow {
 /// The markdown table of `dyrep compare`; an unfinished run's epochs read `done of planned`.
 pub fn markdown_table(rows: &[RunRow]) -> String {
     let mut s = String::from(
-        "| run | model | mode | epochs | final acc | best acc | avg params (M) | avg MACs (M) | train time (s) | grows | cuts |\n\
-         |---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| run | model | mode | epochs | final acc | best acc | avg params (M) | avg MACs (M) | train time (s) | CPU time (s) | grows | cuts |\n\
+         |---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
+        let cpu = r
+            .train_cpu_seconds
+            .map_or_else(|| "—".to_string(), |c| format!("{c:.1}"));
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {:.4} | {:.4} | {:.3} | {:.2} | {:.1} | {} | {} |\n",
+            "| {} | {} | {} | {} | {:.4} | {:.4} | {:.3} | {:.2} | {:.1} | {cpu} | {} | {} |\n",
             r.run,
             r.model,
             r.mode,

@@ -21,7 +21,12 @@ pub struct EpochRecord {
     pub params: usize,
     pub macs: u64,
     pub branches: usize,
+    /// Wall-clock seconds of the epoch's training and evaluation.
     pub seconds: f64,
+    /// Processor seconds (user + system, all threads) of the same span; absent in states saved
+    /// before it was recorded and where the platform does not report it.
+    #[serde(default)]
+    pub cpu_seconds: Option<f64>,
 }
 
 /// Progress of a run, saved in every checkpoint's `state.json`.
@@ -75,6 +80,11 @@ pub struct Summary {
     pub final_params: usize,
     pub final_macs: u64,
     pub train_seconds: f64,
+    /// Processor seconds over the epochs (`cpu_time.rs`): the cost of the run that pauses and
+    /// other jobs on the machine do not inflate as they do `train_seconds`. Absent when an
+    /// epoch lacks it (resumed from a state saved before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_cpu_seconds: Option<f64>,
     pub peak_rss_bytes: u64,
     pub grows: usize,
     pub cuts: usize,
@@ -124,10 +134,52 @@ impl RunState {
     }
 }
 
+/// The sum of the epochs' processor seconds; `None` when an epoch lacks them.
+pub fn total_cpu_seconds(history: &[EpochRecord]) -> Option<f64> {
+    history.iter().map(|r| r.cpu_seconds).sum()
+}
+
 /// Epoch-weighted mean of a per-epoch quantity (docs/REFERENCE.md "MACs and params").
 pub fn epoch_mean(history: &[EpochRecord], f: impl Fn(&EpochRecord) -> f64) -> f64 {
     if history.is_empty() {
         return 0.0;
     }
     history.iter().map(&f).sum::<f64>() / history.len() as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(epoch: usize, cpu_seconds: Option<f64>) -> EpochRecord {
+        EpochRecord {
+            epoch,
+            train_loss: 1.0,
+            train_acc: 0.5,
+            test_loss: 1.0,
+            test_acc: 0.5,
+            lr: 0.1,
+            params: 10,
+            macs: 100,
+            branches: 0,
+            seconds: 2.0,
+            cpu_seconds,
+        }
+    }
+
+    #[test]
+    fn a_state_saved_before_processor_time_was_recorded_still_loads() {
+        let mut old = serde_json::to_value(record(1, Some(3.0))).unwrap();
+        old.as_object_mut().unwrap().remove("cpu_seconds");
+        let back: EpochRecord = serde_json::from_value(old).unwrap();
+        assert_eq!(back, record(1, None));
+    }
+
+    #[test]
+    fn processor_seconds_add_up_only_when_every_epoch_has_them() {
+        let all = [record(1, Some(3.0)), record(2, Some(4.5))];
+        assert_eq!(total_cpu_seconds(&all), Some(7.5));
+        let resumed_from_old = [record(1, None), record(2, Some(4.5))];
+        assert_eq!(total_cpu_seconds(&resumed_from_old), None);
+    }
 }

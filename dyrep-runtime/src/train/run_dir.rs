@@ -153,15 +153,18 @@ impl RunDir {
     }
 }
 
+/// `metrics.csv`: a train and a test row per epoch; `seconds` is the epoch's wall-clock time,
+/// `cpu_seconds` its processor time (empty where unknown).
 fn metrics_csv(history: &[EpochRecord]) -> String {
-    let mut s = String::from("epoch,split,loss,acc,lr,params,macs,branches,seconds\n");
+    let mut s = String::from("epoch,split,loss,acc,lr,params,macs,branches,seconds,cpu_seconds\n");
     for r in history {
         for (split, loss, acc) in [
             ("train", r.train_loss, r.train_acc),
             ("test", r.test_loss, r.test_acc),
         ] {
+            let cpu = r.cpu_seconds.map_or(String::new(), |c| format!("{c:.3}"));
             s.push_str(&format!(
-                "{},{split},{loss:.6},{acc:.6},{:.6e},{},{},{},{:.3}\n",
+                "{},{split},{loss:.6},{acc:.6},{:.6e},{},{},{},{:.3},{cpu}\n",
                 r.epoch, r.lr, r.params, r.macs, r.branches, r.seconds
             ));
         }

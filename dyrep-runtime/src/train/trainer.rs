@@ -16,6 +16,7 @@ use super::run_dir::RunDir;
 use super::{build_for, eval_sums, evaluate, loss_and_acc, RunOptions, TrainProgress};
 use crate::checkpoint::{self, CheckpointData};
 use crate::config::{BaselineForm, Mode, TrainConfig};
+use crate::cpu_time::process_cpu_seconds;
 use crate::data::loader::{
     eval_stream_of, make_batch, rank_shard, steps_per_epoch, train_stream_of_rank, Batch, Which,
 };
@@ -26,7 +27,7 @@ use crate::error::{Result, RuntimeError};
 use crate::metrics::{correct, cross_entropy};
 use crate::model::Model;
 use crate::optim::{CosineSchedule, Sgd};
-use crate::run_state::{epoch_mean, EpochRecord, RunState, Summary};
+use crate::run_state::{epoch_mean, total_cpu_seconds, EpochRecord, RunState, Summary};
 use crate::schedule::GrowSchedule;
 
 /// The size of the fixed held-out batch grow and cut preservation is measured on.
@@ -74,6 +75,8 @@ struct EpochTally {
     seen: usize,
     lr: f64,
     started: Instant,
+    /// This process's processor seconds when the epoch started.
+    cpu_started: Option<f64>,
     /// Data-parallel runs: steps taken, seconds in the gradient all-reduces, bytes sent.
     steps: usize,
     comm_seconds: f64,
@@ -268,6 +271,7 @@ impl Trainer {
             seen: 0,
             lr: self.lr_at(epoch),
             started: Instant::now(),
+            cpu_started: process_cpu_seconds(),
             steps: 0,
             comm_seconds: 0.0,
             comm_bytes: 0,
@@ -465,6 +469,7 @@ impl Trainer {
             final_params: self.model.param_count(),
             final_macs: self.model.macs()?,
             train_seconds: state.train_seconds,
+            train_cpu_seconds: total_cpu_seconds(&state.history),
             peak_rss_bytes: crate::alloc::peak_rss_bytes(),
             grows: state.count_events("grow"),
             cuts: state.count_events("cut"),
@@ -472,8 +477,11 @@ impl Trainer {
         };
         if self.finished() {
             self.run.write_summary(&summary, echo)?;
+            let cpu = summary
+                .train_cpu_seconds
+                .map_or(String::new(), |c| format!(" ({c:.1}s of processor time)"));
             let line = format!(
-                "done: final test acc {:.4}, best {:.4} (epoch {}), {:.1}s; run directory {}",
+                "done: final test acc {:.4}, best {:.4} (epoch {}), {:.1}s{cpu}; run directory {}",
                 summary.final_test_acc,
                 summary.best_test_acc,
                 self.state.best_epoch,
@@ -597,6 +605,10 @@ impl Trainer {
             macs: self.model.macs()?,
             branches: self.model.branch_count(),
             seconds: tally.started.elapsed().as_secs_f64(),
+            cpu_seconds: tally
+                .cpu_started
+                .zip(process_cpu_seconds())
+                .map(|(start, now)| now - start),
         })
     }
 }

@@ -558,30 +558,13 @@ fn compare_states_each_groups_cost_against_the_cost_group() {
     // MACs 2 M / 5 M / 4 M, 10 / 40 / 30 s and 16 / 64 / 32 processor seconds per epoch:
     // dyrep costs 0.80× DBB's MACs, 0.75× its time and 0.50× its processor time; origin
     // 0.40×, 0.25× and 0.25×.
-    fake_run_costing(
-        &d.join("o0"),
-        "origin",
-        0,
-        &[0.5],
-        2_000_000,
-        (10.0, Some(16.0)),
-    );
-    fake_run_costing(
-        &d.join("b0"),
-        "dbb",
-        0,
-        &[0.5],
-        5_000_000,
-        (40.0, Some(64.0)),
-    );
-    fake_run_costing(
-        &d.join("d0"),
-        "dyrep",
-        0,
-        &[0.5],
-        4_000_000,
-        (30.0, Some(32.0)),
-    );
+    for (run, mode, macs, seconds, cpu) in [
+        ("o0", "origin", 2_000_000, 10.0, 16.0),
+        ("b0", "dbb", 5_000_000, 40.0, 64.0),
+        ("d0", "dyrep", 4_000_000, 30.0, 32.0),
+    ] {
+        fake_run_costing(&d.join(run), mode, 0, &[0.5], macs, (seconds, Some(cpu)));
+    }
     let dirs: Vec<String> = ["o0", "b0", "d0"]
         .iter()
         .map(|r| d.join(r).display().to_string())

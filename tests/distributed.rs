@@ -12,6 +12,10 @@
 //! - `--sync-bn`: 2 ranks on the same batches equal one process bit for bit; 2 ranks × batch B
 //!   on shards track 1 process × batch 2B up to float summation order.
 
+mod support;
+
+use support::metrics_without_times;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -48,15 +52,6 @@ fn ok(o: Output) -> Output {
     o
 }
 
-/// metrics.csv without the wall-clock and processor seconds.
-fn metrics(dir: &Path) -> Vec<String> {
-    std::fs::read_to_string(dir.join("metrics.csv"))
-        .unwrap()
-        .lines()
-        .map(without_times)
-        .collect()
-}
-
 const SMALL: [&str; 8] = [
     "--train-limit",
     "640",
@@ -83,7 +78,10 @@ fn two_ranks_on_the_same_batches_equal_one_process_bitwise() {
     let mut two = run("two");
     two.extend(["--distributed", "--dist-same-data"]);
     ok(mpirun(d, 2, &two));
-    assert_eq!(metrics(&d.join("one")), metrics(&d.join("two")));
+    assert_eq!(
+        metrics_without_times(&d.join("one")),
+        metrics_without_times(&d.join("two"))
+    );
     let weights =
         |r: &str| std::fs::read(d.join(r).join("checkpoints/last/model.safetensors")).unwrap();
     assert!(weights("one") == weights("two"), "the final weights differ");
@@ -121,7 +119,10 @@ fn dyrep_on_two_ranks_with_the_same_batches_equals_one_process_with_grows_and_cu
     let mut two = run("two");
     two.extend(["--distributed", "--dist-same-data"]);
     ok(mpirun(d, 2, &two));
-    assert_eq!(metrics(&d.join("one")), metrics(&d.join("two")));
+    assert_eq!(
+        metrics_without_times(&d.join("one")),
+        metrics_without_times(&d.join("two"))
+    );
     let events = |r: &str| std::fs::read_to_string(d.join(r).join("events.jsonl")).unwrap();
     assert_eq!(events("one"), events("two"));
     let e = events("one");
@@ -165,7 +166,10 @@ fn sharded_ranks_train_and_resume_exactly() {
         2,
         &["-q", "train", "--resume", "part", "--distributed"],
     ));
-    assert_eq!(metrics(&d.join("whole")), metrics(&d.join("part")));
+    assert_eq!(
+        metrics_without_times(&d.join("whole")),
+        metrics_without_times(&d.join("part"))
+    );
     // Each rank trained on half of every epoch: 640 / (2 × 32) = 10 steps; the test numbers
     // cover the 200 test images (reduced over the ranks).
     let summary = std::fs::read_to_string(d.join("whole/summary.json")).unwrap();
@@ -338,7 +342,10 @@ fn a_probing_scorer_on_two_ranks_with_the_same_batches_equals_one_process() {
     let mut two = run("two");
     two.extend(["--distributed", "--dist-same-data"]);
     ok(mpirun(d, 2, &two));
-    assert_eq!(metrics(&d.join("one")), metrics(&d.join("two")));
+    assert_eq!(
+        metrics_without_times(&d.join("one")),
+        metrics_without_times(&d.join("two"))
+    );
     let events = |r: &str| std::fs::read_to_string(d.join(r).join("events.jsonl")).unwrap();
     assert_eq!(events("one"), events("two"));
     assert!(events("one").contains("\"grow\""), "{}", events("one"));
@@ -411,7 +418,10 @@ fn tar_shards_train_on_two_ranks_and_resume_exactly() {
         2,
         &["-q", "train", "--resume", "part", "--distributed"],
     ));
-    assert_eq!(metrics(&d.join("whole")), metrics(&d.join("part")));
+    assert_eq!(
+        metrics_without_times(&d.join("whole")),
+        metrics_without_times(&d.join("part"))
+    );
 }
 
 /// A rank killed mid-run makes the whole job stop with an error (MPI's error handling) instead
@@ -487,10 +497,4 @@ fn a_killed_rank_stops_the_run_and_the_checkpoint_survives() {
         "the job ended successfully after a rank was killed"
     );
     ok(dyrep(d, &["-q", "eval", "--checkpoint", "killed"]));
-}
-
-/// A `metrics.csv` line without its last two columns, the wall-clock and processor seconds
-/// (the only ones that differ between equal runs).
-fn without_times(line: &str) -> String {
-    line.rsplitn(3, ',').last().unwrap().to_string()
 }

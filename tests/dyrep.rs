@@ -6,6 +6,10 @@
 //! accumulators in flight) ends bitwise equal to an uninterrupted one, and the trained network
 //! fuses back to the plain one.
 
+mod support;
+
+use support::metrics_without_times;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -181,14 +185,7 @@ fn resume_in_the_middle_of_a_grow_interval_is_exact() {
     assert!(o.status.success(), "{}", text(&o));
     let o = dyrep(&["train", "--resume", b.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
-    let strip = |d: &Path| -> Vec<String> {
-        std::fs::read_to_string(d.join("metrics.csv"))
-            .unwrap()
-            .lines()
-            .map(without_times)
-            .collect()
-    };
-    assert_eq!(strip(&a), strip(&b));
+    assert_eq!(metrics_without_times(&a), metrics_without_times(&b));
     assert_eq!(events(&a), events(&b));
     assert!(!events(&a).is_empty());
     assert!(
@@ -220,11 +217,7 @@ fn runs_are_bit_identical_on_any_thread_count() {
             .output()
             .expect("run dyrep");
         assert!(o.status.success(), "{threads} threads: {}", text(&o));
-        let metrics: Vec<String> = std::fs::read_to_string(dir.join("metrics.csv"))
-            .unwrap()
-            .lines()
-            .map(without_times)
-            .collect();
+        let metrics = metrics_without_times(&dir);
         let weights = std::fs::read(dir.join("checkpoints/last/model.safetensors")).unwrap();
         (metrics, events(&dir), weights)
     };
@@ -277,18 +270,7 @@ fn fractional_and_step_intervals_grow_mid_epoch_and_resume_exactly() {
     let o = dyrep(&["train", "--resume", split.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(events(&split), events(&whole));
-    assert_eq!(
-        std::fs::read_to_string(split.join("metrics.csv"))
-            .unwrap()
-            .lines()
-            .map(without_times)
-            .collect::<Vec<_>>(),
-        std::fs::read_to_string(whole.join("metrics.csv"))
-            .unwrap()
-            .lines()
-            .map(without_times)
-            .collect::<Vec<_>>(),
-    );
+    assert_eq!(metrics_without_times(&split), metrics_without_times(&whole));
     // N steps: after steps 5 and 10 of 12.
     let stepped = tmp.path().join("stepped");
     let o = train(
@@ -364,10 +346,4 @@ fn bad_dyrep_settings_exit_1() {
         assert!(text(&r).contains(want), "{args:?}: {}", text(&r));
     }
     assert!(!out.exists(), "nothing written on a refused run");
-}
-
-/// A `metrics.csv` line without its last two columns, the wall-clock and processor seconds
-/// (the only ones that differ between equal runs).
-fn without_times(line: &str) -> String {
-    line.rsplitn(3, ',').last().unwrap().to_string()
 }

@@ -4,6 +4,10 @@
 //! checkpoints, eval of both forms with .npy outputs, and bad input (existing output
 //! directory, corrupt checkpoints, unknown names) with exit 1 and nothing lost.
 
+mod support;
+
+use support::metrics_without_times;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -40,14 +44,6 @@ fn train(out: &Path, extra: &[&str]) -> Output {
     args.extend_from_slice(&SMALL);
     args.extend_from_slice(extra);
     dyrep(&args)
-}
-
-fn metrics_without_times(dir: &Path) -> Vec<String> {
-    std::fs::read_to_string(dir.join("metrics.csv"))
-        .unwrap()
-        .lines()
-        .map(without_times)
-        .collect()
 }
 
 #[test]
@@ -537,10 +533,4 @@ fn copy_dir(from: &Path, to: &Path) {
         let e = e.unwrap();
         std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
     }
-}
-
-/// A `metrics.csv` line without its last two columns, the wall-clock and processor seconds
-/// (the only ones that differ between equal runs).
-fn without_times(line: &str) -> String {
-    line.rsplitn(3, ',').last().unwrap().to_string()
 }

@@ -5,6 +5,10 @@
 //! config precedence; and the bad-input list (each a one- or two-line error, exit 1, no panic),
 //! Ctrl-C and SIGKILL during training leaving a loadable checkpoint.
 
+mod support;
+
+use support::metrics_without_times;
+
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -921,16 +925,9 @@ fn packed_shards_train_and_resume() {
         .concat(),
     ));
     ok(dyrep_in(d, &["train", "--resume", "part"]));
-    let metrics = |run: &str| -> Vec<String> {
-        std::fs::read_to_string(d.join(run).join("metrics.csv"))
-            .unwrap()
-            .lines()
-            .map(without_times)
-            .collect()
-    };
     assert_eq!(
-        metrics("whole"),
-        metrics("part"),
+        metrics_without_times(&d.join("whole")),
+        metrics_without_times(&d.join("part")),
         "a resumed shard run differs"
     );
     let o = dyrep_in(
@@ -947,10 +944,4 @@ fn packed_shards_train_and_resume() {
         "{}",
         text(&o)
     );
-}
-
-/// A `metrics.csv` line without its last two columns, the wall-clock and processor seconds
-/// (the only ones that differ between equal runs).
-fn without_times(line: &str) -> String {
-    line.rsplitn(3, ',').last().unwrap().to_string()
 }

@@ -405,7 +405,6 @@ mod tests {
             .collect()
     }
 
-    /// Bit for bit: a shared lowering must compute what each conv computes on its own.
     #[test]
     fn tap_blocks_of_the_dyrep_branches_are_contiguous() {
         for k in [3, 5, 7] {

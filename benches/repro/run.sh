@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The CIFAR-10 reproduction grid of REPRODUCTION.md: origin, dbb, dyrep (synflow) x 3 seeds,
 # repvgg and dyrep without Dep x 2, the scorer ablation (random, snip, grad_norm) x 2, and
-# probes (a warm-up for origin and DBB, seven of DyRep's settings on one seed and one of them on
-# a second, the baselines' earlier initialisation), all with
+# probes (a warm-up for origin, DBB and DyRep, seven of DyRep's settings on one seed and one of
+# them on a second, the baselines' earlier initialisation), all with
 # configs/repro/cifar10-vgg16-w025.toml, in the order of RUNS.
 # Resumable at two levels:
 #
@@ -86,6 +86,9 @@ RUNS=(
     # start (two epochs of linear warm-up from lr 0.01) remove it, and what does it do to origin?
     "probe|dbb-warmup2-s0|--mode dbb --warmup-epochs 2 --warmup-lr 0.01 --seed 0"
     "probe|origin-warmup2-s0|--mode origin --warmup-epochs 2 --warmup-lr 0.01 --seed 0"
+    # Warm-up lifted origin and DBB by 8-9 points: does DyRep gain as much, and does its order
+    # against them change once the start is gentle?
+    "probe|dyrep-warmup2-s0|--mode dyrep --warmup-epochs 2 --warmup-lr 0.01 --seed 0"
     "probe|dyrep-dbbops-s0|--mode dyrep --ops conv1x1,conv1x1_kxk,conv1x1_avg --seed 0"
     # DBB and RepVGG as dyrep first built them (before `baseline_init` existed, the pinned
     # commit 5adcf66): the model's conv kept as the main branch, the new convs fan-out normal.

@@ -503,7 +503,7 @@ fn reference_eq6(block: &mut dyrep_api::RepBlock, target: &dyrep_api::Kernel) ->
 /// BN keeps its calibrated statistics instead of being reset to μ = 0, σ² = 1: the exact restore
 /// that follows works for any statistics, and keeping them makes the running statistics match what
 /// train mode sees from the first step (with the reset, eval accuracy collapses for a while after
-/// each growth in short runs — measured, see the issue note).
+/// each growth in short runs, until the running averages catch up).
 fn calibrate(
     model: &mut Model,
     path: &str,

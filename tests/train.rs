@@ -511,13 +511,26 @@ fn corrupt_or_mismatched_checkpoints_are_refused() {
         .unwrap()
         .replace("\"width\": 0.5", "\"width\": 1.0");
     std::fs::write(other.join("arch.json"), arch).unwrap();
-    let o = dyrep(&[
-        "eval",
-        "--checkpoint",
-        other.to_str().unwrap(),
-        "--limit",
-        "8",
-    ]);
+    let eval_other = || {
+        dyrep(&[
+            "eval",
+            "--checkpoint",
+            other.to_str().unwrap(),
+            "--limit",
+            "8",
+        ])
+    };
+    // The manifest's checksum names the altered file first.
+    let o = eval_other();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains("arch.json") && text(&o).contains("damaged"),
+        "{}",
+        text(&o)
+    );
+    // Without one (a checkpoint written before manifests), the weights' arch hash does.
+    std::fs::remove_file(other.join("manifest.json")).unwrap();
+    let o = eval_other();
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).contains("mismatched"), "{}", text(&o));
     // Garbage arch.json.

@@ -58,6 +58,7 @@ pub struct BatchNorm {
 impl BatchNorm {
     /// γ = 1, β = 0, μ = 0, σ² = 1, ε = 1e-5, momentum 0.1.
     pub fn new(num_features: usize, dtype: DType, device: &Device) -> Result<Self> {
+        crate::init::checked_elements(&[num_features, 4])?;
         Ok(Self {
             num_features,
             eps: BN_EPS,

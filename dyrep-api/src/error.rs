@@ -5,6 +5,10 @@
 
 use crate::geom::ConvGeom;
 
+fn gib(bytes: u64) -> String {
+    format!("{:.1}", bytes as f64 / 1e9)
+}
+
 /// Result alias used throughout dyrep's library crates.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -51,6 +55,15 @@ pub enum Error {
     /// A train-mode batch norm that has a single value per channel (no variance to estimate).
     #[error("batch norm `{context}` got one value per channel in train mode; use a batch with more than one value per channel")]
     SingleValueBatch { context: String },
+
+    /// A tensor larger than this machine's memory (or than any size can count): refused before
+    /// it is allocated.
+    #[error("a tensor of shape {shape:?} would take {} GB, more than the {} GB of memory available; lower the setting that sizes it (channels, kernel, features, width, image or batch size)", gib(*.bytes), gib(*.available))]
+    TooLarge {
+        shape: Vec<usize>,
+        bytes: u64,
+        available: u64,
+    },
 
     /// A slot that cannot grow into a block.
     #[error("cannot grow `{path}`: {reason}")]

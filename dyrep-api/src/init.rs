@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use rand::{Rng, RngCore};
 use rand_distr::{Distribution, StandardNormal};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// The reference's γ for the last BN of a freshly grown branch (docs/REFERENCE.md "Initialisation
 /// of a grown branch").
@@ -68,8 +68,45 @@ impl<'a> InitCtx<'a> {
 
     /// A tensor of zeros in this context's dtype and device.
     pub fn zeros(&self, shape: &[usize]) -> Result<Tensor> {
+        checked_elements(shape)?;
         Ok(Tensor::zeros(shape, self.dtype, &self.device)?)
     }
+}
+
+/// The bytes of memory this machine has available now (`MemAvailable` of /proc/meminfo), read
+/// once; `u64::MAX` where the platform does not say.
+pub fn available_memory() -> u64 {
+    static AVAILABLE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|text| {
+                let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+                let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+                kib.checked_mul(1024)
+            })
+            .unwrap_or(u64::MAX)
+    })
+}
+
+/// The element count of an f32 tensor of `shape`, refused (before anything is allocated) when it
+/// overflows or would not fit in the memory available.
+pub fn checked_elements(shape: &[usize]) -> Result<usize> {
+    let available = available_memory();
+    let too_large = |bytes: u64| Error::TooLarge {
+        shape: shape.to_vec(),
+        bytes,
+        available,
+    };
+    let n = shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| too_large(u64::MAX))?;
+    let bytes = (n as u64).saturating_mul(4);
+    if bytes > available {
+        return Err(too_large(bytes));
+    }
+    Ok(n)
 }
 
 /// f32 tensor with entries ~ N(mean, std²) from `rng`.
@@ -80,7 +117,7 @@ pub fn normal_tensor(
     std: f64,
     device: &Device,
 ) -> Result<Tensor> {
-    let n: usize = shape.iter().product();
+    let n = checked_elements(shape)?;
     let data: Vec<f32> = (0..n)
         .map(|_| {
             let z: f64 = StandardNormal.sample(rng);
@@ -98,7 +135,7 @@ pub fn uniform_tensor(
     hi: f64,
     device: &Device,
 ) -> Result<Tensor> {
-    let n: usize = shape.iter().product();
+    let n = checked_elements(shape)?;
     let data: Vec<f32> = (0..n).map(|_| rng.random_range(lo..hi) as f32).collect();
     Ok(Tensor::from_vec(data, shape, device)?)
 }

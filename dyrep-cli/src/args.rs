@@ -225,7 +225,7 @@ pub(crate) struct TrainArgs {
     #[arg(long, hide = true)]
     pub(crate) dist_same_data: bool,
     /// Stop after this many epochs in this invocation (continue later with --resume).
-    #[arg(help_heading = RUN_HEADING, long, value_name = "N")]
+    #[arg(help_heading = RUN_HEADING, long, value_name = "N", value_parser = at_least_one)]
     pub(crate) stop_after: Option<usize>,
     /// repvgg / dbb modes: build the blocks as their authors train them (`reference`: the BN
     /// after each conv dropped, branches initialised independently; the default) or as DyRep
@@ -333,7 +333,7 @@ pub(crate) struct EvalArgs {
     #[arg(long, value_name = "SPEC")]
     pub(crate) data: Option<String>,
     /// Evaluate only the first N test images.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
     pub(crate) limit: Option<usize>,
     /// Write the logits [N, classes] as little-endian float32 .npy.
     #[arg(long, value_name = "FILE")]
@@ -356,7 +356,7 @@ pub(crate) struct FuseArgs {
     #[arg(long, value_name = "DIR")]
     pub(crate) out: PathBuf,
     /// Verify on the first N test images (default 1000).
-    #[arg(long, value_name = "N", default_value_t = 1000)]
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = at_least_one)]
     pub(crate) limit: usize,
     /// Print one JSON object.
     #[arg(long)]
@@ -494,4 +494,13 @@ pub(crate) struct VerifyArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+/// A count that must be at least 1 (`--limit`, `--stop-after`).
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{e}")),
+    }
 }

@@ -128,11 +128,12 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
         .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
 }
 
-/// A checkpoint directory given either directly or as a run directory (its checkpoints/last).
+/// A checkpoint directory given either directly or as a run directory (its checkpoints/last;
+/// reading it also finds the copy a kill between a save's two renames left aside).
 pub(crate) fn checkpoint_dir(path: &std::path::Path) -> PathBuf {
-    let last = path.join("checkpoints").join("last");
-    if !path.join("arch.json").is_file() && last.is_dir() {
-        last
+    let checkpoints = path.join("checkpoints");
+    if !path.join("arch.json").is_file() && checkpoints.is_dir() {
+        checkpoints.join("last")
     } else {
         path.to_path_buf()
     }

@@ -159,6 +159,7 @@ pub fn bench(spec: &BenchSpec, device: &Device) -> Result<BenchReport> {
     };
     let mut rng = SeededRng::for_purpose(0, "bench");
     let (m, mode_name) = bench_model(spec, input, &mut rng, device)?;
+    m.check_batch_memory(batch, train, "--batch")?;
     let [c, h, w] = input;
     let x = dyrep_api::init::normal_tensor(&mut rng, &[batch, c, h, w], 0.0, 1.0, device)?;
     let labels: Vec<u32> = (0..batch).map(|_| rng.random_range(0..10u32)).collect();
@@ -205,9 +206,10 @@ pub fn bench(spec: &BenchSpec, device: &Device) -> Result<BenchReport> {
 impl BenchSpec {
     fn validate(&self) -> Result<()> {
         let width = self.width;
-        if !(width > 0.0 && width.is_finite()) {
+        if !(width > 0.0 && width <= crate::config::MAX_WIDTH) {
             return Err(RuntimeError::Config(format!(
-                "bench --width {width}: the width multiplier must be positive"
+                "bench --width {width}: the width multiplier must be in (0, {}]",
+                crate::config::MAX_WIDTH
             )));
         }
         if self.batch < 2 || self.iters == 0 {

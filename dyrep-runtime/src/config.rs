@@ -13,6 +13,10 @@ use crate::error::{io, Result, RuntimeError};
 pub use crate::model::{BaselineForm, BaselineInit, Mode};
 use crate::optim::SgdConfig;
 
+/// The largest `width` multiplier: wider networks than 64× a registered model's channels do not
+/// fit any machine's memory.
+pub const MAX_WIDTH: f64 = 64.0;
+
 /// Every setting of a run (the TOML config file; `config.resolved.toml` in the run directory).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -135,7 +139,7 @@ impl TrainConfig {
         if self.eval_batch_size == 0 {
             return bad("eval_batch_size must be at least 1".into());
         }
-        if !(self.lr > 0.0 && self.lr.is_finite()) || self.min_lr < 0.0 || self.min_lr > self.lr {
+        if !(self.lr > 0.0 && self.lr.is_finite() && self.min_lr >= 0.0 && self.min_lr <= self.lr) {
             return bad(format!(
                 "need 0 <= min_lr <= lr and lr > 0 (lr {}, min_lr {})",
                 self.lr, self.min_lr
@@ -167,8 +171,30 @@ impl TrainConfig {
                 self.warmup_epochs, self.epochs
             ));
         }
-        if !(0.0..1.0).contains(&self.sgd.momentum) || self.sgd.weight_decay < 0.0 {
-            return bad("sgd.momentum must be in [0, 1) and sgd.weight_decay >= 0".into());
+        let sgd_ok = (0.0..1.0).contains(&self.sgd.momentum)
+            && self.sgd.weight_decay >= 0.0
+            && self.sgd.weight_decay.is_finite();
+        if !sgd_ok {
+            return bad(
+                "sgd.momentum must be in [0, 1) and sgd.weight_decay a finite number >= 0".into(),
+            );
+        }
+        if !(self.width > 0.0 && self.width <= MAX_WIDTH) {
+            return bad(format!(
+                "width {} must be a number in (0, {MAX_WIDTH}] (a multiplier of every layer's channels; --width)",
+                self.width
+            ));
+        }
+        for (key, limit) in [
+            ("train_limit", self.train_limit),
+            ("test_limit", self.test_limit),
+        ] {
+            if limit == Some(0) {
+                return bad(format!(
+                    "{key} = 0 would train or test on no images; give at least 1, or leave it out for the whole split (--{})",
+                    key.replace('_', "-")
+                ));
+            }
         }
         if self.model_file.is_none() {
             crate::model::find_model(&self.model)?;

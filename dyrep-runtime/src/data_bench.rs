@@ -48,6 +48,14 @@ pub fn bench_data(spec: &DataBenchSpec) -> Result<DataBenchReport> {
             "--batch and --iters must be at least 1".into(),
         ));
     }
+    if spec.size == 0
+        || dyrep_api::init::checked_elements(&[spec.batch, 3, spec.size, spec.size]).is_err()
+    {
+        return Err(RuntimeError::Config(format!(
+            "--size {} with --batch {}: the batch would not fit in memory (or is empty); lower them",
+            spec.size, spec.batch
+        )));
+    }
     let opts = LoadOptions {
         workers: spec.workers,
         imagenet: Some(ImageNetTransform {
@@ -57,6 +65,12 @@ pub fn bench_data(spec: &DataBenchSpec) -> Result<DataBenchReport> {
         ..LoadOptions::default()
     };
     let ds = Arc::new(data::load_with(&spec.data, &opts)?);
+    if ds.stream.is_none() {
+        return Err(RuntimeError::Config(format!(
+            "bench data --data {}: measures streamed image decoding, and `{}` is held in memory ({}x{} images, nothing to decode); give an image-folder:DIR or shards:DIR",
+            spec.data, spec.data, ds.height, ds.width
+        )));
+    }
     let workers = ds.stream.as_ref().map_or(1, |s| s.workers);
     let mut stream = train_stream(ds, spec.batch, 0, 0, &Augment::default(), None);
     // The warm-up batch: the first files are read cold, the threads start.

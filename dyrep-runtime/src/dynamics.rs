@@ -159,8 +159,15 @@ impl DyrepConfig {
         if self.max_depth == 0 {
             return bad("dyrep.max_depth must be at least 1".into());
         }
-        if self.cut_threshold < 0.0 || self.cut_min_std < 0.0 {
-            return bad("dyrep.cut_threshold and dyrep.cut_min_std must be >= 0".into());
+        for (key, v) in [
+            ("cut_threshold", self.cut_threshold),
+            ("cut_min_std", self.cut_min_std),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return bad(format!(
+                    "dyrep.{key} must be a finite number >= 0 (got {v})"
+                ));
+            }
         }
         Ok(())
     }

@@ -91,6 +91,13 @@ pub fn fuse_checkpoint(
     limit: Option<usize>,
     device: &Device,
 ) -> Result<FuseReport> {
+    check_limit(limit)?;
+    let scope = crate::checkpoint::read_scope(src);
+    crate::fs::check_output(
+        out,
+        "--out",
+        &[crate::fs::Input::Dir(src), crate::fs::Input::Dir(&scope)],
+    )?;
     if out.exists()
         && std::fs::read_dir(out)
             .map(|mut d| d.next().is_some())
@@ -197,8 +204,31 @@ pub fn eval_checkpoint(
     inputs_out: Option<&Path>,
     device: &Device,
 ) -> Result<EvalReport> {
+    check_limit(limit)?;
+    let scope = crate::checkpoint::read_scope(dir);
+    for (flag, p) in [("--logits-out", logits_out), ("--inputs-out", inputs_out)] {
+        if let Some(p) = p {
+            crate::fs::check_output(
+                p,
+                flag,
+                &[crate::fs::Input::Dir(dir), crate::fs::Input::Dir(&scope)],
+            )?;
+        }
+    }
     let (model, state) = load_checkpoint_model(dir, device)?;
     let spec = data_spec.unwrap_or(&state.config.data).to_string();
+    for (flag, p) in [("--logits-out", logits_out), ("--inputs-out", inputs_out)] {
+        if let (Some(p), Some(data_path)) = (p, crate::data::spec_path(&spec)) {
+            let input = match data_path.is_dir() {
+                true => crate::fs::Input::Dir(&data_path),
+                false => crate::fs::Input::File(&data_path),
+            };
+            crate::fs::check_output(p, flag, &[input])?;
+        }
+    }
+    if let (Some(a), Some(b)) = (logits_out, inputs_out) {
+        crate::fs::check_output(a, "--logits-out", &[crate::fs::Input::File(b)])?;
+    }
     let ds = Arc::new(data::load_with(&spec, &state.config.load_options())?);
     let [c, h, w] = model.config.input;
     if [ds.channels, ds.height, ds.width] != [c, h, w]
@@ -226,6 +256,16 @@ pub fn eval_checkpoint(
         loss,
         form: format!("{:?}", model.form).to_lowercase(),
     })
+}
+
+/// `--limit 0` would evaluate nothing.
+fn check_limit(limit: Option<usize>) -> Result<()> {
+    if limit == Some(0) {
+        return Err(RuntimeError::Config(
+            "--limit 0 would evaluate no image; give at least 1, or leave it out for the whole test split".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Writes a little-endian float32 `.npy` (format 1.0), atomically.

@@ -16,7 +16,7 @@ use crate::error::Result;
 
 /// SGD hyper-parameters (besides the learning rate, which the schedule gives per step).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct SgdConfig {
     pub momentum: f64,
     pub nesterov: bool,

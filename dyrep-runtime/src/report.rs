@@ -3,8 +3,9 @@
 //! columns — final/best accuracy, average params and MACs (docs/REFERENCE.md "MACs and params"),
 //! train time, grows, cuts — as a markdown table) and `dyrep inspect` (the tree of grown blocks
 //! with each branch's op, shape and γ importance, like the paper's Fig. 6). Everything is read from
-//! the run directory's files (`metrics.csv`, `events.jsonl`, `config.resolved.toml`), so unfinished
-//! and resumed runs report too.
+//! the run directory's files (`metrics.csv`, `events.jsonl`, `config.resolved.toml`, and the last
+//! checkpoint's history where a kill left those behind it), so unfinished and resumed runs report
+//! too.
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +19,7 @@ use crate::dynamics::Event;
 use crate::error::{Result, RuntimeError};
 use crate::model::Model;
 use crate::palette::{draw_marks, Style, COLORS};
+use crate::run_state::EpochRecord;
 
 /// One epoch of `metrics.csv` (train and test rows joined).
 #[derive(Clone, Debug, Default, Serialize)]
@@ -120,12 +122,48 @@ fn parse_metrics(path: &Path) -> Result<Vec<EpochRow>> {
     Ok(rows)
 }
 
+impl From<&EpochRecord> for EpochRow {
+    fn from(r: &EpochRecord) -> EpochRow {
+        EpochRow {
+            epoch: r.epoch,
+            train_loss: r.train_loss,
+            train_acc: r.train_acc,
+            test_loss: r.test_loss,
+            test_acc: r.test_acc,
+            params: r.params as f64,
+            macs: r.macs as f64,
+            seconds: r.seconds,
+            cpu_seconds: r.cpu_seconds,
+        }
+    }
+}
+
+/// The epochs and events the last checkpoint's `state.json` committed (only these fields are
+/// read); `None` without a readable checkpoint.
+#[derive(serde::Deserialize)]
+struct Committed {
+    history: Vec<EpochRecord>,
+    #[serde(default)]
+    events: Vec<Event>,
+}
+
+fn committed_progress(dir: &Path) -> Option<Committed> {
+    let ck = crate::checkpoint::resolve(&dir.join("checkpoints").join("last")).ok()?;
+    let text = std::fs::read_to_string(ck.join("state.json")).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
 /// Reads a run directory.
 pub fn read_run(dir: &Path) -> Result<RunRecord> {
     if !dir.is_dir() {
         return Err(bad(dir, "no such run directory"));
     }
-    let epochs = parse_metrics(&dir.join("metrics.csv"))?;
+    let committed = committed_progress(dir);
+    let metrics = dir.join("metrics.csv");
+    let mut epochs = match (metrics.exists(), &committed) {
+        (false, Some(_)) => Vec::new(),
+        _ => parse_metrics(&metrics)?,
+    };
     let ev_path = dir.join("events.jsonl");
     let mut events = Vec::new();
     if ev_path.is_file() {
@@ -138,6 +176,16 @@ pub fn read_run(dir: &Path) -> Result<RunRecord> {
                 serde_json::from_str::<Event>(line)
                     .map_err(|e| bad(&ev_path, format!("line {}: {e}", i + 1)))?,
             );
+        }
+    }
+    // The checkpoint is the run's commit point and metrics.csv / events.jsonl are derived from
+    // it: where a kill came between the two, the checkpoint's copy is the whole run.
+    if let Some(c) = committed {
+        if c.history.len() > epochs.len() {
+            epochs = c.history.iter().map(EpochRow::from).collect();
+        }
+        if c.events.len() > events.len() {
+            events = c.events;
         }
     }
     let cfg_path = dir.join("config.resolved.toml");

@@ -52,6 +52,10 @@ pub struct RunState {
     /// Processes of the data-parallel run (1: a single process); a resume needs as many.
     #[serde(default = "one")]
     pub world: usize,
+    /// [`crate::data::Dataset::fingerprint`] of the data the run started on; a resume on
+    /// changed data is refused. Absent in states saved before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_fingerprint: Option<String>,
 }
 
 fn one() -> usize {
@@ -112,6 +116,7 @@ impl RunState {
             events: Vec::new(),
             bad_images: 0,
             world: 1,
+            data_fingerprint: None,
         }
     }
 

@@ -2,6 +2,7 @@
 //! written only when `--svg` names a file.
 
 use anyhow::Result;
+use dyrep_runtime::fs::{check_output, Input};
 use dyrep_runtime::report;
 use std::io::Write;
 
@@ -10,6 +11,10 @@ use crate::args::CompareArgs;
 use crate::Verbosity;
 
 pub(crate) fn run(args: CompareArgs, ctx: &mut Ctx<'_>) -> Result<u8> {
+    if let Some(svg) = &args.svg {
+        let inputs: Vec<Input<'_>> = args.runs.iter().map(|r| Input::Dir(r)).collect();
+        check_output(svg, "--svg", &inputs)?;
+    }
     let records = args
         .runs
         .iter()

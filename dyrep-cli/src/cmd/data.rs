@@ -10,7 +10,14 @@ use crate::Verbosity;
 
 pub(crate) fn run(args: DataArgs, ctx: &mut Ctx<'_>) -> Result<u8> {
     let DataCommand::Pack(p) = args.command;
-    let dir = p.folder.strip_prefix("image-folder:").unwrap_or(&p.folder);
+    let dir = match p.folder.split_once(':') {
+        Some(("image-folder", dir)) => dir,
+        Some((kind, _)) if !Path::new(&p.folder).exists() => anyhow::bail!(
+            "data pack {}: packs an image folder (image-folder:DIR), not `{kind}` data",
+            p.folder
+        ),
+        _ => p.folder.as_str(),
+    };
     let r = dyrep_runtime::data::shards::pack(Path::new(dir), &p.out, p.shard_size)?;
     if p.json {
         crate::render::print_json(&mut ctx.out, &r)?;

@@ -143,9 +143,8 @@ fn content_key(dir: &Path, idx: &FolderIndex) -> Result<u64> {
 
 /// One decoded image: its (width, height) and its pixels as CHW.
 fn decode(f: &Path) -> Result<((u32, u32), Vec<u8>)> {
-    let img = image::open(f)
-        .map_err(|e| format_err(f, format!("unreadable image: {e}")))?
-        .to_rgb8();
+    let bytes = std::fs::read(f).map_err(io_err(f))?;
+    let img = super::decode_rgb(&bytes, f)?;
     let dims = img.dimensions();
     let plane = dims.0 as usize * dims.1 as usize;
     let raw = img.into_raw(); // HWC

@@ -138,9 +138,7 @@ fn streamed_example(enc: &Encoded<'_>, st: &StreamSpec, rng: Option<u64>) -> Res
             bytes
         }
     };
-    let img = image::load_from_memory(bytes)
-        .map_err(|e| format_err(&name, format!("unreadable image: {e}")))?
-        .to_rgb8();
+    let img = super::decode_rgb(bytes, &name)?;
     let (w, h) = (img.width() as usize, img.height() as usize);
     let raw = img.into_raw();
     Ok(match rng {

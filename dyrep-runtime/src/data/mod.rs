@@ -225,6 +225,54 @@ pub struct StreamSpec {
 pub const SUBSET_SEED: u64 = 0;
 
 impl Dataset {
+    /// A fingerprint of what a run trains and tests on: the classes, the image shape, every
+    /// example's label and pixels (in memory) or file path, size and modification time
+    /// (streamed), or shard member. A resume compares it with the run's, so data replaced,
+    /// added or removed since the run started is not trained on silently.
+    pub fn fingerprint(&self) -> String {
+        use crate::hash::{fnv64_extend, FNV_START};
+        let mut h = FNV_START;
+        for c in &self.classes {
+            h = fnv64_extend(h, c.bytes().chain([0u8]));
+        }
+        for d in [self.channels, self.height, self.width] {
+            h = fnv64_extend(h, (d as u64).to_le_bytes());
+        }
+        for split in [&self.train, &self.test] {
+            h = fnv64_extend(h, (split.labels.len() as u64).to_le_bytes());
+            h = fnv64_extend(h, split.labels.iter().flat_map(|l| l.to_le_bytes()));
+            h = fnv64_extend(h, split.images.iter().copied());
+            for f in &split.files {
+                h = match f {
+                    ImageSource::File(p) => {
+                        let (len, mtime) = std::fs::metadata(p).map_or((0, 0), |m| {
+                            let t = m
+                                .modified()
+                                .ok()
+                                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                                .map_or(0, |d| d.as_nanos());
+                            (m.len(), t)
+                        });
+                        let h = fnv64_extend(h, p.to_string_lossy().bytes());
+                        let h = fnv64_extend(h, len.to_le_bytes());
+                        fnv64_extend(h, mtime.to_le_bytes())
+                    }
+                    ImageSource::Member {
+                        shard,
+                        name,
+                        offset,
+                        len,
+                    } => {
+                        let h = fnv64_extend(h, shard.to_string_lossy().bytes());
+                        let h = fnv64_extend(h, name.bytes());
+                        fnv64_extend(h, offset.to_le_bytes().into_iter().chain(len.to_le_bytes()))
+                    }
+                };
+            }
+        }
+        format!("{h:016x}")
+    }
+
     /// The dataset with at most `train` training and `test` test examples, each a class-balanced
     /// subset ([`Split::balanced_subset`], seed [`SUBSET_SEED`]); the normalisation statistics
     /// are those of the training examples kept.
@@ -455,6 +503,46 @@ impl LoadOptions {
 /// Loads a dataset from a spec with the standard options ([`LoadOptions::standard`]).
 pub fn load(spec: &str) -> Result<Dataset> {
     load_with(spec, &LoadOptions::standard())
+}
+
+/// The most pixels one image may decode to (width × height): 100 megapixels, 300 MB as RGB, far
+/// beyond any training image and small enough that a few decoding threads cannot exhaust memory
+/// on a damaged or crafted file (a PNG of a few hundred KB can claim 20000 × 20000).
+pub const MAX_IMAGE_PIXELS: u64 = 100_000_000;
+
+/// Decodes an encoded image (`name` for messages) to RGB, refusing one whose header claims more
+/// than [`MAX_IMAGE_PIXELS`] before its pixels are allocated.
+pub(crate) fn decode_rgb(bytes: &[u8], name: &Path) -> Result<image::RgbImage> {
+    let reader = || {
+        image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| format_err(name, format!("unreadable image: {e}")))
+    };
+    let (w, h) = reader()?
+        .into_dimensions()
+        .map_err(|e| format_err(name, format!("unreadable image: {e}")))?;
+    if u64::from(w) * u64::from(h) > MAX_IMAGE_PIXELS {
+        return Err(format_err(
+            name,
+            format!(
+                "image claims {w}x{h} pixels, more than the {} megapixels one image may decode to (a damaged or crafted file?); remove it, or pass --skip-bad-images",
+                MAX_IMAGE_PIXELS / 1_000_000
+            ),
+        ));
+    }
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(MAX_IMAGE_PIXELS * 8);
+    let mut r = reader()?;
+    r.limits(limits);
+    Ok(r.decode()
+        .map_err(|e| format_err(name, format!("unreadable image: {e}")))?
+        .to_rgb8())
+}
+
+/// The directory a data spec reads (`KIND:DIR`), if it names one.
+pub fn spec_path(spec: &str) -> Option<PathBuf> {
+    let (_, dir) = spec.trim().split_once(':')?;
+    Some(PathBuf::from(dir))
 }
 
 /// Loads a dataset from a spec: `default`, `fashion-mnist:DIR`, `mnist:DIR`, `cifar10:DIR`,

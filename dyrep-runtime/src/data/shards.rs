@@ -226,6 +226,19 @@ pub fn pack(folder: &Path, out: &Path, shard_bytes: u64) -> Result<PackReport> {
         imagenet: Some(Default::default()),
         ..LoadOptions::default()
     };
+    // Shards already there would be read with the new ones as one dataset.
+    if let Ok(rd) = std::fs::read_dir(out) {
+        let earlier = rd
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .find(|n| n.ends_with(".tar") || n == "classes.txt");
+        if let Some(name) = earlier {
+            return Err(format_err(
+                out,
+                format!("already holds {name} (shards of an earlier pack, which training would mix with these); choose an empty --out"),
+            ));
+        }
+    }
     // Indexing as a streamed folder: every image file, any size.
     let ds = super::folder::load(folder, &opts)?;
     std::fs::create_dir_all(out).map_err(io_err(out))?;

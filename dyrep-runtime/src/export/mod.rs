@@ -24,7 +24,7 @@ use candle_core::Device;
 use serde::Serialize;
 
 use crate::error::{Result, RuntimeError};
-use crate::fs::write_atomic;
+use crate::fs::{check_output, write_atomic, Input};
 use crate::model::Model;
 
 /// The fused plain model of a checkpoint (a fused checkpoint is used as is).
@@ -81,8 +81,20 @@ pub fn export_checkpoint(
     out: &Path,
     device: &Device,
 ) -> Result<ExportReport> {
+    let scope = crate::checkpoint::read_scope(checkpoint);
+    let inputs = [Input::Dir(checkpoint), Input::Dir(&scope)];
+    check_output(out, "--out", &inputs)?;
+    if format == ExportFormat::Safetensors {
+        check_output(&arch_json_path(out), "--out (its .json)", &inputs)?;
+    }
     let model = plain_model(checkpoint, device)?;
     let exp = plain_export(&model)?;
+    let all: HashMap<String, candle_core::Tensor> = exp
+        .tensors
+        .iter()
+        .map(|(k, t)| (k.clone(), t.clone()))
+        .collect();
+    crate::checkpoint::check_finite(checkpoint, &all)?;
     let (bytes, arch_json, tensors) = match format {
         ExportFormat::Safetensors => {
             let mut items = Vec::with_capacity(exp.tensors.len());

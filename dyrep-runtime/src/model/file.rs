@@ -288,6 +288,12 @@ impl ArchFile {
                         self.at(i)
                     )));
                 }
+                if matches!(key, "repeat" | "blocks") && v > MAX_REPEAT {
+                    return Err(RuntimeError::Config(format!(
+                        "{}: `{key}` = {v} is more than {MAX_REPEAT} layers; no network this deep trains",
+                        self.at(i)
+                    )));
+                }
             }
         }
         Ok(())
@@ -326,6 +332,9 @@ impl ArchFile {
             .filter(|l| matches!(l, LayerSpec::Linear { .. }))
             .count();
         let (mut stage, mut linear) = (0usize, 0usize);
+        // Which layer owns each tensor path: two layers of one name would write the same
+        // checkpoint entries, and no checkpoint of the run could be loaded.
+        let mut owners: std::collections::HashMap<String, usize> = Default::default();
         for (i, spec) in self.layers.iter().enumerate() {
             let fail = |e: String| RuntimeError::Config(format!("{}: {e}", self.at(i)));
             let flat = shape.1 == 0 && shape.2 == 0;
@@ -376,6 +385,24 @@ impl ArchFile {
                     .map_err(|e| fail(e.to_string()))?,
             };
             for l in &built {
+                let mut clash = None;
+                l.visit_tensors(&mut |path, _, _| {
+                    if let Some(&j) = owners.get(path) {
+                        if j != i && clash.is_none() {
+                            clash = Some((path.to_string(), j));
+                        }
+                    }
+                    owners.insert(path.to_string(), i);
+                });
+                if let Some((path, j)) = clash {
+                    let line = match self.source.as_ref().and_then(|s| s.lines.get(j)) {
+                        Some(l) => format!(" (line {l})"),
+                        None => String::new(),
+                    };
+                    return Err(fail(format!(
+                        "its tensor `{path}` is also layer {j}'s{line}: every checkpoint would be unloadable; give each layer its own `name`"
+                    )));
+                }
                 let before = shape;
                 shape = l
                     .macs_and_shape(shape)
@@ -507,6 +534,9 @@ impl ArchFile {
         })
     }
 }
+
+/// The most layers one `repeat` or `blocks` may build.
+const MAX_REPEAT: usize = 1024;
 
 /// serde's "unknown field `x`, expected one of `a`, `b`" (or "unknown variant") with the nearest
 /// valid name added.

@@ -171,7 +171,8 @@ impl Linear {
         ctx: &mut InitCtx<'_>,
     ) -> Result<Self> {
         let bound = 1.0 / (out as f64).sqrt();
-        let data: Vec<f32> = (0..inp * out)
+        let n = dyrep_api::init::checked_elements(&[out, inp])?;
+        let data: Vec<f32> = (0..n)
             .map(|_| ctx.rng.random_range(-bound..bound) as f32)
             .collect();
         let w = Tensor::from_vec(data, (out, inp), &ctx.device)?.to_dtype(ctx.dtype)?;

@@ -222,6 +222,42 @@ impl Model {
     }
 
     /// Conv + linear multiply-accumulates at batch 1 (docs/REFERENCE.md "MACs and params").
+    /// The values each layer outputs for one input image, summed: what one image of a batch
+    /// holds in activations (a training step keeps them and their gradients).
+    pub fn activation_values(&self) -> Result<u64> {
+        let [c, h, w] = self.config.input;
+        let mut shape = (c, h, w);
+        let mut total = 0u64;
+        for l in &self.layers {
+            shape = l.macs_and_shape(shape)?.1;
+            let elems = (shape.0 as u64)
+                .saturating_mul(shape.1.max(1) as u64)
+                .saturating_mul(shape.2.max(1) as u64);
+            total = total.saturating_add(elems);
+        }
+        Ok(total)
+    }
+
+    /// Refuses a batch whose activations would not fit in the memory available (`train`: the
+    /// step keeps activations and their gradients), naming the settings that size it.
+    pub fn check_batch_memory(&self, batch: usize, train: bool, setting: &str) -> Result<()> {
+        let available = dyrep_api::init::available_memory();
+        let per_image = self
+            .activation_values()?
+            .saturating_mul(if train { 8 } else { 4 });
+        let need = per_image.saturating_mul(batch as u64);
+        if need > available {
+            let [c, h, w] = self.config.input;
+            return Err(RuntimeError::Config(format!(
+                "a batch of {batch} {c}x{h}x{w} images needs about {:.1} GB of activations{}, more than the {:.1} GB of memory available; lower the batch size ({setting}) or the image size",
+                need as f64 / 1e9,
+                if train { " and gradients" } else { "" },
+                available as f64 / 1e9,
+            )));
+        }
+        Ok(())
+    }
+
     pub fn macs(&self) -> Result<u64> {
         let [c, h, w] = self.config.input;
         let mut shape = (c, h, w);

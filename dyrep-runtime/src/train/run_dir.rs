@@ -20,24 +20,229 @@ pub(crate) struct RunDir {
     log: Option<std::fs::File>,
 }
 
-impl RunDir {
-    /// Creates the directory of a new run. An existing non-empty one is refused unless `force`
-    /// (then it is replaced).
-    pub(crate) fn create(dir: &Path, force: bool) -> Result<()> {
-        let non_empty = dir.exists()
-            && std::fs::read_dir(dir)
-                .map(|mut d| d.next().is_some())
-                .unwrap_or(true);
-        if non_empty {
-            if !force {
-                return Err(RuntimeError::Config(format!(
-                    "output directory {} already exists and is not empty; pass --force to replace it or --resume to continue it",
-                    dir.display()
-                )));
+/// The names `dyrep train` writes at the top of a run directory.
+const RUN_FILES: [&str; 8] = [
+    "config.resolved.toml",
+    "model.toml",
+    "run.log",
+    "metrics.csv",
+    "events.jsonl",
+    "summary.json",
+    "curves.svg",
+    "checkpoints",
+];
+
+/// The names inside a checkpoint directory.
+const CHECKPOINT_FILES: [&str; 5] = [
+    "arch.json",
+    "model.safetensors",
+    "optim.safetensors",
+    "state.json",
+    "manifest.json",
+];
+
+/// A temporary of an atomic write (`.NAME.tmp-PID`) or of a checkpoint save (`.tmp-…`,
+/// `.old-…`).
+fn is_temporary(name: &str) -> bool {
+    name.starts_with('.')
+        && (name.contains(".tmp-") || name.starts_with(".tmp-") || name.starts_with(".old-"))
+}
+
+fn entries(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let mut v: Vec<(String, PathBuf)> = std::fs::read_dir(dir)
+        .map_err(io(dir))?
+        .flatten()
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// The first entry of `dir` that `dyrep train` does not write, if any: a directory holding one
+/// is not a run, and `--force` never deletes it.
+fn foreign_entry(dir: &Path) -> Result<Option<PathBuf>> {
+    for (name, path) in entries(dir)? {
+        if is_temporary(&name) {
+            continue;
+        }
+        if !RUN_FILES.contains(&name.as_str()) {
+            return Ok(Some(path));
+        }
+        if name == "checkpoints" {
+            if !path.is_dir() {
+                return Ok(Some(path));
+            }
+            for (ck, ck_path) in entries(&path)? {
+                if is_temporary(&ck) {
+                    continue;
+                }
+                if !matches!(ck.as_str(), "last" | "best") || !ck_path.is_dir() {
+                    return Ok(Some(ck_path));
+                }
+                for (f, f_path) in entries(&ck_path)? {
+                    if !CHECKPOINT_FILES.contains(&f.as_str()) {
+                        return Ok(Some(f_path));
+                    }
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Where a run replaced by `--force` waits until the new run's first checkpoint is committed.
+fn aside_path(dir: &Path, pid: u32) -> Option<PathBuf> {
+    let name = dir.file_name()?.to_string_lossy().into_owned();
+    Some(crate::fs::parent_dir(dir).join(format!(".{name}.replaced-{pid}")))
+}
+
+/// A run that `--force` moved aside: deleted once the new run has committed its first
+/// checkpoint ([`Replaced::commit`]), moved back if the new run ends before that (dropped).
+pub(crate) struct Replaced {
+    dir: PathBuf,
+    aside: Option<PathBuf>,
+}
+
+impl Replaced {
+    /// The new run has a checkpoint: the old run is removed for good.
+    pub(crate) fn commit(mut self) -> Result<PathBuf> {
+        let aside = self.aside.take().unwrap_or_default();
+        std::fs::remove_dir_all(&aside).map_err(io(&aside))?;
+        crate::fs::sync_dir(&crate::fs::parent_dir(&aside))?;
+        Ok(aside)
+    }
+}
+
+impl Drop for Replaced {
+    fn drop(&mut self) {
+        if let Some(aside) = self.aside.take() {
+            // The new directory holds only what this process wrote: no checkpoint yet.
+            let _ = std::fs::remove_dir_all(&self.dir);
+            if std::fs::rename(&aside, &self.dir).is_ok() {
+                let _ = crate::fs::sync_dir(&crate::fs::parent_dir(&self.dir));
+            }
+        }
+    }
+}
+
+/// Whether `dir` is the working directory or holds it (moving it would pull the process's
+/// relative paths along).
+fn holds_working_dir(dir: &Path) -> bool {
+    match (
+        dir.canonicalize(),
+        std::env::current_dir().and_then(|c| c.canonicalize()),
+    ) {
+        (Ok(d), Ok(cwd)) => cwd.starts_with(d),
+        _ => false,
+    }
+}
+
+/// Undoes what a `--force` start killed before its first checkpoint left: the replaced run,
+/// moved aside as `.NAME.replaced-PID`, goes back in place of the new run when that one has no
+/// checkpoint yet, and is removed when it has. Returns a line for the log when it did anything.
+pub(crate) fn recover_replaced(dir: &Path) -> Result<Option<String>> {
+    let (Some(name), parent) = (dir.file_name(), crate::fs::parent_dir(dir)) else {
+        return Ok(None);
+    };
+    let prefix = format!(".{}.replaced-", name.to_string_lossy());
+    let Ok(rd) = std::fs::read_dir(&parent) else {
+        return Ok(None);
+    };
+    for e in rd.flatten() {
+        let entry = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = entry
+            .strip_prefix(&prefix)
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if crate::fs::process_alive(pid) {
+            continue;
+        }
+        let aside = e.path();
+        let committed = crate::checkpoint::resolve(&dir.join("checkpoints").join("last")).is_ok();
+        if committed {
+            std::fs::remove_dir_all(&aside).map_err(io(&aside))?;
+            crate::fs::sync_dir(&parent)?;
+            return Ok(Some(format!(
+                "removed {}: the run a killed `--force` start replaced (the new run had committed a checkpoint)",
+                aside.display()
+            )));
+        }
+        if dir.exists() {
+            if foreign_entry(dir)?.is_some() {
+                return Ok(None);
             }
             std::fs::remove_dir_all(dir).map_err(io(dir))?;
         }
-        std::fs::create_dir_all(dir).map_err(io(dir))
+        std::fs::rename(&aside, dir).map_err(io(&aside))?;
+        crate::fs::sync_dir(&parent)?;
+        return Ok(Some(format!(
+            "restored the run in {} that a `--force` start killed before its first checkpoint had moved aside",
+            dir.display()
+        )));
+    }
+    Ok(None)
+}
+
+impl RunDir {
+    /// Creates the directory of a new run. An existing non-empty one is refused unless `force`
+    /// and it is a dyrep run directory (nothing in it that `dyrep train` does not write): then it
+    /// is moved aside, and the returned [`Replaced`] removes it once the new run has committed
+    /// its first checkpoint, or moves it back if the new run ends before.
+    pub(crate) fn create(dir: &Path, force: bool) -> Result<Option<Replaced>> {
+        if dir.exists() && !dir.is_dir() {
+            return Err(RuntimeError::Config(format!(
+                "--out {}: is a file, not a directory; choose another --out",
+                dir.display()
+            )));
+        }
+        // What a start killed before writing its config left: only its own temporaries.
+        if dir.is_dir() && foreign_entry(dir)?.is_none() {
+            crate::fs::remove_stale_temps(dir);
+        }
+        let non_empty = dir.is_dir() && !entries(dir)?.is_empty();
+        let mut replaced = None;
+        if non_empty {
+            if !force {
+                return Err(RuntimeError::Config(format!(
+                    "output directory {} already exists and is not empty; continue it with --resume {}, or choose another --out (--force replaces it only if it is a dyrep run)",
+                    dir.display(),
+                    dir.display()
+                )));
+            }
+            if let Some(path) = foreign_entry(dir)? {
+                return Err(RuntimeError::Config(format!(
+                    "--force replaces only a dyrep run directory, and {} holds {}, which dyrep did not write; nothing was deleted: choose another --out",
+                    dir.display(),
+                    path.display()
+                )));
+            }
+            if !dir.join("config.resolved.toml").is_file() {
+                return Err(RuntimeError::Config(format!(
+                    "--force replaces only a dyrep run directory, and {} has no config.resolved.toml; nothing was deleted: choose another --out",
+                    dir.display()
+                )));
+            }
+            if holds_working_dir(dir) {
+                return Err(RuntimeError::Config(format!(
+                    "--force cannot replace {}: it is (or holds) the working directory; run from outside it",
+                    dir.display()
+                )));
+            }
+            let aside = aside_path(dir, std::process::id()).ok_or_else(|| {
+                RuntimeError::Config(format!("--out {}: not a directory name", dir.display()))
+            })?;
+            std::fs::rename(dir, &aside).map_err(io(dir))?;
+            crate::fs::sync_dir(&crate::fs::parent_dir(dir))?;
+            replaced = Some(Replaced {
+                dir: dir.to_path_buf(),
+                aside: Some(aside),
+            });
+        }
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        crate::fs::sync_dir(&crate::fs::parent_dir(dir))?;
+        Ok(replaced)
     }
 
     /// Opens an existing run directory, appending to its `run.log`.
@@ -99,10 +304,6 @@ impl RunDir {
             return Ok(());
         }
         crate::fs::write_atomic(&self.dir.join(name), text.as_bytes())
-    }
-
-    pub(crate) fn write_config(&self, toml: &str) -> Result<()> {
-        self.write_atomic("config.resolved.toml", toml)
     }
 
     /// `model.toml`: the architecture file the run was started with, as it was.
@@ -212,15 +413,81 @@ mod tests {
 
     #[test]
     fn a_non_empty_directory_is_refused_without_force() {
-        let tmp = std::env::temp_dir().join(format!("dyrep-rundir-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).unwrap();
-        std::fs::write(tmp.join("keep.txt"), "x").unwrap();
-        let e = RunDir::create(&tmp, false).unwrap_err().to_string();
-        assert!(e.contains("--force") && e.contains("--resume"), "{e}");
-        assert!(tmp.join("keep.txt").exists());
-        RunDir::create(&tmp, true).unwrap();
-        assert!(!tmp.join("keep.txt").exists() && tmp.is_dir());
-        std::fs::remove_dir_all(&tmp).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("run");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.resolved.toml"), "x").unwrap();
+        let e = RunDir::create(&dir, false).err().unwrap().to_string();
+        assert!(e.contains("--resume"), "{e}");
+        assert!(dir.join("config.resolved.toml").exists());
+    }
+
+    #[test]
+    fn force_never_deletes_a_directory_that_is_not_a_run() {
+        let tmp = tempfile::tempdir().unwrap();
+        let victim = tmp.path().join("victim");
+        std::fs::create_dir_all(&victim).unwrap();
+        std::fs::write(victim.join("thesis.tex"), "years of work").unwrap();
+        // Even beside a run's own files.
+        std::fs::write(victim.join("config.resolved.toml"), "x").unwrap();
+        let e = RunDir::create(&victim, true).err().unwrap().to_string();
+        assert!(
+            e.contains("thesis.tex") && e.contains("nothing was deleted"),
+            "{e}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(victim.join("thesis.tex")).unwrap(),
+            "years of work"
+        );
+        // A file in a checkpoint directory that dyrep does not write also keeps it.
+        let run = tmp.path().join("run");
+        std::fs::create_dir_all(run.join("checkpoints/last")).unwrap();
+        std::fs::write(run.join("config.resolved.toml"), "x").unwrap();
+        std::fs::write(run.join("checkpoints/last/notes.md"), "mine").unwrap();
+        assert!(RunDir::create(&run, true).is_err());
+        assert!(run.join("checkpoints/last/notes.md").exists());
+    }
+
+    #[test]
+    fn force_moves_a_run_aside_and_brings_it_back_when_the_new_run_fails_to_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = tmp.path().join("run");
+        std::fs::create_dir_all(run.join("checkpoints/last")).unwrap();
+        std::fs::write(run.join("config.resolved.toml"), "old").unwrap();
+        std::fs::write(run.join("checkpoints/last/state.json"), "old").unwrap();
+        let replaced = RunDir::create(&run, true).unwrap().unwrap();
+        assert!(!run.join("config.resolved.toml").exists());
+        std::fs::write(run.join("run.log"), "new").unwrap();
+        drop(replaced);
+        assert_eq!(
+            std::fs::read_to_string(run.join("config.resolved.toml")).unwrap(),
+            "old"
+        );
+        assert!(!run.join("run.log").exists());
+        // Committed: the old run is gone, the new one stays.
+        let replaced = RunDir::create(&run, true).unwrap().unwrap();
+        std::fs::write(run.join("run.log"), "new").unwrap();
+        replaced.commit().unwrap();
+        assert!(run.join("run.log").exists() && !run.join("config.resolved.toml").exists());
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_run_moved_aside_by_a_killed_force_start_is_restored() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = tmp.path().join("run");
+        // Process ids above the kernel's limit (2^22) never run.
+        let aside = tmp.path().join(".run.replaced-4194305");
+        std::fs::create_dir_all(&aside).unwrap();
+        std::fs::write(aside.join("config.resolved.toml"), "old").unwrap();
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::write(run.join("run.log"), "new, no checkpoint").unwrap();
+        let line = recover_replaced(&run).unwrap().unwrap();
+        assert!(line.contains("restored"), "{line}");
+        assert_eq!(
+            std::fs::read_to_string(run.join("config.resolved.toml")).unwrap(),
+            "old"
+        );
+        assert!(!aside.exists());
     }
 }

@@ -12,7 +12,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor, Var};
 use dyrep_api::TensorRole;
 
-use super::run_dir::RunDir;
+use super::run_dir::{recover_replaced, Replaced, RunDir};
 use super::{build_for, eval_sums, evaluate, loss_and_acc, RunOptions, TrainProgress};
 use crate::checkpoint::{self, CheckpointData};
 use crate::config::{BaselineForm, Mode, TrainConfig};
@@ -60,6 +60,11 @@ pub struct Trainer {
     /// Batch norm over the global batch while the trainer lives (`sync_bn`; with one process
     /// the same code path, its all-reduce the identity).
     _sync_bn: Option<dyrep_api::SyncBnGuard>,
+    /// The run `--force` replaced, kept aside until this run's first checkpoint is committed
+    /// (moved back if the trainer is dropped before).
+    replaced: Option<Replaced>,
+    /// Lines about what was recovered from a killed process, logged once the log is open.
+    recovered: Vec<String>,
 }
 
 #[derive(Default)]
@@ -110,28 +115,64 @@ impl Trainer {
             cfg.model = f.name.clone();
         }
         let data = Arc::new(load_data(&cfg)?);
+        check_augment_fits(&cfg, &data)?;
         let model = build_for(&cfg, file, &data, &opts.device)?;
+        model.check_batch_memory(cfg.batch_size, true, "--batch-size")?;
+        model.check_batch_memory(cfg.eval_batch_size, false, "eval_batch_size")?;
         dist::broadcast_model(&*comm, &model)?;
-        if comm.rank() == 0 {
-            RunDir::create(&opts.out, opts.force)?;
-            if let Some(path) = &cfg.model_file {
-                RunDir::open(&opts.out)?.copy_model_file(path)?;
-            }
-        }
         let scorer = match cfg.mode {
             Mode::Dyrep => Some(cfg.dyrep.build_scorer(cfg.seed)?),
             _ => None,
         };
+        let mut recovered = Vec::new();
+        let mut replaced = None;
+        if comm.rank() == 0 {
+            recovered.extend(recover_replaced(&opts.out)?);
+            // Dropped on any error below: the replaced run goes back in place.
+            replaced = RunDir::create(&opts.out, opts.force)?;
+            // The first file of a run: with it the directory is recognisably a run.
+            crate::fs::write_atomic(
+                &opts.out.join("config.resolved.toml"),
+                cfg.to_toml()?.as_bytes(),
+            )?;
+            if let Some(path) = &cfg.model_file {
+                RunDir::open(&opts.out)?.copy_model_file(path)?;
+            }
+        }
         let mut state = RunState::new(cfg.clone(), scorer);
         state.world = comm.size();
+        state.data_fingerprint = Some(data.fingerprint());
         let opt = Sgd::new(cfg.sgd.clone());
-        Trainer::open(cfg, state, data, model, opt, opts, false, echo)
+        let mut trainer = Trainer::open(cfg, state, data, model, opt, opts, false, echo)?;
+        if replaced.is_some() {
+            let line = format!(
+                "--force: the previous run in {} is kept aside until this run's first checkpoint",
+                opts.out.display()
+            );
+            trainer.run.log(&line, echo);
+        }
+        trainer.replaced = replaced;
+        trainer.log_recovered(echo);
+        Ok(trainer)
     }
 
     /// The run in `opts.out`, from its last checkpoint.
     pub fn resume(opts: &RunOptions, echo: &mut dyn FnMut(TrainProgress<'_>)) -> Result<Trainer> {
-        let last = opts.out.join("checkpoints").join("last");
+        let mut recovered = Vec::new();
+        if comm_of(opts).rank() == 0 {
+            recovered = recover_debris(&opts.out)?;
+        }
+        let ck_dir = opts.out.join("checkpoints");
+        let last = ck_dir.join("last");
+        if opts.out.is_dir() && checkpoint::resolve(&last).is_err() && !last.exists() {
+            return Err(RuntimeError::Config(format!(
+                "{} has no checkpoint yet (no epoch finished): nothing to resume; start it again with --force --out {}",
+                opts.out.display(),
+                opts.out.display()
+            )));
+        }
         let restored = checkpoint::restore::<RunState>(&last, &opts.device)?;
+        check_resumable(&opts.out, &restored)?;
         let cfg = restored.state.config.clone();
         cfg.validate()?;
         let world = comm_of(opts).size();
@@ -144,12 +185,34 @@ impl Trainer {
             )));
         }
         let data = Arc::new(load_data(&cfg)?);
+        if let Some(saved) = &restored.state.data_fingerprint {
+            let now = data.fingerprint();
+            if *saved != now {
+                return Err(RuntimeError::Config(format!(
+                    "the data `{}` changed since {} started (fingerprint {saved}, now {now}: images replaced, added or removed); a resume on other data would not continue the run: restore the data, or start a new run",
+                    cfg.data,
+                    opts.out.display()
+                )));
+            }
+        }
         let mut opt = Sgd::new(cfg.sgd.clone());
         if let Some(o) = restored.optim {
             opt.load_state(o);
         }
         let (state, model) = (restored.state, restored.model);
-        Trainer::open(cfg, state, data, model, opt, opts, true, echo)
+        let mut trainer = Trainer::open(cfg, state, data, model, opt, opts, true, echo)?;
+        trainer.recovered = recovered;
+        trainer.log_recovered(echo);
+        // The run's other files are derived from the checkpoint: rewrite them, so a kill after a
+        // commit and before they were written loses nothing (a finished run is repaired too).
+        trainer.write_derived()?;
+        Ok(trainer)
+    }
+
+    fn log_recovered(&mut self, echo: &mut dyn FnMut(TrainProgress<'_>)) {
+        for line in std::mem::take(&mut self.recovered) {
+            self.run.log(&line, echo);
+        }
     }
 
     /// What `start` and `resume` share: checks, the fixed batch, the run directory's log and
@@ -181,9 +244,6 @@ impl Trainer {
             0 => RunDir::open(&opts.out)?,
             _ => RunDir::silent(&opts.out),
         };
-        if !resumed {
-            run.write_config(&cfg.to_toml()?)?;
-        }
         let world = match cfg.dist_same_data {
             true => 1,
             false => comm.size(),
@@ -218,6 +278,8 @@ impl Trainer {
             _sync_bn: cfg_sync.then(|| dist::install_sync_bn(comm.clone())),
             comm,
             live: LiveParams::default(),
+            replaced: None,
+            recovered: Vec::new(),
         };
         let opening = trainer.opening_line(resumed)?;
         trainer.run.log(&opening, echo);
@@ -291,7 +353,7 @@ impl Trainer {
             self.data_shard(),
         );
         for (step, batch) in batches.enumerate() {
-            self.check_interrupt(epoch, echo)?;
+            self.check_interrupt(epoch)?;
             let batch = batch?;
             if batch.is_empty() {
                 // Every image of it was skipped as undecodable (`skip_bad_images`).
@@ -345,12 +407,7 @@ impl Trainer {
         let loss = cross_entropy(&logits, &y, self.cfg.label_smoothing)?;
         let lv = loss.to_scalar::<f32>()? as f64;
         if !lv.is_finite() {
-            return Err(RuntimeError::Training(format!(
-                "loss became {lv} at epoch {} step {}; lower --lr (now {:.3e})",
-                epoch + 1,
-                self.state.global_step,
-                tally.lr
-            )));
+            return Err(self.non_finite_loss(lv, epoch, &x, tally.lr));
         }
         // Averaged over the ranks before the scorer sees them (as the reference's scores are
         // taken after DDP's averaging), so every rank scores, grows and cuts alike.
@@ -417,6 +474,40 @@ impl Trainer {
         Ok(())
     }
 
+    /// Why the loss is not finite: non-finite weights (damaged before this step, or not finite
+    /// from the start), non-finite inputs, or — with both finite — a step too large.
+    fn non_finite_loss(&self, lv: f64, epoch: usize, x: &Tensor, lr: f64) -> RuntimeError {
+        let at = format!("epoch {} step {}", epoch + 1, self.state.global_step);
+        let finite = |t: &Tensor| {
+            t.flatten_all()
+                .and_then(|t| t.to_dtype(candle_core::DType::F32))
+                .and_then(|t| t.to_vec1::<f32>())
+                .is_ok_and(|v| v.iter().all(|x| x.is_finite()))
+        };
+        if let Some((path, _, _)) = self
+            .live
+            .params
+            .iter()
+            .find(|(_, v, _)| !finite(v.as_tensor()))
+        {
+            let when = match self.state.global_step {
+                0 => "before the first step (the initial or loaded weights)",
+                _ => "after the previous step (a step too large: lower --lr)",
+            };
+            return RuntimeError::Training(format!(
+                "loss became {lv} at {at}: the weight `{path}` holds NaN or infinite values {when}"
+            ));
+        }
+        if !finite(x) {
+            return RuntimeError::Training(format!(
+                "loss became {lv} at {at}: the input batch holds NaN or infinite values; check the data"
+            ));
+        }
+        RuntimeError::Training(format!(
+            "loss became {lv} at {at} with finite weights and inputs; lower --lr (now {lr:.3e})"
+        ))
+    }
+
     /// Writes `checkpoints/last` (and `best` when this epoch improved on it), `metrics.csv`
     /// and `events.jsonl`.
     fn checkpoint(&mut self, improved: bool) -> Result<()> {
@@ -440,6 +531,19 @@ impl Trainer {
             ck_dir.join("last").display(),
             if improved { " (and best)" } else { "" }
         ));
+        if let Some(replaced) = self.replaced.take() {
+            let aside = replaced.commit()?;
+            self.run
+                .detail(&format!("removed the replaced run ({})", aside.display()));
+        }
+        self.write_derived()
+    }
+
+    /// `metrics.csv` and `events.jsonl`, from the state the last checkpoint committed.
+    fn write_derived(&self) -> Result<()> {
+        if !self.run.writes() {
+            return Ok(());
+        }
         self.run.write_metrics(&self.state.history)?;
         if self.cfg.mode == Mode::Dyrep {
             self.run.write_events(&self.state.events)?;
@@ -518,11 +622,7 @@ impl Trainer {
     }
 
     /// Stops before the next step when the interrupt flag is set; the last checkpoint stays.
-    fn check_interrupt(
-        &mut self,
-        epoch: usize,
-        echo: &mut dyn FnMut(TrainProgress<'_>),
-    ) -> Result<()> {
+    fn check_interrupt(&mut self, epoch: usize) -> Result<()> {
         if !self
             .interrupt
             .as_ref()
@@ -530,13 +630,20 @@ impl Trainer {
         {
             return Ok(());
         }
-        let msg = format!(
-            "interrupted in epoch {}; the checkpoint after epoch {} is intact: continue with --resume {}",
-            epoch + 1,
-            self.state.epochs_done,
-            self.run.path().display()
-        );
-        self.run.log(&msg, echo);
+        let msg = match self.state.epochs_done {
+            0 => format!(
+                "interrupted in epoch {} before the first checkpoint: nothing to resume; start again (--force --out {} replaces this run)",
+                epoch + 1,
+                self.run.path().display()
+            ),
+            done => format!(
+                "interrupted in epoch {}; the checkpoint after epoch {done} is intact: continue with --resume {}",
+                epoch + 1,
+                self.run.path().display()
+            ),
+        };
+        // The caller prints the error once; the run's log keeps it too.
+        self.run.detail(&msg);
         Err(RuntimeError::Interrupted(msg))
     }
 
@@ -614,6 +721,79 @@ impl Trainer {
 }
 
 /// The communicator of a run (one process unless the options carry one).
+/// Refuses augmentation settings the data ignores (the ImageNet transforms on data held in
+/// memory) or that exceed the images (a crop padding or cutout larger than the image).
+fn check_augment_fits(cfg: &TrainConfig, data: &Dataset) -> Result<()> {
+    if cfg.augment.imagenet.is_some() && data.stream.is_none() {
+        return Err(RuntimeError::Config(format!(
+            "--image-size / [augment.imagenet] apply to image folders and shards, and `{}` is held in memory at {}x{}: the setting would be recorded but ignored; remove it",
+            cfg.data, data.height, data.width
+        )));
+    }
+    let side = data.height.max(data.width);
+    for (key, v) in [
+        ("crop_padding", cfg.augment.crop_padding),
+        ("cutout", cfg.augment.cutout),
+    ] {
+        if v > side {
+            return Err(RuntimeError::Config(format!(
+                "augment.{key} = {v} is larger than the {}x{} images; use at most {side} (0 turns it off)",
+                data.height, data.width
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Cleans what a killed process left in a run directory (half-written temporaries, a checkpoint
+/// moved aside between two renames, a run a killed `--force` start replaced); returns lines for
+/// the log.
+fn recover_debris(out: &std::path::Path) -> Result<Vec<String>> {
+    let mut lines: Vec<String> = recover_replaced(out)?.into_iter().collect();
+    let ck = checkpoint::recover(&out.join("checkpoints"));
+    for name in &ck.restored {
+        lines.push(format!(
+            "recovered checkpoints/{name} (a killed process had moved it aside mid-write)"
+        ));
+    }
+    let mut removed = ck.removed;
+    removed.extend(crate::fs::remove_stale_temps(out));
+    if !removed.is_empty() {
+        lines.push(format!(
+            "removed what a killed process left: {}",
+            removed.join(", ")
+        ));
+    }
+    Ok(lines)
+}
+
+/// Refuses a resume that would not continue the run as it was: a checkpoint without its
+/// optimizer state (momentum would restart from zero), one of another run (its config differs
+/// from the run's `config.resolved.toml`), or a `config.resolved.toml` edited by hand (the
+/// resume uses the checkpoint's copy and would silently ignore the edit).
+fn check_resumable(out: &std::path::Path, restored: &checkpoint::Restored<RunState>) -> Result<()> {
+    if restored.optim.is_none() {
+        return Err(RuntimeError::Checkpoint {
+            path: restored.dir.join("optim.safetensors"),
+            reason: "is missing: without it momentum restarts from zero and the resume is not exact; restore it from a copy, or start a new run with --init-from an export of this one".into(),
+        });
+    }
+    let resolved = out.join("config.resolved.toml");
+    if !resolved.is_file() {
+        return Ok(());
+    }
+    // Compared as configs, so a file written before a setting existed still matches.
+    let on_disk = TrainConfig::from_toml_file(&resolved)?.to_toml()?;
+    if on_disk != restored.state.config.to_toml()? {
+        return Err(RuntimeError::Config(format!(
+            "{} differs from the config in {} (edited by hand, or a checkpoint of another run copied in); --resume continues the run exactly as it started: undo the edit, or start a new run with the changed config",
+            resolved.display(),
+            restored.dir.join("state.json").display()
+        )));
+    }
+    Ok(())
+}
+
 fn comm_of(opts: &RunOptions) -> std::rc::Rc<dyn Comm> {
     opts.comm
         .clone()

@@ -362,12 +362,7 @@ fn non_finite_weights_are_refused_naming_the_tensor() {
     ok(dyrep(d, &train_args("run", &["--epochs", "1"]), None));
     let ck = d.join("run/checkpoints/last");
     std::fs::remove_file(ck.join("manifest.json")).unwrap();
-    // The first f32 of the data block of model.safetensors (header: 8-byte length, then JSON).
-    let mut b = std::fs::read(ck.join("model.safetensors")).unwrap();
-    let header = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
-    let at = 8 + header;
-    b[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
-    std::fs::write(ck.join("model.safetensors"), &b).unwrap();
+    nan_into_an_f32_tensor(&ck.join("model.safetensors"));
     for args in [
         vec!["eval", "--checkpoint", "run", "--limit", "8"],
         vec![
@@ -603,6 +598,25 @@ fn absurd_sizes_and_non_finite_settings_are_refused_before_allocation() {
     }
 }
 
+/// Writes a NaN over the first value of the first f32 tensor of a safetensors file (an 8-byte
+/// header length, the JSON header with each tensor's dtype and data offsets, then the data).
+fn nan_into_an_f32_tensor(path: &Path) {
+    let mut b = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&b[8..8 + n]).unwrap();
+    let start = header
+        .as_object()
+        .unwrap()
+        .values()
+        .filter(|v| v["dtype"] == "F32")
+        .map(|v| v["data_offsets"][0].as_u64().unwrap() as usize)
+        .min()
+        .expect("an f32 tensor");
+    let at = 8 + n + start;
+    b[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(path, &b).unwrap();
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap().flatten() {
@@ -680,4 +694,100 @@ fn a_resume_refuses_data_changed_since_the_run_started() {
     image(&d.join("imgs/train/a/3.png"), 3);
     // The same pixels again, but a new modification time: only the in-memory pixels count.
     ok(dyrep(d, &["-q", "train", "--resume", "run"], None));
+}
+
+/// Settings that were accepted and then ignored or misreported: each a clear error now.
+#[test]
+fn settings_the_data_ignores_or_exceeds_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::write(d.join("cutout.toml"), "[augment]\ncutout = 100\n").unwrap();
+    std::fs::write(d.join("pad.toml"), "[augment]\ncrop_padding = 29\n").unwrap();
+    std::fs::create_dir_all(d.join("cifar")).unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["train", "--out", "bad", "--image-size", "64"],
+            "held in memory",
+        ),
+        (
+            vec!["train", "--out", "bad", "-c", "cutout.toml"],
+            "augment.cutout",
+        ),
+        (
+            vec!["train", "--out", "bad", "-c", "pad.toml"],
+            "augment.crop_padding",
+        ),
+        (vec!["bench", "data", "--data", "default"], "held in memory"),
+        (
+            vec!["data", "pack", "cifar10:cifar", "--out", "shards"],
+            "image-folder",
+        ),
+    ];
+    for (args, needle) in cases {
+        refused(&dyrep(d, &args, None), needle, &format!("{args:?}"));
+    }
+    assert!(!d.join("bad").exists() && !d.join("shards").exists());
+}
+
+/// A partial `[sgd]` table keeps the defaults of the keys it leaves out, as `[augment]` and
+/// `[dyrep]` do; and a checkpoint's weights are as readable as its other files.
+#[test]
+fn a_partial_sgd_table_trains_and_checkpoint_files_share_one_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::write(d.join("sgd.toml"), "[sgd]\nmomentum = 0.8\n").unwrap();
+    ok(dyrep(
+        d,
+        &train_args("run", &["--epochs", "1", "-c", "sgd.toml"]),
+        None,
+    ));
+    let cfg = std::fs::read_to_string(d.join("run/config.resolved.toml")).unwrap();
+    assert!(
+        cfg.contains("momentum = 0.8") && cfg.contains("nesterov = false"),
+        "{cfg}"
+    );
+    let mode = |f: &str| {
+        std::fs::metadata(d.join("run/checkpoints/last").join(f))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("model.safetensors"), mode("state.json"));
+    assert_eq!(mode("optim.safetensors"), mode("arch.json"));
+}
+
+/// Regression: pretrained weights with a NaN trained into a NaN loss blamed on the learning
+/// rate; they are refused when loaded, naming the tensor.
+#[test]
+fn pretrained_weights_with_a_nan_are_refused_when_loaded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(dyrep(d, &train_args("run", &["--epochs", "1"]), None));
+    ok(dyrep(
+        d,
+        &[
+            "export",
+            "--checkpoint",
+            "run",
+            "--format",
+            "safetensors",
+            "--out",
+            "plain.safetensors",
+        ],
+        None,
+    ));
+    nan_into_an_f32_tensor(&d.join("plain.safetensors"));
+    let o = dyrep(
+        d,
+        &train_args(
+            "again",
+            &["--epochs", "1", "--init-from", "plain.safetensors"],
+        ),
+        None,
+    );
+    refused(&o, "NaN", "pretrained NaN");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("plain.safetensors"));
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("--lr"));
 }

@@ -512,6 +512,34 @@ fn ctrl_c_stops_cleanly_and_the_run_resumes() {
     assert!(text(&o).contains("resume"), "{}", text(&o));
 }
 
+/// Schedulers stop jobs with SIGTERM (and SIGHUP when a session ends): like Ctrl-C, training
+/// stops at the next step with its checkpoint intact, and says so once.
+#[test]
+fn sigterm_and_sighup_stop_like_ctrl_c() {
+    for sig in ["-TERM", "-HUP"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        let child = spawn_train(d, "run");
+        wait_for(
+            &d.join("run/checkpoints/last/state.json"),
+            Duration::from_secs(120),
+        );
+        signal(&child, sig);
+        let o = child.wait_with_output().unwrap();
+        let all = text(&o);
+        assert_eq!(o.status.code(), Some(130), "{sig}: {all}");
+        assert_eq!(
+            all.matches("interrupted in epoch").count(),
+            1,
+            "{sig}: {all}"
+        );
+        ok(dyrep_in(
+            d,
+            &["train", "--resume", "run", "--stop-after", "1"],
+        ));
+    }
+}
+
 #[test]
 fn sigkill_during_training_leaves_a_loadable_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();

@@ -621,6 +621,40 @@ mod tests {
         }
     }
 
+    /// The CRC-32 (IEEE) a PNG chunk ends with.
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut c = !0u32;
+        for &b in bytes {
+            c ^= u32::from(b);
+            for _ in 0..8 {
+                c = if c & 1 == 1 {
+                    0xedb8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+        }
+        !c
+    }
+
+    /// Regression: a small PNG whose header claims 20000×20000 pixels took 1.5 GB per worker.
+    #[test]
+    fn an_image_claiming_absurd_dimensions_is_refused_before_decoding() {
+        let mut png = Vec::new();
+        image::RgbImage::new(4, 4)
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        // IHDR: length (4 bytes) at 8, type at 12, width and height at 16..24, CRC at 29..33.
+        png[16..20].copy_from_slice(&20_000u32.to_be_bytes());
+        png[20..24].copy_from_slice(&20_000u32.to_be_bytes());
+        let crc = crc32(&png[12..29]);
+        png[29..33].copy_from_slice(&crc.to_be_bytes());
+        let e = decode_rgb(&png, Path::new("bomb.png"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bomb.png") && e.contains("20000x20000"), "{e}");
+    }
+
     /// Regression: a limit took the first N examples, so a class-sorted split gave one class.
     #[test]
     fn limits_take_class_balanced_seeded_subsets() {

@@ -48,6 +48,7 @@ fn read_samples(
     sink: &mut dyn FnMut(ShardSample, u64, u64) -> Result<()>,
 ) -> Result<()> {
     let file = std::fs::File::open(shard).map_err(io_err(shard))?;
+    let shard_len = file.metadata().map_err(io_err(shard))?.len();
     let mut archive = tar::Archive::new(file);
     let entries = archive
         .entries_with_seek()
@@ -101,6 +102,15 @@ fn read_samples(
             label = Some(l);
         } else if is_image_ext(ext) {
             let (offset, len) = (entry.raw_file_position(), entry.size());
+            // A header that claims more bytes than the shard holds: truncated or damaged.
+            if offset.saturating_add(len) > shard_len {
+                return Err(format_err(
+                    shard,
+                    format!(
+                        "member {name} claims {len} bytes at offset {offset}, but the shard has {shard_len} bytes: it is truncated or damaged (pack it again)"
+                    ),
+                ));
+            }
             let mut bytes = Vec::new();
             if with_bytes {
                 entry.read_to_end(&mut bytes).map_err(bad)?;
@@ -499,6 +509,19 @@ mod tests {
         assert_eq!(share(0, 1, 1).len(), 22);
     }
 
+    /// Regression: packing into a folder of earlier shards kept them, and training mixed both.
+    #[test]
+    fn packing_into_a_folder_of_earlier_shards_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, out) = (tmp.path().join("src"), tmp.path().join("shards"));
+        folder(&src, 2);
+        pack(&src, &out, 1 << 30).unwrap();
+        let before = std::fs::read_dir(&out).unwrap().count();
+        let e = pack(&src, &out, 1 << 30).unwrap_err().to_string();
+        assert!(e.contains("earlier pack") && e.contains(".tar"), "{e}");
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), before);
+    }
+
     #[test]
     fn broken_shards_are_clear_errors() {
         use crate::data::loader::{train_stream, Augment};
@@ -531,6 +554,19 @@ mod tests {
             "{e}"
         );
         std::fs::remove_file(&lone).unwrap();
+        // Regression: a truncated member was reported as an image without its .cls member.
+        let cut = out.join("train-000001.tar");
+        let mut b = tar::Builder::new(std::fs::File::create(&cut).unwrap());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(4096);
+        h.set_cksum();
+        b.append_data(&mut h, "k1.jpg", &[7u8; 4096][..]).unwrap();
+        b.into_inner().unwrap();
+        let full = std::fs::read(&cut).unwrap();
+        std::fs::write(&cut, &full[..512 + 1000]).unwrap();
+        let e = load(&out, &LoadOptions::default()).unwrap_err().to_string();
+        assert!(e.contains("k1.jpg") && e.contains("truncated"), "{e}");
+        std::fs::remove_file(&cut).unwrap();
         // No shards at all.
         let e = load(tmp.path(), &LoadOptions::default())
             .unwrap_err()

@@ -184,6 +184,7 @@ pub fn load_plain_weights(model: &Model, file: &Path) -> Result<()> {
         .map_or(Device::Cpu, |t| t.1.device().clone());
     let file_tensors = candle_core::safetensors::load_buffer(&bytes, &device)
         .map_err(|e| err(format!("not a readable safetensors file: {e}")))?;
+    crate::checkpoint::check_finite(file, &file_tensors)?;
     let keys = keys_for(model)?;
     let mut m = Matcher {
         file_tensors,

@@ -668,6 +668,29 @@ mod tests {
         assert!(e.contains("layer 0 (conv)"), "{e}");
     }
 
+    /// Regression: two layers of one name trained, and every checkpoint of the run was
+    /// unloadable (both wrote `a.conv.weight`).
+    #[test]
+    fn two_layers_of_one_name_are_refused_with_both_lines() {
+        let text = "[[layer]]\nkind = \"conv\"\nchannels = 8\nname = \"a\"\n\n[[layer]]\nkind = \"conv\"\nchannels = 8\nname = \"a\"\n\n[[layer]]\nkind = \"global_avg_pool\"\n\n[[layer]]\nkind = \"linear\"\n";
+        let e = build(&parse(text).unwrap(), [3, 8, 8])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("net.toml:6: layer 1 (conv)")
+                && e.contains("`a.conv.weight`")
+                && e.contains("layer 0's (line 1)"),
+            "{e}"
+        );
+        // `repeat` with a name another layer uses: `a.0` against a layer named `a.0`.
+        let text = text.replacen("name = \"a\"", "name = \"a.0\"", 1).replacen(
+            "channels = 8\nname = \"a\"",
+            "channels = 8\nrepeat = 2\nname = \"a\"",
+            1,
+        );
+        assert!(build(&parse(&text).unwrap(), [3, 8, 8]).is_err());
+    }
+
     #[test]
     fn an_empty_file_is_refused() {
         let e = parse("name = \"x\"\n").unwrap_err().to_string();

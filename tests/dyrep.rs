@@ -194,6 +194,47 @@ fn resume_in_the_middle_of_a_grow_interval_is_exact() {
     );
 }
 
+/// The affine preservation grows, cuts, keeps the eval output, records the factor on every
+/// grown conv's step (≈ 1: the conv's scale kept), resumes bit-exact and fuses back.
+#[test]
+fn the_affine_form_grows_resumes_exactly_and_fuses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let extra = ["--epochs", "3", "--preserve", "affine", "--grow-topk", "2"];
+    let o = train(&a, &extra);
+    assert!(o.status.success(), "{}", text(&o));
+    let mut stop = extra.to_vec();
+    stop.extend(["--stop-after", "1"]);
+    assert!(train(&b, &stop).status.success());
+    let o = dyrep(&["train", "--resume", b.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(metrics_without_times(&a), metrics_without_times(&b));
+    assert_eq!(events(&a), events(&b));
+    let grows: Vec<_> = events(&a)
+        .into_iter()
+        .filter(|e| e["kind"] == "grow")
+        .collect();
+    assert!(!grows.is_empty());
+    for e in &grows {
+        assert!(e["preserve_rel_err"].as_f64().unwrap() <= 2e-5, "{e}");
+        let f = e["main_scale"]["step_factor"].as_f64().unwrap();
+        assert!((0.8..=1.25).contains(&f), "{e}");
+    }
+    let o = dyrep(&["inspect", a.to_str().unwrap()]);
+    assert!(text(&o).contains("effective step"), "{}", text(&o));
+    let fused = tmp.path().join("fused");
+    let o = dyrep(&[
+        "fuse",
+        "--checkpoint",
+        a.to_str().unwrap(),
+        "--out",
+        fused.to_str().unwrap(),
+        "--limit",
+        "64",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
 /// A run's bits do not depend on the core count: the same seed on 1, 2 and 3 threads gives
 /// the same metrics, the same grows and cuts and the same weights, byte for byte (the kernels
 /// split their sums by shape, never by thread count; docs/ARCHITECTURE.md). 190 images in

@@ -96,6 +96,13 @@ impl BatchNorm {
         Ok(self.weight.set(&t)?)
     }
 
+    /// Sets γ and β per channel (`[C]` tensors).
+    pub fn set_affine(&self, gamma: &Tensor, beta: &Tensor) -> Result<()> {
+        self.weight.set(&gamma.to_dtype(self.weight.dtype())?)?;
+        self.bias.set(&beta.to_dtype(self.bias.dtype())?)?;
+        Ok(())
+    }
+
     /// Resets parameters (γ = `gamma`, β = 0) and running statistics (μ = 0, σ² = 1).
     pub fn reset(&self, gamma: f64) -> Result<()> {
         self.set_gamma(gamma)?;

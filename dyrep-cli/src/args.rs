@@ -266,6 +266,11 @@ pub(crate) struct TrainArgs {
     /// dyrep mode: how deep blocks may nest.
     #[arg(help_heading = DYREP_HEADING, long, value_name = "N")]
     pub(crate) max_depth: Option<usize>,
+    /// dyrep mode: how a grow keeps the output: `exact` (default; rescales the grown conv by
+    /// its output's σ), `reference` (the original code's eq. 6) or `affine` (exact, the conv's
+    /// scale kept; docs/REFERENCE.md "The grown block").
+    #[arg(help_heading = DYREP_HEADING, long, value_name = "FORM", value_parser = dyrep_runtime::dynamics::Preserve::parse)]
+    pub(crate) preserve: Option<dyrep_runtime::dynamics::Preserve>,
     /// dyrep mode: never cut branches (Rep only).
     #[arg(help_heading = DYREP_HEADING, long)]
     pub(crate) no_dep: bool,

@@ -156,6 +156,9 @@ impl TrainArgs {
         if let Some(v) = self.max_depth {
             d.max_depth = v;
         }
+        if let Some(v) = self.preserve {
+            d.preserve = v;
+        }
         if self.no_dep {
             d.dep = false;
         }

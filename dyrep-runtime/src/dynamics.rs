@@ -24,6 +24,7 @@ use crate::dist::Comm;
 use crate::error::{Result, RuntimeError};
 use crate::metrics::cross_entropy;
 use crate::model::Model;
+use crate::preserve::{affine_preserve, main_conv_norms, MainScale};
 use crate::schedule::{GrowSchedule, Period};
 
 fn d_scorer() -> String {
@@ -62,6 +63,24 @@ pub enum Preserve {
     /// W − ΣK_j, which leaves the 1/sqrt(1+ε) factor on the residual kernel (≈5e-6 relative;
     /// docs/REFERENCE.md "The grown block"). For parity runs against the original code.
     Reference,
+    /// Main conv = W − ΣK_j at W's scale, the calibrated σ carried in the main BN's γ and β
+    /// (and in the new branches' last γ, so they start at γ0 relative to the main branch):
+    /// exact in eval mode without dividing the conv's effective step (`preserve.rs`).
+    Affine,
+}
+
+impl Preserve {
+    /// `--preserve`: `exact`, `reference` or `affine`.
+    pub fn parse(s: &str) -> std::result::Result<Preserve, String> {
+        match s {
+            "exact" => Ok(Preserve::Exact),
+            "reference" => Ok(Preserve::Reference),
+            "affine" => Ok(Preserve::Affine),
+            other => Err(format!(
+                "`{other}`: expected `exact`, `reference` or `affine`"
+            )),
+        }
+    }
 }
 
 /// Settings of the dynamic mode (`[dyrep]` in the config file).
@@ -102,7 +121,8 @@ pub struct DyrepConfig {
     /// Blocks nest at most this deep.
     #[serde(default = "d_depth")]
     pub max_depth: usize,
-    /// `exact` (default) or the reference's `reference` eq. 6.
+    /// How a grow keeps the output: `exact` (default), the reference's eq. 6 (`reference`) or
+    /// `affine` (W's scale kept).
     #[serde(default)]
     pub preserve: Preserve,
 }
@@ -228,6 +248,10 @@ pub struct Event {
     /// conv was chosen over.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub ranking: Vec<ScoredConv>,
+    /// How the grow or cut rescaled the main conv's output channels, and the factor on its
+    /// effective step (absent in events written before it was recorded).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub main_scale: Option<MainScale>,
 }
 
 /// A growable conv and its score at a grow step.
@@ -446,6 +470,7 @@ pub fn grow_step(
             continue;
         }
         let target = slot.equivalent()?;
+        let norms_before = main_conv_norms(slot)?;
         {
             let mut ictx = InitCtx::new(&mut rng, ctx.device);
             ictx.gamma0 = ctx.cfg.gamma0;
@@ -459,7 +484,9 @@ pub fn grow_step(
         match ctx.cfg.preserve {
             Preserve::Exact => block.restore_equivalent(&target)?,
             Preserve::Reference => reference_eq6(block, &target)?,
+            Preserve::Affine => affine_preserve(block, &target)?,
         }
+        let main_scale = MainScale::between(&norms_before, &main_conv_norms(slot)?);
         let after = probe_logits(model, ctx.fixed)?;
         events.push(Event {
             epoch,
@@ -473,6 +500,7 @@ pub fn grow_step(
             macs: model.macs()?,
             preserve_rel_err: compare(&before, &after)?.rel,
             ranking: ranking.clone(),
+            main_scale,
         });
     }
     Ok(events)
@@ -584,9 +612,11 @@ pub fn cut_step(
         for (name, w) in cuts {
             let before = probe_logits(model, fixed)?;
             let (slot, _) = model.slot_mut(&path)?;
+            let norms_before = main_conv_norms(slot)?;
             if let Some(b) = slot.as_block_mut() {
                 b.cut(name)?;
             }
+            let main_scale = MainScale::between(&norms_before, &main_conv_norms(slot)?);
             let after = probe_logits(model, fixed)?;
             events.push(Event {
                 epoch,
@@ -600,6 +630,7 @@ pub fn cut_step(
                 macs: model.macs()?,
                 preserve_rel_err: compare(&before, &after)?.rel,
                 ranking: Vec::new(),
+                main_scale,
             });
         }
     }
@@ -830,9 +861,19 @@ mod grow_tests {
     use super::*;
     use crate::model::{build_model, ModelConfig};
 
-    /// Grows `features.1.conv` of a small vgg-tiny with calibration; returns the event and the
-    /// block's own relative output change on a random input.
-    fn grow_once(preserve: Preserve) -> (Event, f64) {
+    /// What one grow did.
+    struct Grown {
+        event: Event,
+        /// The block's own relative eval-output change on a random input.
+        block_rel: f64,
+        /// The new branches' Dep importances.
+        importance: Vec<(&'static str, f64)>,
+        /// The main BN's σ² + ε per channel.
+        main_var: Vec<f32>,
+    }
+
+    /// Grows `features.1.conv` of a small vgg-tiny with calibration.
+    fn grow_once(preserve: Preserve) -> Grown {
         crate::ensure_linked();
         let ds = Arc::new(crate::data::bundled_default().unwrap());
         let dev = Device::Cpu;
@@ -900,15 +941,77 @@ mod grow_tests {
             .0
             .forward_t(&x, false)
             .unwrap();
-        (ev[0].clone(), compare(&y_old, &y_new).unwrap().rel)
+        let importance = m
+            .slot_mut("features.1.conv")
+            .unwrap()
+            .0
+            .as_block()
+            .unwrap()
+            .branch_importance()
+            .unwrap();
+        let main_var = {
+            let (slot, _) = m.slot_mut("features.1.conv").unwrap();
+            let block = slot.as_block().unwrap();
+            let bns = block.main().batch_norms();
+            let p = bns[0].1.eval_params().unwrap();
+            (p.var + p.eps).unwrap().to_vec1::<f32>().unwrap()
+        };
+        Grown {
+            event: ev[0].clone(),
+            block_rel: compare(&y_old, &y_new).unwrap().rel,
+            importance,
+            main_var,
+        }
+    }
+
+    /// The exact form rescales the grown conv's rows by the calibrated σ of their output (its
+    /// effective step by 1/σ²); the reference's and the affine form keep the step within 1.25×.
+    #[test]
+    fn each_form_s_factor_on_the_grown_conv_s_effective_step() {
+        let g = grow_once(Preserve::Exact);
+        let exact = g.event;
+        let mut inv: Vec<f64> = g.main_var.iter().map(|v| 1.0 / *v as f64).collect();
+        inv.sort_by(f64::total_cmp);
+        let expected = inv[inv.len() / 2] * 0.5 + inv[(inv.len() - 1) / 2] * 0.5;
+        let f = exact.main_scale.as_ref().unwrap().step_factor;
+        // The new branches' kernels (γ0 = 0.01) move the rows by about 1 %.
+        assert!((f / expected - 1.0).abs() < 0.05, "{f} vs 1/σ² {expected}");
+        assert!(
+            !(0.8..=1.25).contains(&f),
+            "σ² ≈ 1 here: the test shows nothing ({f})"
+        );
+        for form in [Preserve::Reference, Preserve::Affine] {
+            let e = grow_once(form).event;
+            let f = e.main_scale.as_ref().unwrap().step_factor;
+            eprintln!(
+                "{form:?}: step factor {f} (exact: {})",
+                exact.main_scale.as_ref().unwrap().step_factor
+            );
+            assert!((0.8..=1.25).contains(&f), "{form:?}: {f}");
+        }
+    }
+
+    /// The affine form is exact like the exact form, and its new branches start at γ0 relative
+    /// to the main branch, as the reference's do.
+    #[test]
+    fn the_affine_form_is_exact_and_starts_branches_at_gamma0_of_the_main_branch() {
+        let g = grow_once(Preserve::Affine);
+        assert!(g.event.preserve_rel_err <= 2e-5, "{:?}", g.event);
+        assert!(g.block_rel < 1e-6, "{}", g.block_rel);
+        assert!(!g.importance.is_empty());
+        for (name, w) in g.importance {
+            assert!((w / DEFAULT_GAMMA0 - 1.0).abs() < 1e-3, "{name}: {w}");
+        }
     }
 
     #[test]
     fn exact_grow_leaves_no_residue_and_reference_mode_leaves_the_eps_factor() {
-        let (exact, exact_block) = grow_once(Preserve::Exact);
+        let g = grow_once(Preserve::Exact);
+        let (exact, exact_block) = (g.event, g.block_rel);
         assert!(exact.preserve_rel_err <= 2e-5, "{exact:?}");
         assert!(exact_block < 1e-6, "{exact_block}");
-        let (reference, reference_block) = grow_once(Preserve::Reference);
+        let g = grow_once(Preserve::Reference);
+        let (reference, reference_block) = (g.event, g.block_rel);
         assert!(reference.preserve_rel_err <= 2e-5, "{reference:?}");
         // The reference's 1/sqrt(1+eps) on the residual kernel: about 5e-6 relative at the block.
         assert!(

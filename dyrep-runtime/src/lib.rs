@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod model;
 pub mod optim;
 mod palette;
+pub mod preserve;
 pub mod report;
 pub mod run_state;
 pub mod schedule;

@@ -573,6 +573,40 @@ pub struct InspectReport {
     pub blocks: usize,
     pub branches: usize,
     pub convs: Vec<InspectedConv>,
+    /// Per grown conv, the factor its grows and cuts put on its main conv's effective step
+    /// ([`step_factors`]); empty when the run's events are not at hand.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub step_factors: Vec<ConvStepFactor>,
+}
+
+/// The accumulated factor on one grown conv's effective step (`preserve.rs`): the product of the
+/// `step_factor`s of the grows and cuts at its path.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConvStepFactor {
+    pub path: String,
+    pub events: usize,
+    pub factor: f64,
+}
+
+/// [`ConvStepFactor`]s from a run's events, in path order (events without the record are
+/// skipped).
+pub fn step_factors(events: &[Event]) -> Vec<ConvStepFactor> {
+    let mut by_path: std::collections::BTreeMap<&str, (usize, f64)> = Default::default();
+    for e in events {
+        if let Some(m) = &e.main_scale {
+            let entry = by_path.entry(e.path.as_str()).or_insert((0, 1.0));
+            entry.0 += 1;
+            entry.1 *= m.step_factor;
+        }
+    }
+    by_path
+        .into_iter()
+        .map(|(path, (events, factor))| ConvStepFactor {
+            path: path.to_string(),
+            events,
+            factor,
+        })
+        .collect()
 }
 
 fn mean_abs(t: &candle_core::Tensor) -> Result<f64> {
@@ -647,6 +681,7 @@ pub fn inspect(model: &Model) -> Result<InspectReport> {
         blocks: model.block_count(),
         branches: model.branch_count(),
         convs,
+        step_factors: Vec::new(),
     })
 }
 
@@ -714,6 +749,17 @@ pub fn inspect_text(r: &InspectReport, all: bool) -> String {
     }
     if r.blocks == 0 && !all {
         out.push_str("  no grown blocks (every conv is plain); --all lists the convs\n");
+    }
+    if !r.step_factors.is_empty() {
+        out.push_str(
+            "effective step of each grown conv's main conv (× the step before its first grow):\n",
+        );
+        for f in &r.step_factors {
+            out.push_str(&format!(
+                "  {:<40} ×{:.3}  over {} grow/cut event(s)\n",
+                f.path, f.factor, f.events
+            ));
+        }
     }
     out
 }

@@ -15,8 +15,9 @@ pub(crate) fn run(args: InspectArgs, ctx: &mut Ctx<'_>) -> Result<u8> {
         json,
     } = args;
     let checkpoint = checkpoint_dir(&checkpoint);
-    let (model, _) = dyrep_runtime::train::load_checkpoint_model(&checkpoint, &ctx.device)?;
-    let r = report::inspect(&model)?;
+    let (model, state) = dyrep_runtime::train::load_checkpoint_model(&checkpoint, &ctx.device)?;
+    let mut r = report::inspect(&model)?;
+    r.step_factors = report::step_factors(&state.events);
     if json {
         crate::render::print_json(&mut ctx.out, &r)?;
     } else {

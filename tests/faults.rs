@@ -7,7 +7,7 @@
 
 mod support;
 
-use support::metrics_without_times;
+use support::{assert_short_error, copy_dir, metrics_without_times, ok, text};
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -24,36 +24,9 @@ fn dyrep(dir: &Path, args: &[&str], kill_at: Option<usize>) -> Output {
     c.output().expect("run the dyrep binary")
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn ok(o: Output) -> Output {
-    assert!(o.status.success(), "dyrep failed: {}", text(&o));
-    o
-}
-
 /// Exit 1 with a one- or two-line error that contains `needle`, no panic.
 fn refused(o: &Output, needle: &str, what: &str) {
-    let err = String::from_utf8_lossy(&o.stderr).to_string();
-    assert_eq!(o.status.code(), Some(1), "{what}: {}", text(o));
-    assert!(err.contains(needle), "{what}: `{needle}` not in {err}");
-    assert!(
-        !err.contains("panicked") && !err.contains("backtrace"),
-        "{what}: {err}"
-    );
-    let lines = err
-        .lines()
-        .filter(|l| {
-            let l = l.trim();
-            !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information")
-        })
-        .count();
-    assert!(lines <= 2, "{what}: {lines} lines: {err}");
+    assert_short_error(o, needle, what);
 }
 
 /// A tiny dyrep run: two epochs with a grow in each, so checkpoints, `best`, metrics and
@@ -615,18 +588,6 @@ fn nan_into_an_f32_tensor(path: &Path) {
     let at = 8 + n + start;
     b[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
     std::fs::write(path, &b).unwrap();
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            copy_dir(&p, &to.join(e.file_name()));
-        } else {
-            std::fs::copy(&p, to.join(e.file_name())).unwrap();
-        }
-    }
 }
 
 /// Every file under `dir` with its bytes.

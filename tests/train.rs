@@ -6,7 +6,7 @@
 
 mod support;
 
-use support::metrics_without_times;
+use support::{copy_dir, metrics_without_times};
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -538,12 +538,4 @@ fn corrupt_or_mismatched_checkpoints_are_refused() {
     let o = dyrep(&["eval", "--checkpoint", other.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).contains("arch.json"), "{}", text(&o));
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-    }
 }

@@ -7,7 +7,7 @@
 
 mod support;
 
-use support::metrics_without_times;
+use support::{assert_short_error, metrics_without_times, ok, text};
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -19,19 +19,6 @@ fn dyrep_in(dir: &Path, args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("run the dyrep binary")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn ok(o: Output) -> Output {
-    assert!(o.status.success(), "dyrep failed: {}", text(&o));
-    o
 }
 
 const SMALL: [&str; 8] = [
@@ -431,22 +418,7 @@ fn bad_inputs_give_one_or_two_line_errors_and_exit_1() {
     ];
     for (args, needle) in cases {
         let o = dyrep_in(d, &args);
-        let err = String::from_utf8_lossy(&o.stderr).to_string();
-        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", text(&o));
-        assert!(err.contains(needle), "{args:?}: `{needle}` not in {err}");
-        assert!(
-            !err.contains("panicked") && !err.contains("backtrace"),
-            "{args:?}: {err}"
-        );
-        // clap's usage errors add a usage line and a pointer to --help.
-        let lines = err
-            .lines()
-            .filter(|l| {
-                let l = l.trim();
-                !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information")
-            })
-            .count();
-        assert!(lines <= 2, "{args:?}: {lines} lines: {err}");
+        assert_short_error(&o, needle, &format!("{args:?}"));
     }
     // Nothing was written in place of the failed outputs.
     assert!(!d.join("x.onnx").exists());

@@ -609,7 +609,7 @@ fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
 }
 
 /// Regression: a resume on an image folder whose files were replaced since the run started
-/// trained on the changed data without a word.
+/// trained on the changed data without a word. Also: the configurable cap on decoded pixels.
 #[test]
 fn a_resume_refuses_data_changed_since_the_run_started() {
     let tmp = tempfile::tempdir().unwrap();
@@ -645,6 +645,12 @@ fn a_resume_refuses_data_changed_since_the_run_started() {
         "4",
         "--no-cache",
     ];
+    // Images larger than the configured cap are refused before they are decoded.
+    std::fs::write(d.join("cap.toml"), "max_image_pixels = 100\n").unwrap();
+    let mut capped = args.to_vec();
+    capped.extend(["-c", "cap.toml"]);
+    refused(&dyrep(d, &capped, None), "max_image_pixels", "pixel cap");
+    assert!(!d.join("run").exists());
     ok(dyrep(d, &args, None));
     image(&d.join("imgs/train/a/3.png"), 250);
     refused(

@@ -77,6 +77,9 @@ pub struct TrainConfig {
     /// Streamed image folders: skip (log and count in `summary.json`) images that cannot be
     /// decoded instead of failing the run.
     pub skip_bad_images: bool,
+    /// The most pixels (width × height) one image may decode to; a larger one is a bad image
+    /// (refused, or skipped with `skip_bad_images`) before its pixels are allocated.
+    pub max_image_pixels: u64,
     /// Keep decoded image folders in a cache, so the next run on an unchanged folder skips the
     /// decoding (README "Data").
     pub cache: bool,
@@ -117,6 +120,7 @@ impl Default for TrainConfig {
             dist_same_data: false,
             sync_bn: false,
             skip_bad_images: false,
+            max_image_pixels: crate::data::MAX_IMAGE_PIXELS,
             cache: true,
             cache_dir: None,
             dyrep: DyrepConfig::default(),
@@ -179,6 +183,9 @@ impl TrainConfig {
                 "sgd.momentum must be in [0, 1) and sgd.weight_decay a finite number >= 0".into(),
             );
         }
+        if self.max_image_pixels == 0 {
+            return bad("max_image_pixels must be at least 1".into());
+        }
         if !(self.width > 0.0 && self.width <= MAX_WIDTH) {
             return bad(format!(
                 "width {} must be a number in (0, {MAX_WIDTH}] (a multiplier of every layer's channels; --width)",
@@ -229,6 +236,7 @@ impl TrainConfig {
         crate::data::LoadOptions {
             imagenet: self.augment.imagenet.clone(),
             skip_bad_images: self.skip_bad_images,
+            max_image_pixels: self.max_image_pixels,
             memory_budget: 0,
             workers: self.workers,
             cache_dir: match (self.cache, &self.cache_dir) {

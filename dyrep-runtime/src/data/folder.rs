@@ -142,9 +142,9 @@ fn content_key(dir: &Path, idx: &FolderIndex) -> Result<u64> {
 }
 
 /// One decoded image: its (width, height) and its pixels as CHW.
-fn decode(f: &Path) -> Result<((u32, u32), Vec<u8>)> {
+fn decode(f: &Path, max_pixels: u64) -> Result<((u32, u32), Vec<u8>)> {
     let bytes = std::fs::read(f).map_err(io_err(f))?;
-    let img = super::decode_rgb(&bytes, f)?;
+    let img = super::decode_rgb(&bytes, f, max_pixels)?;
     let dims = img.dimensions();
     let plane = dims.0 as usize * dims.1 as usize;
     let raw = img.into_raw(); // HWC
@@ -164,6 +164,7 @@ fn decode_all(
     files: &[(PathBuf, u32)],
     workers: usize,
     size: &mut Option<(u32, u32)>,
+    max_pixels: u64,
 ) -> Result<Split> {
     let labels: Vec<u32> = files.iter().map(|(_, l)| *l).collect();
     let Some((first, _)) = files.first() else {
@@ -175,7 +176,7 @@ fn decode_all(
     };
     let dims = match *size {
         Some(d) => d,
-        None => decode(first)?.0,
+        None => decode(first, max_pixels)?.0,
     };
     *size = Some(dims);
     let per_image = 3 * dims.0 as usize * dims.1 as usize;
@@ -183,7 +184,7 @@ fn decode_all(
     let per = files.len().div_ceil(workers.clamp(1, files.len()));
     let decode_run = |run: &[(PathBuf, u32)], out: &mut [u8]| -> Result<()> {
         for ((f, _), dst) in run.iter().zip(out.chunks_exact_mut(per_image.max(1))) {
-            let (got, chw) = decode(f)?;
+            let (got, chw) = decode(f, max_pixels)?;
             if got != dims {
                 return Err(format_err(
                     f,
@@ -249,8 +250,8 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Dataset> {
         None => {
             let workers = opts.worker_count();
             let mut size = None;
-            let train = decode_all(&idx.train, workers, &mut size)?;
-            let test = decode_all(&idx.test, workers, &mut size)?;
+            let train = decode_all(&idx.train, workers, &mut size, opts.pixel_cap())?;
+            let test = decode_all(&idx.test, workers, &mut size, opts.pixel_cap())?;
             let (w, h) = size.unwrap_or((0, 0));
             let d = Decoded {
                 shape: [3, h as usize, w as usize],
@@ -337,6 +338,7 @@ fn streamed(
         skip_bad_images: opts.skip_bad_images,
         bad_images: Default::default(),
         shards: None,
+        max_image_pixels: opts.pixel_cap(),
     };
     Dataset::streamed(idx.classes, split(idx.train), split(idx.test), stream, dir)
 }
@@ -501,9 +503,14 @@ mod tests {
         assert!(ds.stream.is_some() && ds.train.images.is_empty());
         // An odd size the header sample misses fails the in-memory decode, naming the file.
         let mut size = Some((5, 3));
-        let e = decode_all(&[(d.join("test/owl/0.png"), 0)], 1, &mut size)
-            .unwrap_err()
-            .to_string();
+        let e = decode_all(
+            &[(d.join("test/owl/0.png"), 0)],
+            1,
+            &mut size,
+            crate::data::MAX_IMAGE_PIXELS,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             e.contains("6x3") && e.contains("5x3") && e.contains("--image-size"),
             "{e}"

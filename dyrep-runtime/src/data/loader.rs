@@ -138,7 +138,7 @@ fn streamed_example(enc: &Encoded<'_>, st: &StreamSpec, rng: Option<u64>) -> Res
             bytes
         }
     };
-    let img = super::decode_rgb(bytes, &name)?;
+    let img = super::decode_rgb(bytes, &name, st.max_image_pixels)?;
     let (w, h) = (img.width() as usize, img.height() as usize);
     let raw = img.into_raw();
     Ok(match rng {

@@ -218,6 +218,8 @@ pub struct StreamSpec {
     pub bad_images: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// Tar shards (train, test): training reads them sequentially (`loader.rs`).
     pub shards: Option<[shards::ShardSet; 2]>,
+    /// The most pixels one image may decode to.
+    pub max_image_pixels: u64,
 }
 
 /// The seed of the subsets `--train-limit` / `--test-limit` take: the same images for every run
@@ -480,6 +482,8 @@ pub struct LoadOptions {
     pub memory_budget: u64,
     /// Streamed folders: skip (and count) images that cannot be decoded.
     pub skip_bad_images: bool,
+    /// The most pixels one image may decode to (0: [`MAX_IMAGE_PIXELS`]).
+    pub max_image_pixels: u64,
 }
 
 impl LoadOptions {
@@ -488,6 +492,14 @@ impl LoadOptions {
         LoadOptions {
             cache_dir: cache::default_dir(),
             ..LoadOptions::default()
+        }
+    }
+
+    /// The most pixels one image may decode to.
+    pub fn pixel_cap(&self) -> u64 {
+        match self.max_image_pixels {
+            0 => MAX_IMAGE_PIXELS,
+            n => n,
         }
     }
 
@@ -505,14 +517,15 @@ pub fn load(spec: &str) -> Result<Dataset> {
     load_with(spec, &LoadOptions::standard())
 }
 
-/// The most pixels one image may decode to (width × height): 100 megapixels, 300 MB as RGB, far
-/// beyond any training image and small enough that a few decoding threads cannot exhaust memory
-/// on a damaged or crafted file (a PNG of a few hundred KB can claim 20000 × 20000).
+/// The default of the most pixels one image may decode to (width × height; `max_image_pixels`):
+/// 100 megapixels, 300 MB as RGB, far beyond any training image and small enough that a few
+/// decoding threads cannot exhaust memory on a damaged or crafted file (a PNG of a few hundred
+/// KB can claim 20000 × 20000).
 pub const MAX_IMAGE_PIXELS: u64 = 100_000_000;
 
 /// Decodes an encoded image (`name` for messages) to RGB, refusing one whose header claims more
-/// than [`MAX_IMAGE_PIXELS`] before its pixels are allocated.
-pub(crate) fn decode_rgb(bytes: &[u8], name: &Path) -> Result<image::RgbImage> {
+/// than `max_pixels` before its pixels are allocated.
+pub(crate) fn decode_rgb(bytes: &[u8], name: &Path, max_pixels: u64) -> Result<image::RgbImage> {
     let reader = || {
         image::ImageReader::new(std::io::Cursor::new(bytes))
             .with_guessed_format()
@@ -521,17 +534,16 @@ pub(crate) fn decode_rgb(bytes: &[u8], name: &Path) -> Result<image::RgbImage> {
     let (w, h) = reader()?
         .into_dimensions()
         .map_err(|e| format_err(name, format!("unreadable image: {e}")))?;
-    if u64::from(w) * u64::from(h) > MAX_IMAGE_PIXELS {
+    if u64::from(w) * u64::from(h) > max_pixels {
         return Err(format_err(
             name,
             format!(
-                "image claims {w}x{h} pixels, more than the {} megapixels one image may decode to (a damaged or crafted file?); remove it, or pass --skip-bad-images",
-                MAX_IMAGE_PIXELS / 1_000_000
+                "image claims {w}x{h} pixels, more than the {max_pixels} one image may decode to (max_image_pixels; a damaged or crafted file?); remove it, pass --skip-bad-images, or raise max_image_pixels"
             ),
         ));
     }
     let mut limits = image::Limits::default();
-    limits.max_alloc = Some(MAX_IMAGE_PIXELS * 8);
+    limits.max_alloc = Some(max_pixels.saturating_mul(8));
     let mut r = reader()?;
     r.limits(limits);
     Ok(r.decode()
@@ -649,7 +661,7 @@ mod tests {
         png[20..24].copy_from_slice(&20_000u32.to_be_bytes());
         let crc = crc32(&png[12..29]);
         png[29..33].copy_from_slice(&crc.to_be_bytes());
-        let e = decode_rgb(&png, Path::new("bomb.png"))
+        let e = decode_rgb(&png, Path::new("bomb.png"), MAX_IMAGE_PIXELS)
             .unwrap_err()
             .to_string();
         assert!(e.contains("bomb.png") && e.contains("20000x20000"), "{e}");

@@ -214,6 +214,7 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Dataset> {
         skip_bad_images: opts.skip_bad_images,
         bad_images: Default::default(),
         shards: Some([train_set, test_set]),
+        max_image_pixels: opts.pixel_cap(),
     };
     Dataset::streamed(classes, train, test, stream, dir)
 }

@@ -520,6 +520,11 @@ fn absurd_sizes_and_non_finite_settings_are_refused_before_allocation() {
         ("channels.toml", conv("channels", "1000000000000")),
         ("kernel.toml", conv("kernel", "100001")),
         ("repeat.toml", conv("repeat", "100000000")),
+        // Each layer fits, all of them do not (1,000 × 4096² × 9 weights, 600 GB).
+        (
+            "deep.toml",
+            conv("repeat", "1000").replace("channels = 8", "channels = 4096"),
+        ),
         (
             "features.toml",
             "[[layer]]\nkind = \"flatten\"\n\n[[layer]]\nkind = \"linear\"\nfeatures = 100000000000\n\n[[layer]]\nkind = \"linear\"\n".to_string(),
@@ -538,6 +543,7 @@ fn absurd_sizes_and_non_finite_settings_are_refused_before_allocation() {
         (vec!["--model-file", "channels.toml"], "GB"),
         (vec!["--model-file", "kernel.toml"], "kernel"),
         (vec!["--model-file", "repeat.toml"], "repeat"),
+        (vec!["--model-file", "deep.toml"], "at least"),
         (vec!["--model-file", "features.toml"], "GB"),
         (vec!["--model-file", "dup.toml"], "dup.toml:6"),
         (vec!["--width", "1e30"], "width"),

@@ -73,37 +73,36 @@ impl<'a> InitCtx<'a> {
     }
 }
 
-/// The bytes of memory this machine has available now (`MemAvailable` of /proc/meminfo), read
-/// once; `u64::MAX` where the platform does not say.
+/// The bytes of memory this machine has available now (`MemAvailable` of /proc/meminfo, read
+/// at each call, so what a model built so far took is no longer counted as free); `u64::MAX`
+/// where the platform does not say.
 pub fn available_memory() -> u64 {
-    static AVAILABLE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *AVAILABLE.get_or_init(|| {
-        std::fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|text| {
-                let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-                let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-                kib.checked_mul(1024)
-            })
-            .unwrap_or(u64::MAX)
-    })
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            kib.checked_mul(1024)
+        })
+        .unwrap_or(u64::MAX)
 }
 
 /// The element count of an f32 tensor of `shape`, refused (before anything is allocated) when it
 /// overflows or would not fit in the memory available.
 pub fn checked_elements(shape: &[usize]) -> Result<usize> {
-    let available = available_memory();
     let too_large = |bytes: u64| Error::TooLarge {
         shape: shape.to_vec(),
         bytes,
-        available,
+        available: available_memory(),
     };
     let n = shape
         .iter()
         .try_fold(1usize, |n, &d| n.checked_mul(d))
         .ok_or_else(|| too_large(u64::MAX))?;
     let bytes = (n as u64).saturating_mul(4);
-    if bytes > available {
+    // Below this no tensor matters on its own (and /proc/meminfo is not read for it).
+    const SMALL: u64 = 64 << 20;
+    if bytes > SMALL && bytes > available_memory() {
         return Err(too_large(bytes));
     }
     Ok(n)

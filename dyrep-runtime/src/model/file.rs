@@ -306,6 +306,81 @@ impl ArchFile {
         }
     }
 
+    /// Refuses, before anything is allocated, a network whose weights cannot fit in the memory
+    /// available: a lower bound of its weights from the specs alone (conv and linear weights as
+    /// the channels chain; a flattened map counted as its channels), naming the largest layer.
+    fn check_weight_memory(&self, cfg: &ModelConfig) -> Result<()> {
+        let mut ch = cfg.input[0] as u128;
+        let (mut total, mut largest) = (0u128, (0usize, 0u128));
+        for (i, l) in self.layers.iter().enumerate() {
+            let weights = match l {
+                LayerSpec::Conv {
+                    channels: c,
+                    kernel,
+                    groups,
+                    repeat,
+                    ..
+                } => {
+                    let (out, k2, g) = (
+                        channels(cfg, *c) as u128,
+                        (*kernel as u128).pow(2),
+                        (*groups as u128).max(1),
+                    );
+                    let r = repeat.unwrap_or(1) as u128;
+                    let w = ch * out * k2 / g + (r - 1) * out * out * k2 / g;
+                    ch = out;
+                    w
+                }
+                LayerSpec::Stage {
+                    block,
+                    channels: c,
+                    blocks,
+                    ..
+                } => {
+                    let planes = channels(cfg, *c) as u128;
+                    ch = match block {
+                        ResidualBlock::Basic => planes,
+                        ResidualBlock::Bottleneck => 4 * planes,
+                    };
+                    *blocks as u128 * planes * planes * 9
+                }
+                LayerSpec::DepthwiseSeparable {
+                    channels: c,
+                    kernel,
+                    ..
+                } => {
+                    let out = channels(cfg, *c) as u128;
+                    let w = ch * (*kernel as u128).pow(2) + ch * out;
+                    ch = out;
+                    w
+                }
+                LayerSpec::Linear { features, .. } => {
+                    let out = features.map_or(cfg.num_classes, |f| channels(cfg, f)) as u128;
+                    let w = ch * out;
+                    ch = out;
+                    w
+                }
+                _ => 0,
+            };
+            total = total.saturating_add(weights);
+            if weights > largest.1 {
+                largest = (i, weights);
+            }
+        }
+        let bytes = total.saturating_mul(4);
+        let available = dyrep_api::init::available_memory();
+        if bytes > u128::from(available) {
+            return Err(RuntimeError::Config(format!(
+                "{}: the network's weights would take at least {:.1} GB ({} the largest layer), more than the {:.1} GB of memory available; lower `channels`, `kernel`, `features`, `repeat` or `blocks` (or --width)",
+                self.at(largest.0),
+                bytes as f64 / 1e9,
+                format_args!("{:.1} GB in", largest.1 as f64 * 4.0 / 1e9),
+                available as f64 / 1e9
+            )));
+        }
+        Ok(())
+    }
+
     /// `file:line: layer i (kind)` for messages about layer `i`.
     fn at(&self, i: usize) -> String {
         let kind = self.layers.get(i).map_or("?", LayerSpec::kind);
@@ -323,6 +398,7 @@ impl ArchFile {
     /// chain; errors name the layer (file:line) and the shapes.
     pub fn build(&self, cfg: &ModelConfig, ctx: &mut InitCtx<'_>) -> Result<Vec<Layer>> {
         self.check()?;
+        self.check_weight_memory(cfg)?;
         let [c, h, w] = cfg.input;
         let mut shape = (c, h, w);
         let mut layers = Vec::new();

@@ -28,13 +28,23 @@
 # runs just those runs; EXTRA adds flags to every new run and RESULTS moves the results folder
 # (for a smoke test: EXTRA="--epochs 2 --train-limit 1000" RESULTS=/tmp/r/results). The probes'
 # results go beside it, to benches/repro/probes/, so results/ holds the grid's runs only.
+#
+# DEF names the folder of the grid to run (default benches/repro, this grid): it holds PINNED
+# (the commit to build), results/ and probes/ and the tables, and may hold CONFIG (the config
+# file, relative to the repository root) and runs.txt (the RUNS below, one entry a line, `#`
+# comments) in place of this file's. benches/repro2/ is the second round's (REPRODUCTION.md
+# "Protocol 2"): DEF=benches/repro2 GRID=/work/grid2 benches/repro/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
+DEF=$(cd "${DEF:-$ROOT/benches/repro}" && pwd)
 GRID=${GRID:-$ROOT/grid-cifar10}
-RESULTS=${RESULTS:-$ROOT/benches/repro/results}
+RESULTS=${RESULTS:-$DEF/results}
 PROBES=$(dirname "$RESULTS")/probes
 CONFIG=$ROOT/configs/repro/cifar10-vgg16-w025.toml
+if [ -f "$DEF/CONFIG" ]; then
+    CONFIG=$ROOT/$(tr -d '[:space:]' < "$DEF/CONFIG")
+fi
 mkdir -p "$GRID/bin" "$GRID/runs" "$RESULTS" "$PROBES"
 
 exec 9>"$GRID/.lock"
@@ -102,6 +112,11 @@ RUNS=(
     "probe|repvgg-fanout-s1|--mode repvgg --baseline-init fan_out --seed 1"
 )
 
+# Another grid's runs (DEF/runs.txt) replace these.
+if [ -f "$DEF/runs.txt" ]; then
+    mapfile -t RUNS < <(grep -v -e '^[[:space:]]*#' -e '^[[:space:]]*$' "$DEF/runs.txt")
+fi
+
 # The names of the runs of one kind (`grid` or `probe`).
 names_of_kind() {
     local entry
@@ -112,9 +127,9 @@ names_of_kind() {
 }
 
 # One binary for the whole grid: the pinned commit, built in $GRID.
-PIN=$(tr -d '[:space:]' < "$ROOT/benches/repro/PINNED")
+PIN=$(tr -d '[:space:]' < "$DEF/PINNED")
 if ! git cat-file -e "$PIN^{commit}" 2>/dev/null; then
-    echo "run.sh: the pinned commit $PIN (benches/repro/PINNED) is not in this clone; fetch it or pin another" >&2
+    echo "run.sh: the pinned commit $PIN ($DEF/PINNED) is not in this clone; fetch it or pin another" >&2
     exit 1
 fi
 BIN=$GRID/bin/dyrep

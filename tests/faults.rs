@@ -568,6 +568,26 @@ fn absurd_sizes_and_non_finite_settings_are_refused_before_allocation() {
             "{extra:?}: a run directory was created"
         );
     }
+    for (args, needle) in [
+        (
+            vec![
+                "bench",
+                "train",
+                "--model",
+                "vgg-tiny",
+                "--batch",
+                "100000000",
+            ],
+            "--batch",
+        ),
+        (
+            vec!["bench", "data", "--data", "default", "--size", "1000000000"],
+            "--size",
+        ),
+        (vec!["bench", "train", "--width", "1e30"], "--width"),
+    ] {
+        refused(&dyrep(d, &args, None), needle, &format!("{args:?}"));
+    }
     ok(dyrep(d, &train_args("run", &["--epochs", "1"]), None));
     for args in [
         vec!["eval", "--checkpoint", "run", "--limit", "0"],

@@ -1,4 +1,4 @@
-//! Several images per gemm for lowered convs on small planes (README "CPU kernels"): VGG-16's
+//! Several images per gemm for lowered convs on small planes (docs/KERNELS.md): VGG-16's
 //! last stages on 32×32 inputs run on 4×4 and 2×2 planes, where one image's patch matrix has
 //! 4-16 columns — too few for the gemm's register blocks, which then spend their time packing
 //! and in edge cases (11 GFLOP/s on 2×2 planes where the 16×16 layers of the same model reach

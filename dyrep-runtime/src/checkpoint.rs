@@ -1,4 +1,4 @@
-//! Checkpoints (README.md "The `dyrep` command", run directory): a directory with `arch.json`
+//! Checkpoints (docs/USAGE.md, run directory): a directory with `arch.json`
 //! (structure, form train|fused), `model.safetensors` (every tensor by path; metadata carries a
 //! hash of arch.json so mismatched pairs are detected), `optim.safetensors` (momentum buffers by
 //! path), `state.json` (progress, history, config) and `manifest.json` (each file's size and

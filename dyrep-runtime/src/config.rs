@@ -1,5 +1,5 @@
 //! The settings of a training run: the TOML config file, the flags that override it, and
-//! `config.resolved.toml` in the run directory (README.md "The `dyrep` command"; the recipes
+//! `config.resolved.toml` in the run directory (docs/USAGE.md; the recipes
 //! and their constants: docs/REFERENCE.md "Training recipes"). Every key has one default, in
 //! `TrainConfig::default`; a file names only what it changes.
 
@@ -81,7 +81,7 @@ pub struct TrainConfig {
     /// (refused, or skipped with `skip_bad_images`) before its pixels are allocated.
     pub max_image_pixels: u64,
     /// Keep decoded image folders in a cache, so the next run on an unchanged folder skips the
-    /// decoding (README "Data").
+    /// decoding (docs/USAGE.md "Data").
     pub cache: bool,
     /// The cache's directory (default `$DYREP_CACHE_DIR`, else `$XDG_CACHE_HOME/dyrep`, else
     /// `~/.cache/dyrep`).

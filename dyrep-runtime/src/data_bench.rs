@@ -1,6 +1,6 @@
 //! `dyrep bench data`: the input pipeline alone — a streamed image folder's training batches
 //! (decode, ImageNet transforms, normalisation on the worker threads), images per second and
-//! the peak resident memory, no model (README "Data"; the torchvision peer is
+//! the peak resident memory, no model (docs/USAGE.md "Data"; the torchvision peer is
 //! `benches/peer/databench.py`).
 
 use std::sync::Arc;

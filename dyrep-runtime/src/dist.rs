@@ -1,4 +1,4 @@
-//! Data-parallel training across processes (README "Data-parallel training"): the processes of
+//! Data-parallel training across processes (docs/DISTRIBUTED.md): the processes of
 //! a run and their collectives. One process is [`SingleProcess`]; with the `mpi` feature,
 //! [`init`] joins the MPI world `mpirun` started (Open MPI; launching, rendezvous and CPU
 //! collectives are MPI's). Rank 0 owns the run directory; every rank reads a disjoint shard of

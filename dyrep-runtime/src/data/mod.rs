@@ -1,4 +1,4 @@
-//! Datasets (README.md "The `dyrep` command", data specs): idx (MNIST, Fashion-MNIST; `.gz` or
+//! Datasets (docs/USAGE.md, data specs): idx (MNIST, Fashion-MNIST; `.gz` or
 //! raw), CIFAR-10/100 binary batches, image folders (`train/<class>/*`, `test/<class>/*`,
 //! jpeg/png), and the bundled default (a class-balanced Fashion-MNIST subset compiled into the
 //! binary). Images are kept as u8 `[N, C, H, W]`; normalisation and augmentation happen when

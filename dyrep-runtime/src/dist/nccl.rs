@@ -1,4 +1,4 @@
-//! The processes of a data-parallel run on NVIDIA GPUs (README "Data-parallel training"):
+//! The processes of a data-parallel run on NVIDIA GPUs (docs/DISTRIBUTED.md):
 //! NCCL all-reduces the gradient buckets and the probe gradients in GPU memory, one GPU per
 //! rank, while launching, NCCL's rendezvous (rank 0's unique id) and the small host-side
 //! collectives (counts, loss sums, architecture checks) stay with the process communicator —

@@ -1,4 +1,4 @@
-//! Export and import of the plain network (README.md "The `dyrep` command", export): a trained
+//! Export and import of the plain network (docs/USAGE.md, export): a trained
 //! checkpoint is fused (docs/REFERENCE.md "Fusion checks") and written with the tensor names other
 //! frameworks use — torchvision's for ResNet and VGG (`layer1.0.conv1.weight`,
 //! `features.3.running_mean`), timm's deploy form for RepVGG (`stages.0.0.reparam_conv.weight`, BN

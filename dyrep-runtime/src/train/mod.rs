@@ -1,4 +1,4 @@
-//! Training runs (README.md "The `dyrep` command"; docs/REFERENCE.md "Training recipes"): the
+//! Training runs (docs/USAGE.md; docs/REFERENCE.md "Training recipes"): the
 //! static modes `origin`, `repvgg` and `dbb` and DyRep's growing and cutting (`dyrep`), SGD with
 //! path-keyed momentum, cosine LR with warmup, label smoothing, eval every epoch, a run directory
 //! (`run_dir`) and exact resume (bitwise on CPU). `trainer` holds the run's state machine;

@@ -1,4 +1,4 @@
-//! The files of a run directory (README.md "The `dyrep` command"): `config.resolved.toml`,
+//! The files of a run directory (docs/USAGE.md): `config.resolved.toml`,
 //! `model.toml` (the architecture file of a run that has one),
 //! `run.log` (every line of the run, time-stamped), `metrics.csv`, `events.jsonl` (dyrep mode),
 //! `summary.json` and `curves.svg`. Checkpoints live in `checkpoints/{last,best}` and are written

@@ -3,7 +3,7 @@
 //! extra scorer (`weight_magnitude`) and one extra model (`pyramid-net`). Nothing in dyrep-ops,
 //! dyrep-scorers or dyrep-runtime is edited: all three register themselves through inventory
 //! (and typetag), and a binary that links this crate (see `src/main.rs`) lists, verifies and
-//! trains them. README "Extending dyrep" walks through it.
+//! trains them. docs/PLUGINS.md walks through it.
 
 mod conv_kxk_1x1;
 mod pyramid_net;

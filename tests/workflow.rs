@@ -512,6 +512,43 @@ fn sigterm_and_sighup_stop_like_ctrl_c() {
     }
 }
 
+/// A run directory that a process trains in is locked: a second `--resume` of it, or a
+/// `--force` start over it, is refused instead of writing beside the first or deleting it.
+#[test]
+fn a_run_in_progress_is_neither_resumed_twice_nor_replaced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let mut child = spawn_train(d, "run");
+    wait_for(
+        &d.join("run/checkpoints/last/state.json"),
+        Duration::from_secs(120),
+    );
+    let o = dyrep_in(d, &["train", "--resume", "run"]);
+    assert_short_error(&o, "in use", "a second resume");
+    let o = dyrep_in(
+        d,
+        &[
+            "train",
+            "--out",
+            "run",
+            "--force",
+            "--epochs",
+            "1",
+            "--train-limit",
+            "64",
+        ],
+    );
+    assert_short_error(&o, "in use", "--force over a running run");
+    assert!(d.join("run/checkpoints/last/arch.json").is_file());
+    child.kill().unwrap();
+    let _ = child.wait();
+    // Killed, the lock is gone with the process.
+    ok(dyrep_in(
+        d,
+        &["train", "--resume", "run", "--stop-after", "1"],
+    ));
+}
+
 #[test]
 fn sigkill_during_training_leaves_a_loadable_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();

@@ -90,6 +90,46 @@ fn foreign_entry(dir: &Path) -> Result<Option<PathBuf>> {
     Ok(None)
 }
 
+/// Takes an exclusive advisory lock on an open file without waiting; false when another
+/// process holds it.
+fn try_lock(file: &std::fs::File) -> std::io::Result<bool> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: flock on a file descriptor this `File` owns and keeps open for the call.
+        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if r == 0 {
+            return Ok(true);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Ok(false);
+        }
+        Err(e)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = file;
+        Ok(true)
+    }
+}
+
+/// Whether a process trains in `dir` now (holds the lock on its `run.log`).
+fn in_use_by_a_run(dir: &Path) -> Result<bool> {
+    let path = dir.join("run.log");
+    let Ok(file) = std::fs::File::open(&path) else {
+        return Ok(false);
+    };
+    Ok(!try_lock(&file).map_err(io(&path))?)
+}
+
+fn in_use(dir: &Path) -> RuntimeError {
+    RuntimeError::Config(format!(
+        "{} is in use: another dyrep process is training in it (it holds run.log's lock); wait for it to end or stop it first",
+        dir.display()
+    ))
+}
+
 /// Where a run replaced by `--force` waits until the new run's first checkpoint is committed.
 fn aside_path(dir: &Path, pid: u32) -> Option<PathBuf> {
     let name = dir.file_name()?.to_string_lossy().into_owned();
@@ -224,6 +264,9 @@ impl RunDir {
                     dir.display()
                 )));
             }
+            if in_use_by_a_run(dir)? {
+                return Err(in_use(dir));
+            }
             if holds_working_dir(dir) {
                 return Err(RuntimeError::Config(format!(
                     "--force cannot replace {}: it is (or holds) the working directory; run from outside it",
@@ -246,6 +289,9 @@ impl RunDir {
     }
 
     /// Opens an existing run directory, appending to its `run.log`.
+    /// The process holds an exclusive lock on `run.log` while the `RunDir` lives (released by
+    /// the kernel however the process ends), so a second `train` on the same directory — a
+    /// resume, or a `--force` start — is refused while one runs.
     pub(crate) fn open(dir: &Path) -> Result<RunDir> {
         let path = dir.join("run.log");
         let log = std::fs::OpenOptions::new()
@@ -253,6 +299,9 @@ impl RunDir {
             .append(true)
             .open(&path)
             .map_err(io(&path))?;
+        if !try_lock(&log).map_err(io(&path))? {
+            return Err(in_use(dir));
+        }
         Ok(RunDir {
             dir: dir.to_path_buf(),
             log: Some(log),

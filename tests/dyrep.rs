@@ -210,6 +210,27 @@ fn the_affine_form_grows_resumes_exactly_and_fuses() {
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(metrics_without_times(&a), metrics_without_times(&b));
     assert_eq!(events(&a), events(&b));
+    // How far each conv turned per epoch: a row per conv and epoch, equal after the resume,
+    // grown convs flagged once they grew, every angle a finite, positive turn.
+    let movement = std::fs::read_to_string(a.join("movement.csv")).unwrap();
+    assert_eq!(
+        movement,
+        std::fs::read_to_string(b.join("movement.csv")).unwrap()
+    );
+    let rows: Vec<Vec<&str>> = movement
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    assert_eq!(rows.len(), 3 * 5, "{movement}");
+    assert!(rows.iter().any(|r| r[2] == "true"), "{movement}");
+    for r in &rows {
+        let angle: f64 = r[3].parse().unwrap();
+        assert!(
+            angle.is_finite() && angle > 0.0 && angle < 90.0,
+            "{movement}"
+        );
+    }
     let grows: Vec<_> = events(&a)
         .into_iter()
         .filter(|e| e["kind"] == "grow")

@@ -1,6 +1,7 @@
 //! How a grow keeps the network's output without slowing the grown conv (paper §3, eq. 6;
-//! docs/REFERENCE.md "The grown block"): the `affine` form, and the diagnostic every grow and
-//! cut records — how the main conv's scale, and so its effective learning rate, changed.
+//! docs/REFERENCE.md "The grown block"): the `affine` form, the diagnostic every grow and cut
+//! records — how the main conv's scale, and so its effective learning rate, changed — and the
+//! per-epoch angle each conv turned (`movement.csv`), which shows whether grown convs learn.
 //!
 //! A conv followed by a batch norm that normalises with batch statistics is scale-invariant:
 //! the loss does not change when an output channel's weights are multiplied by a > 0, and the
@@ -69,6 +70,12 @@ fn median(sorted: &[f64]) -> f64 {
 /// The per-output-channel L2 norms of the conv a grow or cut acts on: the slot itself while it
 /// is a plain conv, its block's main conv once it has grown.
 pub fn main_conv_norms(slot: &Slot) -> Result<Vec<f64>> {
+    row_norms(&main_conv_weight(slot)?)
+}
+
+/// The weight of the conv a grow or cut acts on (the slot's own, or its block's main conv's
+/// equivalent kernel), detached.
+pub fn main_conv_weight(slot: &Slot) -> Result<Tensor> {
     let kernel = match slot.as_block() {
         Some(block) => {
             let children = block.main().child_slots();
@@ -79,7 +86,26 @@ pub fn main_conv_norms(slot: &Slot) -> Result<Vec<f64>> {
         }
         None => slot.equivalent()?,
     };
-    row_norms(&kernel.weight)
+    Ok(kernel.weight.detach())
+}
+
+/// The mean over output channels of the angle (degrees) each channel's weights turned from `a`
+/// to `b`: how far a conv moved, whatever the scale of its rows (a grow's rescale moves none).
+pub fn mean_angle_deg(a: &Tensor, b: &Tensor) -> Result<f64> {
+    let out = a.dim(0)?;
+    let a = a.to_dtype(DType::F64)?.reshape((out, ()))?;
+    let b = b.to_dtype(DType::F64)?.reshape((out, ()))?;
+    let dot = (&a * &b)?.sum(1)?.to_vec1::<f64>()?;
+    let (na, nb) = (row_norms(&a)?, row_norms(&b)?);
+    let mut sum = 0.0;
+    for c in 0..out {
+        let cos = match na[c] * nb[c] {
+            d if d > 0.0 => (dot[c] / d).clamp(-1.0, 1.0),
+            _ => 1.0,
+        };
+        sum += cos.acos().to_degrees();
+    }
+    Ok(sum / out.max(1) as f64)
 }
 
 fn row_norms(w: &Tensor) -> Result<Vec<f64>> {
@@ -158,6 +184,17 @@ fn last_bn(op: &dyn dyrep_api::RepOp) -> Result<&dyrep_api::BatchNorm> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_angle_ignores_row_scales_and_measures_turns() {
+        let dev = candle_core::Device::Cpu;
+        let a = Tensor::new(&[[1f32, 0.0], [0.0, 1.0]], &dev).unwrap();
+        let scaled = Tensor::new(&[[5f32, 0.0], [0.0, 0.25]], &dev).unwrap();
+        assert!(mean_angle_deg(&a, &scaled).unwrap().abs() < 1e-9);
+        // One row turned by 90°, the other not at all: a mean of 45°.
+        let turned = Tensor::new(&[[0f32, 1.0], [0.0, 1.0]], &dev).unwrap();
+        assert!((mean_angle_deg(&a, &turned).unwrap() - 45.0).abs() < 1e-9);
+    }
 
     #[test]
     fn a_uniform_rescale_of_every_row_gives_its_inverse_square_as_step_factor() {

@@ -29,6 +29,18 @@ pub struct EpochRecord {
     pub cpu_seconds: Option<f64>,
 }
 
+/// How far one conv (a unit's conv, or its block's main conv once grown) turned in one epoch:
+/// the mean over output channels of the angle between its weights before and after
+/// (`preserve::mean_angle_deg`). A row of `movement.csv`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Movement {
+    pub epoch: usize,
+    pub path: String,
+    /// Whether the conv was a grown block at the epoch's end.
+    pub grown: bool,
+    pub angle_deg: f64,
+}
+
 /// Progress of a run, saved in every checkpoint's `state.json`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct RunState {
@@ -56,6 +68,9 @@ pub struct RunState {
     /// changed data is refused. Absent in states saved before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_fingerprint: Option<String>,
+    /// Every conv's movement per epoch (absent in states saved before it was recorded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub movement: Vec<Movement>,
 }
 
 fn one() -> usize {
@@ -117,6 +132,7 @@ impl RunState {
             bad_images: 0,
             world: 1,
             data_fingerprint: None,
+            movement: Vec::new(),
         }
     }
 

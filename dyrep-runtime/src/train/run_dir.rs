@@ -1,6 +1,7 @@
 //! The files of a run directory (docs/USAGE.md): `config.resolved.toml`,
 //! `model.toml` (the architecture file of a run that has one),
-//! `run.log` (every line of the run, time-stamped), `metrics.csv`, `events.jsonl` (dyrep mode),
+//! `run.log` (every line of the run, time-stamped), `metrics.csv`, `movement.csv` (how far each
+//! conv turned per epoch), `events.jsonl` (dyrep mode),
 //! `summary.json` and `curves.svg`. Checkpoints live in `checkpoints/{last,best}` and are written
 //! by `checkpoint::save`. Every file but the appended log is replaced atomically.
 
@@ -10,7 +11,7 @@ use std::path::{Path, PathBuf};
 use super::TrainProgress;
 use crate::dynamics::Event;
 use crate::error::{io, Result, RuntimeError};
-use crate::run_state::{EpochRecord, Summary};
+use crate::run_state::{EpochRecord, Movement, Summary};
 
 /// An open run directory. In a data-parallel run only rank 0 writes it: the other ranks hold a
 /// `RunDir` that writes nothing ([`RunDir::silent`]).
@@ -21,11 +22,12 @@ pub(crate) struct RunDir {
 }
 
 /// The names `dyrep train` writes at the top of a run directory.
-const RUN_FILES: [&str; 8] = [
+const RUN_FILES: [&str; 9] = [
     "config.resolved.toml",
     "model.toml",
     "run.log",
     "metrics.csv",
+    "movement.csv",
     "events.jsonl",
     "summary.json",
     "curves.svg",
@@ -366,6 +368,18 @@ impl RunDir {
 
     pub(crate) fn write_metrics(&self, history: &[EpochRecord]) -> Result<()> {
         self.write_atomic("metrics.csv", &metrics_csv(history))
+    }
+
+    /// `movement.csv`: how far each conv turned in each epoch (`Movement`).
+    pub(crate) fn write_movement(&self, movement: &[Movement]) -> Result<()> {
+        let mut s = String::from("epoch,path,grown,angle_deg\n");
+        for m in movement {
+            s.push_str(&format!(
+                "{},{},{},{:.6}\n",
+                m.epoch, m.path, m.grown, m.angle_deg
+            ));
+        }
+        self.write_atomic("movement.csv", &s)
     }
 
     /// `events.jsonl`: one JSON object per grow or cut.

@@ -27,7 +27,8 @@ use crate::error::{Result, RuntimeError};
 use crate::metrics::{correct, cross_entropy};
 use crate::model::Model;
 use crate::optim::{CosineSchedule, Sgd};
-use crate::run_state::{epoch_mean, total_cpu_seconds, EpochRecord, RunState, Summary};
+use crate::preserve::{main_conv_weight, mean_angle_deg};
+use crate::run_state::{epoch_mean, total_cpu_seconds, EpochRecord, Movement, RunState, Summary};
 use crate::schedule::GrowSchedule;
 
 /// The size of the fixed held-out batch grow and cut preservation is measured on.
@@ -343,6 +344,7 @@ impl Trainer {
             epochs: self.cfg.epochs,
             steps: self.steps,
         });
+        let start_weights = self.main_conv_weights()?;
         let batches = train_stream_of_rank(
             self.data.clone(),
             self.cfg.batch_size,
@@ -373,6 +375,7 @@ impl Trainer {
             });
         }
         echo(TrainProgress::EpochTrained);
+        self.record_movement(epoch + 1, &start_weights)?;
         self.reduce_tally(&mut tally)?;
         dist::average_running_stats(&*self.comm, &self.model)?;
         let record = self.evaluate_epoch(epoch, &tally)?;
@@ -539,12 +542,44 @@ impl Trainer {
         self.write_derived()
     }
 
-    /// `metrics.csv` and `events.jsonl`, from the state the last checkpoint committed.
+    /// Each unit's conv weight (its block's main conv once grown), by the unit's conv path.
+    fn main_conv_weights(&mut self) -> Result<Vec<(String, Tensor)>> {
+        let mut out = Vec::new();
+        for u in self.model.units() {
+            out.push((u.conv_path.clone(), main_conv_weight(&u.slot)?));
+        }
+        Ok(out)
+    }
+
+    /// How far each unit's conv turned since `start` (the epoch's first step).
+    fn record_movement(&mut self, epoch: usize, start: &[(String, Tensor)]) -> Result<()> {
+        let now = self.main_conv_weights()?;
+        let grown: BTreeSet<String> = self
+            .model
+            .units()
+            .iter()
+            .filter(|u| u.slot.as_block().is_some())
+            .map(|u| u.conv_path.clone())
+            .collect();
+        for ((path, a), (_, b)) in start.iter().zip(&now) {
+            self.state.movement.push(Movement {
+                epoch,
+                path: path.clone(),
+                grown: grown.contains(path),
+                angle_deg: mean_angle_deg(a, b)?,
+            });
+        }
+        Ok(())
+    }
+
+    /// `metrics.csv`, `movement.csv` and `events.jsonl`, from the state the last checkpoint
+    /// committed.
     fn write_derived(&self) -> Result<()> {
         if !self.run.writes() {
             return Ok(());
         }
         self.run.write_metrics(&self.state.history)?;
+        self.run.write_movement(&self.state.movement)?;
         if self.cfg.mode == Mode::Dyrep {
             self.run.write_events(&self.state.events)?;
         }

@@ -58,6 +58,11 @@ fn train_args<'a>(out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     v
 }
 
+/// A finished one-epoch tiny run in `d/out`.
+fn train_one_epoch(d: &Path, out: &str) {
+    ok(dyrep(d, &train_args(out, &["--epochs", "1"]), None));
+}
+
 /// Every name in `dir` and `dir/checkpoints` that is debris of a killed process.
 fn debris(dir: &Path) -> Vec<String> {
     let mut found = Vec::new();
@@ -183,7 +188,7 @@ fn a_finished_run_missing_its_last_metrics_is_read_whole_and_repaired_by_resume(
 fn a_checkpoint_moved_aside_by_a_kill_is_read_and_recovered() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    ok(dyrep(d, &train_args("run", &["--epochs", "1"]), None));
+    train_one_epoch(d, "run");
     let ck = d.join("run/checkpoints");
     // Process ids above the kernel's limit (2^22) never run.
     std::fs::rename(ck.join("last"), ck.join(".old-last-4194305")).unwrap();
@@ -225,7 +230,7 @@ fn a_checkpoint_moved_aside_by_a_kill_is_read_and_recovered() {
 fn damaged_checkpoints_are_refused_by_every_reader_naming_the_file() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    ok(dyrep(d, &train_args("run", &["--epochs", "1"]), None));
+    train_one_epoch(d, "run");
     ok(dyrep(
         d,
         &[
@@ -332,7 +337,7 @@ fn damaged_checkpoints_are_refused_by_every_reader_naming_the_file() {
 fn non_finite_weights_are_refused_naming_the_tensor() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    ok(dyrep(d, &train_args("run", &["--epochs", "1"]), None));
+    train_one_epoch(d, "run");
     let ck = d.join("run/checkpoints/last");
     std::fs::remove_file(ck.join("manifest.json")).unwrap();
     nan_into_an_f32_tensor(&ck.join("model.safetensors"));
@@ -369,7 +374,7 @@ fn non_finite_weights_are_refused_naming_the_tensor() {
 fn outputs_never_overwrite_what_a_command_reads() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    ok(dyrep(d, &train_args("run", &["--epochs", "1"]), None));
+    train_one_epoch(d, "run");
     let before = snapshot(&d.join("run"));
     let cases: [(&[&str], &str); 7] = [
         (
@@ -458,7 +463,7 @@ fn force_replaces_only_a_dyrep_run() {
         "years"
     );
     // The working directory, even when it is a run.
-    ok(dyrep(d, &train_args("run", &["--epochs", "1"]), None));
+    train_one_epoch(d, "run");
     let o = dyrep(&d.join("run"), &train_args(".", &["--force"]), None);
     refused(&o, "working directory", "--force on the working directory");
     assert!(d.join("run/checkpoints/last/arch.json").is_file());
@@ -588,7 +593,7 @@ fn absurd_sizes_and_non_finite_settings_are_refused_before_allocation() {
     ] {
         refused(&dyrep(d, &args, None), needle, &format!("{args:?}"));
     }
-    ok(dyrep(d, &train_args("run", &["--epochs", "1"]), None));
+    train_one_epoch(d, "run");
     for args in [
         vec!["eval", "--checkpoint", "run", "--limit", "0"],
         vec!["fuse", "--checkpoint", "run", "--out", "f", "--limit", "0"],
@@ -757,7 +762,7 @@ fn a_partial_sgd_table_trains_and_checkpoint_files_share_one_mode() {
 fn pretrained_weights_with_a_nan_are_refused_when_loaded() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    ok(dyrep(d, &train_args("run", &["--epochs", "1"]), None));
+    train_one_epoch(d, "run");
     ok(dyrep(
         d,
         &[

@@ -164,7 +164,7 @@ fi
 
 # What a run leaves in the results folder: small text files only (no checkpoints), and
 # machine.txt: a line per start or resume (date, commit, CPU, instruction-set tier).
-KEEP=(summary.json metrics.csv events.jsonl config.resolved.toml run.log)
+KEEP=(summary.json metrics.csv movement.csv events.jsonl config.resolved.toml run.log)
 
 # The machine a run (or a resumed part of it) ran on.
 machine_line() {

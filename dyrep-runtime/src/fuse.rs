@@ -4,7 +4,6 @@
 //! before and after. `eval` of either form, with the logits and inputs as `.npy` for cross-checking
 //! other runtimes.
 
-use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -16,7 +15,7 @@ use serde::Serialize;
 use crate::checkpoint::load_checkpoint_model;
 use crate::checkpoint::{self, CheckpointData};
 use crate::data::{self, loader::eval_stream, loader::Which, Dataset};
-use crate::error::{io, Result, RuntimeError};
+use crate::error::{Result, RuntimeError};
 use crate::model::Model;
 use crate::run_state::RunState;
 
@@ -287,11 +286,7 @@ pub fn write_npy(path: &Path, data: &[f32], shape: &[usize]) -> Result<()> {
     for v in data {
         bytes.extend_from_slice(&v.to_le_bytes());
     }
-    let tmp = path.with_extension("npy.tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(&bytes).map_err(io(&tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io(path))
+    crate::fs::write_atomic(path, &bytes)
 }
 
 #[cfg(test)]

@@ -46,8 +46,7 @@ const CHECKPOINT_FILES: [&str; 5] = [
 /// A temporary of an atomic write (`.NAME.tmp-PID`) or of a checkpoint save (`.tmp-…`,
 /// `.old-…`).
 fn is_temporary(name: &str) -> bool {
-    name.starts_with('.')
-        && (name.contains(".tmp-") || name.starts_with(".tmp-") || name.starts_with(".old-"))
+    name.starts_with('.') && (name.contains(".tmp-") || name.starts_with(".old-"))
 }
 
 fn entries(dir: &Path) -> Result<Vec<(String, PathBuf)>> {

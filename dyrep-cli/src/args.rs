@@ -245,12 +245,12 @@ pub(crate) struct TrainArgs {
     pub(crate) scorer: Option<String>,
     /// dyrep mode: grow after every this much training: epochs (`2`, `0.5`), `N steps`, or
     /// `auto` (1/40 of the run, the reference's proportion; the default).
-    #[arg(help_heading = DYREP_HEADING, long, value_name = "PERIOD", value_parser = dyrep_runtime::schedule::Period::parse)]
-    pub(crate) grow_interval: Option<dyrep_runtime::schedule::Period>,
+    #[arg(help_heading = DYREP_HEADING, long, value_name = "PERIOD", value_parser = dyrep_runtime::dynamics::Period::parse)]
+    pub(crate) grow_interval: Option<dyrep_runtime::dynamics::Period>,
     /// dyrep mode: no growth after this much training: epochs, `N steps`, `auto` (5/6 of the
     /// run, the default) or `none`.
-    #[arg(help_heading = DYREP_HEADING, long, value_name = "PERIOD", value_parser = dyrep_runtime::schedule::Period::parse)]
-    pub(crate) max_grow_epochs: Option<dyrep_runtime::schedule::Period>,
+    #[arg(help_heading = DYREP_HEADING, long, value_name = "PERIOD", value_parser = dyrep_runtime::dynamics::Period::parse)]
+    pub(crate) max_grow_epochs: Option<dyrep_runtime::dynamics::Period>,
     /// dyrep mode: convs grown per grow step.
     #[arg(help_heading = DYREP_HEADING, long, value_name = "K")]
     pub(crate) grow_topk: Option<usize>,

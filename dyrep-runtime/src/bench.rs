@@ -295,15 +295,7 @@ fn time_steps(
         if train {
             let loss = cross_entropy(&m.forward_t(x, true)?, y, 0.0)?;
             let t1 = Instant::now();
-            let grads = crate::dynamics::observe(
-                None,
-                loss.backward()?,
-                &[],
-                0,
-                m,
-                (x, y),
-                &crate::dist::SingleProcess,
-            )?;
+            let grads = crate::dynamics::ObservedGrads::unobserved(loss.backward()?);
             let t2 = Instant::now();
             opt.step(0.01, &params, &grads)?;
             split[0] += (t1 - t).as_secs_f64();

@@ -27,10 +27,8 @@ pub mod metrics;
 pub mod model;
 pub mod optim;
 mod palette;
-pub mod preserve;
 pub mod report;
 pub mod run_state;
-pub mod schedule;
 pub mod train;
 pub mod verify;
 

@@ -11,7 +11,7 @@ use candle_core::{Tensor, Var};
 use dyrep_api::TensorRole;
 use serde::{Deserialize, Serialize};
 
-use crate::dynamics::ObservedGrads;
+use crate::dynamics::{ObservedGrads, OptimizerState};
 use crate::error::Result;
 
 /// SGD hyper-parameters (besides the learning rate, which the schedule gives per step).
@@ -52,7 +52,7 @@ impl Sgd {
     }
 
     /// One step over `params` (path, variable, role) with the gradients of one backward pass,
-    /// after the scorer saw them (`dynamics::observe` is the only way to get `ObservedGrads`).
+    /// after the scorer saw them (`Dynamics::observe` gives `ObservedGrads`; a step no scorer watches takes `ObservedGrads::unobserved`).
     /// Parameters without a gradient are left alone; running statistics are never touched.
     pub fn step(
         &mut self,
@@ -115,6 +115,15 @@ impl Sgd {
     }
 }
 
+impl OptimizerState for Sgd {
+    /// Momentum is kept by path: buffers of parameters that are gone are dropped.
+    fn parameters_changed(&mut self, params: &[(String, Var, TensorRole)]) -> Result<()> {
+        let live: BTreeSet<String> = params.iter().map(|(p, _, _)| p.clone()).collect();
+        self.retain(&live);
+        Ok(())
+    }
+}
+
 /// Cosine learning rate over steps after a linear warmup (docs/REFERENCE.md "Training
 /// recipes"). Per epoch (the reference's): warmup epoch e (0-based) uses `warmup_lr + (lr −
 /// warmup_lr)·e/warmup_epochs`. Per step (`warmup_per_step`): step s of the W = warmup_epochs ·
@@ -154,21 +163,10 @@ impl CosineSchedule {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{DType, Device};
+    use candle_core::Device;
 
     fn unobserved(g: candle_core::backprop::GradStore) -> ObservedGrads {
-        let model = crate::model::Model::empty();
-        let x = Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap();
-        crate::dynamics::observe(
-            None,
-            g,
-            &[],
-            0,
-            &model,
-            (&x, &x),
-            &crate::dist::SingleProcess,
-        )
-        .unwrap()
+        ObservedGrads::unobserved(g)
     }
 
     #[test]

@@ -1,13 +1,12 @@
 //! What a run has done so far: each epoch's numbers, the progress saved in every checkpoint's
-//! `state.json` (with the scorer's accumulators and every grow/cut event, so a resume continues
-//! exactly) and the run's `summary.json` (average params and MACs are epoch-weighted, as the
+//! `state.json` (with every grow/cut event; the trainer adds DyRep's scorer beside it, so a
+//! resume continues exactly) and the run's `summary.json` (average params and MACs are epoch-weighted, as the
 //! paper reports them: docs/REFERENCE.md "MACs and params").
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
 use crate::dynamics::Event;
-use dyrep_api::Scorer;
 
 /// One epoch's numbers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -52,9 +51,6 @@ pub struct RunState {
     pub best_epoch: usize,
     pub train_seconds: f64,
     pub history: Vec<EpochRecord>,
-    /// The scorer with its accumulators (dyrep mode), so a resume keeps them.
-    #[serde(default)]
-    pub scorer: Option<Box<dyn Scorer>>,
     /// Every grow and cut so far.
     #[serde(default)]
     pub events: Vec<Event>,
@@ -118,7 +114,7 @@ fn is_zero(n: &usize) -> bool {
 
 impl RunState {
     /// The state of a run that has not trained yet.
-    pub fn new(config: TrainConfig, scorer: Option<Box<dyn Scorer>>) -> RunState {
+    pub fn new(config: TrainConfig) -> RunState {
         RunState {
             config,
             epochs_done: 0,
@@ -127,7 +123,6 @@ impl RunState {
             best_epoch: 0,
             train_seconds: 0.0,
             history: Vec::new(),
-            scorer,
             events: Vec::new(),
             bad_images: 0,
             world: 1,

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use dyrep_runtime::schedule::Period;
+use dyrep_runtime::dynamics::Period;
 use dyrep_runtime::train::TrainConfig;
 
 fn toml_files(dir: &Path, out: &mut Vec<PathBuf>) {

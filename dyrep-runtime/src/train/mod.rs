@@ -4,6 +4,7 @@
 //! (`run_dir`) and exact resume (bitwise on CPU). `trainer` holds the run's state machine;
 //! `train` drives it.
 
+pub(crate) mod calibration;
 mod run_dir;
 mod trainer;
 

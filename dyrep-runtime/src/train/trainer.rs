@@ -12,6 +12,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor, Var};
 use dyrep_api::TensorRole;
 
+use super::calibration::TrainCalibration;
 use super::run_dir::{recover_replaced, Replaced, RunDir};
 use super::{build_for, eval_sums, evaluate, loss_and_acc, RunOptions, TrainProgress};
 use crate::checkpoint::{self, CheckpointData};
@@ -22,14 +23,13 @@ use crate::data::loader::{
 };
 use crate::data::{self, Dataset};
 use crate::dist::{self, Comm, SingleProcess};
-use crate::dynamics::{cut_step, grow_step, growable_weights, observe, AdjustCtx, DyrepConfig};
+use crate::dynamics::preserve::{main_conv_weight, mean_angle_deg};
+use crate::dynamics::{AdjustAt, Dynamics, DynamicsState, ObservedGrads};
 use crate::error::{Result, RuntimeError};
 use crate::metrics::{correct, cross_entropy};
 use crate::model::Model;
 use crate::optim::{CosineSchedule, Sgd};
-use crate::preserve::{main_conv_weight, mean_angle_deg};
 use crate::run_state::{epoch_mean, total_cpu_seconds, EpochRecord, Movement, RunState, Summary};
-use crate::schedule::GrowSchedule;
 
 /// The size of the fixed held-out batch grow and cut preservation is measured on.
 const FIXED_BATCH: usize = 64;
@@ -42,22 +42,21 @@ pub struct Trainer {
     opt: Sgd,
     data: Arc<Dataset>,
     device: Device,
-    /// The fixed held-out batch (the first test images) grow and cut preservation is measured on.
-    fixed: Tensor,
     run: RunDir,
     /// Training steps per epoch.
     steps: usize,
     lr_schedule: CosineSchedule,
-    /// When DyRep adjusts the architecture (dyrep mode only).
-    grow_schedule: Option<GrowSchedule>,
+    /// DyRep's scorer, schedule and adjustments (dyrep mode only).
+    dynamics: Option<Dynamics>,
+    /// Where DyRep's grows draw their BN calibration batches.
+    calibration: TrainCalibration,
     interrupt: Option<Arc<AtomicBool>>,
     /// How many of the dataset's skipped images `state.bad_images` already counts.
     bad_counted: usize,
     /// The processes of the run (one, or the ranks of a data-parallel run).
     comm: std::rc::Rc<dyn Comm>,
-    /// What the optimizer updates and what the scorer watches; refreshed whenever the
-    /// architecture changes.
-    live: LiveParams,
+    /// What the optimizer updates; refreshed whenever the architecture changes.
+    live: Vec<(String, Var, TensorRole)>,
     /// Batch norm over the global batch while the trainer lives (`sync_bn`; with one process
     /// the same code path, its all-reduce the identity).
     _sync_bn: Option<dyrep_api::SyncBnGuard>,
@@ -66,12 +65,6 @@ pub struct Trainer {
     replaced: Option<Replaced>,
     /// Lines about what was recovered from a killed process, logged once the log is open.
     recovered: Vec<String>,
-}
-
-#[derive(Default)]
-struct LiveParams {
-    params: Vec<(String, Var, TensorRole)>,
-    growable: Vec<(String, Var)>,
 }
 
 /// Running sums of one epoch's training steps.
@@ -121,10 +114,6 @@ impl Trainer {
         model.check_batch_memory(cfg.batch_size, true, "--batch-size")?;
         model.check_batch_memory(cfg.eval_batch_size, false, "eval_batch_size")?;
         dist::broadcast_model(&*comm, &model)?;
-        let scorer = match cfg.mode {
-            Mode::Dyrep => Some(cfg.dyrep.build_scorer(cfg.seed)?),
-            _ => None,
-        };
         let mut recovered = Vec::new();
         let mut replaced = None;
         if comm.rank() == 0 {
@@ -140,11 +129,11 @@ impl Trainer {
                 RunDir::open(&opts.out)?.copy_model_file(path)?;
             }
         }
-        let mut state = RunState::new(cfg.clone(), scorer);
+        let mut state = RunState::new(cfg.clone());
         state.world = comm.size();
         state.data_fingerprint = Some(data.fingerprint());
         let opt = Sgd::new(cfg.sgd.clone());
-        let mut trainer = Trainer::open(cfg, state, data, model, opt, opts, false, echo)?;
+        let mut trainer = Trainer::open(cfg, state, None, data, model, opt, opts, false, echo)?;
         if replaced.is_some() {
             let line = format!(
                 "--force: the previous run in {} is kept aside until this run's first checkpoint",
@@ -172,21 +161,21 @@ impl Trainer {
                 opts.out.display()
             )));
         }
-        let restored = checkpoint::restore::<RunState>(&last, &opts.device)?;
+        let restored = checkpoint::restore::<SavedState>(&last, &opts.device)?;
         check_resumable(&opts.out, &restored)?;
-        let cfg = restored.state.config.clone();
+        let cfg = restored.state.run.config.clone();
         cfg.validate()?;
         let world = comm_of(opts).size();
-        if restored.state.world != world {
+        if restored.state.run.world != world {
             return Err(RuntimeError::Config(format!(
                 "{} was trained by {} process(es); resume it with as many (`mpirun -np {}` for more than one), not {world}",
                 opts.out.display(),
-                restored.state.world,
-                restored.state.world
+                restored.state.run.world,
+                restored.state.run.world
             )));
         }
         let data = Arc::new(load_data(&cfg)?);
-        if let Some(saved) = &restored.state.data_fingerprint {
+        if let Some(saved) = &restored.state.run.data_fingerprint {
             let now = data.fingerprint();
             if *saved != now {
                 return Err(RuntimeError::Config(format!(
@@ -200,8 +189,9 @@ impl Trainer {
         if let Some(o) = restored.optim {
             opt.load_state(o);
         }
-        let (state, model) = (restored.state, restored.model);
-        let mut trainer = Trainer::open(cfg, state, data, model, opt, opts, true, echo)?;
+        let SavedState { run, dynamics } = restored.state;
+        let model = restored.model;
+        let mut trainer = Trainer::open(cfg, run, dynamics, data, model, opt, opts, true, echo)?;
         trainer.recovered = recovered;
         trainer.log_recovered(echo);
         // The run's other files are derived from the checkpoint: rewrite them, so a kill after a
@@ -222,6 +212,7 @@ impl Trainer {
     fn open(
         cfg: TrainConfig,
         state: RunState,
+        dynamics_state: Option<DynamicsState>,
         data: Arc<Dataset>,
         model: Model,
         opt: Sgd,
@@ -230,9 +221,6 @@ impl Trainer {
         echo: &mut dyn FnMut(TrainProgress<'_>),
     ) -> Result<Trainer> {
         let device = opts.device.clone();
-        if cfg.mode == Mode::Dyrep && state.epochs_done == 0 {
-            check_ops_apply(&model, &cfg.dyrep)?;
-        }
         let fixed = {
             let n = FIXED_BATCH.min(data.test.len());
             let indices: Vec<usize> = (0..n).collect();
@@ -250,9 +238,34 @@ impl Trainer {
             false => comm.size(),
         };
         let steps = steps_per_epoch(&data, cfg.batch_size, cfg.train_limit, world);
-        let grow_schedule = match cfg.mode {
-            Mode::Dyrep => Some(cfg.dyrep.schedule(steps, cfg.epochs)?),
+        let dynamics = match cfg.mode {
+            Mode::Dyrep => {
+                let d = Dynamics::new(
+                    cfg.dyrep.clone(),
+                    steps,
+                    cfg.epochs,
+                    cfg.seed,
+                    fixed.clone(),
+                )?
+                .with_comm(comm.clone());
+                let d = match dynamics_state {
+                    Some(saved) => d.with_state(saved)?,
+                    None => d,
+                };
+                if state.epochs_done == 0 {
+                    d.check_applies(&model)?;
+                }
+                Some(d)
+            }
             _ => None,
+        };
+        let calibration = TrainCalibration {
+            ds: data.clone(),
+            batch_size: cfg.batch_size,
+            seed: cfg.seed,
+            augment: cfg.augment.clone(),
+            train_limit: cfg.train_limit,
+            device: device.clone(),
         };
         let lr_schedule = CosineSchedule {
             lr: cfg.lr,
@@ -269,16 +282,16 @@ impl Trainer {
             opt,
             data,
             device,
-            fixed,
             run,
             steps,
             lr_schedule,
-            grow_schedule,
+            dynamics,
+            calibration,
             interrupt: opts.interrupt.clone(),
             bad_counted: 0,
             _sync_bn: cfg_sync.then(|| dist::install_sync_bn(comm.clone())),
             comm,
-            live: LiveParams::default(),
+            live: Vec::new(),
             replaced: None,
             recovered: Vec::new(),
         };
@@ -364,7 +377,8 @@ impl Trainer {
             self.step(epoch, &batch, &mut tally)?;
             // A grow in the middle of the epoch (one at its end follows the evaluation).
             if step + 1 < self.steps && self.grows_now() {
-                self.adjust(epoch + 1, Some(self.state.global_step as u64), echo)?;
+                let at = AdjustAt::mid_epoch(epoch + 1, self.state.global_step as u64);
+                self.adjust(at, echo)?;
                 self.refresh_live();
             }
             echo(TrainProgress::Step {
@@ -386,7 +400,7 @@ impl Trainer {
         self.state.bad_images += skipped - self.bad_counted;
         self.bad_counted = skipped;
         if self.grows_now() {
-            self.adjust(epoch + 1, None, echo)?;
+            self.adjust(AdjustAt::epoch_end(epoch + 1), echo)?;
         }
         if self.comm.size() > 1 {
             let sum = dist::check_same_weights(&*self.comm, &self.model)?;
@@ -416,19 +430,14 @@ impl Trainer {
         // taken after DDP's averaging), so every rank scores, grows and cuts alike.
         let mut raw = loss.backward()?;
         let t = Instant::now();
-        tally.comm_bytes += dist::average_grads(&*self.comm, &self.live.params, &mut raw)?;
+        tally.comm_bytes += dist::average_grads(&*self.comm, &self.live, &mut raw)?;
         tally.comm_seconds += t.elapsed().as_secs_f64();
         tally.steps += 1;
-        let grads = observe(
-            self.state.scorer.as_mut(),
-            raw,
-            &self.live.growable,
-            self.state.global_step,
-            &self.model,
-            (&x, &y),
-            &*self.comm,
-        )?;
-        self.opt.step(tally.lr, &self.live.params, &grads)?;
+        let grads = match self.dynamics.as_mut() {
+            Some(d) => d.observe(&self.model, raw, self.state.global_step, (&x, &y))?,
+            None => ObservedGrads::unobserved(raw),
+        };
+        self.opt.step(tally.lr, &self.live, &grads)?;
         tally.loss_sum += lv * batch.len() as f64;
         tally.right += correct(&logits.detach(), &y)?;
         tally.seen += batch.len();
@@ -436,36 +445,13 @@ impl Trainer {
         Ok(())
     }
 
-    /// One Rep + Dep adjustment in epoch `epoch` (1-based; `step`: a mid-epoch adjustment's
-    /// step): grow the best-scored convs, reset the scorer, cut faded branches (with Dep on),
-    /// log and record every event.
-    fn adjust(
-        &mut self,
-        epoch: usize,
-        step: Option<u64>,
-        echo: &mut dyn FnMut(TrainProgress<'_>),
-    ) -> Result<()> {
-        let ctx = AdjustCtx {
-            cfg: &self.cfg.dyrep,
-            ds: &self.data,
-            batch_size: self.cfg.batch_size,
-            augment: &self.cfg.augment,
-            train_limit: self.cfg.train_limit,
-            seed: self.cfg.seed,
-            device: &self.device,
-            fixed: &self.fixed,
-            step,
+    /// One Rep + Dep adjustment (`Dynamics::adjust`): grow, reset the scores, cut; log and
+    /// record every event, then make every rank's model rank 0's.
+    fn adjust(&mut self, at: AdjustAt, echo: &mut dyn FnMut(TrainProgress<'_>)) -> Result<()> {
+        let Some(dynamics) = self.dynamics.as_mut() else {
+            return Ok(());
         };
-        let mut events = match &self.state.scorer {
-            Some(s) => grow_step(&mut self.model, s.as_ref(), epoch, &ctx)?,
-            None => Vec::new(),
-        };
-        if let Some(s) = self.state.scorer.as_mut() {
-            s.reset();
-        }
-        if ctx.cfg.dep {
-            events.extend(cut_step(&mut self.model, epoch, step, ctx.cfg, ctx.fixed)?);
-        }
+        let events = dynamics.adjust(&mut self.model, at, &mut self.calibration, &mut self.opt)?;
         for e in &events {
             self.run.log(&super::event_line(e), echo);
         }
@@ -487,12 +473,7 @@ impl Trainer {
                 .and_then(|t| t.to_vec1::<f32>())
                 .is_ok_and(|v| v.iter().all(|x| x.is_finite()))
         };
-        if let Some((path, _, _)) = self
-            .live
-            .params
-            .iter()
-            .find(|(_, v, _)| !finite(v.as_tensor()))
-        {
+        if let Some((path, _, _)) = self.live.iter().find(|(_, v, _)| !finite(v.as_tensor())) {
             let when = match self.state.global_step {
                 0 => "before the first step (the initial or loaded weights)",
                 _ => "after the previous step (a step too large: lower --lr)",
@@ -523,7 +504,10 @@ impl Trainer {
             arch: &arch,
             model: self.model.tensor_map()?,
             optim: Some(self.opt.state()),
-            state: &self.state,
+            state: &SavedRef {
+                run: &self.state,
+                dynamics: self.dynamics.as_ref().map(Dynamics::state),
+            },
         };
         checkpoint::save(&ck_dir.join("last"), &data)?;
         if improved {
@@ -580,7 +564,7 @@ impl Trainer {
         }
         self.run.write_metrics(&self.state.history)?;
         self.run.write_movement(&self.state.movement)?;
-        if self.cfg.mode == Mode::Dyrep {
+        if self.dynamics.is_some() {
             self.run.write_events(&self.state.events)?;
         }
         Ok(())
@@ -637,23 +621,17 @@ impl Trainer {
             .lr_at(epoch, self.state.global_step, self.steps, self.cfg.epochs)
     }
 
-    /// Whether the growth schedule adjusts after the step just taken.
+    /// Whether DyRep adjusts after the step just taken.
     fn grows_now(&self) -> bool {
-        self.grow_schedule
-            .is_some_and(|g| g.grows_after(self.state.global_step as u64))
+        self.dynamics
+            .as_ref()
+            .is_some_and(|d| d.due(self.state.global_step as u64))
     }
 
-    /// Re-reads the parameters after the architecture changed; the optimizer forgets the state
-    /// of parameters that are gone.
+    /// Re-reads the parameters after the architecture changed (the optimizer's state was
+    /// updated by the adjustment itself).
     fn refresh_live(&mut self) {
-        let params = self.model.tensors();
-        let names: BTreeSet<String> = params.iter().map(|p| p.0.clone()).collect();
-        self.opt.retain(&names);
-        self.live.params = params;
-        self.live.growable = match self.cfg.mode {
-            Mode::Dyrep => growable_weights(&self.model, self.cfg.dyrep.max_depth),
-            _ => Vec::new(),
-        };
+        self.live = self.model.tensors();
     }
 
     /// Stops before the next step when the interrupt flag is set; the last checkpoint stays.
@@ -806,7 +784,10 @@ fn recover_debris(out: &std::path::Path) -> Result<Vec<String>> {
 /// optimizer state (momentum would restart from zero), one of another run (its config differs
 /// from the run's `config.resolved.toml`), or a `config.resolved.toml` edited by hand (the
 /// resume uses the checkpoint's copy and would silently ignore the edit).
-fn check_resumable(out: &std::path::Path, restored: &checkpoint::Restored<RunState>) -> Result<()> {
+fn check_resumable(
+    out: &std::path::Path,
+    restored: &checkpoint::Restored<SavedState>,
+) -> Result<()> {
     if restored.optim.is_none() {
         return Err(RuntimeError::Checkpoint {
             path: restored.dir.join("optim.safetensors"),
@@ -819,7 +800,7 @@ fn check_resumable(out: &std::path::Path, restored: &checkpoint::Restored<RunSta
     }
     // Compared as configs, so a file written before a setting existed still matches.
     let on_disk = TrainConfig::from_toml_file(&resolved)?.to_toml()?;
-    if on_disk != restored.state.config.to_toml()? {
+    if on_disk != restored.state.run.config.to_toml()? {
         return Err(RuntimeError::Config(format!(
             "{} differs from the config in {} (edited by hand, or a checkpoint of another run copied in); --resume continues the run exactly as it started: undo the edit, or start a new run with the changed config",
             resolved.display(),
@@ -893,22 +874,21 @@ fn epoch_line(r: &EpochRecord, epochs: usize, seen: usize) -> String {
     )
 }
 
-/// Fails when none of the configured ops applies to any conv of the model.
-fn check_ops_apply(model: &Model, cfg: &DyrepConfig) -> Result<()> {
-    let specs = cfg.branch_specs()?;
-    let any = model.units().iter().any(|u| {
-        u.slot
-            .growable(cfg.max_depth)
-            .iter()
-            .any(|info| specs.iter().any(|s| s.check(&info.geom).is_ok()))
-    });
-    if any {
-        return Ok(());
-    }
-    let names: Vec<&str> = specs.iter().map(|s| s.name()).collect();
-    Err(RuntimeError::Config(format!(
-        "none of the ops [{}] applies to any growable conv of model `{}`; add ops that fit (e.g. conv1x1_kxk, conv1x1_avg apply everywhere)",
-        names.join(", "),
-        model.name()
-    )))
+/// What a checkpoint's `state.json` holds: the run's progress and, in dyrep mode, DyRep's state
+/// (its scorer, under the key `scorer`, where runs saved before `Dynamics` existed keep it too).
+#[derive(serde::Serialize)]
+struct SavedRef<'a> {
+    #[serde(flatten)]
+    run: &'a RunState,
+    #[serde(rename = "scorer", skip_serializing_if = "Option::is_none")]
+    dynamics: Option<&'a DynamicsState>,
+}
+
+/// [`SavedRef`], read back for a resume.
+#[derive(serde::Deserialize)]
+struct SavedState {
+    #[serde(flatten)]
+    run: RunState,
+    #[serde(rename = "scorer", default)]
+    dynamics: Option<DynamicsState>,
 }

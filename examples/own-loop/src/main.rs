@@ -5,7 +5,14 @@
 use anyhow::{bail, Context};
 use dyrep_own_loop::{fusion_within_tolerance, run, Settings};
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    if let Err(e) = run_cli() {
+        eprintln!("own-loop: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run_cli() -> anyhow::Result<()> {
     let mut s = Settings::default();
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {

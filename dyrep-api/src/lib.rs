@@ -1,20 +1,31 @@
 //! dyrep-api: the traits and data types every other dyrep crate speaks (docs/ARCHITECTURE.md "Core
-//! model"): conv geometry, kernels and their transforms (docs/REFERENCE.md "Equivalent kernels"),
-//! the branch-op and scorer plugin interfaces with their inventory registries, our own batch norm,
-//! the recursive `Slot`/`RepBlock` with grow, cut and fusion (docs/REFERENCE.md "Nesting", "Growth
-//! schedule (Rep)", "Dep (cut)", "Fusion checks"), and fusion-equivalence checking (`equivalence`,
-//! plus `testing` for plugin authors behind the `testing` feature), and batch statistics shared
-//! across data-parallel processes (`sync_bn`).
+//! model"). Plugin authors need only [`plugin`], which re-exports the contract.
+//!
+//! Where things live: `geom.rs` conv geometry; `kernel.rs` kernels and their transforms
+//! (docs/REFERENCE.md "Equivalent kernels"); `bn.rs` our own batch norm; `layers.rs` the conv
+//! and pooling layers branches are made of; `op.rs` the branch-op interface (`RepOp`, `OpSpec`)
+//! and its registry, `scorer.rs` the scorer interface and its registry, `registry.rs` their
+//! lookup; `slot.rs` the recursive `Slot`/`RepBlock` with grow, cut and fusion
+//! (docs/REFERENCE.md "Nesting", "Growth schedule (Rep)", "Dep (cut)", "Fusion checks");
+//! `exec.rs` how a block runs (fused conv, block op, branch by branch); `init.rs` seeded
+//! initialisation and memory checks; `rng.rs` the seeded generator; `sync_bn.rs` batch
+//! statistics shared across data-parallel processes; `equivalence.rs` fusion-equivalence checks
+//! (and `testing`, behind the `testing` feature, the harness for plugin authors); utilities every
+//! crate above uses: `hash.rs` (FNV-1a content keys) and `durable.rs` (fsync'd atomic writes and
+//! the crash tests' fault points).
 
 pub mod bn;
+pub mod durable;
 pub mod equivalence;
 pub mod error;
 pub mod exec;
 pub mod geom;
+pub mod hash;
 pub mod init;
 pub mod kernel;
 pub mod layers;
 pub mod op;
+pub mod plugin;
 pub mod registry;
 pub mod rng;
 pub mod scorer;

@@ -19,9 +19,7 @@ impl SeededRng {
     /// A generator from a seed and a named purpose, so independent streams (init, data order,
     /// a scorer) don't overlap when they share the user's seed.
     pub fn for_purpose(seed: u64, purpose: &str) -> Self {
-        let h = purpose.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-        });
+        let h = crate::hash::fnv64(purpose.bytes());
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         rng.set_stream(h);
         Self(rng)

@@ -6,7 +6,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use dyrep_runtime::api::equivalence::{FUSION_TOLERANCE, PRESERVE_TOLERANCE};
-use dyrep_runtime::verify::CheckReport;
+use dyrep_runtime::tools::verify::CheckReport;
 
 #[derive(Serialize)]
 pub(crate) struct Listed {

@@ -9,46 +9,15 @@
 //! - [`check_output`]: an output path that is one of a command's inputs, or lies inside a run or
 //!   checkpoint directory it reads, is refused before anything is written.
 //! - [`fault_point`]: the fault-injection hook of the crash tests (`DYREP_FAULT_KILL_AT`).
+//!
+//! The durable write itself is `dyrep_api::durable` (the data layer writes through it too);
+//! here it gets the runtime's errors, which name the file.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+
+pub use dyrep_api::durable::{fault_point, parent_dir, FAULT_ENV};
 
 use crate::error::{Result, RuntimeError};
-
-/// The environment variable of the crash tests: `DYREP_FAULT_KILL_AT=N` kills the process with
-/// SIGKILL at the N-th commit step (a file written, flushed or renamed; a directory flushed,
-/// renamed or removed) of a run's files and checkpoints.
-pub const FAULT_ENV: &str = "DYREP_FAULT_KILL_AT";
-
-static FAULT_COUNT: AtomicU64 = AtomicU64::new(0);
-
-/// A step at which a kill must lose nothing. With `DYREP_FAULT_KILL_AT=N` set, the N-th call
-/// kills this process at once (SIGKILL: no destructor, no buffered write runs), as a power loss
-/// or `kill -9` at that instant would.
-pub fn fault_point() {
-    static AT: OnceLock<Option<u64>> = OnceLock::new();
-    let Some(at) = *AT.get_or_init(|| std::env::var(FAULT_ENV).ok()?.parse().ok()) else {
-        return;
-    };
-    if FAULT_COUNT.fetch_add(1, Ordering::SeqCst) + 1 == at {
-        kill_self();
-    }
-}
-
-#[cfg(unix)]
-fn kill_self() {
-    // SAFETY: getpid and kill are async-signal-safe libc calls with no memory arguments.
-    unsafe {
-        libc::kill(libc::getpid(), libc::SIGKILL);
-    }
-}
-
-#[cfg(not(unix))]
-fn kill_self() {
-    std::process::abort();
-}
 
 /// Whether the process `pid` still runs (on other platforms than Unix: assumed to).
 pub fn process_alive(pid: u32) -> bool {
@@ -83,31 +52,12 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeError {
 /// Writes `bytes` to a new file at `path` and flushes it to disk (no rename: for files inside a
 /// temporary directory that is renamed as a whole).
 pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = std::fs::File::create(path).map_err(io_err(path))?;
-    f.write_all(bytes).map_err(io_err(path))?;
-    fault_point();
-    f.sync_all().map_err(io_err(path))?;
-    fault_point();
-    Ok(())
+    dyrep_api::durable::write_synced(path, bytes).map_err(io_err(path))
 }
 
 /// Flushes a directory's entries (a rename or a new file in it) to disk.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    #[cfg(unix)]
-    {
-        let d = std::fs::File::open(dir).map_err(io_err(dir))?;
-        d.sync_all().map_err(io_err(dir))?;
-    }
-    fault_point();
-    Ok(())
-}
-
-/// The directory a path's file lives in (`.` for a bare file name).
-pub fn parent_dir(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
+    dyrep_api::durable::sync_dir(dir).map_err(io_err(dir))
 }
 
 /// Writes bytes to `path` atomically and durably (a temp file beside it, flushed, renamed over
@@ -121,30 +71,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
             dir.display()
         )));
     }
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "out".into());
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    if let Err(e) = write_synced(&tmp, bytes) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(match e {
-            RuntimeError::Io { source, .. } => RuntimeError::Io {
-                path: path.to_path_buf(),
-                source,
-            },
-            other => other,
-        });
-    }
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        RuntimeError::Io {
-            path: path.to_path_buf(),
-            source: e,
-        }
-    })?;
-    fault_point();
-    sync_dir(&dir)
+    dyrep_api::durable::write_atomic(path, bytes).map_err(io_err(path))
 }
 
 /// Removes the temporaries (`.NAME.tmp-PID` files of [`write_atomic`]) that processes no longer

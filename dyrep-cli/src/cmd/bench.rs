@@ -24,14 +24,14 @@ pub(crate) fn run(args: BenchArgs, ctx: &mut Ctx<'_>) -> Result<u8> {
         ..
     } = args;
     let mode = Mode::parse(&mode)?;
-    let spec = dyrep_runtime::bench::BenchSpec {
+    let spec = dyrep_runtime::tools::bench::BenchSpec {
         grow_ops,
         width,
-        batch: batch.unwrap_or_else(|| dyrep_runtime::bench::default_batch(&model)),
+        batch: batch.unwrap_or_else(|| dyrep_runtime::tools::bench::default_batch(&model)),
         iters,
-        ..dyrep_runtime::bench::BenchSpec::new(&model, mode, what == "train")
+        ..dyrep_runtime::tools::bench::BenchSpec::new(&model, mode, what == "train")
     };
-    let r = dyrep_runtime::bench::bench(&spec, &ctx.device)?;
+    let r = dyrep_runtime::tools::bench::bench(&spec, &ctx.device)?;
     if json {
         crate::render::print_json(&mut ctx.out, &r)?;
     } else {
@@ -62,7 +62,7 @@ pub(crate) fn run(args: BenchArgs, ctx: &mut Ctx<'_>) -> Result<u8> {
 }
 
 /// The per-conv table: each conv geometry's milliseconds per iteration and GFLOP/s.
-fn print_convs(out: &mut dyn Write, convs: &[dyrep_runtime::bench::ConvTime]) -> Result<()> {
+fn print_convs(out: &mut dyn Write, convs: &[dyrep_runtime::tools::bench::ConvTime]) -> Result<()> {
     writeln!(
         out,
         "  {:<34} {:>6} {:>9} {:>11} {:>12} {:>8}",
@@ -83,14 +83,14 @@ fn run_data(args: BenchArgs, ctx: &mut Ctx<'_>) -> Result<u8> {
     let Some(data) = args.data else {
         anyhow::bail!("bench data needs --data image-folder:DIR");
     };
-    let spec = dyrep_runtime::data_bench::DataBenchSpec {
+    let spec = dyrep_runtime::tools::data_bench::DataBenchSpec {
         data,
         size: args.size,
         workers: args.workers,
         batch: args.batch.unwrap_or(64),
         batches: args.iters,
     };
-    let r = dyrep_runtime::data_bench::bench_data(&spec)?;
+    let r = dyrep_runtime::tools::data_bench::bench_data(&spec)?;
     if args.json {
         crate::render::print_json(&mut ctx.out, &r)?;
     } else {

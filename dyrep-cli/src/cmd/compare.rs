@@ -22,19 +22,20 @@ pub(crate) fn run(args: CompareArgs, ctx: &mut Ctx<'_>) -> Result<u8> {
         .collect::<dyrep_runtime::Result<Vec<_>>>()?;
     match &args.group_by {
         Some(keys) => {
-            let rows = dyrep_runtime::groups::group_rows(
+            let rows = dyrep_runtime::report::groups::group_rows(
                 &records,
                 keys,
                 args.baseline.as_deref(),
                 args.cost_vs.as_deref(),
             )?;
             if let Some(svg) = &args.svg {
-                dyrep_runtime::groups::plot_groups(&records, keys, svg)?;
+                dyrep_runtime::report::groups::plot_groups(&records, keys, svg)?;
             }
             if args.json {
                 crate::render::print_json(&mut ctx.out, &rows)?;
             } else {
-                let table = dyrep_runtime::groups::group_markdown(&rows, args.baseline.as_deref());
+                let table =
+                    dyrep_runtime::report::groups::group_markdown(&rows, args.baseline.as_deref());
                 write!(ctx.out, "{table}")?;
             }
         }

@@ -2,7 +2,7 @@
 
 use crate::render::{print_kernel_checks, print_verify_json, print_verify_table};
 use anyhow::Result;
-use dyrep_runtime::verify::{verify, CheckReport, Selection};
+use dyrep_runtime::tools::verify::{verify, CheckReport, Selection};
 
 use super::Ctx;
 use crate::args::VerifyArgs;

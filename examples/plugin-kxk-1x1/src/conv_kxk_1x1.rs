@@ -4,10 +4,10 @@
 //! after the k×k needs no padding trick: it acts pixel by pixel on the padded conv's output.
 
 use candle_core::Tensor;
-use dyrep_api::layers::Conv2dLayer;
-use dyrep_api::{
-    join_path, not_applicable, BatchNorm, ConvGeom, InitCtx, Kernel, OpSpec, RepOp, Result,
-    TensorVisitor,
+// The plugin contract, and nothing of dyrep's internals.
+use dyrep_api::plugin::{
+    join_path, not_applicable, BatchNorm, Conv2dLayer, ConvGeom, InitCtx, Kernel, OpSpec, RepOp,
+    Result, TensorVisitor,
 };
 use serde::{Deserialize, Serialize};
 

@@ -1,7 +1,7 @@
 //! `weight_magnitude` scorer: per step and conv, the mean |W| — a data-free magnitude criterion,
 //! averaged over the interval. An example of a plugin scorer; it ignores the gradient.
 
-use dyrep_api::{ConvObservation, MeanAccumulator, Result, Scorer, ScorerConfig};
+use dyrep_api::plugin::{ConvObservation, MeanAccumulator, Result, Scorer, ScorerConfig};
 use serde::{Deserialize, Serialize};
 
 /// Mean absolute weight per conv.

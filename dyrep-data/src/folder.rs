@@ -13,7 +13,7 @@ use std::time::UNIX_EPOCH;
 use super::cache::{self, Decoded};
 use super::transforms::ImageNetTransform;
 use super::{format_err, io_err, Dataset, LoadOptions, Result, Split, StreamSpec};
-use crate::hash::{fnv64_extend, FNV_START};
+use dyrep_api::hash::{fnv64_extend, FNV_START};
 
 /// The files of a folder, by split, with their labels, before any decoding.
 #[derive(Debug)]
@@ -507,7 +507,7 @@ mod tests {
             &[(d.join("test/owl/0.png"), 0)],
             1,
             &mut size,
-            crate::data::MAX_IMAGE_PIXELS,
+            crate::MAX_IMAGE_PIXELS,
         )
         .unwrap_err()
         .to_string();
@@ -559,7 +559,7 @@ mod tests {
 
     #[test]
     fn images_of_many_sizes_are_streamed_and_each_is_seen_once_per_epoch() {
-        use crate::data::loader::{eval_stream, train_stream, Augment, Which};
+        use crate::loader::{eval_stream, train_stream, Augment, Which};
         let dir = tempfile::tempdir().unwrap();
         make_mixed_folder(dir.path(), 5);
         let opts = LoadOptions {
@@ -624,7 +624,7 @@ mod tests {
 
     #[test]
     fn a_corrupt_streamed_image_fails_naming_it_or_is_skipped_and_counted() {
-        use crate::data::loader::{eval_stream, Which};
+        use crate::loader::{eval_stream, Which};
         let dir = tempfile::tempdir().unwrap();
         make_mixed_folder(dir.path(), 3);
         // Truncated after the header: the index and the size check pass, decoding fails.

@@ -567,7 +567,7 @@ pub fn eval_stream_of(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::bundled_default;
+    use crate::bundled_default;
 
     #[test]
     fn order_is_a_seeded_permutation_per_epoch() {

@@ -5,7 +5,11 @@
 //! with each branch's op, shape and γ importance, like the paper's Fig. 6). Everything is read from
 //! the run directory's files (`metrics.csv`, `events.jsonl`, `config.resolved.toml`, and the last
 //! checkpoint's history where a kill left those behind it), so unfinished and resumed runs report
-//! too.
+//! too. `groups.rs` groups runs by their settings (`compare --group-by`, paired differences with
+//! confidence intervals); `palette.rs` the charts' colours and marks.
+
+pub mod groups;
+mod palette;
 
 use std::path::{Path, PathBuf};
 
@@ -18,8 +22,8 @@ use crate::config::TrainConfig;
 use crate::dynamics::Event;
 use crate::error::{Result, RuntimeError};
 use crate::model::Model;
-use crate::palette::{draw_marks, Style, COLORS};
 use crate::run_state::EpochRecord;
+use palette::{draw_marks, Style, COLORS};
 
 /// One epoch of `metrics.csv` (train and test rows joined).
 #[derive(Clone, Debug, Default, Serialize)]

@@ -1,5 +1,6 @@
 //! FNV-1a, 64 bits: the content keys of checkpoints (arch.json ↔ weights), of the decoded-image
-//! cache, and of data-parallel runs' cross-rank checks. Fast and stable; not cryptographic.
+//! cache, of data-parallel runs' cross-rank checks, and the stream of each seeded purpose
+//! (`SeededRng::for_purpose`). Fast and stable; not cryptographic.
 
 /// The hash of no bytes (FNV-1a's offset basis).
 pub const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;

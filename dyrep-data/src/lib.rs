@@ -1,9 +1,15 @@
-//! Datasets (docs/USAGE.md, data specs): idx (MNIST, Fashion-MNIST; `.gz` or
+//! dyrep-data: the data pipeline (docs/USAGE.md, data specs), a crate of its own that builds and
+//! tests without the rest of dyrep's runtime. Datasets: idx (MNIST, Fashion-MNIST; `.gz` or
 //! raw), CIFAR-10/100 binary batches, image folders (`train/<class>/*`, `test/<class>/*`,
-//! jpeg/png), and the bundled default (a class-balanced Fashion-MNIST subset compiled into the
-//! binary). Images are kept as u8 `[N, C, H, W]`; normalisation and augmentation happen when
-//! batches are made (`loader`). Every malformed input is a `DataError` naming the file and what is
-//! wrong.
+//! jpeg/png), tar shards, and the bundled default (a class-balanced Fashion-MNIST subset compiled
+//! into the binary). Images are kept as u8 `[N, C, H, W]`; normalisation and augmentation happen
+//! when batches are made (`loader`). Every malformed input is a `DataError` naming the file and
+//! what is wrong; the runtime's error wraps it.
+//!
+//! Where things live: this file the `Dataset`, its splits, specs and fingerprint; `idx.rs`,
+//! `cifar.rs`, `folder.rs` and `shards.rs` one format each (`shards.rs` also packs them);
+//! `cache.rs` the decoded-image cache of image folders; `transforms.rs` the ImageNet-style
+//! transforms; `loader.rs` seeded, augmented batches on a background thread.
 
 pub mod cache;
 pub mod cifar;
@@ -232,7 +238,7 @@ impl Dataset {
     /// (streamed), or shard member. A resume compares it with the run's, so data replaced,
     /// added or removed since the run started is not trained on silently.
     pub fn fingerprint(&self) -> String {
-        use crate::hash::{fnv64_extend, FNV_START};
+        use dyrep_api::hash::{fnv64_extend, FNV_START};
         let mut h = FNV_START;
         for c in &self.classes {
             h = fnv64_extend(h, c.bytes().chain([0u8]));
@@ -444,13 +450,13 @@ pub const FASHION_MNIST_CLASSES: [&str; 10] = [
 /// Zalando SE; see data/fashion-mnist-subset/LICENSE), compiled into the binary.
 pub fn bundled_default() -> Result<Dataset> {
     const TRAIN_IMAGES: &[u8] =
-        include_bytes!("../../../data/fashion-mnist-subset/train-images-idx3-ubyte.gz");
+        include_bytes!("../../data/fashion-mnist-subset/train-images-idx3-ubyte.gz");
     const TRAIN_LABELS: &[u8] =
-        include_bytes!("../../../data/fashion-mnist-subset/train-labels-idx1-ubyte.gz");
+        include_bytes!("../../data/fashion-mnist-subset/train-labels-idx1-ubyte.gz");
     const TEST_IMAGES: &[u8] =
-        include_bytes!("../../../data/fashion-mnist-subset/t10k-images-idx3-ubyte.gz");
+        include_bytes!("../../data/fashion-mnist-subset/t10k-images-idx3-ubyte.gz");
     const TEST_LABELS: &[u8] =
-        include_bytes!("../../../data/fashion-mnist-subset/t10k-labels-idx1-ubyte.gz");
+        include_bytes!("../../data/fashion-mnist-subset/t10k-labels-idx1-ubyte.gz");
     let origin = Path::new("<bundled fashion-mnist subset>");
     let train = idx::split_from_bytes(TRAIN_IMAGES, TRAIN_LABELS, origin)?;
     let test = idx::split_from_bytes(TEST_IMAGES, TEST_LABELS, origin)?;

@@ -41,7 +41,7 @@ pub fn default_dir() -> Option<PathBuf> {
 /// replaces its entry).
 pub fn file_for(dir: &Path, cache_dir: &Path) -> PathBuf {
     let canonical = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    let h = crate::hash::fnv64(canonical.to_string_lossy().bytes());
+    let h = dyrep_api::hash::fnv64(canonical.to_string_lossy().bytes());
     cache_dir.join(format!("image-folder-{h:016x}.bin"))
 }
 

@@ -314,8 +314,7 @@ pub fn pack(folder: &Path, out: &Path, shard_bytes: u64) -> Result<PackReport> {
     let classes = out.join("classes.txt");
     let mut text = ds.classes.join("\n");
     text.push('\n');
-    crate::fs::write_atomic(&classes, text.as_bytes())
-        .map_err(|e| format_err(&classes, e.to_string()))?;
+    dyrep_api::durable::write_atomic(&classes, text.as_bytes()).map_err(io_err(&classes))?;
     Ok(report)
 }
 
@@ -415,7 +414,7 @@ mod tests {
 
     #[test]
     fn packed_shards_hold_the_folder_and_stream_each_sample_once_per_epoch() {
-        use crate::data::loader::{eval_stream, train_stream, Augment, Which};
+        use crate::loader::{eval_stream, train_stream, Augment, Which};
         let tmp = tempfile::tempdir().unwrap();
         let (src, out) = (tmp.path().join("src"), tmp.path().join("shards"));
         folder(&src, 9);
@@ -457,7 +456,7 @@ mod tests {
 
     #[test]
     fn ranks_split_the_shard_stream_into_disjoint_complete_equal_shares() {
-        use crate::data::loader::{train_stream_of_rank, Augment};
+        use crate::loader::{train_stream_of_rank, Augment};
         let tmp = tempfile::tempdir().unwrap();
         let (src, out) = (tmp.path().join("src"), tmp.path().join("shards"));
         // 11 images per class: 22 training samples, which 3 ranks cannot share evenly.
@@ -525,7 +524,7 @@ mod tests {
 
     #[test]
     fn broken_shards_are_clear_errors() {
-        use crate::data::loader::{train_stream, Augment};
+        use crate::loader::{train_stream, Augment};
         let tmp = tempfile::tempdir().unwrap();
         let (src, out) = (tmp.path().join("src"), tmp.path().join("shards"));
         folder(&src, 2);

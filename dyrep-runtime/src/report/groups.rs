@@ -12,9 +12,9 @@ use std::path::Path;
 use plotters::prelude::*;
 use serde::Serialize;
 
+use super::palette::{draw_marks, Style};
 use crate::config::TrainConfig;
 use crate::error::{Result, RuntimeError};
-use crate::palette::{draw_marks, Style};
 use crate::report::RunRecord;
 
 /// Mean, sample standard deviation (0 for one value) and count.

@@ -106,24 +106,15 @@ mod tests {
 #[cfg(test)]
 mod scenario_tests {
     use super::*;
+    use crate::model::vgg_tiny_for_tests;
     use crate::model::Model;
-    use crate::model::{build_model, ModelConfig};
     use candle_core::Device;
     use dyrep_api::equivalence::randomize_tensor;
     use dyrep_api::{InitCtx, OpSpec, SeededRng};
 
     fn model() -> (Model, Tensor) {
-        crate::ensure_linked();
         let mut rng = SeededRng::new(4);
-        let mut ctx = InitCtx::new(&mut rng, &Device::Cpu);
-        let cfg = ModelConfig {
-            name: "vgg-tiny".into(),
-            input: [1, 12, 12],
-            num_classes: 10,
-            width: 0.5,
-            file: None,
-        };
-        let m = build_model(&cfg, &mut ctx).unwrap();
+        let m = vgg_tiny_for_tests(12, &mut rng);
         for (_, v, r) in m.tensors() {
             randomize_tensor(&mut rng, &v, r).unwrap();
         }

@@ -256,21 +256,14 @@ impl Dynamics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{build_model, Model, ModelConfig};
+    use crate::model::vgg_tiny_for_tests;
+    use crate::model::Model;
     use candle_core::Device;
-    use dyrep_api::{InitCtx, SeededRng};
+    use dyrep_api::SeededRng;
 
     fn model_and_batch() -> (Model, Tensor, Tensor) {
-        crate::ensure_linked();
         let mut rng = SeededRng::new(3);
-        let cfg = ModelConfig {
-            name: "vgg-tiny".into(),
-            input: [1, 12, 12],
-            num_classes: 10,
-            width: 0.5,
-            file: None,
-        };
-        let m = build_model(&cfg, &mut InitCtx::new(&mut rng, &Device::Cpu)).unwrap();
+        let m = vgg_tiny_for_tests(12, &mut rng);
         let x = dyrep_api::init::normal_tensor(&mut rng, &[4, 1, 12, 12], 0.0, 1.0, &Device::Cpu)
             .unwrap();
         let y = Tensor::new(&[1u32, 4, 7, 9], &Device::Cpu).unwrap();

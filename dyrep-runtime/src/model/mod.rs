@@ -16,6 +16,8 @@ pub use file::{ArchFile, LayerSpec};
 pub use layers::{BasicBlock, Bottleneck, ConvUnit, Layer, Linear};
 pub use mode::{apply_mode, Baseline, BaselineForm, BaselineInit, Mode};
 pub use registry::{find_model, models, ModelBuilder, ModelEntry};
+#[cfg(test)]
+pub(crate) use zoo::vgg_tiny_for_tests;
 pub use zoo::{build_model, ModelConfig};
 
 use std::collections::BTreeMap;

@@ -537,3 +537,19 @@ fn repvgg_a2(cfg: &ModelConfig, ctx: &mut InitCtx<'_>) -> Result<Vec<Layer>> {
 fn repvgg_b0(cfg: &ModelConfig, ctx: &mut InitCtx<'_>) -> Result<Vec<Layer>> {
     repvgg(cfg, ctx, [4, 6, 16, 1], [1.0, 1.0, 1.0, 2.5])
 }
+
+/// A vgg-tiny at width 0.5 for `side`×`side` single-channel images and 10 classes, drawn from
+/// `rng`: the small model of the runtime's unit tests.
+#[cfg(test)]
+pub(crate) fn vgg_tiny_for_tests(side: usize, rng: &mut dyrep_api::SeededRng) -> Model {
+    crate::ensure_linked();
+    let cfg = ModelConfig {
+        name: "vgg-tiny".into(),
+        input: [1, side, side],
+        num_classes: 10,
+        width: 0.5,
+        file: None,
+    };
+    build_model(&cfg, &mut InitCtx::new(rng, &candle_core::Device::Cpu))
+        .expect("vgg-tiny builds for the tests' sizes")
+}

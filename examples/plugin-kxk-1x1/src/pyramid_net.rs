@@ -2,9 +2,9 @@
 //! `register_model!`. Its convs are `ConvUnit`s (conv + BN + ReLU), so DyRep grows them like the
 //! zoo's; it is built from the same building blocks the zoo uses (`dyrep_runtime::model::build`).
 
-use dyrep_runtime::api::InitCtx;
-use dyrep_runtime::model::build::{channels, conv_bn, residual_stage, same_conv, ResidualBlock};
-use dyrep_runtime::model::{Layer, Linear, ModelConfig};
+// The model plugin contract, and nothing of dyrep's internals.
+use dyrep_runtime::plugin::build::{channels, conv_bn, residual_stage, same_conv, ResidualBlock};
+use dyrep_runtime::plugin::{InitCtx, Layer, Linear, ModelConfig};
 
 dyrep_runtime::register_model!(
     "pyramid-net",

@@ -5,7 +5,7 @@
 //! (docs/REFERENCE.md "Equivalent kernels"); `bn.rs` our own batch norm; `layers.rs` the conv
 //! and pooling layers branches are made of; `op.rs` the branch-op interface (`RepOp`, `OpSpec`)
 //! and its registry, `scorer.rs` the scorer interface and its registry, `registry.rs` their
-//! lookup; `slot.rs` the recursive `Slot`/`RepBlock` with grow, cut and fusion
+//! lookup; `slot/` the recursive `Slot`/`RepBlock` with grow, cut and fusion
 //! (docs/REFERENCE.md "Nesting", "Growth schedule (Rep)", "Dep (cut)", "Fusion checks");
 //! `exec.rs` how a block runs (fused conv, block op, branch by branch); `init.rs` seeded
 //! initialisation and memory checks; `rng.rs` the seeded generator; `sync_bn.rs` batch

@@ -1,0 +1,323 @@
+//! A grown conv (paper §3.1): a main branch plus other branches in the same geometry, summed —
+//! its forward (through `ExecPath::choose`), its exact equivalent kernel, growth of new branches,
+//! cuts with absorption into the main branch (docs/REFERENCE.md "Dep (cut)") and the branches'
+//! Dep importances.
+
+use candle_core::Tensor;
+
+use crate::bn::BatchNorm;
+use crate::error::{Error, Result};
+use crate::exec::ExecPath;
+use crate::geom::ConvGeom;
+use crate::init::InitCtx;
+use crate::kernel::Kernel;
+use crate::op::{OpSpec, RepOp};
+
+/// A grown conv: a main branch plus other branches, all in the same geometry, summed.
+#[derive(Debug)]
+pub struct RepBlock {
+    pub(super) geom: ConvGeom,
+    pub(super) main: Box<dyn RepOp>,
+    pub(super) branches: Vec<Box<dyn RepOp>>,
+}
+
+/// The conv unit's BN after a block (none in the reference DBB and RepVGG forms), whether a
+/// ReLU follows, and the max pool after that (if any): what the block op can run on the
+/// branches' sum.
+pub(super) type PostUnit<'a> = (
+    Option<&'a BatchNorm>,
+    bool,
+    Option<dyrep_kernels::MaxPoolParams>,
+);
+
+/// A conv unit's tail on the block output `y`, op by op: BN, ReLU, max pool.
+pub(super) fn apply_tail(y: Tensor, (bn, relu, pool): PostUnit<'_>, train: bool) -> Result<Tensor> {
+    let y = match bn {
+        Some(bn) => bn.forward_t(&y, train)?,
+        None => y,
+    };
+    let y = if relu { crate::layers::relu(&y)? } else { y };
+    match pool {
+        Some(p) => crate::layers::max_pool2d(&y, p.k, p.stride, p.padding),
+        None => Ok(y),
+    }
+}
+
+impl RepBlock {
+    /// Assembles a block, checking that every branch has the block's geometry, that names are
+    /// unique and that `main` is a main branch (has a main slot).
+    pub fn new(
+        geom: ConvGeom,
+        mut main: Box<dyn RepOp>,
+        branches: Vec<Box<dyn RepOp>>,
+    ) -> Result<Self> {
+        Self::validate_parts(&geom, &mut main, &branches)?;
+        Ok(Self {
+            geom,
+            main,
+            branches,
+        })
+    }
+
+    pub(super) fn validate_parts(
+        geom: &ConvGeom,
+        main: &mut Box<dyn RepOp>,
+        branches: &[Box<dyn RepOp>],
+    ) -> Result<()> {
+        let main_name = main.name();
+        if main.main_slot_mut().is_none() {
+            return Err(Error::Unsupported {
+                op: main_name.to_string(),
+                what: "being a block's main branch (it has no main conv slot)".into(),
+            });
+        }
+        let mut names = vec![main_name];
+        for b in std::iter::once(&**main).chain(branches.iter().map(|b| &**b)) {
+            if b.geom() != geom {
+                return Err(Error::InvalidArch {
+                    path: b.name().to_string(),
+                    reason: format!(
+                        "branch geometry ({}) differs from the block's ({geom})",
+                        b.geom()
+                    ),
+                });
+            }
+        }
+        for b in branches {
+            if names.contains(&b.name()) {
+                return Err(Error::DuplicateBranch {
+                    op: b.name().to_string(),
+                });
+            }
+            names.push(b.name());
+        }
+        Ok(())
+    }
+
+    pub fn geom(&self) -> &ConvGeom {
+        &self.geom
+    }
+
+    /// The main branch.
+    pub fn main(&self) -> &dyn RepOp {
+        &*self.main
+    }
+
+    /// The main branch, mutably.
+    pub fn main_mut(&mut self) -> &mut dyn RepOp {
+        &mut *self.main
+    }
+
+    /// The other branches, in insertion order.
+    pub fn branches(&self) -> &[Box<dyn RepOp>] {
+        &self.branches
+    }
+
+    /// Main first, then the other branches.
+    pub fn all_branches(&self) -> impl Iterator<Item = &dyn RepOp> {
+        std::iter::once(&*self.main).chain(self.branches.iter().map(|b| &**b))
+    }
+
+    /// Names of all branches, main first.
+    pub fn branch_names(&self) -> Vec<&'static str> {
+        self.all_branches().map(|b| b.name()).collect()
+    }
+
+    /// The branch (main included) called `name`.
+    pub fn branch(&self, name: &str) -> Option<&dyn RepOp> {
+        self.all_branches().find(|b| b.name() == name)
+    }
+
+    pub(super) fn branch_mut(&mut self, name: &str) -> Option<&mut Box<dyn RepOp>> {
+        if self.main.name() == name {
+            return Some(&mut self.main);
+        }
+        self.branches.iter_mut().find(|b| b.name() == name)
+    }
+
+    /// Sum of all branch outputs, computed the way [`ExecPath::choose`] says: as the fused
+    /// conv for inference (the same output, by the fusion property), through the block op when
+    /// training with batch statistics, else branch by branch.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        match ExecPath::choose(self, train) {
+            ExecPath::FusedConv => {
+                let k = self.equivalent()?;
+                let g = &self.geom;
+                let y = dyrep_kernels::conv2d(
+                    x,
+                    &k.weight.to_dtype(x.dtype())?,
+                    g.stride,
+                    (g.padding, g.padding),
+                    g.groups,
+                )?;
+                let bias = k.bias.to_dtype(x.dtype())?.reshape((1, g.out_ch, 1, 1))?;
+                Ok(y.broadcast_add(&bias)?)
+            }
+            ExecPath::BlockOp { fused, others, eps } => {
+                Ok(self.run_block_op(x, train, &fused, &others, eps, None)?.0)
+            }
+            ExecPath::BranchByBranch => {
+                let mut y = self.main.forward_t(x, train)?;
+                for b in &self.branches {
+                    y = (y + b.forward_t(x, train)?)?;
+                }
+                Ok(y)
+            }
+        }
+    }
+
+    /// The block followed by its conv unit's `tail` (BN, ReLU, max pool, each optional) while the
+    /// block trains through the block op: the tail inside the op when it can be, else after it;
+    /// `None` where the block does not train as one op (or the BN does not use batch
+    /// statistics), and the caller runs block and tail.
+    pub(super) fn forward_tail_t(
+        &self,
+        x: &Tensor,
+        train: bool,
+        tail: PostUnit<'_>,
+    ) -> Result<Option<Tensor>> {
+        if tail.0.is_some_and(|bn| !bn.uses_batch_stats(train)) {
+            return Ok(None);
+        }
+        let ExecPath::BlockOp { fused, others, eps } = ExecPath::choose(self, train) else {
+            return Ok(None);
+        };
+        let (y, applied) = self.run_block_op(x, train, &fused, &others, eps, Some(tail))?;
+        Ok(Some(if applied {
+            y
+        } else {
+            apply_tail(y, tail, train)?
+        }))
+    }
+
+    /// The block op over `fused` (then `others` added), recording each fused batch norm's
+    /// statistics. With `post = (bn, relu, pool)` the conv unit's BN, ReLU and max pool after
+    /// the block run in the same op when every branch is in it and the BN (if any) normalises
+    /// with batch statistics; the flag says whether they did (else the caller applies them).
+    fn run_block_op(
+        &self,
+        x: &Tensor,
+        train: bool,
+        fused: &[crate::op::BranchParts<'_>],
+        others: &[&dyn RepOp],
+        eps: f64,
+        post: Option<PostUnit<'_>>,
+    ) -> Result<(Tensor, bool)> {
+        let branches: Vec<dyrep_kernels::BlockBranch<'_>> =
+            fused.iter().map(crate::exec::block_branch).collect();
+        let post = post.filter(|(bn, _, _)| {
+            others.is_empty() && bn.is_none_or(|bn| bn.uses_batch_stats(train) && bn.eps() == eps)
+        });
+        let tail = post.map(|(bn, relu, pool)| dyrep_kernels::BlockTail {
+            bn: bn.map(|bn| (bn.gamma().as_tensor(), bn.beta().as_tensor())),
+            relu,
+            pool,
+        });
+        let out = dyrep_kernels::block_train(x, &branches, tail, eps)?;
+        let mut bns = crate::exec::fused_batch_norms(fused);
+        if let Some((Some(bn), _, _)) = post {
+            bns.push(bn);
+        }
+        // Each BN records the statistics of what it saw (a conv output with its bias).
+        for (bn, st) in bns.iter().zip(&out.stats) {
+            if st.count < 2 {
+                return Err(crate::Error::SingleValueBatch {
+                    context: format!("{} channels in a block of {}", bn.num_features(), self.geom),
+                });
+            }
+            bn.record_batch_stats(&st.mean, &st.var, st.count)?;
+        }
+        let mut y = out.y;
+        for op in others {
+            y = (y + op.forward_t(x, train)?)?;
+        }
+        Ok((y, post.is_some()))
+    }
+
+    /// Whether any batch norm of the block (nested blocks included) is calibrating.
+    pub(crate) fn calibrating(&self) -> bool {
+        self.all_branches().any(|op| {
+            op.batch_norms().iter().any(|(_, bn)| bn.is_calibrating())
+                || op.child_slots().iter().any(|(_, child)| {
+                    let mut any = false;
+                    child.visit_batch_norms("", &mut |_, bn| any |= bn.is_calibrating());
+                    any
+                })
+        })
+    }
+
+    /// The block's exact eval-mode equivalent kernel (transII over all branches).
+    pub fn equivalent(&self) -> Result<Kernel> {
+        let mut k = self.main.to_equivalent_kxk()?;
+        for b in &self.branches {
+            k = k.add(&b.to_equivalent_kxk()?)?;
+        }
+        Ok(k)
+    }
+
+    /// Adjusts the main branch so that the block's equivalent kernel becomes `target`.
+    pub fn restore_equivalent(&mut self, target: &Kernel) -> Result<()> {
+        let delta = target.sub(&self.equivalent()?)?;
+        self.main.add_equivalent(&delta)
+    }
+
+    /// Adds a branch built from `spec`, keeping the block's eval output unchanged.
+    pub fn add_branch(&mut self, spec: &dyn OpSpec, ctx: &mut InitCtx<'_>) -> Result<()> {
+        spec.check(&self.geom)?;
+        if self.branch(spec.name()).is_some() {
+            return Err(Error::DuplicateBranch {
+                op: spec.name().to_string(),
+            });
+        }
+        let before = self.equivalent()?;
+        let op = spec.build(&self.geom, ctx)?;
+        if op.geom() != &self.geom {
+            return Err(Error::InvalidArch {
+                path: op.name().to_string(),
+                reason: "op built with another geometry than asked for".into(),
+            });
+        }
+        self.branches.push(op);
+        self.restore_equivalent(&before)
+    }
+
+    /// Dep: removes the branch `name` and absorbs its equivalent kernel into the main branch, so
+    /// the eval output is unchanged. Kept branches and nested blocks are untouched. Returns the
+    /// absorbed kernel.
+    pub fn cut(&mut self, name: &str) -> Result<Kernel> {
+        if self.main.name() == name {
+            return Err(Error::Unsupported {
+                op: name.to_string(),
+                what: "being cut: it is the block's main branch".into(),
+            });
+        }
+        let idx = self
+            .branches
+            .iter()
+            .position(|b| b.name() == name)
+            .ok_or_else(|| Error::NoSuchPath {
+                kind: "branch",
+                path: name.to_string(),
+            })?;
+        let k = self.branches[idx].to_equivalent_kxk()?;
+        self.main.add_equivalent(&k)?;
+        self.branches.remove(idx);
+        Ok(k)
+    }
+
+    /// Dep's importance of each non-main branch: mean|γ_last| / mean|γ_main| (docs/REFERENCE.md
+    /// "Dep (cut)").
+    pub fn branch_importance(&self) -> Result<Vec<(&'static str, f64)>> {
+        let mean_abs = |t: &Tensor| -> Result<f64> {
+            Ok(t.abs()?
+                .mean_all()?
+                .to_dtype(candle_core::DType::F64)?
+                .to_scalar::<f64>()?)
+        };
+        let main = mean_abs(&self.main.bn_gamma()?)?;
+        self.branches
+            .iter()
+            .map(|b| Ok((b.name(), mean_abs(&b.bn_gamma()?)? / main)))
+            .collect()
+    }
+}

@@ -10,8 +10,7 @@ use std::sync::Mutex;
 use candle_core::{DType, Device, Tensor, Var};
 
 use crate::error::{Error, Result};
-use crate::op::{TensorRole, TensorVisitor};
-use crate::slot::join_path;
+use crate::tensor::{join_path, TensorRole, TensorVisitor};
 
 /// PyTorch's default ε.
 pub const BN_EPS: f64 = 1e-5;

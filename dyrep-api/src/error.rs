@@ -15,9 +15,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Everything that can go wrong in the core API.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A conv geometry that no conv can have (zero channels, groups not dividing channels, ...).
-    #[error("invalid conv geometry ({geom}): {rule}")]
-    InvalidGeom { geom: String, rule: String },
+    /// A conv geometry that no conv can have, or an input too small for one.
+    #[error(transparent)]
+    Geom(#[from] crate::geom::GeomError),
 
     /// An op that cannot stand in for a conv of this geometry.
     #[error("op `{op}` cannot apply to a conv with {geom}: {rule}")]
@@ -47,10 +47,6 @@ pub enum Error {
         expected: Vec<usize>,
         got: Vec<usize>,
     },
-
-    /// An input whose spatial size cannot go through a conv of this geometry.
-    #[error("input of {h}x{w} is too small for a conv with {geom}")]
-    InputTooSmall { h: usize, w: usize, geom: ConvGeom },
 
     /// A train-mode batch norm that has a single value per channel (no variance to estimate).
     #[error("batch norm `{context}` got one value per channel in train mode; use a batch with more than one value per channel")]

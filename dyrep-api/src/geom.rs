@@ -5,7 +5,18 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-use crate::error::{Error, Result};
+/// What is wrong with a geometry, or with an input for it (`dyrep_api::Error::Geom` wraps it).
+#[derive(Debug, thiserror::Error)]
+pub enum GeomError {
+    /// A conv geometry that no conv can have (zero channels, groups not dividing channels, ...).
+    #[error("invalid conv geometry ({geom}): {rule}")]
+    Invalid { geom: String, rule: String },
+    /// An input whose spatial size cannot go through a conv of this geometry.
+    #[error("input of {h}x{w} is too small for a conv with {geom}")]
+    InputTooSmall { h: usize, w: usize, geom: ConvGeom },
+}
+
+type Result<T, E = GeomError> = std::result::Result<T, E>;
 
 /// Geometry of a square, odd k×k convolution: `in_ch → out_ch`, stride, symmetric zero padding
 /// and groups. Dilation is always 1 (the reference never grows dilated convs).
@@ -57,7 +68,7 @@ impl ConvGeom {
     /// Checks the invariants `new` enforces (useful after deserialisation).
     pub fn validate(&self) -> Result<()> {
         let bad = |rule: &str| {
-            Err(Error::InvalidGeom {
+            Err(GeomError::Invalid {
                 geom: self.to_string(),
                 rule: rule.to_string(),
             })
@@ -111,7 +122,7 @@ impl ConvGeom {
         };
         match (span(h), span(w)) {
             (Some(ho), Some(wo)) => Ok((ho, wo)),
-            _ => Err(Error::InputTooSmall { h, w, geom: *self }),
+            _ => Err(GeomError::InputTooSmall { h, w, geom: *self }),
         }
     }
 

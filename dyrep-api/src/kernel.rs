@@ -237,10 +237,11 @@ impl Kernel {
         value: impl Fn(usize, usize) -> f64,
     ) -> Result<Kernel> {
         if groups == 0 || !channels.is_multiple_of(groups) || k.is_multiple_of(2) {
-            return Err(Error::InvalidGeom {
+            return Err(crate::geom::GeomError::Invalid {
                 geom: format!("channels={channels} k={k} groups={groups}"),
                 rule: "groups must divide the channels and k must be odd".into(),
-            });
+            }
+            .into());
         }
         let cpg = channels / groups;
         let mut data = vec![0f32; channels * cpg * k * k];

@@ -4,10 +4,10 @@
 //! Where things live: `geom.rs` conv geometry; `kernel.rs` kernels and their transforms
 //! (docs/REFERENCE.md "Equivalent kernels"); `bn.rs` our own batch norm; `layers.rs` the conv
 //! and pooling layers branches are made of; `op.rs` the branch-op interface (`RepOp`, `OpSpec`)
-//! and its registry, `scorer.rs` the scorer interface and its registry, `registry.rs` their
+//! and its registry, `tensor.rs` tensor paths and roles, `branch.rs` `ConvBnBranch`, `scorer.rs` the scorer interface and its registry, `registry.rs` their
 //! lookup; `slot/` the recursive `Slot`/`RepBlock` with grow, cut and fusion
 //! (docs/REFERENCE.md "Nesting", "Growth schedule (Rep)", "Dep (cut)", "Fusion checks");
-//! `exec.rs` how a block runs (fused conv, block op, branch by branch); `init.rs` seeded
+//! `slot/exec.rs` how a block runs (fused conv, block op, branch by branch); `init.rs` seeded
 //! initialisation and memory checks; `rng.rs` the seeded generator; `sync_bn.rs` batch
 //! statistics shared across data-parallel processes; `equivalence.rs` fusion-equivalence checks
 //! (and `testing`, behind the `testing` feature, the harness for plugin authors); utilities every
@@ -15,10 +15,10 @@
 //! the crash tests' fault points).
 
 pub mod bn;
+pub mod branch;
 pub mod durable;
 pub mod equivalence;
 pub mod error;
-pub mod exec;
 pub mod geom;
 pub mod hash;
 pub mod init;
@@ -31,13 +31,13 @@ pub mod rng;
 pub mod scorer;
 pub mod slot;
 pub mod sync_bn;
+pub mod tensor;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use bn::{BatchNorm, BnEval, BN_EPS, BN_MOMENTUM};
 pub use error::{Error, Result};
-pub use exec::{branchwise, ExecPath};
-pub use geom::ConvGeom;
+pub use geom::{ConvGeom, GeomError};
 pub use init::{ConvInit, InitCtx, DEFAULT_GAMMA0};
 pub use kernel::Kernel;
 pub use op::{
@@ -49,6 +49,7 @@ pub use scorer::{
     find_scorer, scorers, ConvObservation, GradProbe, MeanAccumulator, Scorer, ScorerConfig,
     ScorerEntry,
 };
+pub use slot::exec::{self, branchwise, ExecPath};
 pub use slot::{
     join_path, BranchArch, PlainConv, RepBlock, Slot, SlotArch, SlotInfo, DEFAULT_MAX_DEPTH,
 };

@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use candle_core::{Tensor, Var};
+use candle_core::Tensor;
 
 use crate::bn::BatchNorm;
 use crate::error::{Error, Result};
@@ -13,54 +13,7 @@ use crate::init::InitCtx;
 use crate::kernel::Kernel;
 use crate::registry::lookup;
 use crate::slot::Slot;
-
-/// What a tensor of an op is, so optimizers, weight decay and scorers can filter.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum TensorRole {
-    ConvWeight,
-    ConvBias,
-    BnWeight,
-    BnBias,
-    BnRunningMean,
-    BnRunningVar,
-    LinearWeight,
-    LinearBias,
-}
-
-impl TensorRole {
-    /// Trained by the optimizer (running statistics are not).
-    pub fn is_trainable(self) -> bool {
-        !matches!(self, TensorRole::BnRunningMean | TensorRole::BnRunningVar)
-    }
-
-    /// One-dimensional parameters that weight decay commonly skips (BN γ/β and biases).
-    pub fn is_bn_or_bias(self) -> bool {
-        matches!(
-            self,
-            TensorRole::ConvBias
-                | TensorRole::BnWeight
-                | TensorRole::BnBias
-                | TensorRole::LinearBias
-        )
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TensorRole::ConvWeight => "conv_weight",
-            TensorRole::ConvBias => "conv_bias",
-            TensorRole::BnWeight => "bn_weight",
-            TensorRole::BnBias => "bn_bias",
-            TensorRole::BnRunningMean => "bn_running_mean",
-            TensorRole::BnRunningVar => "bn_running_var",
-            TensorRole::LinearWeight => "linear_weight",
-            TensorRole::LinearBias => "linear_bias",
-        }
-    }
-}
-
-/// Callback receiving `(dotted path, variable, role)` for every tensor of an op or slot tree.
-/// Variables have interior mutability (`Var::set`), so one visitor serves reading and loading.
-pub type TensorVisitor<'a> = dyn FnMut(&str, &Var, TensorRole) + 'a;
+pub use crate::tensor::{TensorRole, TensorVisitor};
 
 /// What [`RepOp::conv_bn_parts`] exposes.
 #[derive(Clone, Copy, Debug)]

@@ -17,11 +17,12 @@
 //! [`register_scorer!`](crate::register_scorer) adds it.
 
 pub use crate::bn::BatchNorm;
+pub use crate::branch::ConvBnBranch;
 pub use crate::error::{Error, Result};
 pub use crate::geom::ConvGeom;
 pub use crate::init::{InitCtx, DEFAULT_GAMMA0};
 pub use crate::kernel::Kernel;
-pub use crate::layers::{avg_pool2d, BnAndPad, Conv2dLayer, ConvBnBranch};
+pub use crate::layers::{avg_pool2d, BnAndPad, Conv2dLayer};
 pub use crate::op::{
     not_applicable, BranchParts, OpSpec, RepOp, SecondStage, TensorRole, TensorVisitor,
 };

@@ -2,7 +2,7 @@
 //! "Branch types" branch 0). Equivalent kernel: BN-folded 1×1 zero-padded to k×k (transI, transVI).
 //! Needs padding == k/2 so the 1×1 samples the centre of each k×k window.
 
-use dyrep_api::layers::ConvBnBranch;
+use dyrep_api::branch::ConvBnBranch;
 use dyrep_api::{not_applicable, ConvGeom, InitCtx, OpSpec, RepOp, Result};
 use serde::{Deserialize, Serialize};
 

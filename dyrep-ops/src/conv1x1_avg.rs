@@ -25,7 +25,7 @@ impl OpSpec for Conv1x1AvgSpec {
     }
 
     fn check(&self, geom: &ConvGeom) -> Result<()> {
-        geom.validate()
+        Ok(geom.validate()?)
     }
 
     fn build(&self, geom: &ConvGeom, ctx: &mut InitCtx<'_>) -> Result<Box<dyn RepOp>> {

@@ -28,14 +28,14 @@ impl Conv1x1KxkSpec {
     }
 
     fn second_geom(&self, geom: &ConvGeom) -> Result<ConvGeom> {
-        ConvGeom::new(
+        Ok(ConvGeom::new(
             self.internal(geom),
             geom.out_ch,
             geom.k,
             geom.stride,
             0,
             geom.groups,
-        )
+        )?)
     }
 }
 

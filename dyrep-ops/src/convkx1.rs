@@ -3,7 +3,7 @@
 //! kernel zero-padded per axis to k×k (transI, transVI; rows are H, columns W — DBB's own helper
 //! swaps them). Needs padding == k/2.
 
-use dyrep_api::layers::ConvBnBranch;
+use dyrep_api::branch::ConvBnBranch;
 use dyrep_api::{not_applicable, ConvGeom, InitCtx, OpSpec, RepOp, Result};
 use serde::{Deserialize, Serialize};
 

@@ -24,7 +24,7 @@ impl OpSpec for ConvKxkSpec {
     }
 
     fn check(&self, geom: &ConvGeom) -> Result<()> {
-        geom.validate()
+        Ok(geom.validate()?)
     }
 
     fn build(&self, geom: &ConvGeom, ctx: &mut InitCtx<'_>) -> Result<Box<dyn RepOp>> {

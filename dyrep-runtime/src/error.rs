@@ -43,3 +43,9 @@ pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Run
     let path = path.into();
     move |source| RuntimeError::Io { path, source }
 }
+
+impl From<dyrep_api::GeomError> for RuntimeError {
+    fn from(e: dyrep_api::GeomError) -> Self {
+        RuntimeError::Api(e.into())
+    }
+}

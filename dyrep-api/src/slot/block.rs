@@ -5,9 +5,9 @@
 
 use candle_core::Tensor;
 
+use super::exec::ExecPath;
 use crate::bn::BatchNorm;
 use crate::error::{Error, Result};
-use crate::exec::ExecPath;
 use crate::geom::ConvGeom;
 use crate::init::InitCtx;
 use crate::kernel::Kernel;
@@ -204,7 +204,7 @@ impl RepBlock {
         post: Option<PostUnit<'_>>,
     ) -> Result<(Tensor, bool)> {
         let branches: Vec<dyrep_kernels::BlockBranch<'_>> =
-            fused.iter().map(crate::exec::block_branch).collect();
+            fused.iter().map(super::exec::block_branch).collect();
         let post = post.filter(|(bn, _, _)| {
             others.is_empty() && bn.is_none_or(|bn| bn.uses_batch_stats(train) && bn.eps() == eps)
         });
@@ -214,7 +214,7 @@ impl RepBlock {
             pool,
         });
         let out = dyrep_kernels::block_train(x, &branches, tail, eps)?;
-        let mut bns = crate::exec::fused_batch_norms(fused);
+        let mut bns = super::exec::fused_batch_norms(fused);
         if let Some((Some(bn), _, _)) = post {
             bns.push(bn);
         }

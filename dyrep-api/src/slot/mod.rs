@@ -10,15 +10,18 @@
 //! reference) and nested blocks are never re-initialised by an outer cut.
 //!
 //! Where things are: this file the `Slot` (forward, growth, the tree's paths, fusion),
-//! `plain.rs` the plain conv, `block.rs` the grown block, `arch.rs` the tree's serialisable
-//! structure and its rebuild.
+//! `plain.rs` the plain conv, `block.rs` the grown block, `exec.rs` how a block runs (fused
+//! conv, block op, branch by branch), `arch.rs` the tree's serialisable structure and its
+//! rebuild.
 
 mod arch;
 mod block;
+pub mod exec;
 mod plain;
 
 use candle_core::Tensor;
 
+pub use crate::tensor::join_path;
 pub use arch::{BranchArch, SlotArch};
 pub use block::RepBlock;
 pub use plain::PlainConv;
@@ -34,17 +37,6 @@ use block::apply_tail;
 /// The reference's nesting limit: a conv grows only while fewer than two blocks enclose it, so
 /// there are at most two levels of blocks (docs/REFERENCE.md "Nesting").
 pub const DEFAULT_MAX_DEPTH: usize = 2;
-
-/// Joins dotted path components (`""` + `a` = `a`).
-pub fn join_path(prefix: &str, name: &str) -> String {
-    if prefix.is_empty() {
-        name.to_string()
-    } else if name.is_empty() {
-        prefix.to_string()
-    } else {
-        format!("{prefix}.{name}")
-    }
-}
 
 /// A conv that may have grown.
 #[derive(Debug)]
@@ -406,7 +398,7 @@ impl Slot {
     /// and params").
     pub fn macs(&self, h: usize, w: usize) -> Result<u64> {
         match self {
-            Slot::Conv(c) => c.geom.macs(h, w),
+            Slot::Conv(c) => Ok(c.geom.macs(h, w)?),
             Slot::Block(b) => b.all_branches().map(|op| op.macs(h, w)).sum(),
         }
     }

@@ -8,9 +8,9 @@
 //! arguments. Runs of plain conv units are grouped into the unit-stack op by the model
 //! (dyrep-runtime `model/mod.rs`), since that is a property of a sequence of layers.
 
+use super::RepBlock;
 use crate::bn::BatchNorm;
 use crate::op::{BranchParts, RepOp, SecondStage};
-use crate::slot::RepBlock;
 
 thread_local! {
     static BRANCHWISE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };

@@ -1,5 +1,5 @@
-//! How a grown block runs — decided in one place (docs/ARCHITECTURE.md "The life of a
-//! training step"): as its exact fused conv (inference: eval mode, no gradients, no batch norm
+//! How a grown block runs — decided in one place (docs/ARCHITECTURE.md "How a block runs: the
+//! ambient switches"): as its exact fused conv (inference: eval mode, no gradients, no batch norm
 //! calibrating — same output by the fusion property, one conv instead of every branch); as the
 //! block op (training with batch statistics: the conv→BN, BN-only and two-stage branches in one
 //! fused op, the others added after); or branch by branch (everything else, and inside

@@ -180,6 +180,24 @@ impl Slot {
         }
     }
 
+    /// After fusion: a plain conv's bias goes into the BN that follows it (running mean
+    /// μ ← μ − b) and the conv becomes bias-free, as in the plain architecture. Exact in eval
+    /// mode; a block or a conv without bias is left as it is.
+    pub fn fold_bias_into(&mut self, bn: &BatchNorm) -> Result<()> {
+        let Slot::Conv(conv) = &*self else {
+            return Ok(());
+        };
+        let Some(bias) = conv.conv.bias() else {
+            return Ok(());
+        };
+        let p = bn.eval_params()?;
+        let mean = (&p.mean - bias.as_detached_tensor())?;
+        bn.set_running_stats(&mean, &p.var)?;
+        let weight = conv.conv.weight().as_detached_tensor();
+        *self = Slot::Conv(PlainConv::from_tensors(conv.geom, &weight, None)?);
+        Ok(())
+    }
+
     /// Adds `delta` to the tree's equivalent kernel, exactly (eval mode): into the conv for a
     /// plain slot, through the main branch for a block.
     pub fn add_kernel(&mut self, delta: &Kernel) -> Result<()> {

@@ -133,18 +133,9 @@ impl ConvUnit {
     /// After fusion: a plain conv's bias goes into the following BN (μ ← μ − b), so the conv
     /// is bias-free as in the plain architecture. Exact in eval mode.
     pub fn fold_bias_into_bn(&mut self) -> Result<()> {
-        let (Some(bn), Slot::Conv(conv)) = (&self.bn, &self.slot) else {
-            return Ok(());
-        };
-        let Some(bias) = conv.layer().bias() else {
-            return Ok(());
-        };
-        let p = bn.eval_params()?;
-        let mean = (&p.mean - bias.as_detached_tensor())?;
-        bn.set_running_stats(&mean, &p.var)?;
-        let geom = *conv.geom();
-        let weight = conv.layer().weight().as_detached_tensor();
-        self.slot = Slot::Conv(dyrep_api::PlainConv::from_tensors(geom, &weight, None)?);
+        if let Some(bn) = &self.bn {
+            self.slot.fold_bias_into(bn)?;
+        }
         Ok(())
     }
 

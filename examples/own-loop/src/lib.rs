@@ -159,7 +159,8 @@ pub fn run(s: &Settings, log: &mut dyn FnMut(String)) -> Result<Outcome> {
     let before = dyrep_api::branchwise(|| net.infer(&x))?;
     for c in &mut net.convs {
         c.slot.fuse()?;
-        c.fold_bias_into_bn()?;
+        // The block's bias goes into the BN after it: the plain, bias-free conv again.
+        c.slot.fold_bias_into(&c.bn)?;
     }
     let after = net.infer(&x)?;
     let fusion = compare(&before, &after)?;

@@ -3,7 +3,7 @@
 //! candle ops. Implementing `RepNet` is all DyRep needs of it.
 
 use candle_core::{DType, Device, Tensor, Var};
-use dyrep_api::{BatchNorm, ConvGeom, InitCtx, PlainConv, Slot, TensorRole};
+use dyrep_api::{BatchNorm, ConvGeom, InitCtx, Slot, TensorRole};
 use dyrep_runtime::dynamics::RepNet;
 use dyrep_runtime::Result;
 
@@ -59,26 +59,6 @@ impl SmallCnn {
 
     pub fn device(&self) -> &Device {
         self.fc_weight.device()
-    }
-}
-
-impl ConvBn {
-    /// After fusion the slot is one conv with a bias; the bias goes into the BN that follows
-    /// (running mean μ ← μ − b), leaving the plain architecture's bias-free conv. Exact in eval
-    /// mode.
-    pub fn fold_bias_into_bn(&mut self) -> Result<()> {
-        let Slot::Conv(conv) = &self.slot else {
-            return Ok(());
-        };
-        let Some(bias) = conv.layer().bias() else {
-            return Ok(());
-        };
-        let p = self.bn.eval_params()?;
-        let mean = (&p.mean - bias.as_detached_tensor())?;
-        self.bn.set_running_stats(&mean, &p.var)?;
-        let weight = conv.layer().weight().as_detached_tensor();
-        self.slot = Slot::Conv(PlainConv::from_tensors(*conv.geom(), &weight, None)?);
-        Ok(())
     }
 }
 

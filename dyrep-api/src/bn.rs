@@ -4,7 +4,10 @@
 //! and the unbiased variance, as PyTorch does; eval mode uses the running statistics; calibration
 //! mode (PyTorch's `momentum=None`) uses batch statistics and keeps a cumulative average of them;
 //! `reset` restores μ = 0, σ² = 1. candle_nn's BN has neither calibration nor reset.
+//! In the online block form (`form.rs`) a batch norm inside a block is a *scale*: `γ·x + β` in
+//! every mode, no statistics, folded as μ = 0, σ² = 1, ε = 0.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -52,6 +55,8 @@ pub struct BatchNorm {
     running_var: Var,
     /// `Some(n)` while calibrating: `n` batches averaged so far.
     calibration: Mutex<Option<u64>>,
+    /// The online form's scale: `γ·x + β`, no statistics (`form.rs`).
+    scale_form: AtomicBool,
 }
 
 impl BatchNorm {
@@ -67,6 +72,7 @@ impl BatchNorm {
             running_mean: Var::zeros(num_features, dtype, device)?,
             running_var: Var::ones(num_features, dtype, device)?,
             calibration: Mutex::new(None),
+            scale_form: AtomicBool::new(false),
         })
     }
 
@@ -116,9 +122,24 @@ impl BatchNorm {
         Ok(())
     }
 
+    /// Turns this batch norm into the online form's scale: from now on every forward is
+    /// `γ·x + β` (no statistics, no running averages), and it folds as μ = 0, σ² = 1, ε = 0.
+    pub fn set_scale_form(&self) {
+        self.scale_form.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether this is an online-form scale.
+    pub fn is_scale_form(&self) -> bool {
+        self.scale_form.load(Ordering::Relaxed)
+    }
+
     /// Enters calibration: statistics reset, then every forward (whatever its `train` flag)
     /// normalises with batch statistics and folds them into a cumulative average.
+    /// A scale has nothing to calibrate: it stays as it is.
     pub fn begin_calibration(&self) -> Result<()> {
+        if self.is_scale_form() {
+            return Ok(());
+        }
         self.reset_running_stats()?;
         *self.lock_calibration() = Some(0);
         Ok(())
@@ -142,11 +163,33 @@ impl BatchNorm {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Detached copies of γ, β, μ, σ², ε: what fusion folds.
+    /// Detached copies of γ, β, μ, σ², ε: what fusion folds. Inside
+    /// [`crate::form::live_kernels`], γ and β are the parameters themselves (differentiable).
+    /// A scale (online form) folds as μ = 0, σ² = 1, ε = 0, i.e. exactly `γ·x + β`.
     pub fn eval_params(&self) -> Result<BnEval> {
+        let (gamma, beta) = if crate::form::live_on() {
+            (
+                self.weight.as_tensor().clone(),
+                self.bias.as_tensor().clone(),
+            )
+        } else {
+            (
+                self.weight.as_detached_tensor().copy()?,
+                self.bias.as_detached_tensor().copy()?,
+            )
+        };
+        if self.is_scale_form() {
+            return Ok(BnEval {
+                mean: gamma.zeros_like()?,
+                var: gamma.ones_like()?,
+                gamma,
+                beta,
+                eps: 0.0,
+            });
+        }
         Ok(BnEval {
-            gamma: self.weight.as_detached_tensor().copy()?,
-            beta: self.bias.as_detached_tensor().copy()?,
+            gamma,
+            beta,
             mean: self.running_mean.as_detached_tensor().copy()?,
             var: self.running_var.as_detached_tensor().copy()?,
             eps: self.eps,
@@ -194,9 +237,10 @@ impl BatchNorm {
         Ok(y)
     }
 
-    /// Whether a forward normalises with batch statistics: in train mode or while calibrating.
+    /// Whether a forward normalises with batch statistics: in train mode or while calibrating
+    /// (never for a scale).
     pub fn uses_batch_stats(&self, train: bool) -> bool {
-        train || self.is_calibrating()
+        !self.is_scale_form() && (train || self.is_calibrating())
     }
 
     pub(crate) fn check_channels(&self, dims: &[usize]) -> Result<()> {
@@ -279,6 +323,12 @@ impl BatchNorm {
     /// Eval mode as `x·scale + shift` with `scale = γ/sqrt(σ²+ε)`, `shift = β − scale·μ`
     /// (graph to γ and β, not to the running statistics).
     pub(crate) fn eval_affine(&self) -> Result<(Tensor, Tensor)> {
+        if self.is_scale_form() {
+            return Ok((
+                self.weight.as_tensor().clone(),
+                self.bias.as_tensor().clone(),
+            ));
+        }
         let rm = self.running_mean.as_detached_tensor();
         let rv = self.running_var.as_detached_tensor();
         let scale = self.weight.as_tensor().div(&(rv + self.eps)?.sqrt()?)?;

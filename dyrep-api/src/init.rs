@@ -36,6 +36,8 @@ pub struct InitCtx<'a> {
     pub conv_init: ConvInit,
     pub device: Device,
     pub dtype: DType,
+    /// The form of the blocks built with this context (`Slot::grow`, `Slot::from_arch`).
+    pub block_form: crate::form::BlockForm,
 }
 
 impl<'a> InitCtx<'a> {
@@ -47,6 +49,7 @@ impl<'a> InitCtx<'a> {
             conv_init: ConvInit::FanOutNormal,
             device: device.clone(),
             dtype: DType::F32,
+            block_form: crate::form::BlockForm::Bn,
         }
     }
 

@@ -121,8 +121,16 @@ impl Conv2dLayer {
         }
     }
 
-    /// The conv as a kernel (detached copy; zero bias if it has none).
+    /// The conv as a kernel (detached copy; zero bias if it has none). Inside
+    /// [`crate::form::live_kernels`] the parameters themselves (differentiable, no copy).
     pub fn kernel(&self) -> Result<Kernel> {
+        if crate::form::live_on() {
+            let w = self.weight.as_tensor().clone();
+            return match &self.bias {
+                Some(b) => Kernel::new(w, b.as_tensor().clone()),
+                None => Kernel::from_weight(w),
+            };
+        }
         let w = self.weight.as_detached_tensor().copy()?;
         match &self.bias {
             Some(b) => Kernel::new(w, b.as_detached_tensor().copy()?),
@@ -230,6 +238,16 @@ impl BnAndPad {
     fn pad_output(&self, y: &Tensor) -> Result<Tensor> {
         if self.pad == 0 {
             return Ok(y.clone());
+        }
+        if self.bn.is_scale_form() {
+            // The online form's scale gives β for a zero input; padding with β as
+            // `pad0(y − β) + β` keeps β's gradient through the border, as the assembled kernel's
+            // bias (transIII) has it.
+            let c = self.bn.num_features();
+            let beta = self.bn.beta().as_tensor().reshape((1, c, 1, 1))?;
+            let zeros = Tensor::zeros(c, y.dtype(), y.device())?;
+            let shifted = dyrep_kernels::pad_const(&y.broadcast_sub(&beta)?, self.pad, &zeros)?;
+            return Ok(shifted.broadcast_add(&beta)?);
         }
         let value = self.bn.eval_params()?.zero_input_output()?;
         Ok(dyrep_kernels::pad_const(y, self.pad, &value)?)

@@ -7,9 +7,11 @@
 //! and its registry, `tensor.rs` tensor paths and roles, `branch.rs` `ConvBnBranch`, `scorer.rs` the scorer interface and its registry, `registry.rs` their
 //! lookup; `slot/` the recursive `Slot`/`RepBlock` with grow, cut and fusion
 //! (docs/REFERENCE.md "Nesting", "Growth schedule (Rep)", "Dep (cut)", "Fusion checks");
-//! `slot/exec.rs` how a block runs (fused conv, block op, branch by branch); `init.rs` seeded
+//! `slot/exec.rs` how a block runs (fused conv, online assembly, block op, branch by branch);
+//! `form.rs` the block form (the paper's BN form or the online form); `init.rs` seeded
 //! initialisation and memory checks; `rng.rs` the seeded generator; `sync_bn.rs` batch
-//! statistics shared across data-parallel processes; `equivalence.rs` fusion-equivalence checks
+//! statistics shared across data-parallel processes; `equivalence.rs` fusion-equivalence checks,
+//! `online_check.rs` the online form's forward and gradient checks
 //! (and `testing`, behind the `testing` feature, the harness for plugin authors); utilities every
 //! crate above uses: `hash.rs` (FNV-1a content keys) and `durable.rs` (fsync'd atomic writes and
 //! the crash tests' fault points).
@@ -19,11 +21,13 @@ pub mod branch;
 pub mod durable;
 pub mod equivalence;
 pub mod error;
+pub mod form;
 pub mod geom;
 pub mod hash;
 pub mod init;
 pub mod kernel;
 pub mod layers;
+pub mod online_check;
 pub mod op;
 pub mod plugin;
 pub mod registry;
@@ -37,6 +41,7 @@ pub mod testing;
 
 pub use bn::{BatchNorm, BnEval, BN_EPS, BN_MOMENTUM};
 pub use error::{Error, Result};
+pub use form::{live_kernels, BlockForm};
 pub use geom::{ConvGeom, GeomError};
 pub use init::{ConvInit, InitCtx, DEFAULT_GAMMA0};
 pub use kernel::Kernel;

@@ -23,6 +23,7 @@ use proptest::test_runner::{Config, TestCaseError};
 use crate::equivalence::{
     check_block, check_op, BlockReport, FusionCase, NestPlan, RawCase, FUSION_TOLERANCE,
 };
+use crate::online_check::{check_online_block, OnlineReport};
 use crate::op::OpSpec;
 
 /// Proptest config: 64 cases (`PROPTEST_CASES`), a fixed seed unless `PROPTEST_RNG_SEED`
@@ -133,6 +134,27 @@ pub fn assert_block_fusion_equivalent(
         return Err(TestCaseError::fail(format!(
             "block {:?} on {} input {}x{}: {r:?}",
             r.branches, case.geom, case.h, case.w
+        )));
+    }
+    Ok(r)
+}
+
+/// Asserts the online form's contract for `main` + `branches` (nested per `nest`): grow and cut
+/// keep the training output, the fused conv equals the online block, and the online forward and
+/// every branch tensor's gradient equal the f64 branch-by-branch composition within the derived
+/// bound (`online_check`). Returns the report for further checks.
+pub fn assert_online_equivalent(
+    main: &dyn OpSpec,
+    branches: &[Box<dyn OpSpec>],
+    nest: &[NestPlan],
+    case: &FusionCase,
+) -> Result<OnlineReport, TestCaseError> {
+    let r = check_online_block(main, branches, nest, case, &Device::Cpu)
+        .map_err(|e| TestCaseError::fail(format!("online block on {}: {e}", case.geom)))?;
+    if !r.passed() {
+        return Err(TestCaseError::fail(format!(
+            "online block {:?} on {} input {}x{} batch {}: {r:?}",
+            r.branches, case.geom, case.h, case.w, case.batch
         )));
     }
     Ok(r)

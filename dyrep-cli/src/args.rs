@@ -232,6 +232,11 @@ pub(crate) struct TrainArgs {
     /// grows one (`dyrep`: the BN kept, the block equal to the fresh conv).
     #[arg(long, value_name = "FORM", value_parser = dyrep_runtime::train::BaselineForm::parse)]
     pub(crate) baseline_form: Option<dyrep_runtime::train::BaselineForm>,
+    /// repvgg / dbb / dyrep modes: how blocks train — `bn` (every branch its own batch norm, as
+    /// the paper; the default) or `online` (each branch's BN a learnable scale, the block one
+    /// conv with its assembled kernel in every step: the cost of the plain network).
+    #[arg(long, value_name = "FORM", value_parser = dyrep_runtime::train::BlockForm::parse)]
+    pub(crate) block_form: Option<dyrep_runtime::train::BlockForm>,
     /// repvgg / dbb modes, reference form: how the blocks' convs start (`pytorch`: every conv
     /// fresh with PyTorch's default init, as the reference; the default) or `fan_out` (the
     /// model's conv kept as the main branch, the new ones fan-out normal: dyrep's earlier form).

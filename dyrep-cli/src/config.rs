@@ -89,6 +89,9 @@ impl TrainArgs {
         if let Some(v) = self.baseline_init {
             cfg.baseline_init = v;
         }
+        if let Some(v) = self.block_form {
+            cfg.block_form = v;
+        }
         self.apply_dyrep_flags(&mut cfg.dyrep);
         self.check_mode_flags(&cfg)?;
         cfg.validate()?;

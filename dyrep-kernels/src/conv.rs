@@ -967,7 +967,16 @@ pub(crate) fn conv2d_candle(
     groups: usize,
 ) -> candle_core::Result<Tensor> {
     let (ph, pw) = padding;
-    if ph == pw {
+    let (_, _, h, w) = x.dims4()?;
+    let (_, _, kh, kw) = weight.dims4()?;
+    // candle's conv backward takes the transposed conv's output padding from the rows alone and
+    // uses it for the columns too, so the input gradient has the wrong width when the rows and
+    // the columns leave different remainders under the stride. Rows and columns no window
+    // reaches do not change the output: pad explicitly and drop them, leaving remainder 0 on
+    // both axes (their gradient is zero either way).
+    let rem = |n: usize, p: usize, k: usize| (n + 2 * p).checked_sub(k).map(|span| span % stride);
+    let uneven = stride > 1 && rem(h, ph, kh) != rem(w, pw, kw);
+    if ph == pw && !uneven {
         return x.conv2d(weight, ph, stride, 1, groups);
     }
     let mut xp = x.clone();
@@ -976,6 +985,12 @@ pub(crate) fn conv2d_candle(
     }
     if pw > 0 {
         xp = xp.pad_with_zeros(3, pw, pw)?;
+    }
+    if uneven {
+        let used = |n: usize, p: usize, k: usize| n + 2 * p - rem(n, p, k).unwrap_or(0);
+        xp = xp
+            .narrow(2, 0, used(h, ph, kh))?
+            .narrow(3, 0, used(w, pw, kw))?;
     }
     xp.conv2d(weight, 0, stride, 1, groups)
 }

@@ -12,6 +12,7 @@ use crate::dynamics::DyrepConfig;
 use crate::error::{io, Result, RuntimeError};
 pub use crate::model::{BaselineForm, BaselineInit, Mode};
 use crate::optim::SgdConfig;
+pub use dyrep_api::BlockForm;
 
 /// The largest `width` multiplier: wider networks than 64× a registered model's channels do not
 /// fit any machine's memory.
@@ -57,6 +58,10 @@ pub struct TrainConfig {
     /// How the reference form draws its blocks' convs (the reference's, PyTorch's default init,
     /// by default).
     pub baseline_init: BaselineInit,
+    /// How grown blocks train (`repvgg`, `dbb`, `dyrep`): `bn`, the paper's per-branch batch
+    /// norms (the default), or `online`, every branch's batch norm a learnable scale and the
+    /// block collapsed into one conv in every step (docs/REFERENCE.md "The online form").
+    pub block_form: BlockForm,
     /// Start from plain pretrained weights with conventional names (a `.safetensors` file as
     /// `dyrep export` writes it), in any mode (paper §5.4 "D").
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -115,6 +120,7 @@ impl Default for TrainConfig {
             test_limit: None,
             baseline_form: BaselineForm::Reference,
             baseline_init: BaselineInit::Pytorch,
+            block_form: BlockForm::Bn,
             init_from: None,
             workers: 0,
             dist_same_data: false,
@@ -156,6 +162,13 @@ impl TrainConfig {
                  form starts each block equal to the conv); remove it",
                 self.baseline_init.as_str()
             ));
+        }
+        if self.block_form == BlockForm::Online && self.mode == Mode::Origin {
+            return bad(
+                "block_form = \"online\" applies to grown blocks (mode repvgg, dbb or dyrep); \
+                 mode origin has none: remove it"
+                    .into(),
+            );
         }
         if !(0.0..1.0).contains(&self.label_smoothing) {
             return bad(format!(

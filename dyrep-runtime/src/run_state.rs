@@ -85,6 +85,10 @@ pub struct Summary {
     /// and in summaries written before the setting existed (those drew `fan_out`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline_init: Option<String>,
+    /// How the blocks trained (`bn` or `online`, docs/REFERENCE.md "The online form"); absent
+    /// for `origin` and in summaries written before the setting existed (those trained `bn`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_form: Option<String>,
     pub dataset: String,
     pub epochs: usize,
     pub seed: u64,

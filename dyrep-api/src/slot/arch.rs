@@ -45,7 +45,8 @@ impl Slot {
         }
     }
 
-    /// Rebuilds a tree of this structure with fresh parameters (load tensors afterwards).
+    /// Rebuilds a tree of this structure with fresh parameters (load tensors afterwards); its
+    /// blocks are in `ctx.block_form`.
     pub fn from_arch(geom: ConvGeom, arch: &SlotArch, ctx: &mut InitCtx<'_>) -> Result<Slot> {
         Self::from_arch_at("", geom, arch, ctx)
     }
@@ -64,6 +65,9 @@ impl Slot {
                     .iter()
                     .map(|b| build_branch(path, &geom, b, ctx))
                     .collect::<Result<Vec<_>>>()?;
+                for op in std::iter::once(&main_op).chain(&ops) {
+                    ctx.block_form.apply_to_op(&**op);
+                }
                 Ok(Slot::Block(RepBlock::new(geom, main_op, ops)?))
             }
         }

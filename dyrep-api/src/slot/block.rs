@@ -140,18 +140,10 @@ impl RepBlock {
     /// training with batch statistics, else branch by branch.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         match ExecPath::choose(self, train) {
-            ExecPath::FusedConv => {
-                let k = self.equivalent()?;
-                let g = &self.geom;
-                let y = dyrep_kernels::conv2d(
-                    x,
-                    &k.weight.to_dtype(x.dtype())?,
-                    g.stride,
-                    (g.padding, g.padding),
-                    g.groups,
-                )?;
-                let bias = k.bias.to_dtype(x.dtype())?.reshape((1, g.out_ch, 1, 1))?;
-                Ok(y.broadcast_add(&bias)?)
+            ExecPath::FusedConv => self.conv_with(x, &self.equivalent()?),
+            ExecPath::Online => {
+                let k = crate::form::live_kernels(|| self.equivalent())?;
+                self.conv_with(x, &k)
             }
             ExecPath::BlockOp { fused, others, eps } => {
                 Ok(self.run_block_op(x, train, &fused, &others, eps, None)?.0)
@@ -163,6 +155,37 @@ impl RepBlock {
                 }
                 Ok(y)
             }
+        }
+    }
+
+    /// `k` applied as a conv in the block's geometry, plus its bias.
+    fn conv_with(&self, x: &Tensor, k: &Kernel) -> Result<Tensor> {
+        let g = &self.geom;
+        let y = dyrep_kernels::conv2d(
+            x,
+            &k.weight.to_dtype(x.dtype())?,
+            g.stride,
+            (g.padding, g.padding),
+            g.groups,
+        )?;
+        let bias = k.bias.to_dtype(x.dtype())?.reshape((1, g.out_ch, 1, 1))?;
+        Ok(y.broadcast_add(&bias)?)
+    }
+
+    /// Whether the block is in the online form (its main branch's batch norms are scales).
+    pub fn is_online(&self) -> bool {
+        self.main
+            .batch_norms()
+            .first()
+            .is_some_and(|(_, bn)| bn.is_scale_form())
+    }
+
+    /// The block's form.
+    pub fn form(&self) -> crate::form::BlockForm {
+        if self.is_online() {
+            crate::form::BlockForm::Online
+        } else {
+            crate::form::BlockForm::Bn
         }
     }
 
@@ -261,7 +284,8 @@ impl RepBlock {
         self.main.add_equivalent(&delta)
     }
 
-    /// Adds a branch built from `spec`, keeping the block's eval output unchanged.
+    /// Adds a branch built from `spec` (in the block's form), keeping the block's eval output
+    /// unchanged — in the online form its training output too.
     pub fn add_branch(&mut self, spec: &dyn OpSpec, ctx: &mut InitCtx<'_>) -> Result<()> {
         spec.check(&self.geom)?;
         if self.branch(spec.name()).is_some() {
@@ -271,6 +295,7 @@ impl RepBlock {
         }
         let before = self.equivalent()?;
         let op = spec.build(&self.geom, ctx)?;
+        self.form().apply_to_op(&*op);
         if op.geom() != &self.geom {
             return Err(Error::InvalidArch {
                 path: op.name().to_string(),

@@ -1,6 +1,7 @@
 //! How a grown block runs — decided in one place (docs/ARCHITECTURE.md "How a block runs: the
 //! ambient switches"): as its exact fused conv (inference: eval mode, no gradients, no batch norm
-//! calibrating — same output by the fusion property, one conv instead of every branch); as the
+//! calibrating — same output by the fusion property, one conv instead of every branch); in the
+//! online form, as one conv with the kernel assembled live (differentiable); as the
 //! block op (training with batch statistics: the conv→BN, BN-only and two-stage branches in one
 //! fused op, the others added after); or branch by branch (everything else, and inside
 //! [`branchwise`], which checks use so that their reference shares no code with fusion or with
@@ -38,6 +39,9 @@ fn branchwise_on() -> bool {
 pub enum ExecPath<'a> {
     /// The block's exact fused conv (inference).
     FusedConv,
+    /// The online form while training: one conv with the kernel assembled from the branches'
+    /// live tensors (`form.rs`), differentiable through the assembly.
+    Online,
     /// The block op over `fused` (their batch norms all use batch statistics and share `eps`);
     /// `others` run on their own and are added to its output.
     BlockOp {
@@ -57,6 +61,9 @@ impl<'a> ExecPath<'a> {
         }
         if !train && !dyrep_kernels::grad_enabled() && !block.calibrating() {
             return ExecPath::FusedConv;
+        }
+        if block.is_online() {
+            return ExecPath::Online;
         }
         let (mut fused, mut others) = (Vec::new(), Vec::new());
         for op in block.all_branches() {

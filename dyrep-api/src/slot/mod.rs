@@ -210,7 +210,8 @@ impl Slot {
     /// Rep (paper eq. 6): turns this plain conv into a block whose main branch is built from
     /// `main` and holds the old conv, plus one branch per spec in `branches` (initialised with
     /// last-BN γ = `ctx.gamma0`). The main branch is then set so the block's eval output equals
-    /// the old conv's exactly. Nothing changes if any spec does not apply.
+    /// the old conv's exactly. Nothing changes if any spec does not apply. The block is in
+    /// `ctx.block_form`.
     pub fn grow(
         &mut self,
         main: &dyn OpSpec,
@@ -271,6 +272,9 @@ impl Slot {
         if keep_conv {
             // The old conv moves into the main branch; the main's fresh conv is dropped.
             std::mem::swap(main_slot, self);
+        }
+        for op in std::iter::once(&main_op).chain(&ops) {
+            ctx.block_form.apply_to_op(&**op);
         }
         *self = Slot::Block(RepBlock {
             geom,

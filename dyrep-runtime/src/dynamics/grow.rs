@@ -2,11 +2,13 @@
 //! become blocks of the configured branch ops; each new block's BN statistics are calibrated on
 //! training batches the caller's [`CalibrationSource`] gives, and the eval output is kept in the
 //! configured form (`exact`, the reference's eq. 6, or `affine`: `preserve.rs`); the output is
-//! measured on the fixed batch before and after each grow.
+//! measured on the fixed batch before and after each grow. In the online block form
+//! (docs/REFERENCE.md "The online form") a new block's assembled kernel equals the old conv
+//! exactly in training mode too, so there is nothing to calibrate or preserve.
 
 use candle_core::Tensor;
 use dyrep_api::equivalence::compare;
-use dyrep_api::{InitCtx, OpSpec, Scorer, SeededRng};
+use dyrep_api::{BlockForm, InitCtx, OpSpec, Scorer, SeededRng};
 
 use super::net::{growable_weights, probe_logits, RepNet};
 use super::preserve::{affine_preserve, main_conv_norms, MainScale};
@@ -70,6 +72,7 @@ pub(crate) fn grow_step(
     };
     let device = ctx.fixed.device().clone();
     let mut rng = SeededRng::for_purpose(ctx.seed, &purpose);
+    let form = net.block_form();
     let mut events = Vec::new();
     for (path, score) in ranked {
         if events.len() >= ctx.cfg.grow_topk {
@@ -91,18 +94,24 @@ pub(crate) fn grow_step(
         {
             let mut ictx = InitCtx::new(&mut rng, &device);
             ictx.gamma0 = ctx.cfg.gamma0;
+            ictx.block_form = form;
             slot.grow(&*main, &applicable, &mut ictx)?;
         }
         let key = ctx.stream_key(events.len());
-        calibrate(net, &path, key, ctx)?;
+        if form == BlockForm::Bn {
+            calibrate(net, &path, key, ctx)?;
+        }
         let slot = net.slot_at(&path)?;
         let block = slot
             .as_block_mut()
             .ok_or_else(|| RuntimeError::Model(format!("`{path}` did not become a block")))?;
-        match ctx.cfg.preserve {
-            Preserve::Exact => block.restore_equivalent(&target)?,
-            Preserve::Reference => reference_eq6(block, &target)?,
-            Preserve::Affine => affine_preserve(block, &target)?,
+        // The online form has no statistics to calibrate or preserve: `Slot::grow` already made
+        // the assembled kernel equal to the old conv, in training and in eval mode.
+        match (form, ctx.cfg.preserve) {
+            (BlockForm::Online, _) => {}
+            (BlockForm::Bn, Preserve::Exact) => block.restore_equivalent(&target)?,
+            (BlockForm::Bn, Preserve::Reference) => reference_eq6(block, &target)?,
+            (BlockForm::Bn, Preserve::Affine) => affine_preserve(block, &target)?,
         }
         let main_scale = MainScale::between(&norms_before, &main_conv_norms(slot)?);
         let after = probe_logits(net, ctx.fixed)?;

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use candle_core::{Tensor, Var};
-use dyrep_api::{join_path, Slot, TensorRole};
+use dyrep_api::{join_path, BlockForm, Slot, TensorRole};
 
 use crate::error::{Result, RuntimeError};
 use crate::model::Model;
@@ -32,6 +32,11 @@ pub trait RepNet {
     /// How errors name the network.
     fn label(&self) -> String {
         "the network".into()
+    }
+
+    /// The form blocks grown in this network train in (docs/REFERENCE.md "The online form").
+    fn block_form(&self) -> BlockForm {
+        BlockForm::Bn
     }
 
     /// Trainable parameters (running statistics excluded).
@@ -63,6 +68,10 @@ pub trait RepNet {
 impl RepNet for Model {
     fn label(&self) -> String {
         format!("model `{}`", self.name())
+    }
+
+    fn block_form(&self) -> BlockForm {
+        self.block_form
     }
 
     fn conv_slots(&self) -> Vec<(&str, &Slot)> {

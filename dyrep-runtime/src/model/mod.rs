@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use dyrep_api::{ConvGeom, InitCtx, OpSpec, Slot, SlotArch, TensorRole};
+use dyrep_api::{BlockForm, ConvGeom, InitCtx, OpSpec, Slot, SlotArch, TensorRole};
 
 use crate::error::{Result, RuntimeError};
 
@@ -60,6 +60,9 @@ pub struct ModelArch {
     pub num_classes: usize,
     pub width: f64,
     pub form: Form,
+    /// How the blocks train (absent: the paper's `bn` form).
+    #[serde(default, skip_serializing_if = "is_bn_form")]
+    pub block_form: BlockForm,
     /// Every conv slot by path (plain convs included).
     pub slots: BTreeMap<String, SlotArch>,
     /// Conv paths whose unit BN was dropped after their block (reference-form baselines).
@@ -70,12 +73,19 @@ pub struct ModelArch {
     pub file: Option<ArchFile>,
 }
 
+fn is_bn_form(form: &BlockForm) -> bool {
+    *form == BlockForm::Bn
+}
+
 /// A CNN whose convs are slots.
 #[derive(Debug)]
 pub struct Model {
     pub config: ModelConfig,
     pub layers: Vec<Layer>,
     pub form: Form,
+    /// How its grown blocks train (docs/REFERENCE.md "The online form"); blocks grown later
+    /// (DyRep) are built in this form.
+    pub block_form: BlockForm,
 }
 
 impl Model {
@@ -91,6 +101,7 @@ impl Model {
             },
             layers: Vec::new(),
             form: Form::Train,
+            block_form: BlockForm::Bn,
         }
     }
 
@@ -308,6 +319,7 @@ impl Model {
             num_classes: self.config.num_classes,
             width: self.config.width,
             form: self.form,
+            block_form: self.block_form,
             slots: self
                 .units()
                 .iter()
@@ -340,6 +352,17 @@ impl Model {
         };
         let mut model = build_model(&config, ctx)?;
         model.form = arch.form;
+        model.block_form = arch.block_form;
+        let saved_form = std::mem::replace(&mut ctx.block_form, arch.block_form);
+        let rebuilt = model.rebuild_slots(arch, ctx);
+        ctx.block_form = saved_form;
+        rebuilt?;
+        Ok(model)
+    }
+
+    /// The slots of `arch` in place of this model's plain convs, in `ctx.block_form`.
+    fn rebuild_slots(&mut self, arch: &ModelArch, ctx: &mut InitCtx<'_>) -> Result<()> {
+        let model = self;
         let known: Vec<String> = model.units().iter().map(|u| u.conv_path.clone()).collect();
         for path in arch.slots.keys() {
             if !known.contains(path) {
@@ -370,7 +393,7 @@ impl Model {
                 }
             }
         }
-        Ok(model)
+        Ok(())
     }
 
     /// Replaces every tensor's value from `tensors` (by path). Missing or extra names and shape
@@ -479,7 +502,11 @@ impl Model {
             match start {
                 BlockStart::Independent { keep_conv } => {
                     u.slot.grow_independent(main, &specs, keep_conv, ctx)?;
-                    u.drop_bn_after_block();
+                    // The online form keeps the BN after the block: its branches have no
+                    // batch statistics of their own.
+                    if ctx.block_form == BlockForm::Bn {
+                        u.drop_bn_after_block();
+                    }
                 }
                 BlockStart::EqualToConv => u.slot.grow(main, &specs, ctx)?,
             }

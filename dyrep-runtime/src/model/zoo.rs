@@ -194,6 +194,7 @@ pub fn build_model(config: &ModelConfig, ctx: &mut InitCtx<'_>) -> Result<Model>
         config: config.clone(),
         layers,
         form: Form::Train,
+        block_form: dyrep_api::BlockForm::Bn,
     };
     // Walk the shapes once so a too-small input fails here, with a clear message.
     model.macs().map_err(too_small)?;

@@ -172,7 +172,10 @@ fn label(cfg: &TrainConfig, recorded: Option<&toml::Table>, keys: &[String]) -> 
         if key.starts_with("dyrep.") && cfg.mode != crate::config::Mode::Dyrep {
             continue;
         }
-        let value = config_value(&table, key).unwrap_or_else(|| "-".into());
+        let value = config_value(&table, key).unwrap_or_else(|| {
+            // Runs from before the setting existed all trained their blocks in the BN form.
+            if key == "block_form" { "bn" } else { "-" }.into()
+        });
         let short = key.strip_prefix("dyrep.").unwrap_or(key);
         parts.push(if i == 0 {
             value

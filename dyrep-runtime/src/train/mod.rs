@@ -18,7 +18,7 @@ use candle_core::Device;
 use dyrep_api::{InitCtx, SeededRng};
 
 pub use crate::checkpoint::load_checkpoint_model;
-pub use crate::config::{BaselineForm, BaselineInit, Mode, TrainConfig};
+pub use crate::config::{BaselineForm, BaselineInit, BlockForm, Mode, TrainConfig};
 use crate::data::loader::{eval_stream, BatchStream, Which};
 use crate::data::Dataset;
 use crate::dynamics::Event;
@@ -104,6 +104,7 @@ pub fn build_for(
 ) -> Result<Model> {
     let mut rng = SeededRng::for_purpose(cfg.seed, "init");
     let mut ctx = InitCtx::new(&mut rng, device);
+    ctx.block_form = cfg.block_form;
     let mcfg = ModelConfig {
         name: file
             .as_ref()
@@ -114,6 +115,7 @@ pub fn build_for(
         file,
     };
     let mut model = build_model(&mcfg, &mut ctx)?;
+    model.block_form = cfg.block_form;
     if let Some(file) = &cfg.init_from {
         crate::export::load_plain_weights(&model, file)?;
     }

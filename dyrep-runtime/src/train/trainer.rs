@@ -16,7 +16,7 @@ use super::calibration::TrainCalibration;
 use super::run_dir::{recover_replaced, Replaced, RunDir};
 use super::{build_for, eval_sums, evaluate, loss_and_acc, RunOptions, TrainProgress};
 use crate::checkpoint::{self, CheckpointData};
-use crate::config::{BaselineForm, Mode, TrainConfig};
+use crate::config::{BaselineForm, BlockForm, Mode, TrainConfig};
 use crate::cpu_time::process_cpu_seconds;
 use crate::data::loader::{
     eval_stream_of, make_batch, rank_shard, steps_per_epoch, train_stream_of_rank, Batch, Which,
@@ -301,6 +301,19 @@ impl Trainer {
     }
 
     fn opening_line(&self, resumed: bool) -> Result<String> {
+        let cfg = &self.cfg;
+        let line = self.run_line(resumed)?;
+        Ok(match cfg.block_form {
+            BlockForm::Bn => line,
+            BlockForm::Online => format!(
+                "{line}\nblock form online: every block trains as one conv with the kernel \
+                 assembled from its branches (a scale per branch, no batch statistics inside a \
+                 block); grows and cuts keep the training output exactly, so no BN calibration"
+            ),
+        })
+    }
+
+    fn run_line(&self, resumed: bool) -> Result<String> {
         let (cfg, ds) = (&self.cfg, &self.data);
         Ok(format!(
             "{} model {} mode {}{} on {} ({} train / {} test, {}x{}x{}, {} classes): {} params, {:.2} M MACs, {} blocks; epochs {}..{}",
@@ -582,6 +595,7 @@ impl Trainer {
             baseline_init: (matches!(cfg.mode, Mode::Repvgg | Mode::Dbb)
                 && cfg.baseline_form == BaselineForm::Reference)
                 .then(|| cfg.baseline_init.as_str().to_string()),
+            block_form: (cfg.mode != Mode::Origin).then(|| cfg.block_form.as_str().to_string()),
             dataset: self.data.spec.clone(),
             epochs: state.epochs_done,
             seed: cfg.seed,

@@ -228,6 +228,27 @@ impl Kernel {
         Self::per_channel_pattern(channels, k, groups, dtype, device, |_, _| v)
     }
 
+    /// A 1×1 kernel followed by a k×k average pool of its own output channels (transIII with
+    /// the pool's kernel, transV): the 1×1 weight spread uniformly over k×k and divided by k²,
+    /// the bias unchanged — what `then(&avg_pool(..), groups)` gives, as a broadcast instead of
+    /// a product with the pool's mostly-zero kernel (and its bias exact: no k² partial sums).
+    pub fn avg_pooled(&self, k: usize) -> Result<Kernel> {
+        let (o, i, kh, kw) = self.dims4()?;
+        if kh != 1 || kw != 1 || k.is_multiple_of(2) {
+            return Err(Error::ShapeMismatch {
+                context: format!(
+                    "average-pooling a {kh}x{kw} kernel over {k}x{k} (needs 1x1 and odd k)"
+                ),
+                expected: vec![1, 1],
+                got: vec![kh, kw],
+            });
+        }
+        Ok(Kernel {
+            weight: (self.weight.broadcast_as((o, i, k, k))? * (1.0 / (k * k) as f64))?,
+            bias: self.bias.clone(),
+        })
+    }
+
     fn per_channel_pattern(
         channels: usize,
         k: usize,
@@ -375,5 +396,31 @@ mod tests {
         let direct = x.avg_pool2d_with_stride(3, 1).unwrap();
         assert!(max_diff(&y, &direct) < 1e-6);
         assert!(Kernel::identity(4, 3, 3, DType::F32, &dev).is_err());
+    }
+
+    /// The broadcast form of "1×1 then average pool" equals the product with the pool's
+    /// grouped kernel (transIII), for every grouping the branch uses.
+    #[test]
+    fn avg_pooled_equals_the_merge_with_the_pool_kernel() {
+        let dev = Device::Cpu;
+        let mut rng = ChaCha8Rng::seed_from_u64(10);
+        for &(o, i, g, k) in &[(6usize, 4usize, 1usize, 3usize), (6, 4, 2, 5), (4, 4, 4, 3)] {
+            let w = normal_tensor(&mut rng, &[o, i / g, 1, 1], 0.0, 1.0, &dev).unwrap();
+            let b = normal_tensor(&mut rng, &[o], 0.0, 1.0, &dev).unwrap();
+            let k1 = Kernel::new(w, b).unwrap();
+            let pool = Kernel::avg_pool(o, k, g, DType::F32, &dev).unwrap();
+            let merged = k1.then(&pool, g).unwrap();
+            let spread = k1.avg_pooled(k).unwrap();
+            assert!(
+                max_diff(&merged.weight, &spread.weight) < 1e-7,
+                "{o} {i} {g} {k}"
+            );
+            assert!(
+                max_diff(&merged.bias, &spread.bias) < 1e-6,
+                "{o} {i} {g} {k}"
+            );
+        }
+        let k3 = Kernel::from_weight(Tensor::zeros((2, 2, 3, 3), DType::F32, &dev).unwrap());
+        assert!(k3.unwrap().avg_pooled(3).is_err());
     }
 }

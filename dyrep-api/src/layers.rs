@@ -335,7 +335,42 @@ fn conv_bn_batch_stats(
     relu: bool,
     pool: Option<dyrep_kernels::MaxPoolParams>,
 ) -> Result<Tensor> {
-    let w = conv.weight().as_tensor();
+    weight_bn_batch_stats(conv.weight().as_tensor(), None, bn, x, params, relu, pool)
+}
+
+/// A kernel (any weight tensor, e.g. an online block's assembled one, and its bias) → `bn` with
+/// batch statistics (→ ReLU) (→ max pool) as one fused op. The bias shifts the batch mean and
+/// nothing else, so the op runs without it and `bn` records the mean plus the bias: the same
+/// output and running statistics as `bn(conv(x) + bias)`. The bias gets no gradient (its exact
+/// gradient through a batch-statistics BN is zero).
+pub fn kernel_bn_train(
+    kernel: &Kernel,
+    bn: &BatchNorm,
+    x: &Tensor,
+    params: dyrep_kernels::ConvParams,
+    relu: bool,
+    pool: Option<dyrep_kernels::MaxPoolParams>,
+) -> Result<Tensor> {
+    weight_bn_batch_stats(
+        &kernel.weight,
+        Some(&kernel.bias),
+        bn,
+        x,
+        params,
+        relu,
+        pool,
+    )
+}
+
+fn weight_bn_batch_stats(
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    bn: &BatchNorm,
+    x: &Tensor,
+    params: dyrep_kernels::ConvParams,
+    relu: bool,
+    pool: Option<dyrep_kernels::MaxPoolParams>,
+) -> Result<Tensor> {
     let shape = dyrep_kernels::ConvShape::new(
         x.dims(),
         w.dims(),
@@ -351,60 +386,101 @@ fn conv_bn_batch_stats(
             dyrep_kernels::conv_bn_max_pool_train(x, w, params, gamma, beta, bn.eps(), relu, pool)?
         }
     };
-    bn.record_batch_stats(&out.mean, &out.var, count)?;
+    let mean = match bias {
+        Some(b) => (&out.mean + b.detach().to_dtype(out.mean.dtype())?)?,
+        None => out.mean,
+    };
+    bn.record_batch_stats(&mean, &out.var, count)?;
     Ok(out.y)
+}
+
+/// The conv of a [`conv_bn_stack`] unit: a weight (a plain conv's, or an online block's
+/// assembled kernel, differentiable), its geometry, and a bias (the block's) that only shifts
+/// the BN's recorded mean.
+#[derive(Clone, Debug)]
+pub struct StackConv {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub params: dyrep_kernels::ConvParams,
+}
+
+impl StackConv {
+    /// A plain conv without bias whose `bn` normalises with the local batch's statistics (not
+    /// synchronised ones) in this mode; `None` otherwise.
+    pub fn plain(conv: &Conv2dLayer, bn: &BatchNorm, train: bool) -> Result<Option<StackConv>> {
+        if !bn.uses_batch_stats(train) || crate::sync_bn::sync_bn_on() {
+            return Ok(None);
+        }
+        Ok(fusable(conv, bn)?.map(|params| StackConv {
+            weight: conv.weight().as_tensor().clone(),
+            bias: None,
+            params,
+        }))
+    }
+
+    /// A kernel in a geometry (an online block's assembled one) before `bn`, when `bn`
+    /// normalises with the local batch's statistics in this mode; `None` otherwise.
+    pub fn kernel(
+        kernel: &Kernel,
+        params: dyrep_kernels::ConvParams,
+        bn: &BatchNorm,
+        train: bool,
+    ) -> Option<StackConv> {
+        (bn.uses_batch_stats(train) && !crate::sync_bn::sync_bn_on()).then(|| StackConv {
+            weight: kernel.weight.clone(),
+            bias: Some(kernel.bias.clone()),
+            params,
+        })
+    }
 }
 
 /// One unit of [`conv_bn_stack`]: the conv, its BN, whether a ReLU follows, and the max pool
 /// after it, if any.
 pub type StackUnit<'a> = (
-    &'a Conv2dLayer,
+    StackConv,
     &'a BatchNorm,
     bool,
     Option<dyrep_kernels::MaxPoolParams>,
 );
 
-/// Whether `conv` → `bn` can be a unit of [`conv_bn_stack`] in this mode: a conv without bias
-/// whose BN normalises with the local batch's statistics (not synchronised ones).
-pub fn fits_conv_bn_stack(conv: &Conv2dLayer, bn: &BatchNorm, train: bool) -> Result<bool> {
-    Ok(fusable(conv, bn)?.is_some() && bn.uses_batch_stats(train) && !crate::sync_bn::sync_bn_on())
-}
-
-/// A run of units that each [`fits_conv_bn_stack`] as one op
+/// A run of units (each built by [`StackConv::plain`] or [`StackConv::kernel`]) as one op
 /// ([`dyrep_kernels::conv_bn_stack_train`]: the same arithmetic as [`conv_bn`] /
 /// [`conv_bn_max_pool`] unit by unit, without candle's gradient bookkeeping between them);
-/// records every BN's batch statistics.
-pub fn conv_bn_stack(units: &[StackUnit<'_>], x: &Tensor, train: bool) -> Result<Tensor> {
+/// records every BN's batch statistics (the mean plus the unit's bias, as
+/// [`kernel_bn_train`]).
+pub fn conv_bn_stack(units: &[StackUnit<'_>], x: &Tensor) -> Result<Tensor> {
     let mut args = Vec::with_capacity(units.len());
     let mut dims = x.dims().to_vec();
     let mut counts = Vec::with_capacity(units.len());
-    for &(conv, bn, relu, pool) in units {
-        let params = fusable(conv, bn)?
-            .filter(|_| bn.uses_batch_stats(train))
-            .ok_or_else(|| Error::Unsupported {
-                op: "conv_bn_stack".into(),
-                what: format!(
-                    "a unit with a conv bias or a BN without batch statistics (input {dims:?}); \
-                     check `fits_conv_bn_stack` first"
-                ),
-            })?;
-        let w = conv.weight().as_tensor();
-        let (shape, next) = dyrep_kernels::conv_unit_dims(&dims, w.dims(), params, pool)?;
+    for (conv, bn, relu, pool) in units {
+        let w = &conv.weight;
+        let (shape, next) = dyrep_kernels::conv_unit_dims(&dims, w.dims(), conv.params, *pool)?;
+        if shape.out != bn.num_features() {
+            return Err(Error::ShapeMismatch {
+                context: "conv_bn_stack: a unit's BN".into(),
+                expected: vec![shape.out],
+                got: vec![bn.num_features()],
+            });
+        }
         counts.push(bn.batch_count(&shape.output_dims())?);
         dims = next;
         args.push(dyrep_kernels::StackUnitArgs {
             weight: w,
-            conv: params,
+            conv: conv.params,
             gamma: bn.gamma().as_tensor(),
             beta: bn.beta().as_tensor(),
             eps: bn.eps(),
-            relu,
-            pool,
+            relu: *relu,
+            pool: *pool,
         });
     }
     let out = dyrep_kernels::conv_bn_stack_train(x, &args)?;
-    for ((&(_, bn, _, _), (mean, var)), count) in units.iter().zip(&out.stats).zip(counts) {
-        bn.record_batch_stats(mean, var, count)?;
+    for (((conv, bn, _, _), (mean, var)), count) in units.iter().zip(&out.stats).zip(counts) {
+        let mean = match &conv.bias {
+            Some(b) => (mean + b.detach().to_dtype(mean.dtype())?)?,
+            None => mean.clone(),
+        };
+        bn.record_batch_stats(&mean, var, count)?;
     }
     Ok(out.y)
 }

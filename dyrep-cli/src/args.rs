@@ -401,6 +401,9 @@ pub(crate) struct BenchArgs {
     /// the training cost of DyRep's grown blocks.
     #[arg(long, value_delimiter = ',', value_name = "OPS")]
     pub(crate) grow_ops: Option<Vec<String>>,
+    /// The blocks' form (as `train --block-form`): `bn` or `online`.
+    #[arg(long, value_name = "FORM", value_parser = dyrep_runtime::train::BlockForm::parse)]
+    pub(crate) block_form: Option<dyrep_runtime::train::BlockForm>,
     /// Channel width multiplier (as `train --width`).
     #[arg(long, default_value_t = 1.0)]
     pub(crate) width: f64,

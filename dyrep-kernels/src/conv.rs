@@ -1041,6 +1041,50 @@ mod tests {
     use super::*;
     use crate::cpu::{assert_same_bits, on_threads, test_values};
 
+    /// candle's own conv backward gave an input gradient one column short when a stride-2
+    /// conv's rows and columns leave different remainders (8×7, 11×9): the candle path now
+    /// drops the rows and columns no window reaches, and its gradients equal the own kernels'.
+    #[test]
+    fn candle_conv_backward_on_inputs_whose_rows_and_columns_leave_different_remainders() {
+        use candle_core::{Device, Var};
+        for (h, w, k, pad) in [(8, 7, 3, 1), (11, 9, 1, 0), (7, 8, 3, 0), (9, 11, 5, 2)] {
+            let x = Tensor::from_vec(test_values(2 * 3 * h * w, 1), (2, 3, h, w), &Device::Cpu)
+                .unwrap();
+            let wt = Tensor::from_vec(test_values(4 * 3 * k * k, 2), (4, 3, k, k), &Device::Cpu)
+                .unwrap();
+            let grads = |backend: Backend| {
+                let (xv, wv) = (
+                    Var::from_tensor(&x).unwrap(),
+                    Var::from_tensor(&wt).unwrap(),
+                );
+                let y =
+                    conv2d_on(backend, xv.as_tensor(), wv.as_tensor(), 2, (pad, pad), 1).unwrap();
+                let g = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+                let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                (
+                    flat(&y),
+                    flat(g.get(xv.as_tensor()).unwrap()),
+                    flat(g.get(wv.as_tensor()).unwrap()),
+                )
+            };
+            let (own, candle) = (grads(Backend::Own), grads(Backend::Candle));
+            for (what, a, b) in [
+                ("y", &own.0, &candle.0),
+                ("dx", &own.1, &candle.1),
+                ("dw", &own.2, &candle.2),
+            ] {
+                assert_eq!(a.len(), b.len(), "{h}x{w} k{k}: {what}");
+                let scale = a.iter().fold(1f32, |m, v| m.max(v.abs()));
+                for (p, q) in a.iter().zip(b) {
+                    assert!(
+                        (p - q).abs() <= 1e-4 * scale,
+                        "{h}x{w} k{k} {what}: {p} vs {q}"
+                    );
+                }
+            }
+        }
+    }
+
     /// Every pass of a conv computes the same bits on 1 to 5 threads: the direct kernel
     /// (32×32 and 16×16 planes), batched small planes (4×4 and 2×2, a ragged last batch), a
     /// pointwise conv, stride 2 (col2im), grouped, depthwise; one image, fewer images than

@@ -3,7 +3,8 @@
 //! (padding p, zeros counted) → BN. DBB's `dbb_1x1_avg` (docs/REFERENCE.md "Branch types" branch
 //! 2). The reference tests `groups >= out_channels` for the pool-only form, which breaks when C_in
 //! != C_out (DBB#38); here the pool-only form needs a true depthwise geometry. Equivalent kernel:
-//! the pool as a grouped kernel (transV), merged after the BN-folded 1×1 (transIII), then BN fold.
+//! the BN-folded 1×1 spread over k×k and divided by k² (transIII with the pool's grouped kernel,
+//! transV, as a broadcast: `Kernel::avg_pooled`), or the pool's kernel alone; then BN fold.
 //! Applies to any padding.
 
 use candle_core::Tensor;
@@ -116,14 +117,15 @@ impl RepOp for Conv1x1Avg {
 
     fn to_equivalent_kxk(&self) -> Result<Kernel> {
         let g = &self.geom;
-        let gamma = self.avgbn.gamma();
-        let pool = Kernel::avg_pool(g.out_ch, g.k, g.groups, gamma.dtype(), gamma.device())?;
         let k = match &self.pre {
             Some((conv, bn)) => conv
                 .kernel()?
                 .fold_bn(&bn.bn().eval_params()?)?
-                .then(&pool, g.groups)?,
-            None => pool,
+                .avg_pooled(g.k)?,
+            None => {
+                let gamma = self.avgbn.gamma();
+                Kernel::avg_pool(g.out_ch, g.k, g.groups, gamma.dtype(), gamma.device())?
+            }
         };
         k.fold_bn(&self.avgbn.eval_params()?)
     }

@@ -202,8 +202,10 @@ impl RepBlock {
         if tail.0.is_some_and(|bn| !bn.uses_batch_stats(train)) {
             return Ok(None);
         }
-        let ExecPath::BlockOp { fused, others, eps } = ExecPath::choose(self, train) else {
-            return Ok(None);
+        let (fused, others, eps) = match ExecPath::choose(self, train) {
+            ExecPath::BlockOp { fused, others, eps } => (fused, others, eps),
+            ExecPath::Online => return self.online_tail_t(x, train, tail),
+            _ => return Ok(None),
         };
         let (y, applied) = self.run_block_op(x, train, &fused, &others, eps, Some(tail))?;
         Ok(Some(if applied {
@@ -211,6 +213,38 @@ impl RepBlock {
         } else {
             apply_tail(y, tail, train)?
         }))
+    }
+
+    /// An online block and its unit's BN (batch statistics), ReLU and max pool as one fused op
+    /// on the assembled kernel; `None` without such a BN (or with synchronised batch norm).
+    fn online_tail_t(&self, x: &Tensor, train: bool, tail: PostUnit<'_>) -> Result<Option<Tensor>> {
+        let (Some(bn), relu, pool) = tail else {
+            return Ok(None);
+        };
+        if !bn.uses_batch_stats(train) || crate::sync_bn::sync_bn_on() {
+            return Ok(None);
+        }
+        let k = crate::form::live_kernels(|| self.equivalent())?;
+        crate::layers::kernel_bn_train(&k, bn, x, self.conv_params(), relu, pool).map(Some)
+    }
+
+    /// The block's conv geometry as the kernels take it.
+    pub fn conv_params(&self) -> dyrep_kernels::ConvParams {
+        let g = &self.geom;
+        dyrep_kernels::ConvParams {
+            stride: g.stride,
+            padding: (g.padding, g.padding),
+            groups: g.groups,
+        }
+    }
+
+    /// When this forward pass runs the block in the online form: its kernel assembled from the
+    /// branches' live tensors (differentiable), for a fused op around it.
+    pub fn online_kernel(&self, train: bool) -> Result<Option<Kernel>> {
+        match ExecPath::choose(self, train) {
+            ExecPath::Online => Ok(Some(crate::form::live_kernels(|| self.equivalent())?)),
+            _ => Ok(None),
+        }
     }
 
     /// The block op over `fused` (then `others` added), recording each fused batch norm's

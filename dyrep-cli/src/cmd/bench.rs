@@ -17,6 +17,7 @@ pub(crate) fn run(args: BenchArgs, ctx: &mut Ctx<'_>) -> Result<u8> {
         mode,
         batch,
         grow_ops,
+        block_form,
         width,
         iters,
         json,
@@ -26,6 +27,7 @@ pub(crate) fn run(args: BenchArgs, ctx: &mut Ctx<'_>) -> Result<u8> {
     let mode = Mode::parse(&mode)?;
     let spec = dyrep_runtime::tools::bench::BenchSpec {
         grow_ops,
+        block_form: block_form.unwrap_or_default(),
         width,
         batch: batch.unwrap_or_else(|| dyrep_runtime::tools::bench::default_batch(&model)),
         iters,

@@ -25,6 +25,7 @@ use std::collections::BTreeMap;
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
+use dyrep_api::layers::StackConv;
 use dyrep_api::{BlockForm, ConvGeom, InitCtx, OpSpec, Slot, SlotArch, TensorRole};
 
 use crate::error::{Result, RuntimeError};
@@ -109,8 +110,9 @@ impl Model {
         &self.config.name
     }
 
-    /// Logits `[N, classes]`. In training, two or more plain conv units in a row (with the max
-    /// pools right after them) run as one op ([`dyrep_api::layers::conv_bn_stack`]); otherwise
+    /// Logits `[N, classes]`. In training, two or more plain conv units (or online blocks, on
+    /// their assembled kernels) in a row, with the max pools right after them, run as one op
+    /// ([`dyrep_api::layers::conv_bn_stack`]); otherwise
     /// a conv unit directly followed by a max pool runs as one op
     /// ([`ConvUnit::forward_max_pool_t`]).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
@@ -121,7 +123,7 @@ impl Model {
             // train as one op: no gradient bookkeeping between them.
             let (run, next) = self.stack_run(i, train)?;
             if run.len() >= 2 {
-                h = dyrep_api::layers::conv_bn_stack(&run, &h, train)?;
+                h = dyrep_api::layers::conv_bn_stack(&run, &h)?;
                 i = next;
                 continue;
             }
@@ -138,8 +140,9 @@ impl Model {
         Ok(h)
     }
 
-    /// The plain conv units from layer `i` on that can train as one op
-    /// ([`dyrep_api::layers::conv_bn_stack`]: a conv without bias, a BN with batch statistics;
+    /// The conv units from layer `i` on that can train as one op
+    /// ([`dyrep_api::layers::conv_bn_stack`]: a plain conv without bias or an online block, a BN
+    /// with batch statistics;
     /// a max pool right after a unit goes with it), and the index of the layer after them.
     fn stack_run(
         &self,
@@ -148,19 +151,26 @@ impl Model {
     ) -> Result<(Vec<dyrep_api::layers::StackUnit<'_>>, usize)> {
         let mut run = Vec::new();
         while let Some(Layer::Conv(unit)) = self.layers.get(i) {
-            let (Slot::Conv(conv), Some(bn)) = (&unit.slot, &unit.bn) else {
+            let Some(bn) = &unit.bn else {
                 break;
             };
-            if !dyrep_api::layers::fits_conv_bn_stack(conv.layer(), bn, train)? {
+            let stack_conv = match &unit.slot {
+                Slot::Conv(conv) => StackConv::plain(conv.layer(), bn, train)?,
+                Slot::Block(b) => match b.online_kernel(train)? {
+                    Some(k) => StackConv::kernel(&k, b.conv_params(), bn, train),
+                    None => None,
+                },
+            };
+            let Some(stack_conv) = stack_conv else {
                 break;
-            }
+            };
             let pool = match self.layers.get(i + 1) {
                 Some(&Layer::MaxPool { k, stride, padding }) => {
                     Some(dyrep_api::kernels::MaxPoolParams { k, stride, padding })
                 }
                 _ => None,
             };
-            run.push((conv.layer(), bn, unit.relu, pool));
+            run.push((stack_conv, bn, unit.relu, pool));
             i += if pool.is_some() { 2 } else { 1 };
         }
         Ok((run, i))

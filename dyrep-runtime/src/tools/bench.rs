@@ -123,6 +123,8 @@ pub struct BenchSpec {
     /// Grow every k×k conv (k > 1) into a block with these ops first (`["all"]`: every
     /// registered op that applies), as DyRep's grown blocks: the cost of multi-branch training.
     pub grow_ops: Option<Vec<String>>,
+    /// The blocks' form (`repvgg`, `dbb`, `grow_ops`): the paper's per-branch BNs or online.
+    pub block_form: dyrep_api::BlockForm,
     /// Input `[C, H, W]` (default: the model's).
     pub input: Option<[usize; 3]>,
     /// Channel width multiplier.
@@ -140,6 +142,7 @@ impl BenchSpec {
             model: model.into(),
             mode,
             grow_ops: None,
+            block_form: dyrep_api::BlockForm::Bn,
             input: None,
             width: 1.0,
             batch: default_batch(model),
@@ -230,8 +233,10 @@ fn bench_model(
     device: &Device,
 ) -> Result<(crate::model::Model, String)> {
     let mut ctx = InitCtx::new(rng, device);
+    ctx.block_form = spec.block_form;
     let cfg = ModelConfig::named(spec.model.as_str(), input, 10, spec.width);
     let mut m = build_model(&cfg, &mut ctx)?;
+    m.block_form = spec.block_form;
     apply_mode(&mut m, spec.mode, Baseline::default(), &mut ctx)?;
     let mut mode_name = spec.mode.as_str().to_string();
     if let Some(names) = spec.grow_ops.as_deref() {
@@ -256,6 +261,9 @@ fn bench_model(
             &mut ctx,
         )?;
         mode_name = format!("{mode_name}+{}", names.join(","));
+    }
+    if spec.block_form == dyrep_api::BlockForm::Online && m.block_count() > 0 {
+        mode_name.push_str(" (online)");
     }
     Ok((m, mode_name))
 }

@@ -1,13 +1,14 @@
 //! The plugin example end to end: the op and scorer are in the registries next to the built-in
-//! ones, the op passes dyrep's public fusion harness alone and inside a (nested) block, and a
+//! ones, the op passes dyrep's public fusion harness alone and inside a (nested) block, trains in
+//! the online form as its branch-by-branch composition (forward and gradients), and a
 //! `dyrep` built with the plugin lists and verifies it.
 
 use std::process::Command;
 
 use dyrep_api::equivalence::NestPlan;
 use dyrep_api::testing::{
-    assert_block_fusion_equivalent, assert_fusion_equivalent, fusion_case, fusion_case_for,
-    proptest_config,
+    assert_block_fusion_equivalent, assert_fusion_equivalent, assert_online_equivalent,
+    fusion_case, fusion_case_for, proptest_config,
 };
 use dyrep_api::{find_op, find_scorer, ops, OpSpec};
 use dyrep_plugin_kxk_1x1::ConvKxk1x1Spec;
@@ -46,6 +47,18 @@ proptest! {
         if wide.check(&case.geom).is_ok() {
             assert_fusion_equivalent(&wide, &case)?;
         }
+    }
+
+    /// The plugin gets the online form without code of its own: its equivalent kernel, written
+    /// as kernel transforms, is differentiable when read live.
+    #[test]
+    fn plugin_op_trains_online_as_its_branch_by_branch_composition(case in fusion_case()) {
+        link();
+        let branches: Vec<Box<dyn OpSpec>> = vec![Box::new(ConvKxk1x1Spec::default())];
+        let nest = [NestPlan { path: "convkxk.conv".into(), branches: branches.clone() }];
+        let r = assert_online_equivalent(&*dyrep_ops::main_spec(), &branches, &nest, &case)?;
+        prop_assert!(r.branches.contains(&"conv_kxk_1x1".to_string()));
+        prop_assert_eq!(r.blocks, 2);
     }
 
     #[test]

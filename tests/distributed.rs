@@ -92,6 +92,16 @@ fn two_ranks_on_the_same_batches_equal_one_process_bitwise() {
 
 #[test]
 fn dyrep_on_two_ranks_with_the_same_batches_equals_one_process_with_grows_and_cuts() {
+    dyrep_ranks_in_lockstep("bn");
+}
+
+/// The online block form keeps the ranks in lockstep the same way.
+#[test]
+fn dyrep_online_on_two_ranks_with_the_same_batches_equals_one_process_with_grows_and_cuts() {
+    dyrep_ranks_in_lockstep("online");
+}
+
+fn dyrep_ranks_in_lockstep(block_form: &'static str) {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let run = |out: &'static str| {
@@ -101,6 +111,8 @@ fn dyrep_on_two_ranks_with_the_same_batches_equals_one_process_with_grows_and_cu
                 "train",
                 "--mode",
                 "dyrep",
+                "--block-form",
+                block_form,
                 "--grow-interval",
                 "0.5",
                 "--gamma0",

@@ -3,7 +3,8 @@
 # `dyrep` built by scripts/build-cuda.sh (no Rust toolchain needed there). Under 8 minutes:
 #   1. the fusion property checks on CUDA          (dyrep verify --all --device cuda)
 #   2. every kernel on CUDA against the CPU kernels (dyrep verify --kernels --device cuda)
-#   3. a short DyRep training on CUDA with grows and cuts; every event's preserve_rel_err <= 2e-5
+#   3. a short DyRep training on CUDA with grows and cuts, BN form and online form (the online
+#      run fused and verified); every event's preserve_rel_err <= 2e-5
 #   4. dyrep bench train/eval on CUDA and CPU for bench-cifar and vgg16
 #   5. data-parallel training with NCCL: one rank; and one rank per GPU under mpirun where the
 #      machine has several GPUs, mpirun exists and the binary was built with --mpi
@@ -62,13 +63,17 @@ if "$BIN" --device cuda verify --kernels --cases 40 --seed 1 > "$WORK/kernels.tx
 worst=$(awk 'NR > 3 && NF >= 4 {print $(NF-1)}' "$WORK/kernels.txt" | grep -E '^[0-9.e+-]+$' | sort -g | tail -1)
 table+=("$(row "kernels CUDA vs CPU (verify --kernels, 40 cases)" "$r" "worst rel ${worst:-?}, $(( $(date +%s) - t0 )) s")")
 
-# 3. Short DyRep training on CUDA with grows and cuts.
-t0=$(date +%s)
-run="$WORK/dyrep-run"
-rm -rf "$run"
-if "$BIN" --device cuda train --out "$run" --mode dyrep --epochs 3 --grow-interval 1 --grow-topk 4 \
-    --cut-threshold 0.3 --train-limit 4000 --test-limit 1000 --calib-batches 4 > "$WORK/train.txt" 2>&1; then
-    read -r grows cuts worst_pres acc < <(python3 - "$run" <<'EOF'
+# 3. Short DyRep training on CUDA with grows and cuts, in the BN form and in the online form
+#    (docs/REFERENCE.md "The online form"); the online run is then fused and verified.
+dyrep_train_check() { # block form
+    local form=$1 t0 run r grows cuts worst_pres acc
+    t0=$(date +%s)
+    run="$WORK/dyrep-run-$form"
+    rm -rf "$run" "$run-fused"
+    if "$BIN" --device cuda train --out "$run" --mode dyrep --block-form "$form" --epochs 3 \
+        --grow-interval 1 --grow-topk 4 --cut-threshold 0.3 --train-limit 4000 --test-limit 1000 \
+        --calib-batches 4 > "$WORK/train-$form.txt" 2>&1; then
+        read -r grows cuts worst_pres acc < <(python3 - "$run" <<'EOF'
 import json, sys
 d = sys.argv[1]
 ev = [json.loads(l) for l in open(d + "/events.jsonl")]
@@ -76,13 +81,22 @@ s = json.load(open(d + "/summary.json"))
 print(sum(e["kind"] == "grow" for e in ev), sum(e["kind"] == "cut" for e in ev),
       max([e["preserve_rel_err"] for e in ev] or [0.0]), s["final_test_acc"])
 EOF
-    )
-    if [ "${grows:-0}" -gt 0 ] && python3 -c "import sys; sys.exit(0 if float('${worst_pres:-1}') <= 2e-5 else 1)"; then r=ok; else r=FAILED; status=1; fi
-    table+=("$(row "DyRep training on CUDA (3 epochs, vgg-tiny)" "$r" "$grows grows, $cuts cuts, worst preserve_rel_err $worst_pres, test acc $acc, $(( $(date +%s) - t0 )) s")")
-else
-    status=1
-    table+=("$(row "DyRep training on CUDA" "FAILED" "$(tail -1 "$WORK/train.txt")")")
-fi
+        )
+        if [ "${grows:-0}" -gt 0 ] && python3 -c "import sys; sys.exit(0 if float('${worst_pres:-1}') <= 2e-5 else 1)"; then r=ok; else r=FAILED; status=1; fi
+        table+=("$(row "DyRep training on CUDA, $form form (3 epochs, vgg-tiny)" "$r" "$grows grows, $cuts cuts, worst preserve_rel_err $worst_pres, test acc $acc, $(( $(date +%s) - t0 )) s")")
+    else
+        status=1
+        table+=("$(row "DyRep training on CUDA, $form form" "FAILED" "$(tail -1 "$WORK/train-$form.txt")")")
+        return
+    fi
+    if [ "$form" = online ]; then
+        if "$BIN" --device cuda fuse --checkpoint "$run" --out "$run-fused" --limit 500 \
+            > "$WORK/fuse-$form.txt" 2>&1; then r=ok; else r=FAILED; status=1; fi
+        table+=("$(row "fuse the online run on CUDA, verified" "$r" "$(grep -m1 'verified on' "$WORK/fuse-$form.txt" | cut -c1-120)")")
+    fi
+}
+dyrep_train_check bn
+dyrep_train_check online
 
 # 4. Throughput, CUDA and CPU.
 bench() { # model what device iters

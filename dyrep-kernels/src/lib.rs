@@ -20,6 +20,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
+mod assemble;
 mod block;
 mod bn;
 pub mod check;
@@ -48,6 +49,7 @@ use std::sync::OnceLock;
 
 use candle_core::{DType, Tensor};
 
+pub use assemble::{assemble_kernel, KernelPiece, PieceWeight};
 pub use block::{
     block_train, block_train_on, BlockBnStats, BlockBranch, BlockStage, BlockTail, BlockTrain,
     PadFrom, StageOp,

@@ -11,7 +11,8 @@ use crate::error::{Error, Result};
 use crate::geom::ConvGeom;
 use crate::init::InitCtx;
 use crate::kernel::Kernel;
-use crate::op::{OpSpec, RepOp};
+use crate::op::{BranchParts, OpSpec, RepOp, SecondStage};
+use dyrep_kernels::PieceWeight;
 
 /// A grown conv: a main branch plus other branches, all in the same geometry, summed.
 #[derive(Debug)]
@@ -303,13 +304,119 @@ impl RepBlock {
         })
     }
 
-    /// The block's exact eval-mode equivalent kernel (transII over all branches).
+    /// The block's exact eval-mode equivalent kernel (transII over all branches). Read live in
+    /// the online form (`form.rs`), the one-conv and identity branches go into one assembly op
+    /// (`dyrep_kernels::assemble_kernel`: the same sum without the kernel-sized intermediates
+    /// of folding, padding and adding each), the others through their own `to_equivalent_kxk`.
     pub fn equivalent(&self) -> Result<Kernel> {
+        if crate::form::live_on() && self.is_online() {
+            if let Some(k) = self.assembled_live()? {
+                return Ok(k);
+            }
+        }
         let mut k = self.main.to_equivalent_kxk()?;
         for b in &self.branches {
             k = k.add(&b.to_equivalent_kxk()?)?;
         }
         Ok(k)
+    }
+
+    /// The online block's live kernel with its one-conv (`BranchParts::ConvBn`, centred in the
+    /// k×k window) and identity (`BranchParts::Bn`) branches assembled in one op; `None` when
+    /// no branch is of those kinds or the tensors are not the own kernels' (f32 on the CPU).
+    fn assembled_live(&self) -> Result<Option<Kernel>> {
+        let g = self.geom;
+        let (ipg, k) = (g.in_per_group(), g.k);
+        let centred = |conv: &crate::layers::Conv2dLayer| -> Result<bool> {
+            let (o, i, kh, kw) = conv.dims4()?;
+            let (ph, pw) = conv.padding();
+            Ok(o == g.out_ch
+                && i == ipg
+                && kh % 2 == 1
+                && kw % 2 == 1
+                && kh <= k
+                && kw <= k
+                && conv.stride() == g.stride
+                && conv.groups() == g.groups
+                && ph + (k - kh) / 2 == g.padding
+                && pw + (k - kw) / 2 == g.padding)
+        };
+        let identity_fits = g.in_ch == g.out_ch && g.stride == 1 && g.is_same_padding();
+        let (mut pieces, mut rest): (Vec<(PieceWeight<'_>, Tensor)>, Vec<&dyn RepOp>) =
+            (Vec::new(), Vec::new());
+        let mut bias: Option<Tensor> = None;
+        let mut add_bias = |b: Tensor| -> Result<()> {
+            bias = Some(match bias.take() {
+                Some(acc) => (acc + b)?,
+                None => b,
+            });
+            Ok(())
+        };
+        for op in self.all_branches() {
+            match op.conv_bn_parts() {
+                Some(BranchParts::ConvBn { conv, bn }) if bn.is_scale_form() && centred(conv)? => {
+                    let (gamma, beta) = (bn.gamma().as_tensor(), bn.beta().as_tensor());
+                    match conv.bias() {
+                        Some(b) => add_bias((beta + (gamma * b.as_tensor())?)?)?,
+                        None => add_bias(beta.clone())?,
+                    }
+                    pieces.push((
+                        PieceWeight::Centred(conv.weight().as_tensor()),
+                        gamma.clone(),
+                    ));
+                }
+                Some(BranchParts::Bn { bn }) if bn.is_scale_form() && identity_fits => {
+                    add_bias(bn.beta().as_tensor().clone())?;
+                    pieces.push((PieceWeight::Identity, bn.gamma().as_tensor().clone()));
+                }
+                Some(BranchParts::TwoStage {
+                    conv,
+                    bn1,
+                    pad,
+                    second: SecondStage::AvgPool { k: pk, stride },
+                    bn2,
+                }) if bn1.is_scale_form()
+                    && bn2.is_scale_form()
+                    && pk == k
+                    && stride == g.stride
+                    && pad == g.padding
+                    && conv.dims4()? == (g.out_ch, ipg, 1, 1)
+                    && conv.stride() == 1
+                    && conv.padding() == (0, 0)
+                    && conv.groups() == g.groups =>
+                {
+                    // s2·avg(s1·(W x + b) + β1) + β2: the 1×1 spread over k×k with scale s1·s2.
+                    let (s1, b1) = (bn1.gamma().as_tensor(), bn1.beta().as_tensor());
+                    let (s2, b2) = (bn2.gamma().as_tensor(), bn2.beta().as_tensor());
+                    let inner = match conv.bias() {
+                        Some(b) => (b1 + (s1 * b.as_tensor())?)?,
+                        None => b1.clone(),
+                    };
+                    add_bias((b2 + (s2 * inner)?)?)?;
+                    pieces.push((PieceWeight::Spread(conv.weight().as_tensor()), (s1 * s2)?));
+                }
+                _ => rest.push(op),
+            }
+        }
+        let pieces: Vec<dyrep_kernels::KernelPiece<'_>> = pieces
+            .iter()
+            .map(|(weight, scale)| dyrep_kernels::KernelPiece {
+                weight: *weight,
+                scale,
+            })
+            .collect();
+        let own = pieces.first().is_some_and(|p| {
+            dyrep_kernels::Backend::for_tensor(p.scale) == dyrep_kernels::Backend::Own
+        });
+        let Some(bias) = bias.filter(|_| own) else {
+            return Ok(None);
+        };
+        let weight = dyrep_kernels::assemble_kernel(&pieces, g.out_ch, ipg, k)?;
+        let mut kernel = Kernel::new(weight, bias)?;
+        for op in rest {
+            kernel = kernel.add(&op.to_equivalent_kxk()?)?;
+        }
+        Ok(Some(kernel))
     }
 
     /// Adjusts the main branch so that the block's equivalent kernel becomes `target`.

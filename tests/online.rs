@@ -154,11 +154,9 @@ fn dyrep_online_grows_cuts_resumes_exactly_fuses_and_exports() {
     ]);
     assert!(o.status.success(), "{}", text(&o));
     let o = dyrep(&["inspect", a.to_str().unwrap()]);
-    assert!(
-        o.status.success() && text(&o).contains("convkxk"),
-        "{}",
-        text(&o)
-    );
+    let t = text(&o);
+    assert!(o.status.success() && t.contains("convkxk"), "{t}");
+    assert!(t.contains("online blocks") && t.contains(" scale "), "{t}");
 }
 
 /// RepVGG and DBB in the online form keep the BN after each conv (the branches have none with

@@ -572,6 +572,8 @@ pub struct InspectedConv {
 pub struct InspectReport {
     pub model: String,
     pub form: String,
+    /// How the blocks trained: `bn` (a branch's last BN γ) or `online` (a branch's scale).
+    pub block_form: String,
     pub params: usize,
     pub macs: u64,
     pub blocks: usize,
@@ -680,6 +682,7 @@ pub fn inspect(model: &Model) -> Result<InspectReport> {
     Ok(InspectReport {
         model: model.name().to_string(),
         form: format!("{:?}", model.form).to_lowercase(),
+        block_form: model.block_form.as_str().to_string(),
         params: model.param_count(),
         macs: model.macs()?,
         blocks: model.block_count(),
@@ -689,7 +692,17 @@ pub fn inspect(model: &Model) -> Result<InspectReport> {
     })
 }
 
-fn write_slot(out: &mut String, s: &InspectedConv, indent: usize) {
+/// What `inspect` calls a branch's last per-channel factor: its BN's γ, or its scale in the
+/// online form.
+fn factor_name(block_form: &str) -> &'static str {
+    if block_form == "online" {
+        "scale"
+    } else {
+        "gamma"
+    }
+}
+
+fn write_slot(out: &mut String, s: &InspectedConv, indent: usize, factor: &str) {
     let pad = "  ".repeat(indent);
     if s.branches.is_empty() {
         out.push_str(&format!("{pad}{}  {}  plain\n", s.path, s.geometry));
@@ -714,7 +727,7 @@ fn write_slot(out: &mut String, s: &InspectedConv, indent: usize) {
             })
             .collect();
         out.push_str(&format!(
-            "{pad}  {:<12} {:<28} gamma {:.4}  importance {}\n",
+            "{pad}  {:<12} {:<28} {factor} {:.4}  importance {}\n",
             b.op,
             if shapes.is_empty() {
                 "-".to_string()
@@ -729,7 +742,7 @@ fn write_slot(out: &mut String, s: &InspectedConv, indent: usize) {
             }
         ));
         for c in &b.children {
-            write_slot(out, c, indent + 2);
+            write_slot(out, c, indent + 2, factor);
         }
     }
 }
@@ -737,8 +750,13 @@ fn write_slot(out: &mut String, s: &InspectedConv, indent: usize) {
 /// The tree as text: grown blocks with their branches (nested blocks indented); plain convs
 /// are listed only with `all`.
 pub fn inspect_text(r: &InspectReport, all: bool) -> String {
+    let online = if r.block_form == "online" {
+        ", online blocks"
+    } else {
+        ""
+    };
     let mut out = format!(
-        "{} ({} form): {} params, {:.2} M MACs, {} block(s), {} branch(es)\n",
+        "{} ({} form{online}): {} params, {:.2} M MACs, {} block(s), {} branch(es)\n",
         r.model,
         r.form,
         r.params,
@@ -748,7 +766,7 @@ pub fn inspect_text(r: &InspectReport, all: bool) -> String {
     );
     for s in &r.convs {
         if all || !s.branches.is_empty() {
-            write_slot(&mut out, s, 1);
+            write_slot(&mut out, s, 1, factor_name(&r.block_form));
         }
     }
     if r.blocks == 0 && !all {

@@ -8,25 +8,10 @@
 
 mod support;
 
-use support::metrics_without_times;
+use support::{dyrep, events, metrics_without_times, text};
 
 use std::path::Path;
 use std::process::{Command, Output};
-
-fn dyrep(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dyrep"))
-        .args(args)
-        .output()
-        .expect("run dyrep")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 const SMALL: [&str; 14] = [
     "--mode",
@@ -50,14 +35,6 @@ fn train(out: &Path, extra: &[&str]) -> Output {
     args.extend_from_slice(&SMALL);
     args.extend_from_slice(extra);
     dyrep(&args)
-}
-
-fn events(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("events.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 #[test]

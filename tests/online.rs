@@ -7,25 +7,10 @@
 
 mod support;
 
-use support::{assert_short_error, metrics_without_times};
+use support::{assert_short_error, dyrep, events, metrics_without_times, text};
 
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn dyrep(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dyrep"))
-        .args(args)
-        .output()
-        .expect("run dyrep")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use std::process::Output;
 
 const SMALL: [&str; 12] = [
     "--train-limit",
@@ -56,14 +41,6 @@ fn train_online(dir: &Path, config: &Path, extra: &[&str]) -> Output {
     args.extend_from_slice(&["--grow-interval", "0.5", "--grow-topk", "2"]);
     args.extend_from_slice(extra);
     dyrep(&args)
-}
-
-fn events(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("events.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 fn json(path: &Path) -> serde_json::Value {

@@ -85,19 +85,12 @@ thread_local! {
 /// differentiable function of the branch tensors. The online form's forward runs its assembly
 /// in here; nothing else should (an in-place parameter update would show through a live kernel).
 pub fn live_kernels<R>(f: impl FnOnce() -> R) -> R {
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            LIVE.with(|l| l.set(self.0));
-        }
-    }
-    let _restore = Restore(LIVE.with(|l| l.replace(true)));
-    f()
+    crate::switch::with_flag(&LIVE, f)
 }
 
 /// Whether kernels are read live on this thread (inside [`live_kernels`]).
 pub fn live_on() -> bool {
-    LIVE.with(|l| l.get())
+    crate::switch::flag_on(&LIVE)
 }
 
 #[cfg(test)]

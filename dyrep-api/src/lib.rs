@@ -8,7 +8,8 @@
 //! lookup; `slot/` the recursive `Slot`/`RepBlock` with grow, cut and fusion
 //! (docs/REFERENCE.md "Nesting", "Growth schedule (Rep)", "Dep (cut)", "Fusion checks");
 //! `slot/exec.rs` how a block runs (fused conv, online assembly, block op, branch by branch);
-//! `form.rs` the block form (the paper's BN form or the online form); `init.rs` seeded
+//! `form.rs` the block form (the paper's BN form or the online form); `switch.rs` the scoped
+//! thread-local switches (branch by branch, live kernels); `init.rs` seeded
 //! initialisation and memory checks; `rng.rs` the seeded generator; `sync_bn.rs` batch
 //! statistics shared across data-parallel processes; `equivalence.rs` fusion-equivalence checks,
 //! `online_check.rs` the online form's forward and gradient checks
@@ -34,6 +35,7 @@ pub mod registry;
 pub mod rng;
 pub mod scorer;
 pub mod slot;
+mod switch;
 pub mod sync_bn;
 pub mod tensor;
 #[cfg(feature = "testing")]

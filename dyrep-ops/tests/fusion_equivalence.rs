@@ -4,34 +4,19 @@
 //! eval-mode multi-branch output vs fused conv within max abs 1e-4 and relative 1e-5 (f32); grow
 //! and cut keep the output (relative 2e-5); fusion is idempotent. Case count: `PROPTEST_CASES`.
 
+mod registered;
+
 use dyrep_api::equivalence::NestPlan;
 use dyrep_api::testing::{
     assert_block_fusion_equivalent, assert_fusion_equivalent, fusion_case, fusion_case_for,
     fusion_case_where, proptest_config,
 };
-use dyrep_api::{ops, OpSpec};
 use proptest::prelude::*;
-
-fn registered() -> Vec<Box<dyn OpSpec>> {
-    dyrep_ops::ensure_linked();
-    ops().iter().map(|e| (e.default_spec)()).collect()
-}
-
-/// Every registered op except the main one, as a block's candidate branches.
-fn branch_specs() -> Vec<Box<dyn OpSpec>> {
-    registered()
-        .into_iter()
-        .filter(|s| s.name() != dyrep_ops::MAIN_OP)
-        .collect()
-}
+use registered::{all_seven_apply, branch_specs, registered};
 
 fn op_and_case() -> impl Strategy<Value = (usize, dyrep_api::equivalence::FusionCase)> {
     let n = registered().len();
     (0..n).prop_flat_map(|i| (Just(i), fusion_case_for(&*registered()[i])))
-}
-
-fn all_seven_apply(c: &dyrep_api::equivalence::FusionCase) -> bool {
-    c.geom.in_ch == c.geom.out_ch && c.geom.stride == 1 && c.geom.is_same_padding()
 }
 
 proptest! {

@@ -6,32 +6,18 @@
 //! `dyrep_api::online_check`; grow and cut keep the training output; the fused conv equals the
 //! online block. Case count: `PROPTEST_CASES`.
 
+mod registered;
+
 use dyrep_api::equivalence::NestPlan;
 use dyrep_api::testing::{
     assert_online_equivalent, fusion_case, fusion_case_for, fusion_case_where, proptest_config,
 };
-use dyrep_api::{ops, OpSpec};
 use proptest::prelude::*;
-
-fn registered() -> Vec<Box<dyn OpSpec>> {
-    dyrep_ops::ensure_linked();
-    ops().iter().map(|e| (e.default_spec)()).collect()
-}
-
-fn branch_specs() -> Vec<Box<dyn OpSpec>> {
-    registered()
-        .into_iter()
-        .filter(|s| s.name() != dyrep_ops::MAIN_OP)
-        .collect()
-}
+use registered::{all_seven_apply, branch_specs};
 
 fn branch_and_case() -> impl Strategy<Value = (usize, dyrep_api::equivalence::FusionCase)> {
     let n = branch_specs().len();
     (0..n).prop_flat_map(|i| (Just(i), fusion_case_for(&*branch_specs()[i])))
-}
-
-fn all_seven_apply(c: &dyrep_api::equivalence::FusionCase) -> bool {
-    c.geom.in_ch == c.geom.out_ch && c.geom.stride == 1 && c.geom.is_same_padding()
 }
 
 proptest! {

@@ -63,3 +63,20 @@ pub fn ok(o: Output) -> Output {
     assert!(o.status.success(), "dyrep failed: {}", text(&o));
     o
 }
+
+/// Runs the `dyrep` binary under test with `args`.
+pub fn dyrep(args: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_dyrep"))
+        .args(args)
+        .output()
+        .expect("run dyrep")
+}
+
+/// A run directory's `events.jsonl`, one JSON value per line.
+pub fn events(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("events.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}

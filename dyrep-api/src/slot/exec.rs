@@ -21,18 +21,11 @@ thread_local! {
 /// conv, for training instead of the block op. For checks whose reference must not share code
 /// with fusion (`dyrep fuse`) or with the block op (its gradient tests).
 pub fn branchwise<R>(f: impl FnOnce() -> R) -> R {
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            BRANCHWISE.with(|b| b.set(self.0));
-        }
-    }
-    let _restore = Restore(BRANCHWISE.with(|b| b.replace(true)));
-    f()
+    crate::switch::with_flag(&BRANCHWISE, f)
 }
 
 fn branchwise_on() -> bool {
-    BRANCHWISE.with(|b| b.get())
+    crate::switch::flag_on(&BRANCHWISE)
 }
 
 /// The way one forward pass of a block runs.

@@ -4,7 +4,9 @@
 //! block's branches as one op with one shared patch matrix, fused conv → batch norm → ReLU
 //! (train and eval; in training optionally → max pool, the unpooled activation never stored),
 //! batch norm with lane-parallel reductions, ReLU, average/max pooling with padding and any
-//! stride (2×2/2 max pools vectorised), and the SGD step in one pass.
+//! stride (2×2/2 max pools vectorised), the SGD step in one pass, and the online block form's
+//! kernel assembly (`assemble.rs`: own CPU kernels only — elsewhere dyrep-api composes the same
+//! kernel from tensor ops, which is also the reference it is tested against).
 //!
 //! Every public function picks the backend from its input: f32 tensors on the CPU use the own
 //! kernels, anything else (CUDA, other dtypes) uses candle's ops composed to the same maths, so

@@ -234,7 +234,7 @@ pub(crate) struct TrainArgs {
     pub(crate) baseline_form: Option<dyrep_runtime::train::BaselineForm>,
     /// repvgg / dbb / dyrep modes: how blocks train — `bn` (every branch its own batch norm, as
     /// the paper; the default) or `online` (each branch's BN a learnable scale, the block one
-    /// conv with its assembled kernel in every step: the cost of the plain network).
+    /// conv with its assembled kernel in every step: close to a plain network's cost).
     #[arg(long, value_name = "FORM", value_parser = dyrep_runtime::train::BlockForm::parse)]
     pub(crate) block_form: Option<dyrep_runtime::train::BlockForm>,
     /// repvgg / dbb modes, reference form: how the blocks' convs start (`pytorch`: every conv

@@ -386,11 +386,7 @@ fn weight_bn_batch_stats(
             dyrep_kernels::conv_bn_max_pool_train(x, w, params, gamma, beta, bn.eps(), relu, pool)?
         }
     };
-    let mean = match bias {
-        Some(b) => (&out.mean + b.detach().to_dtype(out.mean.dtype())?)?,
-        None => out.mean,
-    };
-    bn.record_batch_stats(&mean, &out.var, count)?;
+    record_shifted(bn, &out.mean, bias, &out.var, count)?;
     Ok(out.y)
 }
 
@@ -431,6 +427,24 @@ impl StackConv {
             bias: Some(kernel.bias.clone()),
             params,
         })
+    }
+}
+
+/// Records in `bn` the statistics of `conv(x) + bias` from those of `conv(x)`: the bias shifts
+/// the mean and nothing else.
+fn record_shifted(
+    bn: &BatchNorm,
+    mean: &Tensor,
+    bias: Option<&Tensor>,
+    var: &Tensor,
+    count: usize,
+) -> Result<()> {
+    match bias {
+        Some(b) => {
+            let shifted = (mean + b.detach().to_dtype(mean.dtype())?)?;
+            bn.record_batch_stats(&shifted, var, count)
+        }
+        None => bn.record_batch_stats(mean, var, count),
     }
 }
 
@@ -476,11 +490,7 @@ pub fn conv_bn_stack(units: &[StackUnit<'_>], x: &Tensor) -> Result<Tensor> {
     }
     let out = dyrep_kernels::conv_bn_stack_train(x, &args)?;
     for (((conv, bn, _, _), (mean, var)), count) in units.iter().zip(&out.stats).zip(counts) {
-        let mean = match &conv.bias {
-            Some(b) => (mean + b.detach().to_dtype(mean.dtype())?)?,
-            None => mean.clone(),
-        };
-        bn.record_batch_stats(&mean, var, count)?;
+        record_shifted(bn, mean, conv.bias.as_ref(), var, count)?;
     }
     Ok(out.y)
 }

@@ -119,10 +119,12 @@ impl Model {
         let mut h = x.clone();
         let mut i = 0;
         while i < self.layers.len() {
-            // Two or more plain conv units in a row (each with its max pool, if one follows)
-            // train as one op: no gradient bookkeeping between them.
+            // Two or more conv units in a row (each with its max pool, if one follows) train as
+            // one op: no gradient bookkeeping between them. A lone online block goes through the
+            // same op too, so its kernel, assembled for the run, is not assembled again.
             let (run, next) = self.stack_run(i, train)?;
-            if run.len() >= 2 {
+            let lone_online = run.len() == 1 && run[0].0.bias.is_some();
+            if run.len() >= 2 || lone_online {
                 h = dyrep_api::layers::conv_bn_stack(&run, &h)?;
                 i = next;
                 continue;
